@@ -1,0 +1,133 @@
+//! pareco's filesystem layer: a directory tree addressed by [`RelPath`]s,
+//! answering protocol [`Request`]s.
+//!
+//! The same [`FsTree`] serves a remote peer (inside `pareco serve`) and the
+//! local side of a sync, so both sides behave identically.
+//!
+//! What it must never do:
+//! - touch anything outside its root: every path is resolved with `openat2`
+//!   beneath the root, refusing `..` and every symlink (see [`beneath`]);
+//! - follow a symlink: links are listed, created and removed as links;
+//! - write data it has not checked against the sender's digest.
+//!
+//! Everything here is blocking; callers run it on a blocking thread pool.
+
+mod beneath;
+mod error;
+mod meta;
+mod read;
+mod write;
+
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use pareco_proto::{Request, Response};
+use rustix::fs::{Mode, OFlags};
+
+pub use error::FsError;
+pub use meta::now;
+pub use write::TEMP_PREFIX;
+
+/// A directory tree rooted at a directory opened once; nothing outside it is
+/// reachable through this value.
+#[derive(Debug)]
+pub struct FsTree {
+    root: OwnedFd,
+    path: PathBuf,
+}
+
+impl FsTree {
+    /// Opens the tree rooted at the directory `path` (which may itself be
+    /// reached through symlinks: the root is the caller's choice).
+    pub fn open(path: &Path) -> std::io::Result<FsTree> {
+        let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
+        Ok(FsTree { root, path: path.to_path_buf() })
+    }
+
+    /// The root directory's path, for messages.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Performs one request. Failures are answered as [`Response::Failed`];
+    /// this never panics on any request, however hostile.
+    pub fn execute(&self, request: &Request) -> Response {
+        self.try_execute(request).unwrap_or_else(|e| Response::Failed(e.into()))
+    }
+
+    fn try_execute(&self, request: &Request) -> Result<Response, FsError> {
+        let root = self.root.as_fd();
+        Ok(match request {
+            Request::Stat { path } => {
+                let now = meta::now();
+                let stat = match path.split_last() {
+                    None => Some(meta::stat_fd(root).map_err(|e| FsError::io("stat", e))?),
+                    Some(_) => {
+                        let (dir, name) = beneath::parent(root, path, "stat")?;
+                        match meta::stat_at(dir.as_fd(), name.as_bytes()) {
+                            Ok(stat) => Some(stat),
+                            Err(rustix::io::Errno::NOENT) => None,
+                            Err(e) => return Err(FsError::io("stat", e)),
+                        }
+                    }
+                };
+                Response::Stat { stat, now }
+            }
+            Request::ListDir { path } => {
+                let now = meta::now();
+                Response::Listing { entries: read::list_dir(root, path)?, now, more: false }
+            }
+            Request::HashChunks { path, offset, len, chunk_size } => {
+                Response::Digests(read::hash_pieces(root, path, *offset, *len, *chunk_size)?)
+            }
+            Request::HashBlocks { path, offset, len, block_size } => {
+                let digests = read::hash_pieces(root, path, *offset, *len as u64, *block_size)?;
+                if (digests.len() as u64) < (*len as u64).div_ceil(*block_size as u64) {
+                    return Err(FsError::changed("hash blocks", "the file is shorter than the chunk"));
+                }
+                Response::Digests(digests)
+            }
+            Request::ReadData { path, offset, len } => {
+                let (digest, data) = read::read_data(root, path, *offset, *len)?;
+                Response::Data { digest, data }
+            }
+            Request::ReadPatch { path, offset, len, block_size, dest_blocks } => {
+                let (chunk_digest, blocks) = read::read_patch(root, path, *offset, *len, *block_size, dest_blocks)?;
+                Response::Patch { chunk_digest, blocks }
+            }
+            Request::ReadFiles { paths, max_size } => Response::Files(read::read_files(root, paths, *max_size)),
+            Request::WriteData { path, offset, digest, data } => {
+                write::write_data(root, path, *offset, digest, data)?;
+                Response::Done
+            }
+            Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks } => {
+                write::apply_patch(root, path, *offset, *len, *block_size, chunk_digest, blocks)?;
+                Response::Done
+            }
+            Request::WriteFiles { files } => Response::Outcomes(write::write_files(root, files)),
+            Request::PrepareFile { path } => {
+                Response::Stat { stat: Some(write::prepare_file(root, path)?), now: meta::now() }
+            }
+            Request::FinishFile { path, size, mode, mtime } => {
+                write::finish_file(root, path, *size, *mode, *mtime)?;
+                Response::Done
+            }
+            Request::MakeDir { path, mode, parents } => {
+                write::make_dir(root, path, *mode, *parents)?;
+                Response::Done
+            }
+            Request::MakeSymlink { path, target, mtime } => {
+                write::make_symlink(root, path, target, *mtime)?;
+                Response::Done
+            }
+            Request::Remove { path } => {
+                write::remove(root, path)?;
+                Response::Done
+            }
+            Request::SetAttrs { path, mode, mtime } => {
+                write::set_attrs(root, path, *mode, *mtime)?;
+                Response::Done
+            }
+        })
+    }
+}

@@ -1,0 +1,169 @@
+//! Operations that only read the tree: listing, hashing, reading data.
+//! Both sides hash their own files; only digests cross the wire.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::os::unix::fs::FileExt;
+
+use bytes::{Bytes, BytesMut};
+use pareco_proto::{Block, Digest, Entry, FileRead, Kind, Name, RelPath};
+use rustix::fs::{Dir, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::beneath;
+use crate::error::FsError;
+use crate::meta;
+
+/// Opens a file for reading (never through a symlink).
+pub(crate) fn open_read(root: BorrowedFd<'_>, path: &RelPath) -> Result<File, FsError> {
+    let fd =
+        beneath::open(root, path, OFlags::RDONLY, Mode::empty()).map_err(|e| FsError::io("open for reading", e))?;
+    Ok(File::from(fd))
+}
+
+/// Reads exactly `[offset, offset + len)`; a file that is now shorter has
+/// changed since it was looked at.
+pub(crate) fn read_range(file: &File, offset: u64, len: usize) -> Result<BytesMut, FsError> {
+    let mut buf = BytesMut::zeroed(len);
+    file.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
+        std::io::ErrorKind::UnexpectedEof => FsError::changed("read", "the file became shorter while it was read"),
+        _ => FsError::std("read", e),
+    })?;
+    Ok(buf)
+}
+
+/// Lists a directory, `lstat`-ing every entry. Entries that vanish between
+/// the directory read and their stat are left out.
+pub(crate) fn list_dir(root: BorrowedFd<'_>, path: &RelPath) -> Result<Vec<Entry>, FsError> {
+    let fd = beneath::open(root, path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+        .map_err(|e| FsError::io("open directory", e))?;
+    let dir = Dir::read_from(&fd).map_err(|e| FsError::io("read directory", e))?;
+    let mut entries = Vec::new();
+    for item in dir {
+        let item = item.map_err(|e| FsError::io("read directory", e))?;
+        let raw = item.file_name().to_bytes();
+        if raw == b"." || raw == b".." {
+            continue;
+        }
+        let Ok(name) = Name::new(raw) else { continue };
+        match meta::stat_at(fd.as_fd(), raw) {
+            Ok(stat) => entries.push(Entry { name, stat }),
+            Err(Errno::NOENT) => continue,
+            Err(e) => return Err(FsError::io("stat directory entry", e)),
+        }
+    }
+    Ok(entries)
+}
+
+/// Digests of consecutive `piece`-byte pieces of `[offset, offset + len)`,
+/// for the pieces that lie entirely inside the file.
+pub(crate) fn hash_pieces(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    offset: u64,
+    len: u64,
+    piece: u32,
+) -> Result<Vec<Digest>, FsError> {
+    let file = open_read(root, path)?;
+    let size = file.metadata().map_err(|e| FsError::std("stat", e))?.len();
+    let end = offset.saturating_add(len);
+    let mut digests = Vec::new();
+    let mut buf = vec![0u8; piece.min(len.min(u32::MAX as u64) as u32) as usize];
+    let mut at = offset;
+    while at < end {
+        let n = (end - at).min(piece as u64);
+        if at + n > size {
+            break;
+        }
+        let chunk = &mut buf[..n as usize];
+        match file.read_exact_at(chunk, at) {
+            Ok(()) => digests.push(Digest::of(chunk)),
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => break,
+            Err(e) => return Err(FsError::std("read", e)),
+        }
+        at += n;
+    }
+    Ok(digests)
+}
+
+/// Reads a range and digests it, for sending.
+pub(crate) fn read_data(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    offset: u64,
+    len: u32,
+) -> Result<(Digest, Bytes), FsError> {
+    let file = open_read(root, path)?;
+    let data = read_range(&file, offset, len as usize)?.freeze();
+    Ok((Digest::of(&data), data))
+}
+
+/// The source half of a block delta: the blocks of the chunk that differ from
+/// `dest_blocks`, and the digest of the whole chunk, all from one read.
+pub(crate) fn read_patch(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    offset: u64,
+    len: u32,
+    block: u32,
+    dest_blocks: &[Digest],
+) -> Result<(Digest, Vec<Block>), FsError> {
+    let file = open_read(root, path)?;
+    let data = read_range(&file, offset, len as usize)?.freeze();
+    let blocks = data
+        .chunks(block as usize)
+        .enumerate()
+        .filter(|(i, b)| dest_blocks.get(*i) != Some(&Digest::of(b)))
+        .map(|(i, b)| {
+            let start = i * block as usize;
+            Block { index: i as u32, data: data.slice(start..start + b.len()) }
+        })
+        .collect();
+    Ok((Digest::of(&data), blocks))
+}
+
+/// Reads whole small files, each with its stat before and a stability check
+/// after, so the caller can tell a consistent version from a torn one.
+pub(crate) fn read_files(root: BorrowedFd<'_>, paths: &[RelPath], max_size: u32) -> Vec<FileRead> {
+    paths.iter().map(|p| read_file(root, p, max_size).unwrap_or_else(|e| FileRead::Failed(e.into()))).collect()
+}
+
+fn read_file(root: BorrowedFd<'_>, path: &RelPath, max_size: u32) -> Result<FileRead, FsError> {
+    let fd = match beneath::open(root, path, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()) {
+        Ok(fd) => fd,
+        // A symlink (or something else) where a file was listed: report what it is now.
+        Err(Errno::LOOP) => {
+            let (dir, name) = beneath::parent(root, path, "stat")?;
+            let stat = meta::stat_at(dir.as_fd(), name.as_bytes()).map_err(|e| FsError::io("stat", e))?;
+            return Ok(FileRead::NotSmall(stat));
+        }
+        Err(e) => return Err(FsError::io("open for reading", e)),
+    };
+    let stat = meta::stat_fd(fd.as_fd()).map_err(|e| FsError::io("stat", e))?;
+    let now = meta::now();
+    if stat.kind != Kind::File || stat.size > max_size as u64 {
+        return Ok(FileRead::NotSmall(stat));
+    }
+    let file = File::from(fd);
+    // Read one byte more than the stat said, to notice growth.
+    let mut buf = BytesMut::zeroed(stat.size as usize + 1);
+    let mut got = 0;
+    loop {
+        match file.read_at(&mut buf[got..], got as u64) {
+            Ok(0) => break,
+            Ok(n) => {
+                got += n;
+                if got == buf.len() {
+                    break;
+                }
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
+            Err(e) => return Err(FsError::std("read", e)),
+        }
+    }
+    let after = meta::stat_fd(file.as_fd()).map_err(|e| FsError::io("stat", e))?;
+    let stable = got as u64 == stat.size && stat.same_version(&after);
+    buf.truncate(got.min(stat.size as usize));
+    let data = buf.freeze();
+    Ok(FileRead::Content { stat, now, stable, digest: Digest::of(&data), data })
+}

@@ -1,0 +1,269 @@
+//! Operations that change the tree. Data is checked against its digest
+//! before it is written; small files appear atomically (a temporary file
+//! renamed over the target); large files are written in place at offsets and
+//! only get their final mode and mtime once complete.
+
+use std::fs::File;
+use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
+use std::os::unix::fs::FileExt;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use bytes::Bytes;
+use pareco_proto::{Block, Digest, Failure, FileContent, Kind, Name, RelPath, Stat, Timestamp};
+use rustix::fs::{AtFlags, Mode, OFlags};
+use rustix::io::Errno;
+
+use crate::beneath;
+use crate::error::FsError;
+use crate::meta;
+use crate::read::read_range;
+
+/// Prefix of the temporary names used while a file or link is being created.
+pub const TEMP_PREFIX: &str = ".pareco-tmp.";
+
+fn temp_name() -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    format!("{TEMP_PREFIX}{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn check_digest(data: &[u8], digest: &Digest) -> Result<(), FsError> {
+    if Digest::of(data) != *digest {
+        return Err(FsError::mismatch("verify", "data does not match its digest (corrupted in transit?)"));
+    }
+    Ok(())
+}
+
+fn open_write(root: BorrowedFd<'_>, path: &RelPath) -> Result<File, FsError> {
+    let fd = beneath::open(root, path, OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o600))
+        .map_err(|e| FsError::io("open for writing", e))?;
+    Ok(File::from(fd))
+}
+
+/// Writes one verified piece of a file in place.
+pub(crate) fn write_data(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    offset: u64,
+    digest: &Digest,
+    data: &[u8],
+) -> Result<(), FsError> {
+    check_digest(data, digest)?;
+    open_write(root, path)?.write_all_at(data, offset).map_err(|e| FsError::std("write", e))
+}
+
+/// The destination half of a block delta: the patched chunk must have the
+/// source's digest before a single block is written.
+pub(crate) fn apply_patch(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    offset: u64,
+    len: u32,
+    block: u32,
+    chunk_digest: &Digest,
+    blocks: &[Block],
+) -> Result<(), FsError> {
+    let fd = beneath::open(root, path, OFlags::RDWR, Mode::empty()).map_err(|e| FsError::io("open for writing", e))?;
+    let file = File::from(fd);
+    let mut chunk = read_range(&file, offset, len as usize)?;
+    for b in blocks {
+        let start = b.index as usize * block as usize;
+        let slot = start..(start + block as usize).min(len as usize);
+        if slot.start >= slot.end || b.data.len() != slot.len() {
+            return Err(FsError::bad_request("patch", "block does not fit its slot"));
+        }
+        chunk[slot].copy_from_slice(&b.data);
+    }
+    if Digest::of(&chunk) != *chunk_digest {
+        return Err(FsError::mismatch(
+            "patch",
+            "the patched chunk does not match the source (one side changed during the sync)",
+        ));
+    }
+    for b in blocks {
+        let at = offset + b.index as u64 * block as u64;
+        file.write_all_at(&b.data, at).map_err(|e| FsError::std("write", e))?;
+    }
+    Ok(())
+}
+
+/// Writes whole files, each atomically; one outcome per file.
+pub(crate) fn write_files(root: BorrowedFd<'_>, files: &[FileContent]) -> Vec<Result<(), Failure>> {
+    files.iter().map(|f| write_file(root, f).map_err(Failure::from)).collect()
+}
+
+fn write_file(root: BorrowedFd<'_>, f: &FileContent) -> Result<(), FsError> {
+    check_digest(&f.data, &f.digest)?;
+    let (dir, name) = beneath::parent(root, &f.path, "create file")?;
+    let temp = temp_name();
+    let result = (|| {
+        let fd = rustix::fs::openat(
+            &dir,
+            temp.as_str(),
+            OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+            Mode::from_raw_mode(0o600),
+        )
+        .map_err(|e| FsError::io("create temporary file", e))?;
+        let file = File::from(fd);
+        std::io::Write::write_all(&mut &file, &f.data).map_err(|e| FsError::std("write", e))?;
+        rustix::fs::fchmod(&file, Mode::from_raw_mode(f.mode)).map_err(|e| FsError::io("set permissions", e))?;
+        if let Some(mtime) = f.mtime {
+            meta::set_mtime_fd(file.as_fd(), mtime)?;
+        }
+        rustix::fs::renameat(&dir, temp.as_str(), &dir, name.as_bytes())
+            .map_err(|e| FsError::io("rename into place", e))
+    })();
+    if result.is_err() {
+        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+    }
+    result
+}
+
+/// Makes sure `path` is a regular file that can be written at offsets.
+pub(crate) fn prepare_file(root: BorrowedFd<'_>, path: &RelPath) -> Result<Stat, FsError> {
+    let file = match open_write(root, path) {
+        Err(e) if e.kind == pareco_proto::FailureKind::PermissionDenied => {
+            // An existing read-only file we own: make it writable for now;
+            // FinishFile sets the final mode.
+            let (dir, name) = beneath::parent(root, path, "open for writing")?;
+            let st = meta::stat_at(dir.as_fd(), name.as_bytes()).map_err(|_| e.clone())?;
+            if st.kind != Kind::File {
+                return Err(e);
+            }
+            meta::set_attrs_at(dir.as_fd(), &name, Some(st.mode | 0o200), None)?;
+            open_write(root, path)?
+        }
+        other => other?,
+    };
+    let stat = meta::stat_fd(file.as_fd()).map_err(|e| FsError::io("stat", e))?;
+    if stat.kind != Kind::File {
+        return Err(FsError::bad_request("open for writing", format!("not a regular file but a {}", stat.kind.name())));
+    }
+    Ok(stat)
+}
+
+/// Sets the final size, mode and (if given) mtime of a complete file.
+pub(crate) fn finish_file(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    size: u64,
+    mode: u32,
+    mtime: Option<Timestamp>,
+) -> Result<(), FsError> {
+    let fd =
+        beneath::open(root, path, OFlags::WRONLY, Mode::empty()).map_err(|e| FsError::io("open for writing", e))?;
+    let st = rustix::fs::fstat(&fd).map_err(|e| FsError::io("stat", e))?;
+    if st.st_size as u64 != size {
+        rustix::fs::ftruncate(&fd, size).map_err(|e| FsError::io("set size", e))?;
+    }
+    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| FsError::io("set permissions", e))?;
+    if let Some(mtime) = mtime {
+        meta::set_mtime_fd(fd.as_fd(), mtime)?;
+    }
+    Ok(())
+}
+
+/// Creates a directory (with `parents`, also missing parents; an existing
+/// directory is then fine).
+pub(crate) fn make_dir(root: BorrowedFd<'_>, path: &RelPath, mode: u32, parents: bool) -> Result<(), FsError> {
+    if !parents {
+        let (dir, name) = beneath::parent(root, path, "create directory")?;
+        return rustix::fs::mkdirat(&dir, name.as_bytes(), Mode::from_raw_mode(mode))
+            .map_err(|e| FsError::io("create directory", e));
+    }
+    let mut at = RelPath::root();
+    for component in path.components() {
+        let name = Name::new(component).map_err(|e| FsError::bad_request("create directory", e.to_string()))?;
+        let dir = beneath::open(root, &at, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+            .map_err(|e| FsError::io("create directory", e))?;
+        match rustix::fs::mkdirat(&dir, name.as_bytes(), Mode::from_raw_mode(mode)) {
+            Ok(()) | Err(Errno::EXIST) => {}
+            Err(e) => return Err(FsError::io("create directory", e)),
+        }
+        at = at.join(&name).map_err(|e| FsError::bad_request("create directory", e.to_string()))?;
+    }
+    // Whatever existed must be a real directory (not a symlink to one).
+    beneath::open(root, path, OFlags::PATH | OFlags::DIRECTORY, Mode::empty())
+        .map(drop)
+        .map_err(|e| FsError::io("create directory", e))
+}
+
+/// Creates or atomically replaces a symlink.
+pub(crate) fn make_symlink(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    target: &Bytes,
+    mtime: Option<Timestamp>,
+) -> Result<(), FsError> {
+    let (dir, name) = beneath::parent(root, path, "create symlink")?;
+    let temp = temp_name();
+    rustix::fs::symlinkat(&target[..], &dir, temp.as_str()).map_err(|e| FsError::io("create symlink", e))?;
+    let temp_name = Name::new(temp.as_bytes()).expect("temporary names are valid");
+    let result = meta::set_attrs_at(dir.as_fd(), &temp_name, None, mtime).and_then(|()| {
+        rustix::fs::renameat(&dir, temp.as_str(), &dir, name.as_bytes())
+            .map_err(|e| FsError::io("rename into place", e))
+    });
+    if result.is_err() {
+        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+    }
+    result
+}
+
+/// Removes an entry, directories recursively, never following a symlink.
+pub(crate) fn remove(root: BorrowedFd<'_>, path: &RelPath) -> Result<(), FsError> {
+    let (dir, name) = beneath::parent(root, path, "remove")?;
+    remove_at(dir.as_fd(), name.as_bytes())
+}
+
+fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), FsError> {
+    match rustix::fs::unlinkat(dir, name, AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT) => return Ok(()),
+        Err(Errno::ISDIR) => {}
+        Err(e) => return Err(FsError::io("remove", e)),
+    }
+    let sub: OwnedFd = rustix::fs::openat(
+        dir,
+        name,
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| FsError::io("open directory to remove", e))?;
+    let entries = rustix::fs::Dir::read_from(&sub).map_err(|e| FsError::io("read directory", e))?;
+    for item in entries {
+        let item = item.map_err(|e| FsError::io("read directory", e))?;
+        let child = item.file_name().to_bytes();
+        if child != b"." && child != b".." {
+            remove_at(sub.as_fd(), child)?;
+        }
+    }
+    match rustix::fs::unlinkat(dir, name, AtFlags::REMOVEDIR) {
+        Ok(()) | Err(Errno::NOENT) => Ok(()),
+        Err(e) => Err(FsError::io("remove directory", e)),
+    }
+}
+
+/// Sets permissions and/or mtime of an existing entry.
+pub(crate) fn set_attrs(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    mode: Option<u32>,
+    mtime: Option<Timestamp>,
+) -> Result<(), FsError> {
+    match path.split_last() {
+        Some(_) => {
+            let (dir, name) = beneath::parent(root, path, "set attributes")?;
+            meta::set_attrs_at(dir.as_fd(), &name, mode, mtime)
+        }
+        None => {
+            // The root itself: open it as a directory.
+            let fd = beneath::open(root, path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .map_err(|e| FsError::io("open directory", e))?;
+            if let Some(mode) = mode {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| FsError::io("set permissions", e))?;
+            }
+            if let Some(mtime) = mtime {
+                meta::set_mtime_fd(fd.as_fd(), mtime)?;
+            }
+            Ok(())
+        }
+    }
+}

@@ -1,0 +1,192 @@
+//! FsTree against real files in temp dirs: every operation, and every way a
+//! request could try to reach outside the root.
+
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::Path;
+
+use bytes::Bytes;
+use pareco_fs::FsTree;
+use pareco_proto::{Block, Digest, FailureKind, FileContent, FileRead, Kind, RelPath, Request, Response, Timestamp};
+
+fn p(s: &str) -> RelPath {
+    RelPath::new(s.as_bytes()).unwrap()
+}
+
+fn failure(r: Response) -> FailureKind {
+    match r {
+        Response::Failed(f) => f.kind,
+        other => panic!("expected a failure, got {other:?}"),
+    }
+}
+
+fn setup() -> (tempfile::TempDir, FsTree) {
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::create_dir(dir.path().join("root")).unwrap();
+    let tree = FsTree::open(&dir.path().join("root")).unwrap();
+    (dir, tree)
+}
+
+fn root(dir: &tempfile::TempDir) -> std::path::PathBuf {
+    dir.path().join("root")
+}
+
+#[test]
+fn symlinks_inside_the_root_are_never_followed() {
+    let (dir, tree) = setup();
+    let outside = dir.path().join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("secret"), b"secret").unwrap();
+    symlink(&outside, root(&dir).join("escape")).unwrap();
+    symlink(outside.join("secret"), root(&dir).join("secret_link")).unwrap();
+
+    let data = Bytes::from_static(b"evil");
+    let attempts = [
+        Request::WriteData { path: p("escape/planted"), offset: 0, digest: Digest::of(&data), data: data.clone() },
+        Request::WriteData { path: p("secret_link"), offset: 0, digest: Digest::of(&data), data: data.clone() },
+        Request::ReadData { path: p("escape/secret"), offset: 0, len: 6 },
+        Request::ReadData { path: p("secret_link"), offset: 0, len: 6 },
+        Request::MakeDir { path: p("escape/d"), mode: 0o755, parents: true },
+        Request::MakeSymlink { path: p("escape/l"), target: data.clone(), mtime: None },
+        Request::Remove { path: p("escape/secret") },
+        Request::ListDir { path: p("escape") },
+        Request::PrepareFile { path: p("secret_link") },
+        Request::SetAttrs { path: p("escape/secret"), mode: Some(0o777), mtime: None },
+    ];
+    for req in attempts {
+        assert_eq!(failure(tree.execute(&req)), FailureKind::SymlinkInPath, "{req:?}");
+    }
+    let files = vec![FileContent { path: p("escape/f"), mode: 0o644, mtime: None, digest: Digest::of(&data), data }];
+    let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files }) else { panic!() };
+    assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::SymlinkInPath);
+
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "nothing was created outside");
+    assert_eq!(std::fs::read(outside.join("secret")).unwrap(), b"secret");
+    assert_eq!(std::fs::metadata(outside.join("secret")).unwrap().permissions().mode() & 0o777, 0o644);
+    // Removing the link removes the link, not what it points to.
+    assert_eq!(tree.execute(&Request::Remove { path: p("escape") }), Response::Done);
+    assert!(outside.join("secret").exists());
+}
+
+#[test]
+fn listing_reports_kinds_and_link_targets() {
+    let (dir, tree) = setup();
+    let r = root(&dir);
+    std::fs::write(r.join("f"), b"hello").unwrap();
+    std::fs::create_dir(r.join("d")).unwrap();
+    symlink("../../nowhere", r.join("l")).unwrap();
+    let Response::Listing { mut entries, .. } = tree.execute(&Request::ListDir { path: RelPath::root() }) else {
+        panic!()
+    };
+    entries.sort_by(|a, b| a.name.cmp(&b.name));
+    let kinds: Vec<_> = entries.iter().map(|e| (e.name.to_string(), e.stat.kind)).collect();
+    assert_eq!(kinds, vec![("d".into(), Kind::Dir), ("f".into(), Kind::File), ("l".into(), Kind::Symlink)]);
+    assert_eq!(entries[1].stat.size, 5);
+    assert_eq!(entries[2].stat.target.as_deref(), Some(&b"../../nowhere"[..]));
+}
+
+#[test]
+fn small_files_are_written_atomically_with_mode_and_mtime() {
+    let (dir, tree) = setup();
+    let data = Bytes::from_static(b"content");
+    let mtime = Timestamp { secs: 1_600_000_000, nanos: 123_456_789 };
+    let files = vec![
+        FileContent { path: p("a"), mode: 0o640, mtime: Some(mtime), digest: Digest::of(&data), data: data.clone() },
+        FileContent { path: p("bad"), mode: 0o640, mtime: None, digest: Digest([0; 32]), data: data.clone() },
+    ];
+    let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files }) else { panic!() };
+    assert!(out[0].is_ok());
+    assert_eq!(out[1].as_ref().unwrap_err().kind, FailureKind::Mismatch);
+    let m = std::fs::metadata(root(&dir).join("a")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o640, 1_600_000_000, 123_456_789));
+    assert!(!root(&dir).join("bad").exists());
+    let names: Vec<_> = std::fs::read_dir(root(&dir)).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, vec!["a"], "no temporary file is left behind");
+}
+
+#[test]
+fn patches_are_verified_before_anything_is_written() {
+    let (dir, tree) = setup();
+    let original: Vec<u8> = (0..8192u32).map(|i| i as u8).collect();
+    std::fs::write(root(&dir).join("f"), &original).unwrap();
+    let mut wanted = original.clone();
+    wanted[5000] ^= 0xff;
+
+    let hash = Request::HashBlocks { path: p("f"), offset: 0, len: 8192, block_size: 4096 };
+    let Response::Digests(dst_blocks) = tree.execute(&hash) else { panic!() };
+    assert_eq!(dst_blocks.len(), 2);
+    let block = Bytes::copy_from_slice(&wanted[4096..]);
+    let patch = |chunk_digest| Request::ApplyPatch {
+        path: p("f"),
+        offset: 0,
+        len: 8192,
+        block_size: 4096,
+        chunk_digest,
+        blocks: vec![Block { index: 1, data: block.clone() }],
+    };
+    assert_eq!(failure(tree.execute(&patch(Digest::of(&original)))), FailureKind::Mismatch);
+    assert_eq!(std::fs::read(root(&dir).join("f")).unwrap(), original);
+    assert_eq!(tree.execute(&patch(Digest::of(&wanted))), Response::Done);
+    assert_eq!(std::fs::read(root(&dir).join("f")).unwrap(), wanted);
+}
+
+#[test]
+fn reads_report_changes_and_sizes() {
+    let (dir, tree) = setup();
+    std::fs::write(root(&dir).join("small"), b"abc").unwrap();
+    std::fs::write(root(&dir).join("big"), vec![1u8; 100]).unwrap();
+    let req = Request::ReadFiles { paths: vec![p("small"), p("big"), p("missing")], max_size: 50 };
+    let Response::Files(files) = tree.execute(&req) else { panic!() };
+    assert!(matches!(&files[0], FileRead::Content { data, stable: true, .. } if &data[..] == b"abc"));
+    assert!(matches!(&files[1], FileRead::NotSmall(s) if s.size == 100));
+    assert!(matches!(&files[2], FileRead::Failed(f) if f.kind == FailureKind::NotFound));
+    // Reading past the end means the file changed since it was listed.
+    assert_eq!(
+        failure(tree.execute(&Request::ReadData { path: p("small"), offset: 0, len: 10 })),
+        FailureKind::Changed
+    );
+    // Only whole pieces are digested.
+    let hash = Request::HashChunks { path: p("big"), offset: 0, len: 1024, chunk_size: 512 };
+    let Response::Digests(d) = tree.execute(&hash) else { panic!() };
+    assert!(d.is_empty());
+}
+
+#[test]
+fn big_files_are_prepared_written_in_place_and_finished() {
+    let (dir, tree) = setup();
+    let f = root(&dir).join("f");
+    std::fs::write(&f, b"old content that is longer").unwrap();
+    std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444)).unwrap();
+    assert!(matches!(tree.execute(&Request::PrepareFile { path: p("f") }), Response::Stat { stat: Some(_), .. }));
+    let data = Bytes::from_static(b"NEW");
+    assert_eq!(
+        tree.execute(&Request::WriteData { path: p("f"), offset: 0, digest: Digest::of(&data), data }),
+        Response::Done
+    );
+    let mtime = Timestamp { secs: 1_000_000_000, nanos: 1 };
+    assert_eq!(
+        tree.execute(&Request::FinishFile { path: p("f"), size: 3, mode: 0o444, mtime: Some(mtime) }),
+        Response::Done
+    );
+    assert_eq!(std::fs::read(&f).unwrap(), b"NEW");
+    let m = std::fs::metadata(&f).unwrap();
+    assert_eq!((m.mode() & 0o777, m.mtime(), m.mtime_nsec()), (0o444, 1_000_000_000, 1));
+}
+
+#[test]
+fn directories_and_links_are_created_replaced_and_removed() {
+    let (dir, tree) = setup();
+    let r = root(&dir);
+    assert_eq!(tree.execute(&Request::MakeDir { path: p("a/b/c"), mode: 0o755, parents: true }), Response::Done);
+    assert!(r.join("a/b/c").is_dir());
+    assert_eq!(
+        failure(tree.execute(&Request::MakeDir { path: p("x/y"), mode: 0o755, parents: false })),
+        FailureKind::NotFound
+    );
+    std::fs::write(r.join("a/file"), b"x").unwrap();
+    let t = Bytes::from_static(b"b/c");
+    assert_eq!(tree.execute(&Request::MakeSymlink { path: p("a/file"), target: t, mtime: None }), Response::Done);
+    assert_eq!(std::fs::read_link(r.join("a/file")).unwrap(), Path::new("b/c"));
+    assert_eq!(tree.execute(&Request::Remove { path: p("a") }), Response::Done);
+    assert!(!r.join("a").exists());
+    assert_eq!(failure(tree.execute(&Request::Remove { path: RelPath::root() })), FailureKind::BadRequest);
+}

@@ -1,0 +1,14 @@
+//! The planner: pure decisions about what a sync must do, made from what
+//! each side reports (listings, stats, digests). It never touches a file or a
+//! socket, so every rule here is tested with plain values.
+//!
+//! - [`dir`]: compare the listings of one directory on both sides and decide,
+//!   entry by entry, what to create, update, replace, delete or descend into.
+//! - [`file`]: cut a file into chunks and blocks and decide, from digests,
+//!   which chunks match, which to refine block by block, and which to send.
+//! - [`freshness`]: when a file's metadata can be trusted — the quick check
+//!   and the "racy timestamp" rule that keeps it safe on live data.
+
+pub mod dir;
+pub mod file;
+pub mod freshness;

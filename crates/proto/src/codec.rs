@@ -1,0 +1,174 @@
+//! Frames: the unit that crosses the wire.
+//!
+//! ```text
+//! frame = length:u32le body[length]          length <= MAX_FRAME
+//! body  = type:u8 fields…
+//! ```
+//! Requests and responses carry the id that pairs them (`varint`), so any
+//! number may be in flight on one connection and answered in any order.
+
+use bytes::{Buf, Bytes, BytesMut};
+
+use crate::handshake::{Hello, Welcome};
+use crate::limits::MAX_FRAME;
+use crate::message::{Request, Response};
+use crate::path::PathError;
+use crate::wire::{Reader, Writer};
+
+/// Length of the frame header.
+pub const HEADER_LEN: usize = 4;
+
+/// Everything that can cross a connection.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Frame {
+    /// Client's opening.
+    Hello(Hello),
+    /// Server's answer to the opening.
+    Welcome(Welcome),
+    /// Client's proof of the token.
+    ClientProof([u8; 32]),
+    /// Server's proof of the token.
+    ServerProof([u8; 32]),
+    /// The sender refuses to go on, and says why.
+    Refused(String),
+    /// A request.
+    Request {
+        /// Pairs the response with the request.
+        id: u32,
+        /// The request.
+        request: Request,
+    },
+    /// A response.
+    Response {
+        /// Id of the request answered.
+        id: u32,
+        /// The response.
+        response: Response,
+    },
+}
+
+/// Why bytes could not be decoded. Any of these means the peer is broken or
+/// hostile: drop the connection.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum CodecError {
+    /// The length prefix exceeds [`MAX_FRAME`].
+    #[error("frame of {0} bytes exceeds the limit of {MAX_FRAME}")]
+    TooLarge(u64),
+    /// A field is malformed or out of bounds.
+    #[error("malformed frame: {0}")]
+    Invalid(&'static str),
+    /// A path in the frame is invalid (escape attempt or malformed).
+    #[error("invalid path in frame: {0}")]
+    Path(#[from] PathError),
+}
+
+/// Encodes `frame` into `out`. Large payloads (file data) are not copied:
+/// they are returned and must be written right after what was appended to
+/// `out`; the length prefix already accounts for them.
+pub fn encode(frame: &Frame, out: &mut BytesMut) -> Option<Bytes> {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let mut w = Writer(out);
+    let tail = match frame {
+        Frame::Hello(h) => {
+            w.u8(1);
+            h.encode(&mut w);
+            None
+        }
+        Frame::Welcome(welcome) => {
+            w.u8(2);
+            welcome.encode(&mut w);
+            None
+        }
+        Frame::ClientProof(p) => {
+            w.u8(3);
+            w.raw(p);
+            None
+        }
+        Frame::ServerProof(p) => {
+            w.u8(4);
+            w.raw(p);
+            None
+        }
+        Frame::Refused(reason) => {
+            w.u8(5);
+            w.bytes(&reason.as_bytes()[..reason.len().min(crate::limits::MAX_MESSAGE)]);
+            None
+        }
+        Frame::Request { id, request } => {
+            w.u8(6);
+            w.varint(*id as u64);
+            request.encode(&mut w)
+        }
+        Frame::Response { id, response } => {
+            w.u8(7);
+            w.varint(*id as u64);
+            response.encode(&mut w)
+        }
+    };
+    let len = out.len() - start - HEADER_LEN + tail.as_ref().map_or(0, Bytes::len);
+    debug_assert!(len <= MAX_FRAME, "encoded a frame of {len} bytes");
+    out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+    tail
+}
+
+/// Encodes `frame` into one contiguous buffer (tests, small frames).
+pub fn encode_to_vec(frame: &Frame) -> Vec<u8> {
+    let mut out = BytesMut::new();
+    let tail = encode(frame, &mut out);
+    let mut v = out.to_vec();
+    if let Some(t) = tail {
+        v.extend_from_slice(&t);
+    }
+    v
+}
+
+/// How many bytes the frame at the start of `buf` needs in total, once its
+/// header is there; refuses oversized frames before anything is allocated.
+pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
+    if buf.len() < HEADER_LEN {
+        return Ok(None);
+    }
+    let len = u32::from_le_bytes([buf[0], buf[1], buf[2], buf[3]]) as u64;
+    if len > MAX_FRAME as u64 {
+        return Err(CodecError::TooLarge(len));
+    }
+    Ok(Some(HEADER_LEN + len as usize))
+}
+
+/// Takes one frame off the front of `buf`. `Ok(None)` means the frame is not
+/// complete yet (read more); an error means the peer is broken.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    let Some(total) = frame_len(buf)? else { return Ok(None) };
+    if buf.len() < total {
+        buf.reserve(total - buf.len());
+        return Ok(None);
+    }
+    let mut body = buf.split_to(total);
+    body.advance(HEADER_LEN);
+    decode_body(body.freeze()).map(Some)
+}
+
+/// Decodes one frame body (without its length prefix).
+pub fn decode_body(body: Bytes) -> Result<Frame, CodecError> {
+    let mut r = Reader::new(body);
+    let frame = match r.u8("frame type")? {
+        1 => Frame::Hello(Hello::decode(&mut r)?),
+        2 => Frame::Welcome(Welcome::decode(&mut r)?),
+        3 => Frame::ClientProof(r.array32("proof")?),
+        4 => Frame::ServerProof(r.array32("proof")?),
+        5 => Frame::Refused(r.message()?),
+        6 => {
+            let id = r.u32v("request id")?;
+            Frame::Request { id, request: Request::decode(&mut r)? }
+        }
+        7 => {
+            let id = r.u32v("request id")?;
+            Frame::Response { id, response: Response::decode(&mut r)? }
+        }
+        _ => return Err(CodecError::Invalid("unknown frame type")),
+    };
+    r.finish()?;
+    Ok(frame)
+}

@@ -1,0 +1,32 @@
+//! Hard bounds on everything that crosses the wire. A peer that exceeds one is
+//! broken or hostile; the codec refuses the frame before allocating for it.
+
+/// Largest frame body accepted or produced (length prefix excluded).
+pub const MAX_FRAME: usize = 24 << 20;
+
+/// Largest chunk (and so the largest single data read or write).
+pub const MAX_CHUNK: u32 = 16 << 20;
+
+/// Smallest block size used to refine a differing chunk.
+pub const MIN_BLOCK: u32 = 512;
+
+/// Longest relative path, in bytes (Linux `PATH_MAX`).
+pub const MAX_PATH: usize = 4096;
+
+/// Longest single path component, in bytes (Linux `NAME_MAX`).
+pub const MAX_NAME: usize = 255;
+
+/// Longest symlink target, in bytes.
+pub const MAX_LINK_TARGET: usize = 4096;
+
+/// Most digests in one message.
+pub const MAX_DIGESTS: usize = 1 << 16;
+
+/// Most files in one batched read or write.
+pub const MAX_BATCH_FILES: usize = 1024;
+
+/// Largest total payload of one batched read or write.
+pub const MAX_BATCH_BYTES: usize = 16 << 20;
+
+/// Longest human-readable message (error text, refusal reason).
+pub const MAX_MESSAGE: usize = 4096;

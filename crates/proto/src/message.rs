@@ -1,0 +1,899 @@
+//! Requests one side asks of the other side's tree, and their responses.
+//!
+//! The vocabulary is the set of operations a sync needs on a *source* tree
+//! (stat, list, hash, read) and on a *destination* tree (hash, write, patch,
+//! create, remove, set attributes). The client sends requests over any of its
+//! connections, each tagged with an id; the server answers each with one
+//! response (a directory listing may take several pages). Every request is
+//! self-contained: there are no open-file handles or cursors on the server.
+//!
+//! Data is verified end to end: whoever reads data computes its BLAKE3 digest
+//! at read time, whoever writes data checks that digest before writing.
+
+use bytes::Bytes;
+
+use crate::codec::CodecError;
+use crate::limits::{
+    MAX_BATCH_BYTES, MAX_BATCH_FILES, MAX_CHUNK, MAX_DIGESTS, MAX_LINK_TARGET, MAX_MESSAGE, MIN_BLOCK,
+};
+use crate::path::RelPath;
+use crate::stat::{Digest, Entry, Kind, Stat, Timestamp};
+use crate::wire::{Reader, Writer};
+
+/// An operation on the peer's tree. Paths are relative to the server's root.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Request {
+    /// `lstat` one path. Answer: [`Response::Stat`].
+    Stat {
+        /// Entry to stat.
+        path: RelPath,
+    },
+    /// List a directory, `lstat`-ing every entry. Answer: one or more
+    /// [`Response::Listing`] pages, the last with `more == false`.
+    ListDir {
+        /// Directory to list.
+        path: RelPath,
+    },
+    /// Digest consecutive pieces of `chunk_size` bytes covering
+    /// `[offset, offset + len)`. Answer: [`Response::Digests`] with one digest
+    /// per piece that lies entirely inside the file, from the first on.
+    HashChunks {
+        /// File to hash.
+        path: RelPath,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
+        /// Piece size.
+        chunk_size: u32,
+    },
+    /// Like `HashChunks` for one chunk cut into blocks, to refine a chunk that
+    /// differs. Answer: [`Response::Digests`].
+    HashBlocks {
+        /// File to hash.
+        path: RelPath,
+        /// Start of the chunk.
+        offset: u64,
+        /// Length of the chunk.
+        len: u32,
+        /// Block size.
+        block_size: u32,
+    },
+    /// Read `[offset, offset + len)`, which must lie inside the file.
+    /// Answer: [`Response::Data`].
+    ReadData {
+        /// File to read.
+        path: RelPath,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u32,
+    },
+    /// The source half of a block delta: read the chunk
+    /// `[offset, offset + len)`, compare its blocks with the destination's
+    /// `dest_blocks`, answer [`Response::Patch`] with the blocks that differ
+    /// and the digest of the whole chunk as read.
+    ReadPatch {
+        /// File to read.
+        path: RelPath,
+        /// Start of the chunk.
+        offset: u64,
+        /// Length of the chunk.
+        len: u32,
+        /// Block size the destination digests were computed with.
+        block_size: u32,
+        /// The destination's block digests of the same chunk.
+        dest_blocks: Vec<Digest>,
+    },
+    /// Write `data` at `offset` after checking it against `digest`; the file
+    /// is created (mode 0600) if missing. Answer: [`Response::Done`].
+    WriteData {
+        /// File to write.
+        path: RelPath,
+        /// Where the data goes.
+        offset: u64,
+        /// BLAKE3 of `data` as the source read it.
+        digest: Digest,
+        /// The data.
+        data: Bytes,
+    },
+    /// The destination half of a block delta: overlay `blocks` on the chunk
+    /// `[offset, offset + len)`, check that the result has `chunk_digest`, and
+    /// only then write the blocks. Answer: [`Response::Done`].
+    ApplyPatch {
+        /// File to patch.
+        path: RelPath,
+        /// Start of the chunk.
+        offset: u64,
+        /// Length of the chunk.
+        len: u32,
+        /// Block size the patch was computed with.
+        block_size: u32,
+        /// Digest of the whole chunk after patching.
+        chunk_digest: Digest,
+        /// Blocks that differ.
+        blocks: Vec<Block>,
+    },
+    /// Read several whole small files at once. Answer: [`Response::Files`],
+    /// one [`FileRead`] per path, in order.
+    ReadFiles {
+        /// Files to read.
+        paths: Vec<RelPath>,
+        /// Files larger than this are not read but answered `TooBig`.
+        max_size: u32,
+    },
+    /// Write several whole small files at once, each atomically (a temporary
+    /// file renamed over the target). Answer: [`Response::Outcomes`].
+    WriteFiles {
+        /// The files.
+        files: Vec<FileContent>,
+    },
+    /// Make sure `path` is a regular file that can be written at offsets,
+    /// creating it empty (mode 0600) if missing. Answer: [`Response::Stat`].
+    PrepareFile {
+        /// File to prepare.
+        path: RelPath,
+    },
+    /// The file's data is complete: set its size and mode, and its mtime if
+    /// given. Answer: [`Response::Done`].
+    FinishFile {
+        /// File to finish.
+        path: RelPath,
+        /// Final size (truncates or extends).
+        size: u64,
+        /// Final permission bits.
+        mode: u32,
+        /// Final mtime; `None` leaves the write time, so that the next run
+        /// re-checks the file.
+        mtime: Option<Timestamp>,
+    },
+    /// Create a directory. Answer: [`Response::Done`].
+    MakeDir {
+        /// Directory to create.
+        path: RelPath,
+        /// Permission bits to create it with.
+        mode: u32,
+        /// Also create missing parents; an existing directory is not an error.
+        parents: bool,
+    },
+    /// Create a symlink, atomically replacing a non-directory entry.
+    /// Answer: [`Response::Done`].
+    MakeSymlink {
+        /// Where the link goes.
+        path: RelPath,
+        /// What it points to (never interpreted, never followed).
+        target: Bytes,
+        /// mtime of the link itself, if it is to be set.
+        mtime: Option<Timestamp>,
+    },
+    /// Remove an entry; directories recursively, never following symlinks.
+    /// Answer: [`Response::Done`].
+    Remove {
+        /// Entry to remove.
+        path: RelPath,
+    },
+    /// Set permissions and/or mtime of an existing entry.
+    /// Answer: [`Response::Done`].
+    SetAttrs {
+        /// Entry to change.
+        path: RelPath,
+        /// New permission bits (ignored for symlinks).
+        mode: Option<u32>,
+        /// New mtime.
+        mtime: Option<Timestamp>,
+    },
+}
+
+/// One block of a patch.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Block {
+    /// Index of the block within its chunk.
+    pub index: u32,
+    /// Its new content.
+    pub data: Bytes,
+}
+
+/// One whole file to write.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct FileContent {
+    /// Where it goes.
+    pub path: RelPath,
+    /// Permission bits.
+    pub mode: u32,
+    /// mtime to set, if the source was stable while read.
+    pub mtime: Option<Timestamp>,
+    /// BLAKE3 of `data` as the source read it.
+    pub digest: Digest,
+    /// The content.
+    pub data: Bytes,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Response {
+    /// The operation was done.
+    Done,
+    /// Metadata of one entry, `None` if it does not exist.
+    Stat {
+        /// The entry's metadata.
+        stat: Option<Stat>,
+        /// The answering side's clock when it looked.
+        now: Timestamp,
+    },
+    /// One page of a directory listing.
+    Listing {
+        /// Entries of this page.
+        entries: Vec<Entry>,
+        /// The answering side's clock when it started listing.
+        now: Timestamp,
+        /// Whether more pages follow.
+        more: bool,
+    },
+    /// Digests, in order.
+    Digests(Vec<Digest>),
+    /// Data with its digest.
+    Data {
+        /// BLAKE3 of `data`, computed when it was read.
+        digest: Digest,
+        /// The data.
+        data: Bytes,
+    },
+    /// The blocks of a chunk that differ.
+    Patch {
+        /// Digest of the whole chunk as read.
+        chunk_digest: Digest,
+        /// The differing blocks, in increasing index order.
+        blocks: Vec<Block>,
+    },
+    /// Results of a `ReadFiles`, one per path, in order.
+    Files(Vec<FileRead>),
+    /// Results of a `WriteFiles`, one per file, in order.
+    Outcomes(Vec<Result<(), Failure>>),
+    /// The request failed.
+    Failed(Failure),
+}
+
+/// The result of reading one whole file.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum FileRead {
+    /// The file's content.
+    Content {
+        /// Metadata taken just before reading.
+        stat: Stat,
+        /// The reader's clock when it took `stat`.
+        now: Timestamp,
+        /// Whether the metadata was the same after reading; if not, the file
+        /// changed while it was read.
+        stable: bool,
+        /// BLAKE3 of `data`.
+        digest: Digest,
+        /// The content.
+        data: Bytes,
+    },
+    /// The file is larger than the requested maximum (or not a regular file).
+    NotSmall(Stat),
+    /// Reading failed.
+    Failed(Failure),
+}
+
+/// Why an operation failed, in a form both sides understand.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Failure {
+    /// The class of failure, for the engine to decide what to do.
+    pub kind: FailureKind,
+    /// What happened, for humans.
+    pub message: String,
+}
+
+impl Failure {
+    /// A failure of `kind` with a message.
+    pub fn new(kind: FailureKind, message: impl Into<String>) -> Self {
+        let mut message: String = message.into();
+        if message.len() > MAX_MESSAGE {
+            let mut end = MAX_MESSAGE;
+            while !message.is_char_boundary(end) {
+                end -= 1;
+            }
+            message.truncate(end);
+        }
+        Failure { kind, message }
+    }
+}
+
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for Failure {}
+
+/// Classes of failure.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum FailureKind {
+    /// The entry does not exist (or vanished).
+    NotFound,
+    /// Permission denied.
+    PermissionDenied,
+    /// No space left on the device (or quota exceeded).
+    NoSpace,
+    /// The file changed while it was being read.
+    Changed,
+    /// Data did not match its digest.
+    Mismatch,
+    /// A component of the path is not a directory.
+    NotADirectory,
+    /// The entry is a directory where something else was expected.
+    IsADirectory,
+    /// A symlink inside the tree stands where a directory is needed; pareco
+    /// never follows one.
+    SymlinkInPath,
+    /// The request is malformed or out of bounds.
+    BadRequest,
+    /// The server refuses this operation (policy).
+    Refused,
+    /// Any other I/O error.
+    Io,
+}
+
+impl FailureKind {
+    fn code(self) -> u8 {
+        match self {
+            FailureKind::NotFound => 1,
+            FailureKind::PermissionDenied => 2,
+            FailureKind::NoSpace => 3,
+            FailureKind::Changed => 4,
+            FailureKind::Mismatch => 5,
+            FailureKind::NotADirectory => 6,
+            FailureKind::IsADirectory => 7,
+            FailureKind::SymlinkInPath => 8,
+            FailureKind::BadRequest => 9,
+            FailureKind::Refused => 10,
+            FailureKind::Io => 11,
+        }
+    }
+
+    fn from_code(code: u8) -> FailureKind {
+        match code {
+            1 => FailureKind::NotFound,
+            2 => FailureKind::PermissionDenied,
+            3 => FailureKind::NoSpace,
+            4 => FailureKind::Changed,
+            5 => FailureKind::Mismatch,
+            6 => FailureKind::NotADirectory,
+            7 => FailureKind::IsADirectory,
+            8 => FailureKind::SymlinkInPath,
+            9 => FailureKind::BadRequest,
+            10 => FailureKind::Refused,
+            // A newer peer's kind we do not know is still an I/O failure.
+            _ => FailureKind::Io,
+        }
+    }
+}
+
+impl Request {
+    /// The path the request is about (the first one for batches).
+    pub fn path(&self) -> Option<&RelPath> {
+        match self {
+            Request::Stat { path }
+            | Request::ListDir { path }
+            | Request::HashChunks { path, .. }
+            | Request::HashBlocks { path, .. }
+            | Request::ReadData { path, .. }
+            | Request::ReadPatch { path, .. }
+            | Request::WriteData { path, .. }
+            | Request::ApplyPatch { path, .. }
+            | Request::PrepareFile { path }
+            | Request::FinishFile { path, .. }
+            | Request::MakeDir { path, .. }
+            | Request::MakeSymlink { path, .. }
+            | Request::Remove { path }
+            | Request::SetAttrs { path, .. } => Some(path),
+            Request::ReadFiles { paths, .. } => paths.first(),
+            Request::WriteFiles { files } => files.first().map(|f| &f.path),
+        }
+    }
+
+    /// Whether the request changes the tree (as opposed to only reading it).
+    pub fn writes(&self) -> bool {
+        !matches!(
+            self,
+            Request::Stat { .. }
+                | Request::ListDir { .. }
+                | Request::HashChunks { .. }
+                | Request::HashBlocks { .. }
+                | Request::ReadData { .. }
+                | Request::ReadPatch { .. }
+                | Request::ReadFiles { .. }
+        )
+    }
+
+    pub(crate) fn encode(&self, w: &mut Writer<'_>) -> Option<Bytes> {
+        match self {
+            Request::Stat { path } => {
+                w.u8(1);
+                w.path(path);
+            }
+            Request::ListDir { path } => {
+                w.u8(2);
+                w.path(path);
+            }
+            Request::HashChunks { path, offset, len, chunk_size } => {
+                w.u8(3);
+                w.path(path);
+                w.varint(*offset);
+                w.varint(*len);
+                w.varint(*chunk_size as u64);
+            }
+            Request::HashBlocks { path, offset, len, block_size } => {
+                w.u8(4);
+                w.path(path);
+                w.varint(*offset);
+                w.varint(*len as u64);
+                w.varint(*block_size as u64);
+            }
+            Request::ReadData { path, offset, len } => {
+                w.u8(5);
+                w.path(path);
+                w.varint(*offset);
+                w.varint(*len as u64);
+            }
+            Request::ReadPatch { path, offset, len, block_size, dest_blocks } => {
+                w.u8(6);
+                w.path(path);
+                w.varint(*offset);
+                w.varint(*len as u64);
+                w.varint(*block_size as u64);
+                w.varint(dest_blocks.len() as u64);
+                dest_blocks.iter().for_each(|d| w.digest(d));
+            }
+            Request::WriteData { path, offset, digest, data } => {
+                w.u8(7);
+                w.path(path);
+                w.varint(*offset);
+                w.digest(digest);
+                return Some(data.clone());
+            }
+            Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks } => {
+                w.u8(8);
+                w.path(path);
+                w.varint(*offset);
+                w.varint(*len as u64);
+                w.varint(*block_size as u64);
+                w.digest(chunk_digest);
+                encode_blocks(w, blocks);
+            }
+            Request::ReadFiles { paths, max_size } => {
+                w.u8(9);
+                w.varint(*max_size as u64);
+                w.varint(paths.len() as u64);
+                paths.iter().for_each(|p| w.path(p));
+            }
+            Request::WriteFiles { files } => {
+                w.u8(10);
+                w.varint(files.len() as u64);
+                for f in files {
+                    w.path(&f.path);
+                    w.varint(f.mode as u64);
+                    w.opt_timestamp(f.mtime);
+                    w.digest(&f.digest);
+                    w.bytes(&f.data);
+                }
+            }
+            Request::PrepareFile { path } => {
+                w.u8(11);
+                w.path(path);
+            }
+            Request::FinishFile { path, size, mode, mtime } => {
+                w.u8(12);
+                w.path(path);
+                w.varint(*size);
+                w.varint(*mode as u64);
+                w.opt_timestamp(*mtime);
+            }
+            Request::MakeDir { path, mode, parents } => {
+                w.u8(13);
+                w.path(path);
+                w.varint(*mode as u64);
+                w.bool(*parents);
+            }
+            Request::MakeSymlink { path, target, mtime } => {
+                w.u8(14);
+                w.path(path);
+                w.bytes(target);
+                w.opt_timestamp(*mtime);
+            }
+            Request::Remove { path } => {
+                w.u8(15);
+                w.path(path);
+            }
+            Request::SetAttrs { path, mode, mtime } => {
+                w.u8(16);
+                w.path(path);
+                match mode {
+                    Some(m) => {
+                        w.u8(1);
+                        w.varint(*m as u64);
+                    }
+                    None => w.u8(0),
+                }
+                w.opt_timestamp(*mtime);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Request, CodecError> {
+        let op = r.u8("request type")?;
+        let req = match op {
+            1 => Request::Stat { path: r.path()? },
+            2 => Request::ListDir { path: r.path()? },
+            3 => {
+                let path = r.path()?;
+                let offset = r.varint("offset")?;
+                let len = r.varint("length")?;
+                let chunk_size = chunk_size(r)?;
+                if len.div_ceil(chunk_size as u64) > MAX_DIGESTS as u64 {
+                    return Err(CodecError::Invalid("too many chunks in one request"));
+                }
+                Request::HashChunks { path, offset, len, chunk_size }
+            }
+            4 => {
+                let path = r.path()?;
+                let offset = r.varint("offset")?;
+                let len = data_len(r)?;
+                let block_size = block_size(r, len)?;
+                Request::HashBlocks { path, offset, len, block_size }
+            }
+            5 => Request::ReadData { path: r.path()?, offset: r.varint("offset")?, len: data_len(r)? },
+            6 => {
+                let path = r.path()?;
+                let offset = r.varint("offset")?;
+                let len = data_len(r)?;
+                let block_size = block_size(r, len)?;
+                let n = r.count(32, len.div_ceil(block_size) as usize, "block digests")?;
+                let dest_blocks = (0..n).map(|_| r.digest("block digest")).collect::<Result<_, _>>()?;
+                Request::ReadPatch { path, offset, len, block_size, dest_blocks }
+            }
+            7 => {
+                let path = r.path()?;
+                let offset = r.varint("offset")?;
+                let digest = r.digest("digest")?;
+                let data = r.rest();
+                if data.len() > MAX_CHUNK as usize {
+                    return Err(CodecError::Invalid("data larger than the largest chunk"));
+                }
+                Request::WriteData { path, offset, digest, data }
+            }
+            8 => {
+                let path = r.path()?;
+                let offset = r.varint("offset")?;
+                let len = data_len(r)?;
+                let block_size = block_size(r, len)?;
+                let chunk_digest = r.digest("chunk digest")?;
+                let blocks = decode_blocks(r, len, block_size)?;
+                Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks }
+            }
+            9 => {
+                let max_size = r.u32v("max size")?;
+                let n = r.count(1, MAX_BATCH_FILES, "file count")?;
+                if (n as u64).saturating_mul(max_size as u64) > MAX_BATCH_BYTES as u64 {
+                    return Err(CodecError::Invalid("batch read could exceed the batch size limit"));
+                }
+                let paths = (0..n).map(|_| r.path()).collect::<Result<_, _>>()?;
+                Request::ReadFiles { paths, max_size }
+            }
+            10 => {
+                let n = r.count(36, MAX_BATCH_FILES, "file count")?;
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    files.push(FileContent {
+                        path: r.path()?,
+                        mode: mode(r)?,
+                        mtime: r.opt_timestamp("mtime")?,
+                        digest: r.digest("digest")?,
+                        data: r.bytes(MAX_BATCH_BYTES, "file data")?,
+                    });
+                }
+                Request::WriteFiles { files }
+            }
+            11 => Request::PrepareFile { path: r.path()? },
+            12 => Request::FinishFile {
+                path: r.path()?,
+                size: r.varint("size")?,
+                mode: mode(r)?,
+                mtime: r.opt_timestamp("mtime")?,
+            },
+            13 => Request::MakeDir { path: r.path()?, mode: mode(r)?, parents: r.bool("parents")? },
+            14 => Request::MakeSymlink { path: r.path()?, target: link_target(r)?, mtime: r.opt_timestamp("mtime")? },
+            15 => Request::Remove { path: r.path()? },
+            16 => Request::SetAttrs {
+                path: r.path()?,
+                mode: if r.bool("mode flag")? { Some(mode(r)?) } else { None },
+                mtime: r.opt_timestamp("mtime")?,
+            },
+            _ => return Err(CodecError::Invalid("unknown request type")),
+        };
+        Ok(req)
+    }
+}
+
+impl Response {
+    pub(crate) fn encode(&self, w: &mut Writer<'_>) -> Option<Bytes> {
+        match self {
+            Response::Done => w.u8(1),
+            Response::Stat { stat, now } => {
+                w.u8(2);
+                w.timestamp(*now);
+                match stat {
+                    Some(s) => {
+                        w.u8(1);
+                        encode_stat(w, s);
+                    }
+                    None => w.u8(0),
+                }
+            }
+            Response::Listing { entries, now, more } => {
+                w.u8(3);
+                w.timestamp(*now);
+                w.bool(*more);
+                w.varint(entries.len() as u64);
+                for e in entries {
+                    w.bytes(e.name.as_bytes());
+                    encode_stat(w, &e.stat);
+                }
+            }
+            Response::Digests(digests) => {
+                w.u8(4);
+                w.varint(digests.len() as u64);
+                digests.iter().for_each(|d| w.digest(d));
+            }
+            Response::Data { digest, data } => {
+                w.u8(5);
+                w.digest(digest);
+                return Some(data.clone());
+            }
+            Response::Patch { chunk_digest, blocks } => {
+                w.u8(6);
+                w.digest(chunk_digest);
+                encode_blocks(w, blocks);
+            }
+            Response::Files(files) => {
+                w.u8(7);
+                w.varint(files.len() as u64);
+                for f in files {
+                    match f {
+                        FileRead::Content { stat, now, stable, digest, data } => {
+                            w.u8(1);
+                            encode_stat(w, stat);
+                            w.timestamp(*now);
+                            w.bool(*stable);
+                            w.digest(digest);
+                            w.bytes(data);
+                        }
+                        FileRead::NotSmall(stat) => {
+                            w.u8(2);
+                            encode_stat(w, stat);
+                        }
+                        FileRead::Failed(failure) => {
+                            w.u8(3);
+                            encode_failure(w, failure);
+                        }
+                    }
+                }
+            }
+            Response::Outcomes(outcomes) => {
+                w.u8(8);
+                w.varint(outcomes.len() as u64);
+                for o in outcomes {
+                    match o {
+                        Ok(()) => w.u8(0),
+                        Err(failure) => {
+                            w.u8(1);
+                            encode_failure(w, failure);
+                        }
+                    }
+                }
+            }
+            Response::Failed(failure) => {
+                w.u8(9);
+                encode_failure(w, failure);
+            }
+        }
+        None
+    }
+
+    pub(crate) fn decode(r: &mut Reader) -> Result<Response, CodecError> {
+        let op = r.u8("response type")?;
+        let resp = match op {
+            1 => Response::Done,
+            2 => {
+                let now = r.timestamp("clock")?;
+                let stat = if r.bool("stat flag")? { Some(decode_stat(r)?) } else { None };
+                Response::Stat { stat, now }
+            }
+            3 => {
+                let now = r.timestamp("clock")?;
+                let more = r.bool("more flag")?;
+                let n = r.count(9, usize::MAX, "entry count")?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push(Entry { name: r.name()?, stat: decode_stat(r)? });
+                }
+                Response::Listing { entries, now, more }
+            }
+            4 => {
+                let n = r.count(32, MAX_DIGESTS, "digest count")?;
+                Response::Digests((0..n).map(|_| r.digest("digest")).collect::<Result<_, _>>()?)
+            }
+            5 => {
+                let digest = r.digest("digest")?;
+                let data = r.rest();
+                if data.len() > MAX_CHUNK as usize {
+                    return Err(CodecError::Invalid("data larger than the largest chunk"));
+                }
+                Response::Data { digest, data }
+            }
+            6 => {
+                let chunk_digest = r.digest("chunk digest")?;
+                Response::Patch { chunk_digest, blocks: decode_blocks(r, MAX_CHUNK, MIN_BLOCK)? }
+            }
+            7 => {
+                let n = r.count(2, MAX_BATCH_FILES, "file count")?;
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    files.push(match r.u8("file result")? {
+                        1 => FileRead::Content {
+                            stat: decode_stat(r)?,
+                            now: r.timestamp("clock")?,
+                            stable: r.bool("stable flag")?,
+                            digest: r.digest("digest")?,
+                            data: r.bytes(MAX_BATCH_BYTES, "file data")?,
+                        },
+                        2 => FileRead::NotSmall(decode_stat(r)?),
+                        3 => FileRead::Failed(decode_failure(r)?),
+                        _ => return Err(CodecError::Invalid("unknown file result")),
+                    });
+                }
+                Response::Files(files)
+            }
+            8 => {
+                let n = r.count(1, MAX_BATCH_FILES, "outcome count")?;
+                let mut outcomes = Vec::with_capacity(n);
+                for _ in 0..n {
+                    outcomes.push(match r.bool("outcome")? {
+                        false => Ok(()),
+                        true => Err(decode_failure(r)?),
+                    });
+                }
+                Response::Outcomes(outcomes)
+            }
+            9 => Response::Failed(decode_failure(r)?),
+            _ => return Err(CodecError::Invalid("unknown response type")),
+        };
+        Ok(resp)
+    }
+}
+
+fn chunk_size(r: &mut Reader) -> Result<u32, CodecError> {
+    let v = r.u32v("chunk size")?;
+    if !(MIN_BLOCK..=MAX_CHUNK).contains(&v) {
+        return Err(CodecError::Invalid("chunk size out of range"));
+    }
+    Ok(v)
+}
+
+fn data_len(r: &mut Reader) -> Result<u32, CodecError> {
+    let v = r.u32v("length")?;
+    if v > MAX_CHUNK {
+        return Err(CodecError::Invalid("length larger than the largest chunk"));
+    }
+    Ok(v)
+}
+
+fn block_size(r: &mut Reader, len: u32) -> Result<u32, CodecError> {
+    let v = r.u32v("block size")?;
+    if !(MIN_BLOCK..=MAX_CHUNK).contains(&v) || len.div_ceil(v) as usize > MAX_DIGESTS {
+        return Err(CodecError::Invalid("block size out of range"));
+    }
+    Ok(v)
+}
+
+fn mode(r: &mut Reader) -> Result<u32, CodecError> {
+    let v = r.u32v("mode")?;
+    if v > 0o7777 {
+        return Err(CodecError::Invalid("mode has bits beyond 0o7777"));
+    }
+    Ok(v)
+}
+
+fn link_target(r: &mut Reader) -> Result<Bytes, CodecError> {
+    let t = r.bytes(MAX_LINK_TARGET, "symlink target")?;
+    if t.is_empty() || t.contains(&0) {
+        return Err(CodecError::Invalid("empty symlink target or NUL in it"));
+    }
+    Ok(t)
+}
+
+fn encode_blocks(w: &mut Writer<'_>, blocks: &[Block]) {
+    w.varint(blocks.len() as u64);
+    for b in blocks {
+        w.varint(b.index as u64);
+        w.bytes(&b.data);
+    }
+}
+
+/// Blocks of a chunk of `len` bytes cut at `block_size`: indices strictly
+/// increasing and in range, each block exactly as long as its slot.
+fn decode_blocks(r: &mut Reader, len: u32, block_size: u32) -> Result<Vec<Block>, CodecError> {
+    let slots = len.div_ceil(block_size);
+    let n = r.count(2, slots as usize, "block count")?;
+    let mut blocks = Vec::with_capacity(n);
+    let mut next = 0u32;
+    for _ in 0..n {
+        let index = r.u32v("block index")?;
+        if index < next || index >= slots {
+            return Err(CodecError::Invalid("block index out of order or range"));
+        }
+        next = index + 1;
+        let data = r.bytes(block_size as usize, "block data")?;
+        blocks.push(Block { index, data });
+    }
+    Ok(blocks)
+}
+
+fn encode_stat(w: &mut Writer<'_>, s: &Stat) {
+    w.u8(match s.kind {
+        Kind::File => 1,
+        Kind::Dir => 2,
+        Kind::Symlink => 3,
+        Kind::Fifo => 4,
+        Kind::Socket => 5,
+        Kind::CharDevice => 6,
+        Kind::BlockDevice => 7,
+    });
+    w.varint(s.size);
+    w.varint(s.mode as u64);
+    w.timestamp(s.mtime);
+    w.timestamp(s.ctime);
+    w.varint(s.ino);
+    w.varint(s.dev);
+    if let Some(t) = &s.target {
+        w.bytes(t);
+    }
+}
+
+fn decode_stat(r: &mut Reader) -> Result<Stat, CodecError> {
+    let kind = match r.u8("entry kind")? {
+        1 => Kind::File,
+        2 => Kind::Dir,
+        3 => Kind::Symlink,
+        4 => Kind::Fifo,
+        5 => Kind::Socket,
+        6 => Kind::CharDevice,
+        7 => Kind::BlockDevice,
+        _ => return Err(CodecError::Invalid("unknown entry kind")),
+    };
+    let size = r.varint("size")?;
+    let mode = mode(r)?;
+    let mtime = r.timestamp("mtime")?;
+    let ctime = r.timestamp("ctime")?;
+    let ino = r.varint("inode")?;
+    let dev = r.varint("device")?;
+    let target = match kind {
+        Kind::Symlink => Some(Box::from(&link_target(r)?[..])),
+        _ => None,
+    };
+    Ok(Stat { kind, size, mode, mtime, ctime, ino, dev, target })
+}
+
+fn encode_failure(w: &mut Writer<'_>, f: &Failure) {
+    w.u8(f.kind.code());
+    w.bytes(f.message.as_bytes());
+}
+
+fn decode_failure(r: &mut Reader) -> Result<Failure, CodecError> {
+    let kind = FailureKind::from_code(r.u8("failure kind")?);
+    Ok(Failure { kind, message: r.message()? })
+}

@@ -1,0 +1,265 @@
+//! Paths as they travel on the wire: raw bytes (names need not be UTF-8),
+//! relative to the root of a tree, validated so that they cannot escape it.
+//!
+//! A [`RelPath`] is a sequence of [`Name`]s joined by `/`. The empty path is
+//! the root itself. Validation rejects, before anything touches a
+//! filesystem: NUL bytes, empty components (`a//b`, a leading or trailing
+//! `/`, so no absolute paths), `.` and `..`, components longer than
+//! [`MAX_NAME`] and paths longer than [`MAX_PATH`].
+
+use std::fmt;
+
+use crate::limits::{MAX_NAME, MAX_PATH};
+
+/// Why a path or name was rejected.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    /// A component is empty: the path is absolute, or has `//` or a trailing `/`.
+    #[error("empty path component (absolute path, `//` or trailing `/`)")]
+    EmptyComponent,
+    /// A component is `.` or `..`.
+    #[error("`.` and `..` are not allowed in paths")]
+    DotComponent,
+    /// The path contains a NUL byte.
+    #[error("NUL byte in path")]
+    Nul,
+    /// A name contains `/`.
+    #[error("`/` in a file name")]
+    Slash,
+    /// A component is longer than [`MAX_NAME`].
+    #[error("path component longer than {MAX_NAME} bytes")]
+    NameTooLong,
+    /// The path is longer than [`MAX_PATH`].
+    #[error("path longer than {MAX_PATH} bytes")]
+    PathTooLong,
+}
+
+/// One validated path component: non-empty, not `.` or `..`, no `/` or NUL.
+#[derive(Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Name(Box<[u8]>);
+
+impl Name {
+    /// Validates a single component.
+    pub fn new(bytes: &[u8]) -> Result<Self, PathError> {
+        check_name(bytes)?;
+        Ok(Name(bytes.into()))
+    }
+
+    /// The raw bytes of the name.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+}
+
+fn check_name(bytes: &[u8]) -> Result<(), PathError> {
+    if bytes.is_empty() {
+        return Err(PathError::EmptyComponent);
+    }
+    if bytes == b"." || bytes == b".." {
+        return Err(PathError::DotComponent);
+    }
+    if bytes.len() > MAX_NAME {
+        return Err(PathError::NameTooLong);
+    }
+    if bytes.contains(&0) {
+        return Err(PathError::Nul);
+    }
+    if bytes.contains(&b'/') {
+        return Err(PathError::Slash);
+    }
+    Ok(())
+}
+
+/// A validated path relative to a tree's root; the empty path is the root.
+#[derive(Clone, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct RelPath(Box<[u8]>);
+
+impl RelPath {
+    /// The root of the tree.
+    pub fn root() -> Self {
+        RelPath::default()
+    }
+
+    /// Validates `a/b/c` (no leading or trailing `/`); `""` is the root.
+    pub fn new(bytes: &[u8]) -> Result<Self, PathError> {
+        if bytes.len() > MAX_PATH {
+            return Err(PathError::PathTooLong);
+        }
+        if !bytes.is_empty() {
+            for component in bytes.split(|&b| b == b'/') {
+                check_name(component)?;
+            }
+        }
+        Ok(RelPath(bytes.into()))
+    }
+
+    /// Parses a user-supplied path, tolerating leading, trailing and doubled
+    /// slashes (`/a//b/` is `a/b`) but still refusing `.`, `..` and NUL.
+    pub fn from_user(bytes: &[u8]) -> Result<Self, PathError> {
+        let parts: Vec<&[u8]> = bytes.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect();
+        RelPath::new(&parts.join(&b'/'))
+    }
+
+    /// This path with `name` appended.
+    pub fn join(&self, name: &Name) -> Result<Self, PathError> {
+        if self.0.is_empty() {
+            return Ok(RelPath(name.0.clone()));
+        }
+        let len = self.0.len() + 1 + name.0.len();
+        if len > MAX_PATH {
+            return Err(PathError::PathTooLong);
+        }
+        let mut bytes = Vec::with_capacity(len);
+        bytes.extend_from_slice(&self.0);
+        bytes.push(b'/');
+        bytes.extend_from_slice(&name.0);
+        Ok(RelPath(bytes.into()))
+    }
+
+    /// This path with every component of `other` appended.
+    pub fn join_path(&self, other: &RelPath) -> Result<Self, PathError> {
+        match (self.is_root(), other.is_root()) {
+            (_, true) => Ok(self.clone()),
+            (true, false) => Ok(other.clone()),
+            (false, false) => RelPath::new(&[&self.0[..], b"/", &other.0[..]].concat()),
+        }
+    }
+
+    /// Whether this is the root (the empty path).
+    pub fn is_root(&self) -> bool {
+        self.0.is_empty()
+    }
+
+    /// The raw bytes, components separated by `/`.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// The parent directory and the last component; `None` for the root.
+    pub fn split_last(&self) -> Option<(RelPath, Name)> {
+        if self.0.is_empty() {
+            return None;
+        }
+        Some(match self.0.iter().rposition(|&b| b == b'/') {
+            Some(i) => (RelPath(self.0[..i].into()), Name(self.0[i + 1..].into())),
+            None => (RelPath::root(), Name(self.0.clone())),
+        })
+    }
+
+    /// The components from the root down.
+    pub fn components(&self) -> impl Iterator<Item = &[u8]> {
+        self.0.split(|&b| b == b'/').filter(|c| !c.is_empty())
+    }
+}
+
+/// Writes raw path bytes for humans: printable ASCII and valid UTF-8 as is,
+/// control characters (a newline in a name) and invalid bytes as `\xNN`, so
+/// that one entry is always one line of output.
+pub fn write_escaped(bytes: &[u8], f: &mut impl fmt::Write) -> fmt::Result {
+    for chunk in bytes.utf8_chunks() {
+        for c in chunk.valid().chars() {
+            if c.is_control() || c == '\\' {
+                if c == '\\' {
+                    f.write_str("\\\\")?;
+                } else {
+                    let mut buf = [0u8; 4];
+                    for b in c.encode_utf8(&mut buf).bytes() {
+                        write!(f, "\\x{b:02x}")?;
+                    }
+                }
+            } else {
+                f.write_char(c)?;
+            }
+        }
+        for b in chunk.invalid() {
+            write!(f, "\\x{b:02x}")?;
+        }
+    }
+    Ok(())
+}
+
+impl fmt::Display for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.0.is_empty() {
+            return f.write_str(".");
+        }
+        write_escaped(&self.0, f)
+    }
+}
+
+impl fmt::Debug for RelPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "RelPath(\"{self}\")")
+    }
+}
+
+impl fmt::Display for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write_escaped(&self.0, f)
+    }
+}
+
+impl fmt::Debug for Name {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "Name(\"{self}\")")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_and_odd_names() {
+        for ok in [&b""[..], b"a", b"a/b/c", b"with space/\xff\xfe", b"line\nbreak", b"...", b".hidden/..x"] {
+            assert!(RelPath::new(ok).is_ok(), "{ok:?}");
+        }
+    }
+
+    #[test]
+    fn rejects_escapes_and_malformed_paths() {
+        let cases: [(&[u8], PathError); 8] = [
+            (b"/etc/passwd", PathError::EmptyComponent),
+            (b"a//b", PathError::EmptyComponent),
+            (b"a/", PathError::EmptyComponent),
+            (b"..", PathError::DotComponent),
+            (b"a/../../b", PathError::DotComponent),
+            (b"a/./b", PathError::DotComponent),
+            (b"a\0b", PathError::Nul),
+            (&[b'x'; 256], PathError::NameTooLong),
+        ];
+        for (bytes, err) in cases {
+            assert_eq!(RelPath::new(bytes), Err(err), "{bytes:?}");
+        }
+        let long = vec![&b"abcdefg"[..]; 600].join(&b'/');
+        assert_eq!(RelPath::new(&long), Err(PathError::PathTooLong));
+        assert_eq!(Name::new(b"a/b"), Err(PathError::Slash));
+    }
+
+    #[test]
+    fn user_paths_are_normalised_but_still_checked() {
+        assert_eq!(RelPath::from_user(b"/a//b/").unwrap().as_bytes(), b"a/b");
+        assert_eq!(RelPath::from_user(b"/").unwrap(), RelPath::root());
+        assert!(RelPath::from_user(b"/a/../b").is_err());
+    }
+
+    #[test]
+    fn join_and_split_are_inverse() {
+        let p = RelPath::new(b"a/b").unwrap();
+        let q = p.join(&Name::new(b"c").unwrap()).unwrap();
+        assert_eq!(q.as_bytes(), b"a/b/c");
+        let (parent, name) = q.split_last().unwrap();
+        assert_eq!((parent, name.as_bytes()), (p, &b"c"[..]));
+        assert_eq!(RelPath::new(b"x").unwrap().split_last().unwrap().0, RelPath::root());
+        assert!(RelPath::root().split_last().is_none());
+        assert_eq!(RelPath::root().join_path(&q).unwrap(), q);
+    }
+
+    #[test]
+    fn display_escapes_control_and_invalid_bytes() {
+        let p = RelPath::new(b"a\nb/\xffc\\").unwrap();
+        assert_eq!(p.to_string(), "a\\x0ab/\\xffc\\\\");
+        assert_eq!(RelPath::root().to_string(), ".");
+    }
+}

@@ -1,0 +1,123 @@
+//! What one side knows about an entry of its tree: the metadata that decides
+//! whether a file must be copied, and the content digests that prove it.
+
+use std::fmt;
+
+use crate::path::Name;
+
+/// A point in time as the filesystem records it, to the nanosecond.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Timestamp {
+    /// Seconds since the Unix epoch (negative before 1970).
+    pub secs: i64,
+    /// Nanoseconds within the second, `< 1_000_000_000`.
+    pub nanos: u32,
+}
+
+impl Timestamp {
+    /// `self - earlier` in nanoseconds, saturating.
+    pub fn nanos_since(self, earlier: Timestamp) -> i128 {
+        let a = self.secs as i128 * 1_000_000_000 + self.nanos as i128;
+        let b = earlier.secs as i128 * 1_000_000_000 + earlier.nanos as i128;
+        a - b
+    }
+}
+
+/// The type of a directory entry. Links are never followed, so a symlink is
+/// always reported as a symlink.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Kind {
+    /// A regular file.
+    File,
+    /// A directory.
+    Dir,
+    /// A symbolic link (its target is in [`Stat::target`]).
+    Symlink,
+    /// A named pipe.
+    Fifo,
+    /// A Unix domain socket.
+    Socket,
+    /// A character device.
+    CharDevice,
+    /// A block device.
+    BlockDevice,
+}
+
+impl Kind {
+    /// A short lower-case name for messages.
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::File => "file",
+            Kind::Dir => "directory",
+            Kind::Symlink => "symlink",
+            Kind::Fifo => "fifo",
+            Kind::Socket => "socket",
+            Kind::CharDevice => "character device",
+            Kind::BlockDevice => "block device",
+        }
+    }
+}
+
+/// Metadata of one entry, as `lstat` reports it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Stat {
+    /// Entry type.
+    pub kind: Kind,
+    /// Size in bytes (apparent size; for symlinks the target length).
+    pub size: u64,
+    /// Permission bits (`mode & 0o7777`).
+    pub mode: u32,
+    /// Last content modification.
+    pub mtime: Timestamp,
+    /// Last status change; any write or metadata change moves it.
+    pub ctime: Timestamp,
+    /// Inode number, to notice a file replaced by another.
+    pub ino: u64,
+    /// Device number of the filesystem holding the entry.
+    pub dev: u64,
+    /// Symlink target, for symlinks only.
+    pub target: Option<Box<[u8]>>,
+}
+
+impl Stat {
+    /// Whether the entry is unchanged between two observations: same inode,
+    /// size, mtime and ctime. A write in between moves mtime and ctime, a
+    /// replacement changes the inode.
+    pub fn same_version(&self, later: &Stat) -> bool {
+        self.kind == later.kind
+            && self.ino == later.ino
+            && self.dev == later.dev
+            && self.size == later.size
+            && self.mtime == later.mtime
+            && self.ctime == later.ctime
+    }
+}
+
+/// A named entry of a directory listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Entry {
+    /// The entry's name within its directory.
+    pub name: Name,
+    /// Its metadata.
+    pub stat: Stat,
+}
+
+/// A BLAKE3 digest of a file, chunk or block.
+#[derive(Clone, Copy, PartialEq, Eq, Hash)]
+pub struct Digest(pub [u8; 32]);
+
+impl Digest {
+    /// Digest of `data`.
+    pub fn of(data: &[u8]) -> Digest {
+        Digest(*blake3::hash(data).as_bytes())
+    }
+}
+
+impl fmt::Debug for Digest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        for b in &self.0[..8] {
+            write!(f, "{b:02x}")?;
+        }
+        f.write_str("…")
+    }
+}

@@ -1,0 +1,276 @@
+//! Codec properties: every frame survives a round trip, every prefix of a
+//! frame is "incomplete" (never an error, never a wrong frame), and arbitrary
+//! or corrupted bytes are refused without panicking.
+
+use bytes::{Bytes, BytesMut};
+use pareco_proto::codec::{self, CodecError, Frame};
+use pareco_proto::handshake::{Hello, Welcome};
+use pareco_proto::limits::MAX_FRAME;
+use pareco_proto::{
+    Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath, Request, Response, Stat,
+    Timestamp,
+};
+use proptest::prelude::*;
+
+fn name() -> impl Strategy<Value = Name> {
+    proptest::collection::vec(any::<u8>().prop_filter("no NUL or slash", |b| *b != 0 && *b != b'/'), 1..20)
+        .prop_filter_map("not . or ..", |v| Name::new(&v).ok())
+}
+
+fn path() -> impl Strategy<Value = RelPath> {
+    proptest::collection::vec(name(), 0..4)
+        .prop_map(|names| names.iter().fold(RelPath::root(), |p, n| p.join(n).unwrap()))
+}
+
+fn timestamp() -> impl Strategy<Value = Timestamp> {
+    (any::<i64>(), 0u32..1_000_000_000).prop_map(|(secs, nanos)| Timestamp { secs, nanos })
+}
+
+fn digest() -> impl Strategy<Value = Digest> {
+    any::<[u8; 32]>().prop_map(Digest)
+}
+
+fn data(max: usize) -> impl Strategy<Value = Bytes> {
+    proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
+}
+
+fn stat() -> impl Strategy<Value = Stat> {
+    let kind = prop_oneof![
+        Just(Kind::File),
+        Just(Kind::Dir),
+        Just(Kind::Symlink),
+        Just(Kind::Fifo),
+        Just(Kind::Socket),
+        Just(Kind::CharDevice),
+        Just(Kind::BlockDevice)
+    ];
+    (
+        kind,
+        any::<u64>(),
+        0u32..=0o7777,
+        timestamp(),
+        timestamp(),
+        any::<u64>(),
+        any::<u64>(),
+        proptest::collection::vec(1u8..=255, 1..30),
+    )
+        .prop_map(|(kind, size, mode, mtime, ctime, ino, dev, target)| Stat {
+            kind,
+            size,
+            mode,
+            mtime,
+            ctime,
+            ino,
+            dev,
+            target: (kind == Kind::Symlink).then(|| target.into()),
+        })
+}
+
+fn failure() -> impl Strategy<Value = Failure> {
+    let kind = prop_oneof![
+        Just(FailureKind::NotFound),
+        Just(FailureKind::NoSpace),
+        Just(FailureKind::Changed),
+        Just(FailureKind::SymlinkInPath),
+        Just(FailureKind::Io)
+    ];
+    (kind, ".{0,40}").prop_map(|(k, m)| Failure::new(k, m))
+}
+
+fn blocks() -> impl Strategy<Value = Vec<Block>> {
+    proptest::collection::btree_map(0u32..256, data(512), 0..4)
+        .prop_map(|m| m.into_iter().map(|(index, data)| Block { index, data }).collect())
+}
+
+fn request() -> impl Strategy<Value = Request> {
+    prop_oneof![
+        path().prop_map(|path| Request::Stat { path }),
+        path().prop_map(|path| Request::ListDir { path }),
+        (path(), any::<u32>(), 0u64..1 << 30, 1u32 << 20..=1 << 20).prop_map(|(path, offset, len, chunk_size)| {
+            Request::HashChunks { path, offset: offset as u64, len, chunk_size }
+        }),
+        (path(), any::<u64>(), 0u32..=1 << 20).prop_map(|(path, offset, len)| Request::HashBlocks {
+            path,
+            offset,
+            len,
+            block_size: 4096
+        }),
+        (path(), any::<u64>(), 0u32..=1 << 24).prop_map(|(path, offset, len)| Request::ReadData { path, offset, len }),
+        (path(), any::<u64>(), proptest::collection::vec(digest(), 0..8)).prop_map(|(path, offset, dest_blocks)| {
+            Request::ReadPatch { path, offset, len: 1 << 20, block_size: 4096, dest_blocks }
+        }),
+        (path(), any::<u64>(), digest(), data(3000)).prop_map(|(path, offset, digest, data)| Request::WriteData {
+            path,
+            offset,
+            digest,
+            data
+        }),
+        (path(), any::<u64>(), digest(), blocks()).prop_map(|(path, offset, chunk_digest, blocks)| {
+            Request::ApplyPatch { path, offset, len: 1 << 20, block_size: 4096, chunk_digest, blocks }
+        }),
+        (proptest::collection::vec(path(), 0..5), 0u32..65536)
+            .prop_map(|(paths, max_size)| Request::ReadFiles { paths, max_size }),
+        proptest::collection::vec(
+            (path(), 0u32..=0o7777, proptest::option::of(timestamp()), digest(), data(100)),
+            0..4
+        )
+        .prop_map(|files| {
+            Request::WriteFiles {
+                files: files
+                    .into_iter()
+                    .map(|(path, mode, mtime, digest, data)| FileContent { path, mode, mtime, digest, data })
+                    .collect(),
+            }
+        }),
+        path().prop_map(|path| Request::PrepareFile { path }),
+        (path(), any::<u64>(), 0u32..=0o7777, proptest::option::of(timestamp()))
+            .prop_map(|(path, size, mode, mtime)| Request::FinishFile { path, size, mode, mtime }),
+        (path(), 0u32..=0o7777, any::<bool>()).prop_map(|(path, mode, parents)| Request::MakeDir {
+            path,
+            mode,
+            parents
+        }),
+        (path(), proptest::collection::vec(1u8..=255, 1..50), proptest::option::of(timestamp()))
+            .prop_map(|(path, t, mtime)| Request::MakeSymlink { path, target: t.into(), mtime }),
+        path().prop_map(|path| Request::Remove { path }),
+        (path(), proptest::option::of(0u32..=0o7777), proptest::option::of(timestamp()))
+            .prop_map(|(path, mode, mtime)| Request::SetAttrs { path, mode, mtime }),
+    ]
+}
+
+fn response() -> impl Strategy<Value = Response> {
+    prop_oneof![
+        Just(Response::Done),
+        (proptest::option::of(stat()), timestamp()).prop_map(|(stat, now)| Response::Stat { stat, now }),
+        (proptest::collection::vec((name(), stat()), 0..5), timestamp(), any::<bool>()).prop_map(|(es, now, more)| {
+            Response::Listing { entries: es.into_iter().map(|(name, stat)| Entry { name, stat }).collect(), now, more }
+        }),
+        proptest::collection::vec(digest(), 0..10).prop_map(Response::Digests),
+        (digest(), data(5000)).prop_map(|(digest, data)| Response::Data { digest, data }),
+        (digest(), blocks()).prop_map(|(chunk_digest, blocks)| Response::Patch { chunk_digest, blocks }),
+        proptest::collection::vec(
+            prop_oneof![
+                (stat(), timestamp(), any::<bool>(), digest(), data(100)).prop_map(
+                    |(stat, now, stable, digest, data)| FileRead::Content { stat, now, stable, digest, data }
+                ),
+                stat().prop_map(FileRead::NotSmall),
+                failure().prop_map(FileRead::Failed),
+            ],
+            0..4
+        )
+        .prop_map(Response::Files),
+        proptest::collection::vec(proptest::option::of(failure()), 0..5)
+            .prop_map(|v| Response::Outcomes(v.into_iter().map(|f| f.map_or(Ok(()), Err)).collect())),
+        failure().prop_map(Response::Failed),
+    ]
+}
+
+fn frame() -> impl Strategy<Value = Frame> {
+    prop_oneof![
+        (any::<u16>(), any::<u16>(), any::<u64>(), any::<[u8; 32]>()).prop_map(
+            |(min_version, max_version, features, nonce)| Frame::Hello(Hello {
+                min_version,
+                max_version,
+                features,
+                nonce
+            })
+        ),
+        (any::<u16>(), any::<u64>(), any::<[u8; 32]>())
+            .prop_map(|(version, features, nonce)| Frame::Welcome(Welcome { version, features, nonce })),
+        any::<[u8; 32]>().prop_map(Frame::ClientProof),
+        any::<[u8; 32]>().prop_map(Frame::ServerProof),
+        ".{0,50}".prop_map(Frame::Refused),
+        (any::<u32>(), request()).prop_map(|(id, request)| Frame::Request { id, request }),
+        (any::<u32>(), response()).prop_map(|(id, response)| Frame::Response { id, response }),
+    ]
+}
+
+proptest! {
+    #![proptest_config(ProptestConfig::with_cases(2000))]
+
+    #[test]
+    fn frames_round_trip(f in frame()) {
+        let bytes = codec::encode_to_vec(&f);
+        let mut buf = BytesMut::from(&bytes[..]);
+        let decoded = codec::decode(&mut buf).unwrap().unwrap();
+        prop_assert_eq!(decoded, f);
+        prop_assert!(buf.is_empty());
+    }
+
+    #[test]
+    fn every_strict_prefix_is_incomplete(f in frame(), cut in any::<prop::sample::Index>()) {
+        let bytes = codec::encode_to_vec(&f);
+        let n = cut.index(bytes.len());
+        let mut buf = BytesMut::from(&bytes[..n]);
+        prop_assert_eq!(codec::decode(&mut buf).unwrap(), None);
+        prop_assert_eq!(buf.len(), n);
+    }
+
+    #[test]
+    fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2000)) {
+        let mut buf = BytesMut::from(&bytes[..]);
+        while let Ok(Some(_)) = codec::decode(&mut buf) {}
+    }
+
+    #[test]
+    fn corrupted_frames_never_panic(f in frame(), pos in any::<prop::sample::Index>(), byte in any::<u8>()) {
+        let mut bytes = codec::encode_to_vec(&f);
+        let i = pos.index(bytes.len());
+        bytes[i] = byte;
+        let mut buf = BytesMut::from(&bytes[..]);
+        let _ = codec::decode(&mut buf);
+    }
+}
+
+#[test]
+fn two_frames_in_one_buffer_decode_in_order() {
+    let a = Frame::Request { id: 1, request: Request::Stat { path: RelPath::new(b"a").unwrap() } };
+    let b = Frame::Response { id: 1, response: Response::Done };
+    let mut buf = BytesMut::new();
+    buf.extend_from_slice(&codec::encode_to_vec(&a));
+    buf.extend_from_slice(&codec::encode_to_vec(&b));
+    assert_eq!(codec::decode(&mut buf).unwrap(), Some(a));
+    assert_eq!(codec::decode(&mut buf).unwrap(), Some(b));
+    assert_eq!(codec::decode(&mut buf).unwrap(), None);
+}
+
+#[test]
+fn oversized_length_prefix_is_refused_before_allocating() {
+    let mut buf = BytesMut::from(&((MAX_FRAME as u32) + 1).to_le_bytes()[..]);
+    assert_eq!(codec::decode(&mut buf), Err(CodecError::TooLarge(MAX_FRAME as u64 + 1)));
+    assert!(buf.capacity() < 1 << 20);
+    // An HTTP request is recognised as garbage at once.
+    let mut http = BytesMut::from(&b"GET / HTTP/1.1\r\n\r\n"[..]);
+    assert!(matches!(codec::decode(&mut http), Err(CodecError::TooLarge(_))));
+}
+
+#[test]
+fn paths_that_escape_are_refused_by_the_decoder() {
+    for evil in [&b"../etc/passwd"[..], b"/etc/passwd", b"a/../../b", b"a\0b"] {
+        // Hand-craft a Stat request with a raw, unvalidated path.
+        let mut body = vec![6u8, 0, 1, evil.len() as u8];
+        body.extend_from_slice(evil);
+        let mut buf = BytesMut::from(&(body.len() as u32).to_le_bytes()[..]);
+        buf.extend_from_slice(&body);
+        assert!(matches!(codec::decode(&mut buf), Err(CodecError::Path(_))), "{evil:?}");
+    }
+}
+
+#[test]
+fn forged_counts_are_refused() {
+    // A ReadPatch claiming a million block digests in a 60-byte frame.
+    let mut body = vec![6u8, 0, 6, 1, b'f', 0, 0x80, 0x80, 0x40, 0x80, 0x20, 0xc0, 0x84, 0x3d];
+    body.extend_from_slice(&[0; 40]);
+    let mut buf = BytesMut::from(&(body.len() as u32).to_le_bytes()[..]);
+    buf.extend_from_slice(&body);
+    assert!(matches!(codec::decode(&mut buf), Err(CodecError::Invalid(_))));
+}
+
+#[test]
+fn trailing_garbage_is_refused() {
+    let mut bytes = codec::encode_to_vec(&Frame::Response { id: 3, response: Response::Done });
+    bytes.push(0);
+    let len = (bytes.len() - 4) as u32;
+    bytes[..4].copy_from_slice(&len.to_le_bytes());
+    assert!(codec::decode(&mut BytesMut::from(&bytes[..])).is_err());
+}
