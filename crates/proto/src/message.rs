@@ -620,6 +620,26 @@ impl Request {
 }
 
 impl Response {
+    /// Splits a large listing into pages of about `page_bytes` encoded bytes
+    /// each (other responses are returned as they are).
+    pub fn into_pages(self, page_bytes: usize) -> Vec<Response> {
+        let Response::Listing { entries, now, more: _ } = self else { return vec![self] };
+        let mut pages = Vec::new();
+        let mut page = Vec::new();
+        let mut size = 0;
+        for e in entries {
+            let entry_size = 64 + e.name.as_bytes().len() + e.stat.target.as_ref().map_or(0, |t| t.len());
+            if size + entry_size > page_bytes && !page.is_empty() {
+                pages.push(Response::Listing { entries: std::mem::take(&mut page), now, more: true });
+                size = 0;
+            }
+            size += entry_size;
+            page.push(e);
+        }
+        pages.push(Response::Listing { entries: page, now, more: false });
+        pages
+    }
+
     pub(crate) fn encode(&self, w: &mut Writer<'_>) -> Option<Bytes> {
         match self {
             Response::Done => w.u8(1),

@@ -274,3 +274,33 @@ fn trailing_garbage_is_refused() {
     bytes[..4].copy_from_slice(&len.to_le_bytes());
     assert!(codec::decode(&mut BytesMut::from(&bytes[..])).is_err());
 }
+
+#[test]
+fn big_listings_are_split_into_bounded_pages() {
+    let stat = Stat {
+        kind: Kind::File,
+        size: 1,
+        mode: 0o644,
+        mtime: Timestamp::default(),
+        ctime: Timestamp::default(),
+        ino: 1,
+        dev: 1,
+        target: None,
+    };
+    let entries: Vec<Entry> = (0..10_000)
+        .map(|i| Entry { name: Name::new(format!("file-{i}").as_bytes()).unwrap(), stat: stat.clone() })
+        .collect();
+    let pages =
+        Response::Listing { entries: entries.clone(), now: Timestamp::default(), more: false }.into_pages(64 << 10);
+    assert!(pages.len() > 5);
+    let last = pages.len() - 1;
+    let mut all = Vec::new();
+    for (i, page) in pages.into_iter().enumerate() {
+        let frame = Frame::Response { id: 1, response: page };
+        assert!(codec::encode_to_vec(&frame).len() <= 64 << 10);
+        let Frame::Response { response: Response::Listing { entries, more, .. }, .. } = frame else { unreachable!() };
+        assert_eq!(more, i != last, "only the last page says it is the last");
+        all.extend(entries);
+    }
+    assert_eq!(all, entries);
+}

@@ -1,0 +1,192 @@
+//! The server side: accept, authenticate, answer requests concurrently,
+//! drain on shutdown.
+//!
+//! Defences against peers that misbehave, each bounded so that one client
+//! cannot deny service to the others: a cap on open connections, a deadline
+//! on the handshake (an idle or slow connection is dropped), a delay before
+//! answering a wrong token (slows guessing), a cap on requests in flight per
+//! connection (back-pressure instead of memory growth), and a malformed
+//! frame ends that connection only.
+
+use std::future::Future;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use pareco_proto::handshake::{AuthKey, HandshakeError};
+use pareco_proto::{Frame, Request, Response};
+use tokio::net::tcp::OwnedWriteHalf;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio::task::JoinSet;
+
+use crate::framed::{self, FrameReader, FrameWriter};
+use crate::{NetError, WireCounters, auth};
+
+/// Listing pages are cut to about this many bytes.
+const LISTING_PAGE: usize = 1 << 20;
+
+/// Answers requests; implemented by the layer that owns the files.
+pub trait Service: Send + Sync + 'static {
+    /// Answers one request. Failures are answered as [`Response::Failed`].
+    fn call(&self, request: Request) -> impl Future<Output = Response> + Send;
+}
+
+/// Server limits and secrets.
+#[derive(Debug, Clone)]
+pub struct ServerConfig {
+    /// Key derived from the shared token.
+    pub key: AuthKey,
+    /// A connection must complete the handshake within this time.
+    pub handshake_timeout: Duration,
+    /// Delay before refusing a client that failed authentication.
+    pub auth_failure_delay: Duration,
+    /// Connections served at once; more are closed at once.
+    pub max_connections: usize,
+    /// Requests of one connection being answered at once.
+    pub max_requests_per_connection: usize,
+    /// How long shutdown waits for connections to finish their requests.
+    pub drain_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults suitable for a server on the open internet.
+    pub fn new(key: AuthKey) -> ServerConfig {
+        ServerConfig {
+            key,
+            handshake_timeout: Duration::from_secs(10),
+            auth_failure_delay: Duration::from_secs(1),
+            max_connections: 1024,
+            max_requests_per_connection: 64,
+            drain_timeout: Duration::from_secs(30),
+        }
+    }
+}
+
+/// Serves `listener` until `shutdown` completes, then stops accepting, lets
+/// every connection finish the requests it has started, and returns.
+pub async fn serve<S: Service>(
+    listener: TcpListener,
+    config: ServerConfig,
+    service: Arc<S>,
+    shutdown: impl Future<Output = ()>,
+) {
+    let config = Arc::new(config);
+    let slots = Arc::new(Semaphore::new(config.max_connections));
+    let (stop, stopping) = watch::channel(false);
+    let mut connections = JoinSet::new();
+    tokio::pin!(shutdown);
+    loop {
+        tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => {
+                let (stream, peer) = match accepted {
+                    Ok(ok) => ok,
+                    Err(e) => {
+                        // Out of file descriptors, typically: back off briefly.
+                        tracing::warn!("accept failed: {e}");
+                        tokio::time::sleep(Duration::from_millis(50)).await;
+                        continue;
+                    }
+                };
+                let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    tracing::warn!(%peer, "too many connections ({}); closing this one", config.max_connections);
+                    continue;
+                };
+                let (config, service, stopping) = (config.clone(), service.clone(), stopping.clone());
+                connections.spawn(async move {
+                    connection(stream, peer, config, service, stopping).await;
+                    drop(slot);
+                });
+            }
+            Some(_) = connections.join_next(), if !connections.is_empty() => {}
+        }
+    }
+    let _ = stop.send(true);
+    let drained =
+        tokio::time::timeout(config.drain_timeout, async { while connections.join_next().await.is_some() {} });
+    if drained.await.is_err() {
+        tracing::warn!("{} connections did not finish in time; closing them", connections.len());
+        connections.shutdown().await;
+    }
+}
+
+async fn connection<S: Service>(
+    stream: TcpStream,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    service: Arc<S>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let counters = Arc::new(WireCounters::default());
+    let (r, w) = stream.into_split();
+    let mut reader = FrameReader::new(r, counters.clone());
+    let mut writer = FrameWriter::new(w, counters);
+
+    let handshake =
+        tokio::time::timeout(config.handshake_timeout, auth::server(&mut reader, &mut writer, config.key.clone()));
+    match handshake.await {
+        Ok(Ok(session)) => tracing::debug!(%peer, version = session.version, "client authenticated"),
+        Ok(Err(NetError::Handshake(HandshakeError::AuthenticationFailed))) => {
+            tracing::warn!(%peer, "authentication failed (wrong token)");
+            tokio::time::sleep(config.auth_failure_delay).await;
+            let _ = writer.send(&Frame::Refused(auth::AUTH_FAILED.into())).await;
+            return;
+        }
+        Ok(Err(e)) => {
+            tracing::warn!(%peer, "handshake failed: {e}");
+            return;
+        }
+        Err(_) => {
+            tracing::warn!(%peer, "handshake timed out after {:?}; closing", config.handshake_timeout);
+            return;
+        }
+    }
+
+    let (frames, rx) = mpsc::channel::<Frame>(256);
+    let writing = tokio::spawn(write_loop(writer, rx, peer));
+    let in_flight = Arc::new(Semaphore::new(config.max_requests_per_connection));
+    loop {
+        let next = tokio::select! {
+            next = reader.next() => next,
+            _ = stopping.wait_for(|stop| *stop) => break,
+        };
+        match next {
+            Ok(Some(Frame::Request { id, request })) => {
+                let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
+                let (service, frames) = (service.clone(), frames.clone());
+                tokio::spawn(async move {
+                    let response = service.call(request).await;
+                    for page in response.into_pages(LISTING_PAGE) {
+                        if frames.send(Frame::Response { id, response: page }).await.is_err() {
+                            break;
+                        }
+                    }
+                    drop(permit);
+                });
+            }
+            Ok(Some(_)) => {
+                tracing::warn!(%peer, "unexpected frame after the handshake; closing");
+                break;
+            }
+            Ok(None) => break,
+            Err(e) => {
+                tracing::warn!(%peer, "closing connection: {e}");
+                break;
+            }
+        }
+    }
+    // Let the requests already started finish and their answers go out.
+    let _ = in_flight.acquire_many(config.max_requests_per_connection as u32).await;
+    drop(frames);
+    let _ = writing.await;
+}
+
+async fn write_loop(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Frame>, peer: SocketAddr) {
+    if let Err(e) = framed::pump(&mut writer, &mut rx).await {
+        tracing::debug!(%peer, "writing to the client failed: {e}");
+        // Keep draining so that request tasks never block on a dead writer.
+        while rx.recv().await.is_some() {}
+    }
+}

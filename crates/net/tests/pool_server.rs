@@ -1,0 +1,145 @@
+//! Client pool against the real server loop over TCP on 127.0.0.1.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use pareco_net::{NetError, Pool, PoolOptions, ServerConfig, Service, serve};
+use pareco_proto::handshake::{AuthKey, HandshakeError};
+use pareco_proto::{Digest, Entry, Kind, Name, RelPath, Request, Response, Stat, Timestamp};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+
+/// Answers ReadData with `len` bytes of the path's first byte, ListDir with
+/// many entries, anything else with Done.
+struct Echo;
+
+impl Service for Echo {
+    async fn call(&self, request: Request) -> Response {
+        match request {
+            Request::ReadData { path, len, .. } => {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+                let data = Bytes::from(vec![path.as_bytes()[0]; len as usize]);
+                Response::Data { digest: Digest::of(&data), data }
+            }
+            Request::ListDir { .. } => {
+                let stat = Stat {
+                    kind: Kind::File,
+                    size: 0,
+                    mode: 0o644,
+                    mtime: Timestamp::default(),
+                    ctime: Timestamp::default(),
+                    ino: 0,
+                    dev: 0,
+                    target: None,
+                };
+                let entries = (0..50_000)
+                    .map(|i| Entry { name: Name::new(format!("entry-{i:06}").as_bytes()).unwrap(), stat: stat.clone() })
+                    .collect();
+                Response::Listing { entries, now: Timestamp::default(), more: false }
+            }
+            _ => Response::Done,
+        }
+    }
+}
+
+async fn start(token: &[u8]) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap().to_string();
+    let mut config = ServerConfig::new(AuthKey::from_token(token));
+    config.handshake_timeout = Duration::from_millis(500);
+    config.auth_failure_delay = Duration::from_millis(10);
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let server = tokio::spawn(serve(listener, config, Arc::new(Echo), async {
+        let _ = stopped.await;
+    }));
+    (addr, stop, server)
+}
+
+fn options(connections: usize) -> PoolOptions {
+    PoolOptions { connections, connect_timeout: Duration::from_secs(5) }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_concurrent_requests_over_a_pool_get_their_own_answers() {
+    let (addr, stop, server) = start(b"token").await;
+    let pool = Arc::new(Pool::connect(&addr, AuthKey::from_token(b"token"), &options(8)).await.unwrap());
+    assert_eq!(pool.size(), 8);
+    let mut calls = tokio::task::JoinSet::new();
+    for i in 0..2000u32 {
+        let pool = pool.clone();
+        calls.spawn(async move {
+            let name = [b'a' + (i % 26) as u8];
+            let len = 1 + (i * 7919) % 200_000;
+            let path = RelPath::new(&name).unwrap();
+            match pool.call(Request::ReadData { path, offset: 0, len }).await.unwrap() {
+                Response::Data { data, digest } => {
+                    assert_eq!(data.len() as u32, len);
+                    assert!(data.iter().all(|b| *b == name[0]));
+                    assert_eq!(Digest::of(&data), digest);
+                }
+                other => panic!("{other:?}"),
+            }
+        });
+    }
+    while let Some(r) = calls.join_next().await {
+        r.unwrap();
+    }
+    let (sent, received) = pool.wire_bytes();
+    assert!(received > 100 << 20 && sent > 0);
+    // A listing far larger than one page arrives whole.
+    let Response::Listing { entries, more, .. } = pool.call(Request::ListDir { path: RelPath::root() }).await.unwrap()
+    else {
+        panic!()
+    };
+    assert_eq!((entries.len(), more), (50_000, false));
+    drop(pool);
+    stop.send(()).unwrap();
+    server.await.unwrap();
+}
+
+#[tokio::test]
+async fn a_wrong_token_is_refused_with_a_clear_error() {
+    let (addr, _stop, _server) = start(b"right").await;
+    let err = Pool::connect(&addr, AuthKey::from_token(b"wrong"), &options(2)).await.err().unwrap();
+    assert!(matches!(err, NetError::Handshake(HandshakeError::Refused(_))), "{err}");
+    assert!(err.to_string().contains("authentication failed"), "{err}");
+}
+
+#[tokio::test]
+async fn garbage_oversized_frames_and_idle_connections_do_not_stop_the_server() {
+    let (addr, _stop, _server) = start(b"t").await;
+    // 200 connections that never say anything.
+    let mut idle = Vec::new();
+    for _ in 0..200 {
+        idle.push(TcpStream::connect(&addr).await.unwrap());
+    }
+    // An HTTP client, and a frame claiming 4 GiB.
+    let mut http = TcpStream::connect(&addr).await.unwrap();
+    http.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut huge = TcpStream::connect(&addr).await.unwrap();
+    huge.write_all(&u32::MAX.to_le_bytes()).await.unwrap();
+    for s in [&mut http, &mut huge] {
+        let mut buf = [0u8; 16];
+        let n = tokio::time::timeout(Duration::from_secs(5), s.read(&mut buf)).await.unwrap().unwrap_or(0);
+        assert_eq!(n, 0, "the server closes on garbage");
+    }
+    // A real client still gets served while the idle ones are pending...
+    let pool = Pool::connect(&addr, AuthKey::from_token(b"t"), &options(2)).await.unwrap();
+    assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
+    // ...and the idle ones are dropped after the handshake timeout.
+    let mut buf = [0u8; 1];
+    let n = tokio::time::timeout(Duration::from_secs(5), idle[0].read(&mut buf)).await.unwrap().unwrap_or(0);
+    assert_eq!(n, 0);
+}
+
+#[tokio::test]
+async fn shutdown_drains_and_clients_see_the_connection_close() {
+    let (addr, stop, server) = start(b"t").await;
+    let pool = Pool::connect(&addr, AuthKey::from_token(b"t"), &options(1)).await.unwrap();
+    assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
+    stop.send(()).unwrap();
+    server.await.unwrap();
+    let err = pool.call(Request::Stat { path: RelPath::root() }).await.unwrap_err();
+    assert!(matches!(err, NetError::Closed | NetError::Io(_)), "{err}");
+}
