@@ -1,0 +1,253 @@
+//! Where a sync reads from or writes to: a local path or a `pareco://` URL,
+//! turned into a [`Tree`] and a base path inside it.
+
+use std::ffi::OsStr;
+use std::os::unix::ffi::OsStrExt;
+use std::path::{Component, Path, PathBuf};
+use std::sync::Arc;
+
+use pareco_fs::FsTree;
+use pareco_net::{NetError, Pool, PoolOptions};
+use pareco_proto::RelPath;
+use pareco_proto::handshake::AuthKey;
+
+use crate::tree::{BlockingTree, Tree};
+
+/// Port used when a URL names none.
+pub const DEFAULT_PORT: u16 = 7700;
+
+/// Operations on local files that may run at once (reads, writes, hashing).
+const LOCAL_PARALLELISM: usize = 16;
+
+/// A location as the user wrote it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// A path on this machine.
+    Local(PathBuf),
+    /// `pareco://HOST[:PORT]/PATH`: PATH under a server's root.
+    Remote {
+        /// `host:port`, ready to connect to.
+        addr: String,
+        /// Path under the server's root.
+        path: RelPath,
+    },
+}
+
+/// A location that cannot be used.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum LocationError {
+    /// The URL is malformed.
+    #[error("invalid URL {url:?}: {reason}")]
+    Url {
+        /// The URL.
+        url: String,
+        /// What is wrong with it.
+        reason: String,
+    },
+    /// A local path cannot be opened.
+    #[error("{path}: {source}")]
+    Local {
+        /// The path.
+        path: PathBuf,
+        /// Why.
+        source: std::io::Error,
+    },
+    /// Connecting to the server failed.
+    #[error("{0}")]
+    Connect(#[from] NetError),
+}
+
+impl Location {
+    /// Parses a command-line argument.
+    pub fn parse(arg: &OsStr) -> Result<Location, LocationError> {
+        let bytes = arg.as_bytes();
+        let Some(rest) = bytes.strip_prefix(b"pareco://") else {
+            return Ok(Location::Local(PathBuf::from(arg)));
+        };
+        let url_error = |reason: &str| LocationError::Url { url: arg.to_string_lossy().into(), reason: reason.into() };
+        let (authority, path) = match rest.iter().position(|&b| b == b'/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, &b""[..]),
+        };
+        let authority = std::str::from_utf8(authority).map_err(|_| url_error("host is not UTF-8"))?;
+        let (host, port) = split_host_port(authority).ok_or_else(|| url_error("expected HOST or HOST:PORT"))?;
+        let path = RelPath::from_user(path).map_err(|e| url_error(&e.to_string()))?;
+        Ok(Location::Remote { addr: format!("{host}:{port}"), path })
+    }
+}
+
+fn split_host_port(authority: &str) -> Option<(&str, u16)> {
+    if let Some(v6) = authority.strip_prefix('[') {
+        let end = v6.find(']')?;
+        let port = match &v6[end + 1..] {
+            "" => DEFAULT_PORT,
+            p => p.strip_prefix(':')?.parse().ok()?,
+        };
+        return Some((&authority[..end + 2], port));
+    }
+    match authority.rsplit_once(':') {
+        Some((host, port)) if !host.is_empty() && !host.contains(':') => Some((host, port.parse().ok()?)),
+        None if !authority.is_empty() => Some((authority, DEFAULT_PORT)),
+        _ => None,
+    }
+}
+
+/// One side of a sync: a tree and the path of the synced entry inside it.
+#[derive(Clone)]
+pub struct Endpoint {
+    /// The tree.
+    pub tree: Tree,
+    /// The synced entry, relative to the tree's root.
+    pub base: RelPath,
+}
+
+impl Endpoint {
+    /// Opens a location as the source of a sync.
+    pub async fn source(location: &Location, remote: &RemoteOptions) -> Result<Endpoint, LocationError> {
+        match location {
+            Location::Local(path) => local_source(path),
+            Location::Remote { addr, path } => Endpoint::remote(addr, path, remote).await,
+        }
+    }
+
+    /// Opens a location as the destination of a sync (which may not exist yet).
+    pub async fn destination(location: &Location, remote: &RemoteOptions) -> Result<Endpoint, LocationError> {
+        match location {
+            Location::Local(path) => local_destination(path),
+            Location::Remote { addr, path } => Endpoint::remote(addr, path, remote).await,
+        }
+    }
+
+    async fn remote(addr: &str, path: &RelPath, options: &RemoteOptions) -> Result<Endpoint, LocationError> {
+        let pool = Pool::connect(addr, options.key.clone(), &options.pool).await?;
+        Ok(Endpoint { tree: Tree::Remote(Arc::new(pool)), base: path.clone() })
+    }
+
+    /// The path of `rel` (relative to the synced entry) inside the tree.
+    pub fn path(&self, rel: &RelPath) -> RelPath {
+        self.base.join_path(rel).unwrap_or_else(|_| rel.clone())
+    }
+}
+
+/// What is needed to reach a server.
+#[derive(Debug, Clone)]
+pub struct RemoteOptions {
+    /// Key derived from the shared token.
+    pub key: AuthKey,
+    /// Connections and timeouts.
+    pub pool: PoolOptions,
+}
+
+fn local_error(path: &Path) -> impl FnOnce(std::io::Error) -> LocationError + '_ {
+    move |source| LocationError::Local { path: path.to_path_buf(), source }
+}
+
+fn open_tree(dir: &Path) -> Result<Tree, LocationError> {
+    let tree = FsTree::open(dir).map_err(local_error(dir))?;
+    Ok(Tree::Local(BlockingTree::new(tree, LOCAL_PARALLELISM)))
+}
+
+fn parent_of(path: &Path) -> &Path {
+    match path.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    }
+}
+
+fn name_of(path: &Path) -> Result<RelPath, LocationError> {
+    let invalid = || LocationError::Local {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(
+            std::io::ErrorKind::InvalidInput,
+            "the path must end with a file or directory name",
+        ),
+    };
+    let name = path.file_name().ok_or_else(invalid)?;
+    RelPath::new(name.as_bytes()).map_err(|_| invalid())
+}
+
+/// A source directory is the root of its tree; a source file (or symlink)
+/// is an entry of its parent directory.
+fn local_source(path: &Path) -> Result<Endpoint, LocationError> {
+    let meta = std::fs::metadata(path).map_err(local_error(path))?;
+    if meta.is_dir() {
+        return Ok(Endpoint { tree: open_tree(path)?, base: RelPath::root() });
+    }
+    Ok(Endpoint { tree: open_tree(parent_of(path))?, base: name_of(path)? })
+}
+
+/// The tree is rooted at the deepest directory of `path` that exists; the
+/// rest of the path (created by the sync) is the base.
+fn local_destination(path: &Path) -> Result<Endpoint, LocationError> {
+    let mut existing = path.to_path_buf();
+    let mut missing = Vec::new();
+    loop {
+        match std::fs::metadata(&existing) {
+            Ok(m) if m.is_dir() => break,
+            Ok(_) if missing.is_empty() => {
+                // An existing file: replaced by the sync.
+                return Ok(Endpoint { tree: open_tree(parent_of(path))?, base: name_of(path)? });
+            }
+            Ok(_) => {
+                let source = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
+                return Err(LocationError::Local { path: existing, source });
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                match existing.components().next_back() {
+                    Some(Component::Normal(name)) => missing.push(name.to_os_string()),
+                    _ => return Err(local_error(path)(e)),
+                }
+                existing = parent_of(&existing).to_path_buf();
+            }
+            Err(e) => return Err(local_error(&existing)(e)),
+        }
+    }
+    missing.reverse();
+    let joined = missing.iter().map(|n| n.as_bytes()).collect::<Vec<_>>().join(&b'/');
+    let base = RelPath::new(&joined).map_err(|e| LocationError::Local {
+        path: path.to_path_buf(),
+        source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
+    })?;
+    Ok(Endpoint { tree: open_tree(&existing)?, base })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn remote(s: &str) -> (String, String) {
+        match Location::parse(OsStr::new(s)).unwrap() {
+            Location::Remote { addr, path } => (addr, path.to_string()),
+            other => panic!("{other:?}"),
+        }
+    }
+
+    #[test]
+    fn urls_name_host_port_and_path() {
+        assert_eq!(remote("pareco://h:9/a/b"), ("h:9".into(), "a/b".into()));
+        assert_eq!(remote("pareco://h/a/"), ("h:7700".into(), "a".into()));
+        assert_eq!(remote("pareco://127.0.0.1:7000"), ("127.0.0.1:7000".into(), ".".into()));
+        assert_eq!(remote("pareco://[::1]:8/x"), ("[::1]:8".into(), "x".into()));
+        assert_eq!(remote("pareco://[::1]/x"), ("[::1]:7700".into(), "x".into()));
+        assert_eq!(Location::parse(OsStr::new("/tmp/x")).unwrap(), Location::Local("/tmp/x".into()));
+    }
+
+    #[test]
+    fn bad_urls_are_refused() {
+        for bad in ["pareco://", "pareco://h:port/x", "pareco://h:1/../etc", "pareco://:7/x", "pareco://h:99999/x"] {
+            assert!(Location::parse(OsStr::new(bad)).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn a_missing_destination_is_rooted_at_its_deepest_existing_parent() {
+        let dir = tempfile::tempdir().unwrap();
+        let e = local_destination(&dir.path().join("a/b/c")).unwrap();
+        assert_eq!(e.base.to_string(), "a/b/c");
+        std::fs::write(dir.path().join("f"), b"").unwrap();
+        assert_eq!(local_destination(&dir.path().join("f")).unwrap().base.to_string(), "f");
+        assert!(local_destination(&dir.path().join("f/x")).is_err());
+        assert!(local_destination(dir.path()).unwrap().base.is_root());
+    }
+}

@@ -1,0 +1,19 @@
+//! pareco's engine: ties the planner, the filesystem and the network
+//! together.
+//!
+//! - [`tree`]: one side of a sync, local or remote, behind one interface.
+//! - [`endpoint`]: locations as users write them, opened as trees.
+//! - [`sync`]: the sync itself: a streaming, bounded, concurrent walk that
+//!   sends only what differs.
+//! - [`serve`]: the server side: a tree answering remote requests.
+//! - [`report`]: counters and events for the caller to display.
+
+pub mod endpoint;
+pub mod report;
+pub mod serve;
+pub mod sync;
+pub mod tree;
+
+pub use endpoint::{Endpoint, Location, LocationError, RemoteOptions};
+pub use report::{Change, Problem, Reporter, Stats, Summary};
+pub use sync::{SyncError, SyncOptions, sync};

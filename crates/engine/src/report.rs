@@ -1,0 +1,149 @@
+//! What a sync tells its caller while it runs: counters to poll (progress)
+//! and events to display (itemized changes, problems with paths).
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pareco_proto::RelPath;
+use serde::Serialize;
+
+macro_rules! counters {
+    ($($(#[$doc:meta])* $name:ident),* $(,)?) => {
+        /// Live counters of a running sync, updated from many tasks.
+        #[derive(Debug, Default)]
+        pub struct Stats {
+            $($(#[$doc])* pub $name: AtomicU64,)*
+        }
+
+        /// The counters at one moment, plus what only the end knows.
+        #[derive(Debug, Clone, Default, Serialize, PartialEq)]
+        pub struct Summary {
+            $($(#[$doc])* pub $name: u64,)*
+            /// Wall-clock duration of the sync, in seconds.
+            pub duration_s: f64,
+            /// Bytes this side wrote to its connections (all protocol overhead included).
+            pub wire_bytes_sent: u64,
+            /// Bytes this side read from its connections.
+            pub wire_bytes_received: u64,
+        }
+
+        impl Stats {
+            /// Reads every counter.
+            pub fn snapshot(&self) -> Summary {
+                Summary { $($name: self.$name.load(Ordering::Relaxed),)* ..Summary::default() }
+            }
+        }
+    };
+}
+
+counters! {
+    /// Regular files in the source.
+    files_total,
+    /// Files whose content was (at least partly) sent.
+    files_transferred,
+    /// Directories in the source.
+    dirs_total,
+    /// Symlinks in the source.
+    symlinks_total,
+    /// Apparent size of all source files.
+    bytes_total,
+    /// File content sent (whole files, pieces and patch blocks).
+    bytes_transferred,
+    /// Source bytes of files finished, whatever the outcome (progress).
+    bytes_processed,
+    /// Chunks found identical on both sides.
+    chunks_matched,
+    /// Chunks sent whole or patched.
+    chunks_sent,
+    /// Blocks of differing chunks found identical.
+    blocks_matched,
+    /// Blocks of differing chunks sent.
+    blocks_sent,
+    /// Destination entries removed.
+    entries_deleted,
+    /// Files that changed while they were copied (left for the next run).
+    files_changed,
+    /// Source files that vanished during the run.
+    files_vanished,
+    /// Paths that failed.
+    errors,
+    /// Entries skipped with a warning.
+    warnings,
+}
+
+impl Stats {
+    /// Adds `n` to a counter.
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}
+
+/// A change to the destination, for itemized output.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Change {
+    /// A file is created.
+    NewFile,
+    /// A file's content is updated.
+    UpdateFile,
+    /// Only permissions or times change.
+    Attributes,
+    /// A directory is created.
+    NewDir,
+    /// A symlink is created or re-pointed.
+    Symlink,
+    /// An entry is removed.
+    Delete,
+}
+
+impl Change {
+    /// A fixed-width word for itemized lines.
+    pub fn word(self) -> &'static str {
+        match self {
+            Change::NewFile => "new",
+            Change::UpdateFile => "update",
+            Change::Attributes => "attrs",
+            Change::NewDir => "mkdir",
+            Change::Symlink => "link",
+            Change::Delete => "delete",
+        }
+    }
+}
+
+/// Something that went wrong with one path; the run goes on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Problem {
+    /// The path could not be synced.
+    Failed(String),
+    /// The source changed while it was copied; the next run re-checks it.
+    Changed,
+    /// The source vanished during the run.
+    Vanished,
+    /// The entry was left alone on purpose.
+    Skipped(String),
+}
+
+impl std::fmt::Display for Problem {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Problem::Failed(why) => f.write_str(why),
+            Problem::Changed => f.write_str("changed while being copied; left for the next run to re-check"),
+            Problem::Vanished => f.write_str("vanished from the source during the run"),
+            Problem::Skipped(why) => write!(f, "skipped: {why}"),
+        }
+    }
+}
+
+/// Receives a sync's events (called from many tasks at once).
+pub trait Reporter: Send + Sync + 'static {
+    /// The destination entry `path` changes (or would, in a dry run).
+    fn change(&self, path: &RelPath, change: Change);
+    /// Something went wrong with `path`.
+    fn problem(&self, path: &RelPath, problem: &Problem);
+}
+
+/// A reporter that ignores everything.
+pub struct Silent;
+
+impl Reporter for Silent {
+    fn change(&self, _: &RelPath, _: Change) {}
+    fn problem(&self, _: &RelPath, _: &Problem) {}
+}

@@ -1,0 +1,277 @@
+//! Files larger than a batch: written in place at offsets, content spread
+//! over every connection.
+//!
+//! Where the destination has data, chunks are compared a group at a time:
+//! both sides hash their own copy of the group in parallel, and only the
+//! digests cross. A chunk that differs is refined: the destination's block
+//! digests go to the source, which answers with just the differing blocks
+//! and the digest of the whole chunk; the destination applies them only if
+//! the patched chunk has that digest, else the chunk is sent whole. Beyond
+//! the destination's data, content streams in pieces.
+//!
+//! The source is stat-ed before (once its mtime has settled) and after; the
+//! destination gets the source's mtime only if nothing moved in between.
+
+use std::ops::Range;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use pareco_plan::file::{ChunkPlan, Layout, diff_chunks, pieces};
+use pareco_plan::freshness::settle_delay;
+use pareco_proto::{FailureKind, Kind, RelPath, Stat};
+use tokio::task::JoinSet;
+
+use super::{Ctx, Outcome, destination_failure, source_failure};
+use crate::report::{Change, Stats};
+use crate::tree::TreeError;
+
+/// Content is streamed in pieces of this size: small enough to spread a
+/// file over many connections and keep the tail short, large enough that
+/// per-message costs vanish.
+const PIECE: u32 = 256 << 10;
+
+/// Chunks compared per digest request.
+const GROUP_CHUNKS: u64 = 16;
+
+/// Which side an operation failed on.
+enum Fault {
+    Source(TreeError),
+    Destination(TreeError),
+}
+
+impl From<Fault> for Outcome {
+    fn from(f: Fault) -> Outcome {
+        match f {
+            Fault::Source(e) => source_failure(e),
+            Fault::Destination(e) => destination_failure(e),
+        }
+    }
+}
+
+struct FileJob {
+    src: RelPath,
+    dst: RelPath,
+    layout: Layout,
+    /// Content bytes sent for this file.
+    sent: AtomicU64,
+}
+
+/// Copies one file; `delta` if the destination's current content may serve
+/// as a basis.
+pub(crate) async fn transfer(ctx: &Arc<Ctx>, rel: &RelPath, delta: bool, change: Change) -> Outcome {
+    match try_transfer(ctx, rel, delta, change).await {
+        Ok(outcome) | Err(outcome) => outcome,
+    }
+}
+
+async fn try_transfer(ctx: &Arc<Ctx>, rel: &RelPath, delta: bool, change: Change) -> Result<Outcome, Outcome> {
+    let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
+    let (before, settled) = settled_stat(ctx, &src).await?;
+    let existing = ctx.dst.tree.prepare_file(dst.clone()).await.map_err(destination_failure)?;
+    let basis = if delta { existing.size } else { 0 };
+    let job = Arc::new(FileJob {
+        src: src.clone(),
+        dst: dst.clone(),
+        layout: Layout { size: before.size, chunk: ctx.opts.chunk_size },
+        sent: AtomicU64::new(0),
+    });
+    copy_content(ctx, &job, basis).await?;
+
+    let (after, _) = ctx.src.tree.stat(src).await.map_err(source_failure)?;
+    let stable = after.is_some_and(|after| before.same_version(&after));
+    let mtime = (stable && settled).then_some(before.mtime);
+    ctx.dst.tree.finish_file(dst, before.size, before.mode, mtime).await.map_err(destination_failure)?;
+    if mtime.is_none() {
+        return Ok(Outcome::Changed);
+    }
+    let sent = job.sent.load(Ordering::Relaxed);
+    let change = match change {
+        Change::UpdateFile if sent == 0 => Change::Attributes,
+        other => other,
+    };
+    Ok(Outcome::Synced { transferred: sent > 0 || change == Change::NewFile, change: Some(change) })
+}
+
+/// The source's stat, taken once its mtime is clearly in the past (waiting
+/// if needed); `settled` is false if it moved again meanwhile.
+async fn settled_stat(ctx: &Ctx, path: &RelPath) -> Result<(Stat, bool), Outcome> {
+    let mut waited = false;
+    loop {
+        let (stat, now) = ctx.src.tree.stat(path.clone()).await.map_err(source_failure)?;
+        let stat = stat.ok_or(Outcome::Vanished)?;
+        if stat.kind != Kind::File {
+            return Err(Outcome::Changed);
+        }
+        match settle_delay(&stat, now) {
+            None => return Ok((stat, true)),
+            Some(_) if waited => return Ok((stat, false)),
+            Some(wait) => {
+                tokio::time::sleep(wait).await;
+                waited = true;
+            }
+        }
+    }
+}
+
+/// Compares what the destination has, then streams the rest.
+async fn copy_content(ctx: &Arc<Ctx>, job: &Arc<FileJob>, basis: u64) -> Result<(), Fault> {
+    let mut tasks = JoinSet::new();
+    let mut stream_from = 0;
+    for group in job.layout.groups(GROUP_CHUNKS) {
+        let span = job.layout.span(&group);
+        if span.start >= basis {
+            break;
+        }
+        stream_from = span.end;
+        let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+        let (ctx, job) = (ctx.clone(), job.clone());
+        tasks.spawn(async move {
+            let result = compare_group(&ctx, &job, group).await;
+            drop(permit);
+            result
+        });
+        check(&mut tasks)?;
+    }
+    let streamed_chunks = job.layout.chunks() - stream_from.div_ceil(job.layout.chunk as u64);
+    Stats::add(&ctx.stats.chunks_sent, streamed_chunks);
+    spawn_pieces(ctx, job, stream_from..job.layout.size, &mut tasks).await?;
+    while let Some(result) = tasks.join_next().await {
+        result.expect("chunk task panicked")?;
+    }
+    Ok(())
+}
+
+/// Fails fast if a finished task failed.
+fn check(tasks: &mut JoinSet<Result<(), Fault>>) -> Result<(), Fault> {
+    while let Some(result) = tasks.try_join_next() {
+        result.expect("chunk task panicked")?;
+    }
+    Ok(())
+}
+
+/// Starts sending `range` piece by piece, each piece waiting for its share
+/// of the data budget.
+async fn spawn_pieces(
+    ctx: &Arc<Ctx>,
+    job: &Arc<FileJob>,
+    range: Range<u64>,
+    tasks: &mut JoinSet<Result<(), Fault>>,
+) -> Result<(), Fault> {
+    for piece in pieces(range, PIECE) {
+        let budget =
+            ctx.data.clone().acquire_many_owned(Ctx::kib(piece.end - piece.start)).await.expect("never closed");
+        let (ctx, job) = (ctx.clone(), job.clone());
+        tasks.spawn(async move {
+            let result = send_piece(&ctx, &job, piece).await;
+            drop(budget);
+            result
+        });
+        check(tasks)?;
+    }
+    Ok(())
+}
+
+async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), Fault> {
+    let len = (piece.end - piece.start) as u32;
+    let (digest, data) = ctx.src.tree.read_data(job.src.clone(), piece.start, len).await.map_err(Fault::Source)?;
+    ctx.dst.tree.write_data(job.dst.clone(), piece.start, digest, data).await.map_err(Fault::Destination)?;
+    Stats::add(&ctx.stats.bytes_transferred, len as u64);
+    job.sent.fetch_add(len as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+async fn compare_group(ctx: &Arc<Ctx>, job: &Arc<FileJob>, group: Range<u64>) -> Result<(), Fault> {
+    let span = job.layout.span(&group);
+    let chunk = ctx.opts.chunk_size;
+    let (src, dst) = tokio::try_join!(
+        async {
+            ctx.src
+                .tree
+                .hash_chunks(job.src.clone(), span.start, span.end - span.start, chunk)
+                .await
+                .map_err(Fault::Source)
+        },
+        async {
+            ctx.dst
+                .tree
+                .hash_chunks(job.dst.clone(), span.start, span.end - span.start, chunk)
+                .await
+                .map_err(Fault::Destination)
+        },
+    )?;
+    let mut tasks = JoinSet::new();
+    for (i, plan) in group.clone().zip(diff_chunks(&job.layout, &group, &src, &dst, ctx.opts.block_size)) {
+        match plan {
+            ChunkPlan::Same => Stats::add(&ctx.stats.chunks_matched, 1),
+            ChunkPlan::Refine => {
+                let (ctx, job) = (ctx.clone(), job.clone());
+                tasks.spawn(async move { refine(&ctx, &job, i).await });
+            }
+            ChunkPlan::Send => {
+                Stats::add(&ctx.stats.chunks_sent, 1);
+                spawn_pieces(ctx, job, job.layout.chunk_range(i), &mut tasks).await?;
+            }
+        }
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("chunk task panicked")?;
+    }
+    Ok(())
+}
+
+/// Sends only the blocks of chunk `i` that differ.
+async fn refine(ctx: &Arc<Ctx>, job: &Arc<FileJob>, i: u64) -> Result<(), Fault> {
+    let range = job.layout.chunk_range(i);
+    let len = (range.end - range.start) as u32;
+    let block = ctx.opts.block_size;
+    let budget = ctx.data.acquire_many(Ctx::kib(len as u64)).await.expect("never closed");
+    let dst_blocks =
+        ctx.dst.tree.hash_blocks(job.dst.clone(), range.start, len, block).await.map_err(Fault::Destination)?;
+    let total = dst_blocks.len() as u64;
+    let (chunk_digest, blocks) =
+        ctx.src.tree.read_patch(job.src.clone(), range.start, len, block, dst_blocks).await.map_err(Fault::Source)?;
+    let (count, bytes) = (blocks.len() as u64, blocks.iter().map(|b| b.data.len() as u64).sum::<u64>());
+    match ctx.dst.tree.apply_patch(job.dst.clone(), range.start, len, block, chunk_digest, blocks).await {
+        Ok(()) if count == 0 => Stats::add(&ctx.stats.chunks_matched, 1),
+        Ok(()) => {
+            Stats::add(&ctx.stats.chunks_sent, 1);
+            Stats::add(&ctx.stats.blocks_sent, count);
+            Stats::add(&ctx.stats.blocks_matched, total - count);
+            Stats::add(&ctx.stats.bytes_transferred, bytes);
+            job.sent.fetch_add(bytes, Ordering::Relaxed);
+        }
+        Err(e) if e.kind() == Some(FailureKind::Mismatch) => {
+            // One side moved between hashing and patching: send it whole.
+            drop(budget);
+            Stats::add(&ctx.stats.chunks_sent, 1);
+            let mut tasks = JoinSet::new();
+            spawn_pieces(ctx, job, range, &mut tasks).await?;
+            while let Some(result) = tasks.join_next().await {
+                result.expect("chunk task panicked")?;
+            }
+        }
+        Err(e) => return Err(Fault::Destination(e)),
+    }
+    Ok(())
+}
+
+/// Whether both sides hold the same content for a file of `size` bytes on
+/// both sides (`--checksum`), compared chunk group by chunk group.
+pub(crate) async fn same_content(ctx: &Ctx, rel: &RelPath, size: u64) -> Result<bool, Outcome> {
+    let layout = Layout { size, chunk: ctx.opts.chunk_size };
+    let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
+    for group in layout.groups(GROUP_CHUNKS) {
+        let span = layout.span(&group);
+        let len = span.end - span.start;
+        let (s, d) = tokio::try_join!(
+            async { ctx.src.tree.hash_chunks(src.clone(), span.start, len, layout.chunk).await.map_err(Fault::Source) },
+            async {
+                ctx.dst.tree.hash_chunks(dst.clone(), span.start, len, layout.chunk).await.map_err(Fault::Destination)
+            },
+        )?;
+        if s.len() as u64 != group.end - group.start || s != d {
+            return Ok(false);
+        }
+    }
+    Ok(true)
+}

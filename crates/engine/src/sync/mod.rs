@@ -1,0 +1,246 @@
+//! The sync: bring a destination tree to exactly the state of a source tree,
+//! sending only what differs, with every kind of work overlapped.
+//!
+//! How work flows:
+//! - [`walk`]: a few workers list directories on both sides at once and let
+//!   the planner decide per entry; subdirectories go back on a stack (depth
+//!   first, so pending work stays small), entries become tasks right away, so
+//!   the transfer starts with the first directory, not after the scan.
+//! - [`small`]: small files are batched, many per request, in both
+//!   directions (read batch from the source, write batch to the destination).
+//! - [`big`]: larger files are cut into pieces and chunk groups spread over
+//!   every connection; existing ones are compared by chunk digests (both sides
+//!   hash their own copy, in parallel) and differing chunks refined to blocks.
+//!
+//! Every queue is bounded (files, chunk groups, bytes of data in flight), so
+//! memory depends on the work in flight, not on the size of the tree.
+//! Directories get their final permissions and mtime once everything inside
+//! them is done. A failure on one path is reported and counted; the rest go on.
+
+mod big;
+mod small;
+mod walk;
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use pareco_proto::{FailureKind, Kind, RelPath, Stat};
+use tokio::sync::Semaphore;
+
+use crate::endpoint::Endpoint;
+use crate::report::{Change, Problem, Reporter, Stats, Summary};
+use crate::tree::TreeError;
+
+/// Files up to this size travel whole, in batches.
+pub const SMALL_FILE_MAX: u32 = 64 << 10;
+
+/// What to sync and how.
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Unit of comparison and of parallelism within a file.
+    pub chunk_size: u32,
+    /// Unit a differing chunk is refined to.
+    pub block_size: u32,
+    /// Compare content digests of files whose size and mtime match.
+    pub checksum: bool,
+    /// Remove destination entries that the source does not have.
+    pub delete: bool,
+    /// Report what would change; change nothing.
+    pub dry_run: bool,
+    /// How much to do at once (normally the number of connections).
+    pub parallelism: usize,
+}
+
+impl Default for SyncOptions {
+    fn default() -> Self {
+        SyncOptions {
+            chunk_size: 1 << 20,
+            block_size: 4 << 10,
+            checksum: false,
+            delete: false,
+            dry_run: false,
+            parallelism: 16,
+        }
+    }
+}
+
+/// Why a sync could not run at all (as opposed to failing on some paths).
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum SyncError {
+    /// The source does not exist.
+    #[error("the source does not exist")]
+    SourceMissing,
+    /// The source could not be examined.
+    #[error("source: {0}")]
+    Source(TreeError),
+    /// The destination could not be examined or created.
+    #[error("destination: {0}")]
+    Destination(TreeError),
+    /// A directory is to be synced onto something that is not one.
+    #[error("the destination exists and is not a directory")]
+    DestinationNotDirectory,
+    /// The options are inconsistent.
+    #[error("{0}")]
+    Options(String),
+}
+
+/// Shared state of one run.
+pub(crate) struct Ctx {
+    src: Endpoint,
+    dst: Endpoint,
+    opts: SyncOptions,
+    stats: Arc<Stats>,
+    reporter: Arc<dyn Reporter>,
+    /// Entries being worked on (bounds tasks and queued small files).
+    files: Arc<Semaphore>,
+    /// Chunk groups being compared.
+    groups: Arc<Semaphore>,
+    /// Small-file batches in flight.
+    batches: Arc<Semaphore>,
+    /// KiB of file data in flight.
+    data: Arc<Semaphore>,
+}
+
+/// How one entry ended.
+pub(crate) enum Outcome {
+    /// Done; `transferred` if content was written.
+    Synced { transferred: bool, change: Option<Change> },
+    /// The source changed while being copied.
+    Changed,
+    /// The source disappeared.
+    Vanished,
+    /// Failed, for this reason.
+    Failed(String),
+}
+
+impl Ctx {
+    fn new(src: Endpoint, dst: Endpoint, opts: SyncOptions, stats: Arc<Stats>, reporter: Arc<dyn Reporter>) -> Self {
+        let j = opts.parallelism.max(1);
+        let data_kib = (j * 4096).clamp(64 << 10, 512 << 10);
+        Ctx {
+            src,
+            dst,
+            files: Arc::new(Semaphore::new((128 * j).clamp(1024, 8192))),
+            groups: Arc::new(Semaphore::new(4 * j)),
+            batches: Arc::new(Semaphore::new(4 * j)),
+            data: Arc::new(Semaphore::new(data_kib)),
+            opts,
+            stats,
+            reporter,
+        }
+    }
+
+    /// Reports how an entry of `size` bytes ended and counts it.
+    fn finish(&self, rel: &RelPath, size: u64, outcome: Outcome) {
+        Stats::add(&self.stats.bytes_processed, size);
+        match outcome {
+            Outcome::Synced { transferred, change } => {
+                if transferred {
+                    Stats::add(&self.stats.files_transferred, 1);
+                }
+                if let Some(change) = change {
+                    self.reporter.change(rel, change);
+                }
+            }
+            Outcome::Changed => {
+                Stats::add(&self.stats.files_changed, 1);
+                self.reporter.problem(rel, &Problem::Changed);
+            }
+            Outcome::Vanished => {
+                Stats::add(&self.stats.files_vanished, 1);
+                self.reporter.problem(rel, &Problem::Vanished);
+            }
+            Outcome::Failed(why) => self.fail(rel, why),
+        }
+    }
+
+    fn fail(&self, rel: &RelPath, why: String) {
+        Stats::add(&self.stats.errors, 1);
+        self.reporter.problem(rel, &Problem::Failed(why));
+    }
+
+    /// KiB of data budget for `bytes` (at least one).
+    fn kib(bytes: u64) -> u32 {
+        bytes.div_ceil(1024).clamp(1, 1 << 20) as u32
+    }
+}
+
+/// Classifies an error on the source side: a missing file vanished.
+fn source_failure(e: TreeError) -> Outcome {
+    match e.kind() {
+        Some(FailureKind::NotFound) => Outcome::Vanished,
+        Some(FailureKind::Changed) => Outcome::Changed,
+        _ => Outcome::Failed(format!("source: {e}")),
+    }
+}
+
+fn destination_failure(e: TreeError) -> Outcome {
+    Outcome::Failed(format!("destination: {e}"))
+}
+
+/// Syncs `src` onto `dst`. Per-path problems are reported to `reporter` and
+/// counted in `stats` (which the caller may poll for progress); only a
+/// problem that prevents the whole run is an error.
+pub async fn sync(
+    src: Endpoint,
+    mut dst: Endpoint,
+    opts: SyncOptions,
+    stats: Arc<Stats>,
+    reporter: Arc<dyn Reporter>,
+) -> Result<Summary, SyncError> {
+    check_options(&opts)?;
+    let started = Instant::now();
+    let (src_root, src_now) = src.tree.stat(src.base.clone()).await.map_err(SyncError::Source)?;
+    let src_root = src_root.ok_or(SyncError::SourceMissing)?;
+    let (mut dst_root, _) = dst.tree.stat(dst.base.clone()).await.map_err(SyncError::Destination)?;
+
+    let single = src_root.kind != Kind::Dir;
+    if single && dst_root.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
+        // A file synced into an existing directory keeps its name.
+        let name = src.base.split_last().map(|(_, n)| n).ok_or(SyncError::DestinationNotDirectory)?;
+        dst.base = dst.base.join(&name).map_err(|e| SyncError::Options(e.to_string()))?;
+        dst_root = dst.tree.stat(dst.base.clone()).await.map_err(SyncError::Destination)?.0;
+    }
+    if !single {
+        match &dst_root {
+            Some(d) if d.kind != Kind::Dir => return Err(SyncError::DestinationNotDirectory),
+            Some(_) => {}
+            None if opts.dry_run => {}
+            None => {
+                dst.tree.make_dir(dst.base.clone(), 0o700, true).await.map_err(SyncError::Destination)?;
+            }
+        }
+    }
+
+    let ctx = Arc::new(Ctx::new(src, dst, opts, stats.clone(), reporter));
+    walk::run(ctx.clone(), src_root, src_now, dst_root, single).await;
+
+    let mut summary = stats.snapshot();
+    summary.duration_s = started.elapsed().as_secs_f64();
+    for tree in [&ctx.src.tree, &ctx.dst.tree] {
+        let (sent, received) = tree.wire_bytes();
+        summary.wire_bytes_sent += sent;
+        summary.wire_bytes_received += received;
+    }
+    Ok(summary)
+}
+
+fn check_options(opts: &SyncOptions) -> Result<(), SyncError> {
+    use pareco_proto::limits::{MAX_CHUNK, MIN_BLOCK};
+    if !(MIN_BLOCK..=MAX_CHUNK).contains(&opts.chunk_size) {
+        return Err(SyncError::Options(format!("chunk size must be between {MIN_BLOCK} and {MAX_CHUNK} bytes")));
+    }
+    if opts.block_size < MIN_BLOCK || opts.block_size > opts.chunk_size {
+        return Err(SyncError::Options(format!("block size must be between {MIN_BLOCK} bytes and the chunk size")));
+    }
+    if opts.chunk_size / opts.block_size > pareco_proto::limits::MAX_DIGESTS as u32 {
+        return Err(SyncError::Options("too many blocks per chunk; use a larger block size".into()));
+    }
+    Ok(())
+}
+
+/// Metadata of a source entry, for attribute comparisons.
+fn attrs_differ(src: &Stat, dst: &Stat) -> bool {
+    src.mode != dst.mode || src.mtime != dst.mtime
+}

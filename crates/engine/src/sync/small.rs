@@ -1,0 +1,206 @@
+//! Small files travel whole and in batches: one request reads many of them
+//! from the source, one request writes them to the destination (each
+//! atomically). Batching takes whatever is queued when a batch is sent, so
+//! a burst of small files fills batches while a trickle is not delayed.
+//!
+//! Each file is read with a stat before and after; the planner's freshness
+//! rules decide whether the copy may carry the source's mtime, must be read
+//! again once its mtime has settled, or is reported as changing.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use pareco_plan::freshness::{ReadVerdict, judge_read};
+use pareco_proto::{FileContent, FileRead, Kind, RelPath, Stat};
+use tokio::sync::{OwnedSemaphorePermit, mpsc};
+
+use super::walk::Ticket;
+use super::{Ctx, Outcome, SMALL_FILE_MAX, big, destination_failure, source_failure};
+use crate::report::{Change, Stats};
+
+/// A batch is sent once it holds this many bytes...
+const BATCH_BYTES: u64 = 256 << 10;
+/// ...or this many files.
+const BATCH_FILES: usize = 256;
+
+/// A small file waiting for its batch.
+pub(crate) struct SmallFile {
+    pub rel: RelPath,
+    /// Its stat from the listing (for sizes).
+    pub src: Stat,
+    /// Whether the destination has no such file yet.
+    pub new: bool,
+    pub ticket: Ticket,
+    /// Holds the file's place among the entries in flight.
+    pub _permit: OwnedSemaphorePermit,
+    /// Reads of this file so far.
+    pub attempt: u32,
+}
+
+/// What to do with one file after reading it.
+enum Judged {
+    Write(FileContent, bool),
+    Retry(Duration),
+    NotSmall,
+    Done(Outcome),
+}
+
+fn judge(ctx: &Ctx, file: &SmallFile, read: FileRead) -> Judged {
+    match read {
+        FileRead::Content { stat, now, stable, digest, data } => {
+            let mtime = match judge_read(&stat, now, stable, file.attempt + 1) {
+                ReadVerdict::Stamp => Some(stat.mtime),
+                ReadVerdict::Unstamped => None,
+                ReadVerdict::Retry(wait) => return Judged::Retry(wait),
+            };
+            let content = FileContent { path: ctx.dst.path(&file.rel), mode: stat.mode, mtime, digest, data };
+            Judged::Write(content, mtime.is_some())
+        }
+        FileRead::NotSmall(stat) if stat.kind == Kind::File => Judged::NotSmall,
+        FileRead::NotSmall(_) => Judged::Done(Outcome::Changed),
+        FileRead::Failed(f) => Judged::Done(source_failure(f.into())),
+    }
+}
+
+fn written(ctx: &Ctx, file: &SmallFile, size: usize, stamped: bool, result: Result<(), String>) -> Outcome {
+    file.ticket.dir().touch();
+    if let Err(why) = result {
+        return Outcome::Failed(format!("destination: {why}"));
+    }
+    Stats::add(&ctx.stats.bytes_transferred, size as u64);
+    Stats::add(&ctx.stats.chunks_sent, 1);
+    if !stamped {
+        return Outcome::Changed;
+    }
+    let change = if file.new { Change::NewFile } else { Change::UpdateFile };
+    Outcome::Synced { transferred: true, change: Some(change) }
+}
+
+/// Takes queued small files in batches until the walk is over.
+pub(crate) async fn batcher(ctx: Arc<Ctx>, mut queue: mpsc::Receiver<SmallFile>) {
+    let mut batches = tokio::task::JoinSet::new();
+    while let Some(first) = queue.recv().await {
+        let mut bytes = first.src.size;
+        let mut batch = vec![first];
+        while batch.len() < BATCH_FILES && bytes < BATCH_BYTES {
+            let Ok(next) = queue.try_recv() else { break };
+            bytes += next.src.size;
+            batch.push(next);
+        }
+        let permit = ctx.batches.clone().acquire_owned().await.expect("never closed");
+        let ctx = ctx.clone();
+        batches.spawn(async move {
+            transfer_batch(&ctx, batch).await;
+            drop(permit);
+        });
+        while batches.try_join_next().is_some() {}
+    }
+    while batches.join_next().await.is_some() {}
+}
+
+async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
+    let bytes = batch.iter().map(|f| f.src.size).sum();
+    let _budget = ctx.data.acquire_many(Ctx::kib(bytes)).await.expect("never closed");
+    let paths = batch.iter().map(|f| ctx.src.path(&f.rel)).collect();
+    let reads = match ctx.src.tree.read_files(paths, SMALL_FILE_MAX).await {
+        Ok(reads) => reads,
+        Err(e) => {
+            for file in batch {
+                ctx.finish(&file.rel, file.src.size, source_failure(e.clone()));
+            }
+            return;
+        }
+    };
+    let mut writes = Vec::new();
+    let mut pending = Vec::new();
+    for (mut file, read) in batch.into_iter().zip(reads) {
+        match judge(ctx, &file, read) {
+            Judged::Write(content, stamped) => {
+                pending.push((file, content.data.len(), stamped));
+                writes.push(content);
+            }
+            Judged::Retry(wait) => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    tokio::time::sleep(wait).await;
+                    file.attempt += 1;
+                    let (rel, size) = (file.rel.clone(), file.src.size);
+                    let outcome = transfer_file(&ctx, file).await;
+                    ctx.finish(&rel, size, outcome);
+                });
+            }
+            Judged::NotSmall => {
+                let ctx = ctx.clone();
+                tokio::spawn(async move {
+                    let outcome = as_big(&ctx, &file).await;
+                    ctx.finish(&file.rel, file.src.size, outcome);
+                });
+            }
+            Judged::Done(outcome) => ctx.finish(&file.rel, file.src.size, outcome),
+        }
+    }
+    if writes.is_empty() {
+        return;
+    }
+    match ctx.dst.tree.write_files(writes).await {
+        Ok(results) => {
+            for ((file, size, stamped), result) in pending.into_iter().zip(results) {
+                let outcome = written(ctx, &file, size, stamped, result.map_err(|f| f.to_string()));
+                ctx.finish(&file.rel, file.src.size, outcome);
+            }
+        }
+        Err(e) => {
+            for (file, ..) in pending {
+                ctx.finish(&file.rel, file.src.size, destination_failure(e.clone()));
+            }
+        }
+    }
+}
+
+/// Copies one small file on its own (retries, replacements, `--checksum`).
+pub(crate) async fn transfer_one(
+    ctx: &Arc<Ctx>,
+    rel: &RelPath,
+    src: Stat,
+    new: bool,
+    ticket: &Ticket,
+    permit: OwnedSemaphorePermit,
+) -> Outcome {
+    // The ticket stays with the caller; this copy only borrows the directory.
+    let file = SmallFile { rel: rel.clone(), src, new, ticket: ticket.clone(), _permit: permit, attempt: 0 };
+    transfer_file(ctx, file).await
+}
+
+async fn transfer_file(ctx: &Arc<Ctx>, mut file: SmallFile) -> Outcome {
+    loop {
+        let read = match ctx.src.tree.read_files(vec![ctx.src.path(&file.rel)], SMALL_FILE_MAX).await {
+            Ok(mut reads) => reads.pop().expect("one read per path"),
+            Err(e) => return source_failure(e),
+        };
+        match judge(ctx, &file, read) {
+            Judged::Write(content, stamped) => {
+                let size = content.data.len();
+                let result = match ctx.dst.tree.write_files(vec![content]).await {
+                    Ok(mut results) => results.pop().expect("one outcome per file").map_err(|f| f.to_string()),
+                    Err(e) => Err(e.to_string()),
+                };
+                return written(ctx, &file, size, stamped, result);
+            }
+            Judged::Retry(wait) => {
+                tokio::time::sleep(wait).await;
+                file.attempt += 1;
+            }
+            Judged::NotSmall => return as_big(ctx, &file).await,
+            Judged::Done(outcome) => return outcome,
+        }
+    }
+}
+
+/// A file listed as small that grew: copy it the way large files go.
+async fn as_big(ctx: &Arc<Ctx>, file: &SmallFile) -> Outcome {
+    let change = if file.new { Change::NewFile } else { Change::UpdateFile };
+    if file.new {
+        file.ticket.dir().touch();
+    }
+    big::transfer(ctx, &file.rel, !file.new, change).await
+}

@@ -1,0 +1,426 @@
+//! Walking both trees in step, one directory at a time, and turning the
+//! planner's decisions into tasks.
+//!
+//! Each directory is a [`DirNode`] counting its unfinished children through
+//! [`Ticket`]s. When the last ticket of a directory is dropped, its final
+//! permissions and mtime are set (after every entry inside it, so that
+//! creating and deleting entries does not move the mtime again) and it
+//! releases its own ticket on its parent. The root's completion ends the run.
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+
+use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
+use pareco_proto::{Kind, RelPath, Stat, Timestamp};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
+
+use super::small::{self, SmallFile};
+use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
+use crate::report::{Change, Problem, Stats};
+
+/// A directory being synced.
+pub(crate) struct DirNode {
+    rel: RelPath,
+    /// Source and destination metadata (`None` for the virtual root of a
+    /// single-file sync, whose attributes are not ours to set).
+    attrs: Option<(Stat, Option<Stat>)>,
+    pending: AtomicUsize,
+    /// Whether an entry was created, renamed or removed in it.
+    dirty: AtomicBool,
+    /// Released once the directory is finished.
+    up: Mutex<Option<Up>>,
+}
+
+enum Up {
+    /// Held only to be dropped: that finishes this directory in its parent.
+    #[allow(dead_code)]
+    Parent(Ticket),
+    Done(oneshot::Sender<()>),
+}
+
+impl DirNode {
+    pub(crate) fn touch(&self) {
+        self.dirty.store(true, Ordering::Relaxed);
+    }
+}
+
+/// One unfinished child of a directory. Dropping it finishes the child.
+pub(crate) struct Ticket {
+    node: Arc<DirNode>,
+    ctx: Arc<Ctx>,
+}
+
+impl Ticket {
+    fn new(node: &Arc<DirNode>, ctx: &Arc<Ctx>) -> Ticket {
+        node.pending.fetch_add(1, Ordering::AcqRel);
+        Ticket { node: node.clone(), ctx: ctx.clone() }
+    }
+
+    /// The directory this ticket belongs to.
+    pub(crate) fn dir(&self) -> &DirNode {
+        &self.node
+    }
+}
+
+impl Clone for Ticket {
+    /// Another unfinished child of the same directory.
+    fn clone(&self) -> Ticket {
+        Ticket::new(&self.node, &self.ctx)
+    }
+}
+
+impl Drop for Ticket {
+    fn drop(&mut self) {
+        if self.node.pending.fetch_sub(1, Ordering::AcqRel) != 1 {
+            return;
+        }
+        let (node, ctx) = (self.node.clone(), self.ctx.clone());
+        tokio::spawn(async move {
+            finish_dir(&ctx, &node).await;
+            let up = node.up.lock().expect("dir lock").take();
+            if let Some(Up::Done(done)) = up {
+                let _ = done.send(());
+            }
+        });
+    }
+}
+
+async fn finish_dir(ctx: &Ctx, node: &DirNode) {
+    let Some((src, dst)) = &node.attrs else { return };
+    let differ = dst.as_ref().is_none_or(|d| attrs_differ(src, d));
+    if let Some(d) = dst
+        && attrs_differ(src, d)
+    {
+        ctx.reporter.change(&node.rel, Change::Attributes);
+    }
+    if ctx.opts.dry_run || !(differ || node.dirty.load(Ordering::Relaxed)) {
+        return;
+    }
+    let path = ctx.dst.path(&node.rel);
+    if let Err(e) = ctx.dst.tree.set_attrs(path, Some(src.mode), Some(src.mtime)).await {
+        ctx.fail(&node.rel, format!("destination: {e}"));
+    }
+}
+
+/// A directory to list and plan.
+struct DirJob {
+    node: Arc<DirNode>,
+    /// Keeps the directory open until its entries are dispatched.
+    ticket: Ticket,
+    /// The destination entry must be removed first (it is not a directory).
+    remove_first: bool,
+    /// The destination directory must be created.
+    create: bool,
+}
+
+/// Directories waiting to be listed, processed depth first.
+#[derive(Default)]
+struct Queue {
+    state: Mutex<(Vec<DirJob>, usize)>,
+    changed: Notify,
+}
+
+impl Queue {
+    fn push(&self, job: DirJob) {
+        self.state.lock().expect("queue lock").0.push(job);
+        self.changed.notify_waiters();
+    }
+
+    /// The next job; `None` once no job is queued and none is being processed
+    /// (only processing pushes jobs).
+    async fn next(&self) -> Option<DirJob> {
+        loop {
+            let notified = self.changed.notified();
+            tokio::pin!(notified);
+            {
+                let mut state = self.state.lock().expect("queue lock");
+                if let Some(job) = state.0.pop() {
+                    state.1 += 1;
+                    return Some(job);
+                }
+                if state.1 == 0 {
+                    return None;
+                }
+                notified.as_mut().enable();
+            }
+            notified.await;
+        }
+    }
+
+    fn done(&self) {
+        self.state.lock().expect("queue lock").1 -= 1;
+        self.changed.notify_waiters();
+    }
+}
+
+/// Runs the whole walk and waits until every entry is finished.
+pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_root: Option<Stat>, single: bool) {
+    let (done, finished) = oneshot::channel();
+    let root = Arc::new(DirNode {
+        rel: RelPath::root(),
+        attrs: (!single).then(|| (src_root.clone(), dst_root.clone())),
+        pending: AtomicUsize::new(0),
+        dirty: AtomicBool::new(false),
+        up: Mutex::new(Some(Up::Done(done))),
+    });
+    let (small_tx, small_rx) = mpsc::channel(1024);
+    let batcher = tokio::spawn(small::batcher(ctx.clone(), small_rx));
+    if single {
+        // One entry, planned as the only entry of a virtual directory.
+        let src = vec![pareco_proto::Entry { name: placeholder_name(), stat: src_root }];
+        let dst = dst_root.map(|stat| vec![pareco_proto::Entry { name: placeholder_name(), stat }]);
+        let options = DirOptions { checksum: ctx.opts.checksum, delete: false };
+        for planned in plan_dir(src, src_now, dst, options) {
+            dispatch(&ctx, &small_tx, &Queue::default(), &root, RelPath::root(), planned).await;
+        }
+    } else {
+        Stats::add(&ctx.stats.dirs_total, 1);
+        let queue = Arc::new(Queue::default());
+        let ticket = Ticket::new(&root, &ctx);
+        queue.push(DirJob { node: root.clone(), ticket, remove_first: false, create: false });
+        let workers = (2 * ctx.opts.parallelism).clamp(4, 64);
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..workers {
+            let (ctx, queue, small_tx) = (ctx.clone(), queue.clone(), small_tx.clone());
+            tasks.spawn(async move {
+                while let Some(job) = queue.next().await {
+                    process(&ctx, &small_tx, &queue, job).await;
+                    queue.done();
+                }
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+    }
+    drop(small_tx);
+    drop(root);
+    let _ = finished.await;
+    let _ = batcher.await;
+}
+
+fn placeholder_name() -> pareco_proto::Name {
+    pareco_proto::Name::new(b"entry").expect("valid name")
+}
+
+async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue, job: DirJob) {
+    let node = job.node;
+    let (src_path, dst_path) = (ctx.src.path(&node.rel), ctx.dst.path(&node.rel));
+    if !ctx.opts.dry_run && (job.remove_first || job.create) {
+        let prepared = async {
+            if job.remove_first {
+                ctx.dst.tree.remove(dst_path.clone()).await?;
+            }
+            ctx.dst.tree.make_dir(dst_path.clone(), 0o700, false).await
+        };
+        if let Err(e) = prepared.await {
+            // Without its directory, nothing below can be synced.
+            ctx.fail(&node.rel, format!("destination: {e}"));
+            return;
+        }
+        job.ticket.dir().touch();
+    }
+    let list_dst = !job.create;
+    let (src_list, dst_list) = tokio::join!(ctx.src.tree.list(src_path), async {
+        if list_dst { Some(ctx.dst.tree.list(dst_path).await) } else { None }
+    });
+    let (src_entries, src_now) = match src_list {
+        Ok(listing) => listing,
+        Err(e) => return ctx.finish(&node.rel, 0, source_failure(e)),
+    };
+    let dst_entries = match dst_list.transpose() {
+        Ok(listing) => listing.map(|(entries, _)| entries),
+        Err(e) => return ctx.finish(&node.rel, 0, destination_failure(e)),
+    };
+    let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete };
+    for planned in plan_dir(src_entries, src_now, dst_entries, options) {
+        let rel = match node.rel.join(&planned.name) {
+            Ok(rel) => rel,
+            Err(e) => {
+                ctx.fail(&node.rel, format!("{}: {e}", planned.name));
+                continue;
+            }
+        };
+        dispatch(ctx, small, queue, &node, rel, planned).await;
+    }
+    drop(job.ticket);
+}
+
+/// Starts the work one planned entry needs.
+async fn dispatch(
+    ctx: &Arc<Ctx>,
+    small: &mpsc::Sender<SmallFile>,
+    queue: &Queue,
+    node: &Arc<DirNode>,
+    rel: RelPath,
+    p: Planned,
+) {
+    if let Some(src) = &p.src {
+        match src.kind {
+            Kind::File => {
+                Stats::add(&ctx.stats.files_total, 1);
+                Stats::add(&ctx.stats.bytes_total, src.size);
+            }
+            Kind::Dir => Stats::add(&ctx.stats.dirs_total, 1),
+            Kind::Symlink => Stats::add(&ctx.stats.symlinks_total, 1),
+            _ => {}
+        }
+    }
+    match p.action {
+        Action::Nothing => {
+            let size = p.src.as_ref().filter(|s| s.kind == Kind::File).map_or(0, |s| s.size);
+            Stats::add(&ctx.stats.bytes_processed, size);
+        }
+        Action::Skip(reason) => {
+            let why = match reason {
+                SkipReason::Special(kind) => format!("{} (special files are not copied)", kind.name()),
+                SkipReason::DirInTheWay => {
+                    return ctx.fail(&rel, "a directory is in the way at the destination; --delete replaces it".into());
+                }
+            };
+            Stats::add(&ctx.stats.warnings, 1);
+            ctx.reporter.problem(&rel, &Problem::Skipped(why));
+        }
+        Action::Descend { create } => {
+            let (src, dst) = (p.src.expect("descend has a source"), if create { None } else { p.dst });
+            if create {
+                ctx.reporter.change(&rel, Change::NewDir);
+            }
+            let child = Arc::new(DirNode {
+                rel,
+                attrs: Some((src, dst)),
+                pending: AtomicUsize::new(0),
+                dirty: AtomicBool::new(false),
+                up: Mutex::new(Some(Up::Parent(Ticket::new(node, ctx)))),
+            });
+            let ticket = Ticket::new(&child, ctx);
+            queue.push(DirJob { node: child, ticket, remove_first: p.remove_first, create });
+        }
+        Action::CopyFile { basis } => {
+            let permit = ctx.files.clone().acquire_owned().await.expect("never closed");
+            let ticket = Ticket::new(node, ctx);
+            let src = p.src.expect("copy has a source");
+            let batched = src.size <= SMALL_FILE_MAX as u64 && !p.remove_first && !ctx.opts.checksum;
+            if batched && !ctx.opts.dry_run {
+                let file = SmallFile { rel, src, new: basis.is_none(), ticket, _permit: permit, attempt: 0 };
+                if let Err(mpsc::error::SendError(file)) = small.send(file).await {
+                    ctx.fail(&file.rel, "internal error: the batcher stopped".into());
+                }
+                return;
+            }
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let size = src.size;
+                let outcome = copy_file(&ctx, &rel, src, basis, p.remove_first, &ticket, permit).await;
+                ctx.finish(&rel, size, outcome);
+            });
+        }
+        _ => {
+            let permit = ctx.files.clone().acquire_owned().await.expect("never closed");
+            let ticket = Ticket::new(node, ctx);
+            let ctx = ctx.clone();
+            tokio::spawn(async move {
+                let size = p.src.as_ref().filter(|s| s.kind == Kind::File).map_or(0, |s| s.size);
+                let outcome = entry(&ctx, &rel, p, &ticket).await;
+                ctx.finish(&rel, size, outcome);
+                drop(permit);
+            });
+        }
+    }
+}
+
+/// A file copied outside the batches: large, replacing another kind of
+/// entry, or compared by digest first.
+async fn copy_file(
+    ctx: &Arc<Ctx>,
+    rel: &RelPath,
+    src: Stat,
+    basis: Option<Stat>,
+    remove_first: bool,
+    ticket: &Ticket,
+    permit: OwnedSemaphorePermit,
+) -> Outcome {
+    let change = if basis.is_some() { Change::UpdateFile } else { Change::NewFile };
+    if let Some(b) = &basis
+        && ctx.opts.checksum
+        && b.size == src.size
+    {
+        match big::same_content(ctx, rel, src.size).await {
+            Ok(true) if b.mode == src.mode && b.mtime == src.mtime => {
+                return Outcome::Synced { transferred: false, change: None };
+            }
+            Ok(true) => {
+                if ctx.opts.dry_run {
+                    return Outcome::Synced { transferred: false, change: Some(Change::Attributes) };
+                }
+                let path = ctx.dst.path(rel);
+                return match ctx.dst.tree.set_attrs(path, Some(src.mode), Some(src.mtime)).await {
+                    Ok(()) => Outcome::Synced { transferred: false, change: Some(Change::Attributes) },
+                    Err(e) => destination_failure(e),
+                };
+            }
+            Ok(false) => {}
+            Err(outcome) => return outcome,
+        }
+    }
+    if ctx.opts.dry_run {
+        return Outcome::Synced { transferred: false, change: Some(change) };
+    }
+    if remove_first {
+        if let Err(e) = ctx.dst.tree.remove(ctx.dst.path(rel)).await {
+            return destination_failure(e);
+        }
+        ticket.dir().touch();
+    }
+    if src.size <= SMALL_FILE_MAX as u64 {
+        return small::transfer_one(ctx, rel, src, basis.is_none(), ticket, permit).await;
+    }
+    drop(permit);
+    if basis.is_none() {
+        ticket.dir().touch();
+    }
+    big::transfer(ctx, rel, basis.is_some(), change).await
+}
+
+/// Everything that is not a file's content: links, permissions, deletions.
+async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome {
+    let path = ctx.dst.path(rel);
+    let (change, result) = match p.action {
+        Action::Delete => {
+            Stats::add(&ctx.stats.entries_deleted, 1);
+            ticket.dir().touch();
+            (Change::Delete, if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.remove(path).await })
+        }
+        Action::SetMode(mode) => (
+            Change::Attributes,
+            if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.set_attrs(path, Some(mode), None).await },
+        ),
+        Action::SymlinkMtime => {
+            let mtime = p.src.as_ref().map(|s| s.mtime);
+            (
+                Change::Attributes,
+                if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.set_attrs(path, None, mtime).await },
+            )
+        }
+        Action::Symlink => {
+            let src = p.src.expect("symlink has a source");
+            let target = bytes::Bytes::copy_from_slice(src.target.as_deref().unwrap_or_default());
+            ticket.dir().touch();
+            let result = async {
+                if ctx.opts.dry_run {
+                    return Ok(());
+                }
+                if p.remove_first {
+                    ctx.dst.tree.remove(path.clone()).await?;
+                }
+                ctx.dst.tree.make_symlink(path, target, Some(src.mtime)).await
+            };
+            (Change::Symlink, result.await)
+        }
+        Action::Nothing | Action::Skip(_) | Action::CopyFile { .. } | Action::Descend { .. } => {
+            unreachable!("handled by dispatch")
+        }
+    };
+    match result {
+        Ok(()) => Outcome::Synced { transferred: false, change: Some(change) },
+        Err(e) => destination_failure(e),
+    }
+}

@@ -1,0 +1,234 @@
+//! One side of a sync: a tree that answers protocol requests, either here
+//! (a [`FsTree`] on a bounded blocking pool) or on a server (through a
+//! connection [`Pool`]). The engine speaks to both the same way, so push,
+//! pull and local-to-local syncs are one algorithm.
+
+use std::sync::Arc;
+
+use bytes::Bytes;
+use pareco_fs::FsTree;
+use pareco_net::{NetError, Pool};
+use pareco_proto::{
+    Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, RelPath, Request, Response, Stat, Timestamp,
+};
+use tokio::sync::Semaphore;
+
+/// Why an operation on a tree failed.
+#[derive(Debug, Clone, thiserror::Error)]
+#[non_exhaustive]
+pub enum TreeError {
+    /// The side that owns the files could not do it.
+    #[error("{0}")]
+    Failed(#[from] Failure),
+    /// The connection to the server failed.
+    #[error("{0}")]
+    Net(#[from] NetError),
+    /// The peer answered with the wrong kind of response.
+    #[error("the peer answered {0} with an unexpected response")]
+    Unexpected(&'static str),
+}
+
+impl TreeError {
+    /// The failure class, if the operation itself failed.
+    pub fn kind(&self) -> Option<FailureKind> {
+        match self {
+            TreeError::Failed(f) => Some(f.kind),
+            _ => None,
+        }
+    }
+}
+
+/// A filesystem tree served from a bounded pool of blocking threads, so that
+/// a flood of requests queues instead of spawning hundreds of threads that
+/// fight over the disk and the CPU.
+#[derive(Debug, Clone)]
+pub struct BlockingTree {
+    tree: Arc<FsTree>,
+    permits: Arc<Semaphore>,
+}
+
+impl BlockingTree {
+    /// Wraps a tree; at most `parallel` operations run at once.
+    pub fn new(tree: FsTree, parallel: usize) -> Self {
+        BlockingTree { tree: Arc::new(tree), permits: Arc::new(Semaphore::new(parallel.max(1))) }
+    }
+
+    /// Performs one request on a blocking thread.
+    pub async fn execute(&self, request: Request) -> Response {
+        let _permit = self.permits.acquire().await.expect("never closed");
+        let tree = self.tree.clone();
+        tokio::task::spawn_blocking(move || tree.execute(&request))
+            .await
+            .unwrap_or_else(|e| Response::Failed(Failure::new(FailureKind::Io, format!("internal error: {e}"))))
+    }
+
+    /// The root directory, for messages.
+    pub fn path(&self) -> &std::path::Path {
+        self.tree.path()
+    }
+}
+
+/// A tree, here or there.
+#[derive(Clone)]
+pub enum Tree {
+    /// On this machine.
+    Local(BlockingTree),
+    /// On a server.
+    Remote(Arc<Pool>),
+}
+
+macro_rules! expect {
+    ($response:expr, $what:literal, $pattern:pat => $value:expr) => {
+        match $response {
+            $pattern => Ok($value),
+            Response::Failed(f) => Err(TreeError::Failed(f)),
+            _ => Err(TreeError::Unexpected($what)),
+        }
+    };
+}
+
+impl Tree {
+    async fn call(&self, request: Request) -> Result<Response, TreeError> {
+        match self {
+            Tree::Local(t) => Ok(t.execute(request).await),
+            Tree::Remote(pool) => Ok(pool.call(request).await?),
+        }
+    }
+
+    /// Bytes sent and received on the wire for this tree (zero if local).
+    pub fn wire_bytes(&self) -> (u64, u64) {
+        match self {
+            Tree::Local(_) => (0, 0),
+            Tree::Remote(pool) => pool.wire_bytes(),
+        }
+    }
+
+    /// `lstat`, with the tree's clock at the time.
+    pub async fn stat(&self, path: RelPath) -> Result<(Option<Stat>, Timestamp), TreeError> {
+        expect!(self.call(Request::Stat { path }).await?, "stat", Response::Stat { stat, now } => (stat, now))
+    }
+
+    /// Lists a directory, with the tree's clock at the time.
+    pub async fn list(&self, path: RelPath) -> Result<(Vec<Entry>, Timestamp), TreeError> {
+        expect!(self.call(Request::ListDir { path }).await?, "list", Response::Listing { entries, now, .. } => (entries, now))
+    }
+
+    /// Digests of the whole chunks of a range present in the file.
+    pub async fn hash_chunks(
+        &self,
+        path: RelPath,
+        offset: u64,
+        len: u64,
+        chunk_size: u32,
+    ) -> Result<Vec<Digest>, TreeError> {
+        let request = Request::HashChunks { path, offset, len, chunk_size };
+        expect!(self.call(request).await?, "hash", Response::Digests(d) => d)
+    }
+
+    /// Block digests of one chunk.
+    pub async fn hash_blocks(
+        &self,
+        path: RelPath,
+        offset: u64,
+        len: u32,
+        block_size: u32,
+    ) -> Result<Vec<Digest>, TreeError> {
+        let request = Request::HashBlocks { path, offset, len, block_size };
+        expect!(self.call(request).await?, "hash", Response::Digests(d) => d)
+    }
+
+    /// Reads a range with its digest.
+    pub async fn read_data(&self, path: RelPath, offset: u64, len: u32) -> Result<(Digest, Bytes), TreeError> {
+        expect!(self.call(Request::ReadData { path, offset, len }).await?, "read", Response::Data { digest, data } => (digest, data))
+    }
+
+    /// The blocks of a chunk that differ from `dest_blocks`, and the chunk's digest.
+    pub async fn read_patch(
+        &self,
+        path: RelPath,
+        offset: u64,
+        len: u32,
+        block_size: u32,
+        dest_blocks: Vec<Digest>,
+    ) -> Result<(Digest, Vec<Block>), TreeError> {
+        let request = Request::ReadPatch { path, offset, len, block_size, dest_blocks };
+        expect!(self.call(request).await?, "read patch", Response::Patch { chunk_digest, blocks } => (chunk_digest, blocks))
+    }
+
+    /// Writes a verified range in place.
+    pub async fn write_data(&self, path: RelPath, offset: u64, digest: Digest, data: Bytes) -> Result<(), TreeError> {
+        expect!(self.call(Request::WriteData { path, offset, digest, data }).await?, "write", Response::Done => ())
+    }
+
+    /// Applies a verified block patch to one chunk.
+    pub async fn apply_patch(
+        &self,
+        path: RelPath,
+        offset: u64,
+        len: u32,
+        block_size: u32,
+        chunk_digest: Digest,
+        blocks: Vec<Block>,
+    ) -> Result<(), TreeError> {
+        let request = Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks };
+        expect!(self.call(request).await?, "patch", Response::Done => ())
+    }
+
+    /// Reads whole small files.
+    pub async fn read_files(&self, paths: Vec<RelPath>, max_size: u32) -> Result<Vec<FileRead>, TreeError> {
+        let n = paths.len();
+        let files =
+            expect!(self.call(Request::ReadFiles { paths, max_size }).await?, "read files", Response::Files(f) => f)?;
+        if files.len() != n {
+            return Err(TreeError::Unexpected("read files"));
+        }
+        Ok(files)
+    }
+
+    /// Writes whole small files, each atomically.
+    pub async fn write_files(&self, files: Vec<FileContent>) -> Result<Vec<Result<(), Failure>>, TreeError> {
+        let n = files.len();
+        let outcomes =
+            expect!(self.call(Request::WriteFiles { files }).await?, "write files", Response::Outcomes(o) => o)?;
+        if outcomes.len() != n {
+            return Err(TreeError::Unexpected("write files"));
+        }
+        Ok(outcomes)
+    }
+
+    /// Makes sure a regular file exists and can be written at offsets.
+    pub async fn prepare_file(&self, path: RelPath) -> Result<Stat, TreeError> {
+        expect!(self.call(Request::PrepareFile { path }).await?, "prepare", Response::Stat { stat: Some(s), .. } => s)
+    }
+
+    /// Sets the final size, mode and mtime of a complete file.
+    pub async fn finish_file(
+        &self,
+        path: RelPath,
+        size: u64,
+        mode: u32,
+        mtime: Option<Timestamp>,
+    ) -> Result<(), TreeError> {
+        expect!(self.call(Request::FinishFile { path, size, mode, mtime }).await?, "finish", Response::Done => ())
+    }
+
+    /// Creates a directory.
+    pub async fn make_dir(&self, path: RelPath, mode: u32, parents: bool) -> Result<(), TreeError> {
+        expect!(self.call(Request::MakeDir { path, mode, parents }).await?, "mkdir", Response::Done => ())
+    }
+
+    /// Creates or replaces a symlink.
+    pub async fn make_symlink(&self, path: RelPath, target: Bytes, mtime: Option<Timestamp>) -> Result<(), TreeError> {
+        expect!(self.call(Request::MakeSymlink { path, target, mtime }).await?, "symlink", Response::Done => ())
+    }
+
+    /// Removes an entry (recursively).
+    pub async fn remove(&self, path: RelPath) -> Result<(), TreeError> {
+        expect!(self.call(Request::Remove { path }).await?, "remove", Response::Done => ())
+    }
+
+    /// Sets permissions and/or mtime.
+    pub async fn set_attrs(&self, path: RelPath, mode: Option<u32>, mtime: Option<Timestamp>) -> Result<(), TreeError> {
+        expect!(self.call(Request::SetAttrs { path, mode, mtime }).await?, "set attributes", Response::Done => ())
+    }
+}

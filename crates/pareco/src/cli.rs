@@ -1,0 +1,129 @@
+//! The command line, defined once: parsing, help and validation of raw
+//! values. Turning them into runtime objects happens in the commands.
+
+use std::ffi::OsString;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+/// PArallel REmote COpy: move live data between data centers over many
+/// connections, sending only what changed.
+#[derive(Debug, Parser)]
+#[command(name = "pareco", version, about, long_about = None)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Serve a directory tree to pareco clients.
+    Serve(ServeArgs),
+    /// Make DST an exact copy of SRC (one side may be pareco://HOST[:PORT]/PATH).
+    Sync(SyncArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct TokenArgs {
+    /// File holding the shared secret (else the PARECO_TOKEN environment variable).
+    #[arg(long, value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct ServeArgs {
+    /// Directory to serve; client paths are relative to it and never leave it.
+    #[arg(long, value_name = "DIR")]
+    pub root: PathBuf,
+    /// Address to listen on (port 0 picks a free port).
+    #[arg(long, value_name = "HOST:PORT", default_value = "0.0.0.0:7700")]
+    pub listen: SocketAddr,
+    #[command(flatten)]
+    pub token: TokenArgs,
+    /// Serve pulls only: never write anything.
+    #[arg(long, conflicts_with = "write_only")]
+    pub read_only: bool,
+    /// Accept pushes only: never send file content.
+    #[arg(long)]
+    pub write_only: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct SyncArgs {
+    /// Source: a local path or pareco://HOST[:PORT]/PATH.
+    pub src: OsString,
+    /// Destination: a local path or pareco://HOST[:PORT]/PATH.
+    pub dst: OsString,
+    /// Number of parallel connections.
+    #[arg(short = 'j', long = "connections", value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: u16,
+    /// Chunk size: the unit compared by digest and spread over connections.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    pub chunk_size: u64,
+    /// Block size a differing chunk is refined to (a database page).
+    #[arg(long, value_name = "SIZE", default_value = "4K", value_parser = parse_size)]
+    pub block_size: u64,
+    /// Compare file content digests even when size and mtime match.
+    #[arg(short = 'c', long)]
+    pub checksum: bool,
+    /// Delete destination entries that are not in the source.
+    #[arg(long)]
+    pub delete: bool,
+    /// Show what would change, one line per entry; change nothing.
+    #[arg(short = 'n', long)]
+    pub dry_run: bool,
+    /// Print one line per changed entry.
+    #[arg(short = 'v', long)]
+    pub verbose: bool,
+    /// No progress bar and no summary.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Write statistics as JSON to FILE when done.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// Seconds allowed to connect and authenticate.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub connect_timeout: u64,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+/// Parses `4096`, `4K`, `1M`, `2G`, `1MiB` (binary units).
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    let s = s.trim();
+    let digits = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(digits);
+    let n: u64 = num.parse().map_err(|_| format!("not a size: {s:?}"))?;
+    let shift = match unit.trim().to_ascii_uppercase().trim_end_matches("IB").trim_end_matches('B') {
+        "" => 0,
+        "K" => 10,
+        "M" => 20,
+        "G" => 30,
+        "T" => 40,
+        _ => return Err(format!("unknown size unit in {s:?} (use K, M, G or T)")),
+    };
+    n.checked_mul(1 << shift).ok_or_else(|| format!("size too large: {s:?}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes_parse_with_binary_units() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("4K"), Ok(4096));
+        assert_eq!(parse_size("1MiB"), Ok(1 << 20));
+        assert_eq!(parse_size("2g"), Ok(2 << 30));
+        assert!(parse_size("1X").is_err());
+        assert!(parse_size("").is_err());
+    }
+
+    #[test]
+    fn the_command_line_definition_is_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}
