@@ -63,7 +63,13 @@ impl FsTree {
                 let stat = match path.split_last() {
                     None => Some(meta::stat_fd(root).map_err(|e| FsError::io("stat", e))?),
                     Some(_) => {
-                        let (dir, name) = beneath::parent(root, path, "stat")?;
+                        let (dir, name) = match beneath::parent(root, path, "stat") {
+                            Ok(found) => found,
+                            Err(e) if e.kind == pareco_proto::FailureKind::NotFound => {
+                                return Ok(Response::Stat { stat: None, now });
+                            }
+                            Err(e) => return Err(e),
+                        };
                         match meta::stat_at(dir.as_fd(), name.as_bytes()) {
                             Ok(stat) => Some(stat),
                             Err(rustix::io::Errno::NOENT) => None,

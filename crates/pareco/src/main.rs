@@ -70,25 +70,30 @@ async fn serve(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+    // Handlers first: a signal that arrives right after the announcement
+    // must drain the server, not kill it.
+    let shutdown = shutdown_signal()?;
     println!("listening on {local}");
     use std::io::Write;
     std::io::stdout().flush()?;
     tracing::info!(root = %args.root.display(), ?access, "serving");
-    pareco_net::serve(listener, ServerConfig::new(AuthKey::from_token(token.as_bytes())), service, shutdown_signal())
-        .await;
+    pareco_net::serve(listener, ServerConfig::new(AuthKey::from_token(token.as_bytes())), service, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
 
-async fn shutdown_signal() {
+/// Completes on the first SIGTERM or SIGINT (handlers installed at once).
+fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{SignalKind, signal};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut int = signal(SignalKind::interrupt()).expect("SIGINT handler");
-    tokio::select! {
-        _ = term.recv() => {}
-        _ = int.recv() => {}
-    }
-    tracing::info!("shutting down: finishing requests in progress");
+    let mut term = signal(SignalKind::terminate()).context("installing the SIGTERM handler")?;
+    let mut int = signal(SignalKind::interrupt()).context("installing the SIGINT handler")?;
+    Ok(async move {
+        tokio::select! {
+            _ = term.recv() => {}
+            _ = int.recv() => {}
+        }
+        tracing::info!("shutting down: finishing requests in progress");
+    })
 }
 
 async fn sync(args: SyncArgs) -> Result<u8> {

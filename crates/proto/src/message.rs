@@ -572,7 +572,7 @@ impl Request {
                 let len = data_len(r)?;
                 let block_size = block_size(r, len)?;
                 let chunk_digest = r.digest("chunk digest")?;
-                let blocks = decode_blocks(r, len, block_size)?;
+                let blocks = decode_blocks(r, len.div_ceil(block_size), block_size as usize)?;
                 Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks }
             }
             9 => {
@@ -757,7 +757,8 @@ impl Response {
             }
             6 => {
                 let chunk_digest = r.digest("chunk digest")?;
-                Response::Patch { chunk_digest, blocks: decode_blocks(r, MAX_CHUNK, MIN_BLOCK)? }
+                // The block size is the requester's; it checks that blocks fit.
+                Response::Patch { chunk_digest, blocks: decode_blocks(r, MAX_DIGESTS as u32, MAX_CHUNK as usize)? }
             }
             7 => {
                 let n = r.count(2, MAX_BATCH_FILES, "file count")?;
@@ -844,10 +845,9 @@ fn encode_blocks(w: &mut Writer<'_>, blocks: &[Block]) {
     }
 }
 
-/// Blocks of a chunk of `len` bytes cut at `block_size`: indices strictly
-/// increasing and in range, each block exactly as long as its slot.
-fn decode_blocks(r: &mut Reader, len: u32, block_size: u32) -> Result<Vec<Block>, CodecError> {
-    let slots = len.div_ceil(block_size);
+/// At most `slots` blocks of at most `max_block` bytes each, indices
+/// strictly increasing and below `slots`.
+fn decode_blocks(r: &mut Reader, slots: u32, max_block: usize) -> Result<Vec<Block>, CodecError> {
     let n = r.count(2, slots as usize, "block count")?;
     let mut blocks = Vec::with_capacity(n);
     let mut next = 0u32;
@@ -857,7 +857,7 @@ fn decode_blocks(r: &mut Reader, len: u32, block_size: u32) -> Result<Vec<Block>
             return Err(CodecError::Invalid("block index out of order or range"));
         }
         next = index + 1;
-        let data = r.bytes(block_size as usize, "block data")?;
+        let data = r.bytes(max_block, "block data")?;
         blocks.push(Block { index, data });
     }
     Ok(blocks)

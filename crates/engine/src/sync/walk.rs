@@ -111,6 +111,8 @@ struct DirJob {
     remove_first: bool,
     /// The destination directory must be created.
     create: bool,
+    /// The destination directory exists and must be listed.
+    list_dst: bool,
 }
 
 /// Directories waiting to be listed, processed depth first.
@@ -177,7 +179,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
         Stats::add(&ctx.stats.dirs_total, 1);
         let queue = Arc::new(Queue::default());
         let ticket = Ticket::new(&root, &ctx);
-        queue.push(DirJob { node: root.clone(), ticket, remove_first: false, create: false });
+        let list_dst = root.attrs.as_ref().is_some_and(|(_, dst)| dst.is_some());
+        queue.push(DirJob { node: root.clone(), ticket, remove_first: false, create: false, list_dst });
         let workers = (2 * ctx.opts.parallelism).clamp(4, 64);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..workers {
@@ -218,7 +221,7 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         }
         job.ticket.dir().touch();
     }
-    let list_dst = !job.create;
+    let list_dst = job.list_dst;
     let (src_list, dst_list) = tokio::join!(ctx.src.tree.list(src_path), async {
         if list_dst { Some(ctx.dst.tree.list(dst_path).await) } else { None }
     });
@@ -292,7 +295,7 @@ async fn dispatch(
                 up: Mutex::new(Some(Up::Parent(Ticket::new(node, ctx)))),
             });
             let ticket = Ticket::new(&child, ctx);
-            queue.push(DirJob { node: child, ticket, remove_first: p.remove_first, create });
+            queue.push(DirJob { node: child, ticket, remove_first: p.remove_first, create, list_dst: !create });
         }
         Action::CopyFile { basis } => {
             let permit = ctx.files.clone().acquire_owned().await.expect("never closed");

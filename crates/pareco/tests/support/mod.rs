@@ -1,0 +1,335 @@
+//! Shared parts of the end-to-end tests: the real `pareco` binary, a real
+//! server on 127.0.0.1 port 0, the WAN emulator, and trees compared entry by
+//! entry (type, mode, mtime to the nanosecond, BLAKE3 of content, link target).
+#![allow(dead_code)]
+
+use std::collections::BTreeMap;
+use std::ffi::OsStr;
+use std::io::{BufRead, BufReader};
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::time::{Duration, SystemTime};
+
+pub const TOKEN: &str = "e2e-test-token-5d41402abc4b2a76";
+
+pub fn bin() -> &'static str {
+    env!("CARGO_BIN_EXE_pareco")
+}
+
+/// A `pareco serve` process; killed (SIGTERM) on drop.
+pub struct Server {
+    child: Child,
+    pub port: u16,
+    pub stderr: PathBuf,
+}
+
+impl Server {
+    pub fn start(root: &Path) -> Server {
+        Server::start_with(root, TOKEN, &[])
+    }
+
+    pub fn start_with(root: &Path, token: &str, extra: &[&str]) -> Server {
+        let stderr = root.with_extension(format!("serve-{}.log", std::process::id()));
+        let mut child = Command::new(bin())
+            .args(["serve", "--root"])
+            .arg(root)
+            .args(["--listen", "127.0.0.1:0"])
+            .args(extra)
+            .env("PARECO_TOKEN", token)
+            .stdout(Stdio::piped())
+            .stderr(std::fs::File::create(&stderr).unwrap())
+            .spawn()
+            .expect("start pareco serve");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line
+            .trim()
+            .strip_prefix("listening on 127.0.0.1:")
+            .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+            .parse()
+            .unwrap();
+        Server { child, port, stderr }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("pareco://127.0.0.1:{}/{path}", self.port)
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(&self.stderr).unwrap_or_default()
+    }
+
+    /// Sends SIGTERM and waits for the server to drain and exit.
+    pub fn stop(mut self) -> std::process::ExitStatus {
+        terminate(&mut self.child)
+    }
+}
+
+fn terminate(child: &mut Child) -> std::process::ExitStatus {
+    let pid = rustix::process::Pid::from_child(child);
+    let _ = rustix::process::kill_process(pid, rustix::process::Signal::TERM);
+    child.wait().unwrap()
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            terminate(&mut self.child);
+        }
+        let _ = std::fs::remove_file(&self.stderr);
+    }
+}
+
+/// A finished `pareco sync` run.
+pub struct Run {
+    pub output: Output,
+    pub stats: Option<serde_json::Value>,
+}
+
+impl Run {
+    pub fn code(&self) -> i32 {
+        self.output.status.code().unwrap_or(-1)
+    }
+
+    pub fn stderr(&self) -> String {
+        String::from_utf8_lossy(&self.output.stderr).into_owned()
+    }
+
+    pub fn stdout(&self) -> String {
+        String::from_utf8_lossy(&self.output.stdout).into_owned()
+    }
+
+    pub fn stat(&self, name: &str) -> u64 {
+        self.stats.as_ref().and_then(|s| s[name].as_u64()).unwrap_or_else(|| panic!("no stat {name}"))
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Run {
+        assert_eq!(self.code(), 0, "pareco failed:\n{}", self.stderr());
+        self
+    }
+}
+
+/// Runs `pareco sync` with the test token and extra arguments; collects
+/// the JSON statistics.
+pub fn sync(src: impl AsRef<OsStr>, dst: impl AsRef<OsStr>, extra: &[&str]) -> Run {
+    sync_with_token(src, dst, extra, TOKEN)
+}
+
+pub fn sync_with_token(src: impl AsRef<OsStr>, dst: impl AsRef<OsStr>, extra: &[&str], token: &str) -> Run {
+    let stats = tempfile::NamedTempFile::new().unwrap();
+    let output = Command::new(bin())
+        .arg("sync")
+        .arg(src)
+        .arg(dst)
+        .arg("--stats-json")
+        .arg(stats.path())
+        .args(extra)
+        .env("PARECO_TOKEN", token)
+        .output()
+        .unwrap();
+    let text = std::fs::read_to_string(stats.path()).unwrap_or_default();
+    Run { output, stats: serde_json::from_str(&text).ok() }
+}
+
+/// What a tree looks like, entry by entry.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Node {
+    File { mode: u32, mtime: (i64, i64), blake3: String, size: u64 },
+    Dir { mode: u32, mtime: (i64, i64) },
+    Link { target: Vec<u8>, mtime: (i64, i64) },
+    Special { mode: u32, mtime: (i64, i64) },
+}
+
+pub type Snapshot = BTreeMap<Vec<u8>, Node>;
+
+/// Every entry below `root` (not following symlinks), keyed by relative path.
+pub fn snapshot(root: &Path) -> Snapshot {
+    let mut out = BTreeMap::new();
+    walk(root, root, &mut out);
+    out
+}
+
+fn walk(root: &Path, dir: &Path, out: &mut Snapshot) {
+    for entry in std::fs::read_dir(dir).unwrap() {
+        let path = entry.unwrap().path();
+        let rel = path.strip_prefix(root).unwrap().as_os_str().as_bytes().to_vec();
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        let mtime = (m.mtime(), m.mtime_nsec());
+        let mode = m.permissions().mode() & 0o7777;
+        let node = if m.file_type().is_symlink() {
+            Node::Link { target: std::fs::read_link(&path).unwrap().as_os_str().as_bytes().to_vec(), mtime }
+        } else if m.is_dir() {
+            walk(root, &path, out);
+            Node::Dir { mode, mtime }
+        } else if !m.is_file() {
+            Node::Special { mode, mtime }
+        } else {
+            let hash = blake3::hash(&std::fs::read(&path).unwrap()).to_hex().to_string();
+            Node::File { mode, mtime, blake3: hash, size: m.len() }
+        };
+        out.insert(rel, node);
+    }
+}
+
+/// Asserts two trees are identical, naming the first differences.
+#[track_caller]
+pub fn assert_same_tree(src: &Path, dst: &Path) {
+    let (a, b) = (snapshot(src), snapshot(dst));
+    if a == b {
+        return;
+    }
+    let mut diffs = Vec::new();
+    for (k, v) in &a {
+        match b.get(k) {
+            None => diffs.push(format!("missing at destination: {}", String::from_utf8_lossy(k))),
+            Some(w) if w != v => diffs.push(format!("{}: source {v:?}, destination {w:?}", String::from_utf8_lossy(k))),
+            _ => {}
+        }
+    }
+    for k in b.keys().filter(|k| !a.contains_key(*k)) {
+        diffs.push(format!("extra at destination: {}", String::from_utf8_lossy(k)));
+    }
+    // Directory mtimes are compared too, but report content first.
+    panic!(
+        "trees differ ({} differences):\n{}",
+        diffs.len(),
+        diffs.into_iter().take(20).collect::<Vec<_>>().join("\n")
+    );
+}
+
+/// Sets the mtime of `path` itself (not following symlinks).
+pub fn set_mtime(path: &Path, secs: i64, nanos: i64) {
+    let t = rustix::fs::Timespec { tv_sec: secs, tv_nsec: nanos as _ };
+    let times = rustix::fs::Timestamps { last_access: t, last_modification: t };
+    rustix::fs::utimensat(rustix::fs::CWD, path, &times, rustix::fs::AtFlags::SYMLINK_NOFOLLOW).unwrap();
+}
+
+/// Moves every mtime in the tree an hour into the past, so that syncs of a
+/// tree just written need not wait for its timestamps to settle.
+/// Each call gives different mtimes (the nanoseconds of the current time).
+pub fn age(root: &Path) {
+    let now = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap();
+    let (an_hour_ago, nanos) = (now.as_secs() as i64 - 3600, now.subsec_nanos() as i64);
+    let mut paths: Vec<_> = snapshot(root).into_keys().map(|k| root.join(OsStr::from_bytes(&k))).collect();
+    // Deepest first, so that setting a file's time does not move its directory's.
+    paths.sort_by_key(|p| std::cmp::Reverse(p.components().count()));
+    for (i, p) in paths.iter().enumerate() {
+        set_mtime(p, an_hour_ago - i as i64, nanos);
+    }
+    set_mtime(root, an_hour_ago, nanos);
+}
+
+/// Deterministic pseudo-random bytes.
+pub fn bytes(seed: u64, len: usize) -> Vec<u8> {
+    let mut out = Vec::with_capacity(len + 32);
+    let mut counter = 0u64;
+    while out.len() < len {
+        let mut h = blake3::Hasher::new();
+        h.update(&seed.to_le_bytes());
+        h.update(&counter.to_le_bytes());
+        let mut reader = h.finalize_xof();
+        let mut block = [0u8; 4096];
+        reader.fill(&mut block);
+        out.extend_from_slice(&block);
+        counter += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// A tree with everything that tends to break copy tools: odd names, empty
+/// files and directories, symlinks (dangling, absolute, escaping), modes,
+/// files larger than a chunk and a batch.
+pub fn awkward_tree(root: &Path) {
+    let w = |rel: &[u8], data: &[u8]| {
+        let p = root.join(OsStr::from_bytes(rel));
+        std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+        std::fs::write(&p, data).unwrap();
+    };
+    std::fs::create_dir_all(root).unwrap();
+    w(b"plain.txt", b"hello\n");
+    w(b"empty", b"");
+    w(b"with space and \xc3\xa9t\xc3\xa9 \xe2\x9c\x93", b"unicode");
+    w(b"new\nline", b"newline in name");
+    w(b"not-utf8-\xff\xfe", b"raw bytes in name");
+    w(b"-starts-with-dash", b"dash");
+    w(b".hidden", b"dot");
+    w(b"deep/a/b/c/d/e/f/leaf", b"leaf");
+    w(b"big/2.5MiB.bin", &bytes(1, 5 << 19));
+    w(b"big/exactly-1MiB.bin", &bytes(2, 1 << 20));
+    w(b"big/64KiB+1.bin", &bytes(3, (64 << 10) + 1));
+    w(b"big/64KiB.bin", &bytes(4, 64 << 10));
+    for i in 0..300 {
+        w(format!("many/file-{i:03}").as_bytes(), format!("small file {i}\n").as_bytes());
+    }
+    std::fs::create_dir_all(root.join("empty-dir")).unwrap();
+    std::fs::create_dir_all(root.join("modes/locked")).unwrap();
+    w(b"modes/read-only", b"r");
+    w(b"modes/exec.sh", b"#!/bin/sh\n");
+    w(b"modes/private", b"p");
+    symlink("../plain.txt", root.join("deep/link-to-plain")).unwrap();
+    symlink("/etc/passwd", root.join("absolute-link")).unwrap();
+    symlink("does/not/exist", root.join("dangling-link")).unwrap();
+    symlink("../../../../outside", root.join("escaping-link")).unwrap();
+    symlink("deep", root.join("dir-link")).unwrap();
+    for (p, mode) in
+        [("modes/read-only", 0o444), ("modes/exec.sh", 0o755), ("modes/private", 0o600), ("modes/locked", 0o500)]
+    {
+        std::fs::set_permissions(root.join(p), std::fs::Permissions::from_mode(mode)).unwrap();
+    }
+}
+
+/// A WAN emulator proxy in front of `target_port`; killed on drop.
+pub struct Wan {
+    child: Child,
+    pub port: u16,
+    pub stats: PathBuf,
+}
+
+impl Wan {
+    pub fn start(target_port: u16, args: &[&str]) -> Wan {
+        let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../../tools/wanem.py");
+        let stats = std::env::temp_dir().join(format!("wanem-{}-{target_port}.json", std::process::id()));
+        let mut child = Command::new("python3")
+            .arg(script)
+            .args(["--listen", "127.0.0.1:0", "--target"])
+            .arg(format!("127.0.0.1:{target_port}"))
+            .arg("--stats")
+            .arg(&stats)
+            .args(args)
+            .stdout(Stdio::piped())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start wanem.py (python3)");
+        let mut line = String::new();
+        BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+        let port = line.split_whitespace().nth(1).unwrap_or_else(|| panic!("wanem said {line:?}")).parse().unwrap();
+        Wan { child, port, stats }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("pareco://127.0.0.1:{}/{path}", self.port)
+    }
+}
+
+impl Drop for Wan {
+    fn drop(&mut self) {
+        terminate(&mut self.child);
+        let _ = std::fs::remove_file(&self.stats);
+    }
+}
+
+/// Waits until `cond` holds or `limit` passes.
+pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
+    let deadline = std::time::Instant::now() + limit;
+    while std::time::Instant::now() < deadline {
+        if cond() {
+            return true;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    cond()
+}

@@ -1,0 +1,405 @@
+//! End-to-end: the real binary, a real server on 127.0.0.1, real files.
+//! Every destination is checked entry by entry (content hash, mode, mtime).
+
+mod support;
+
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::time::Duration;
+
+use support::*;
+
+fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, srv) = (tmp.path().join("src"), tmp.path().join("srv"));
+    std::fs::create_dir_all(&srv).unwrap();
+    (tmp, src, srv)
+}
+
+#[test]
+fn initial_push_then_noop_resync_transfers_nothing() {
+    let (_tmp, src, srv) = dirs();
+    awkward_tree(&src);
+    age(&src);
+    let server = Server::start(&srv);
+    let run = sync(&src, server.url("copy"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("copy"));
+    assert_eq!(run.stat("files_total"), 315);
+    assert_eq!(run.stat("files_transferred"), 315);
+    assert_eq!(run.stat("bytes_transferred"), run.stat("bytes_total"));
+
+    let again = sync(&src, server.url("copy"), &["-q"]).ok();
+    assert_eq!(again.stat("bytes_transferred"), 0);
+    assert_eq!(again.stat("files_transferred"), 0);
+    assert_same_tree(&src, &srv.join("copy"));
+}
+
+#[test]
+fn initial_pull_copies_the_awkward_tree() {
+    let (tmp, _src, srv) = dirs();
+    awkward_tree(&srv.join("data"));
+    age(&srv.join("data"));
+    let server = Server::start(&srv);
+    let dst = tmp.path().join("pulled/into/new/dirs");
+    let run = sync(server.url("data"), &dst, &["-q"]).ok();
+    assert_same_tree(&srv.join("data"), &dst);
+    assert!(run.stat("wire_bytes_received") >= run.stat("bytes_total"));
+    let again = sync(server.url("data"), &dst, &["-q"]).ok();
+    assert_eq!(again.stat("bytes_transferred"), 0);
+}
+
+/// Two 4 KiB pages changed in different chunks of an 8 MiB file: only those
+/// two blocks travel, both pushing and pulling.
+#[test]
+fn delta_resync_sends_only_the_changed_pages() {
+    let (tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    let mut data = bytes(7, 8 << 20);
+    std::fs::write(src.join("db"), &data).unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    let pulled = tmp.path().join("pulled");
+    sync(&src, server.url("db"), &["-q"]).ok();
+    sync(server.url("db"), &pulled, &["-q"]).ok();
+
+    data[3 * 4096 + 100] ^= 1; // page 3 of chunk 0
+    data[(5 << 20) + 7 * 4096] ^= 1; // page 7 of chunk 5
+    std::fs::write(src.join("db"), &data).unwrap();
+    age(&src);
+
+    let push = sync(&src, server.url("db"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("db"));
+    assert_eq!(push.stat("blocks_sent"), 2);
+    assert_eq!(push.stat("bytes_transferred"), 8192);
+    assert_eq!(push.stat("chunks_matched"), 6);
+    assert_eq!(push.stat("chunks_sent"), 2);
+    // Everything on the wire, both ways: digests, two blocks, overhead.
+    let wire = push.stat("wire_bytes_sent") + push.stat("wire_bytes_received");
+    assert!(wire < 64 << 10, "{wire} bytes on the wire for 8 KiB of changes");
+
+    let pull = sync(server.url("db"), &pulled, &["-q"]).ok();
+    assert_same_tree(&srv.join("db"), &pulled);
+    assert_eq!((pull.stat("blocks_sent"), pull.stat("bytes_transferred")), (2, 8192));
+}
+
+#[test]
+fn files_are_truncated_and_extended_to_the_source_size() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    let long = bytes(1, 3 << 20);
+    std::fs::write(src.join("shrinks"), &long).unwrap();
+    std::fs::write(src.join("grows"), &long[..(1 << 20) + 5]).unwrap();
+    std::fs::write(src.join("small-grows-big"), b"tiny").unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    sync(&src, server.url("t"), &["-q"]).ok();
+
+    std::fs::write(src.join("shrinks"), &long[..(1 << 20) + 3]).unwrap();
+    std::fs::write(src.join("grows"), &long).unwrap();
+    std::fs::write(src.join("small-grows-big"), &long[..200_000]).unwrap();
+    age(&src);
+    let run = sync(&src, server.url("t"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("t"));
+    // The unchanged prefix of "grows" was matched, not sent.
+    assert!(run.stat("bytes_transferred") < (2 << 20) + 200_000 + 4096, "{}", run.stat("bytes_transferred"));
+}
+
+#[test]
+fn delete_removes_extraneous_entries_only_inside_the_target() {
+    let (_tmp, src, srv) = dirs();
+    awkward_tree(&src);
+    age(&src);
+    std::fs::create_dir_all(srv.join("neighbour")).unwrap();
+    std::fs::write(srv.join("neighbour/keep"), b"not ours").unwrap();
+    let server = Server::start(&srv);
+    sync(&src, server.url("t"), &["-q"]).ok();
+
+    let t = srv.join("t");
+    std::fs::write(t.join("extra-file"), b"x").unwrap();
+    std::fs::create_dir_all(t.join("extra-dir/sub/sub")).unwrap();
+    std::fs::write(t.join("extra-dir/sub/sub/f"), b"x").unwrap();
+    symlink(srv.join("neighbour"), t.join("extra-link")).unwrap();
+    std::fs::write(t.join("many/extra"), b"x").unwrap();
+
+    // Without --delete, extraneous entries stay.
+    sync(&src, server.url("t"), &["-q"]).ok();
+    assert!(t.join("extra-file").exists());
+
+    let run = sync(&src, server.url("t"), &["-q", "--delete"]).ok();
+    assert_eq!(run.stat("entries_deleted"), 4);
+    assert_same_tree(&src, &t);
+    assert_eq!(std::fs::read(srv.join("neighbour/keep")).unwrap(), b"not ours");
+}
+
+#[test]
+fn dry_run_lists_changes_and_writes_nothing() {
+    let (_tmp, src, srv) = dirs();
+    awkward_tree(&src);
+    age(&src);
+    let server = Server::start(&srv);
+    sync(&src, server.url("t"), &["-q"]).ok();
+    std::fs::write(src.join("plain.txt"), b"changed\n").unwrap();
+    std::fs::write(src.join("brand-new"), b"new").unwrap();
+    std::fs::remove_file(src.join("empty")).unwrap();
+    std::fs::write(srv.join("t/extraneous"), b"x").unwrap();
+    set_mtime(&src.join("plain.txt"), 1_500_000_000, 0);
+    set_mtime(&src.join("brand-new"), 1_500_000_000, 0);
+
+    let before = snapshot(&srv);
+    let run = sync(&src, server.url("t"), &["-n", "--delete"]).ok();
+    assert_eq!(snapshot(&srv), before, "a dry run changed the destination");
+    let out = run.stdout();
+    for line in ["update plain.txt", "new    brand-new", "delete empty", "delete extraneous"] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");
+    }
+    assert!(!out.contains("many/"), "unchanged entries are not listed:\n{out}");
+
+    // A dry run into a destination that does not exist creates nothing.
+    sync(&src, server.url("nowhere/deeper"), &["-n", "-q"]).ok();
+    assert!(!srv.join("nowhere").exists());
+}
+
+#[test]
+fn symlinks_are_copied_as_links_and_never_followed_at_the_destination() {
+    let (tmp, src, srv) = dirs();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/file"), b"must land inside the target").unwrap();
+    symlink("/", src.join("root-link")).unwrap();
+    age(&src);
+    // The destination has a symlink where the source has a directory, and
+    // a symlink where the source has a file: both point outside.
+    std::fs::create_dir_all(srv.join("t")).unwrap();
+    symlink(&outside, srv.join("t/sub")).unwrap();
+    std::fs::write(outside.join("victim"), b"precious").unwrap();
+    symlink(outside.join("victim"), srv.join("t/root-link")).unwrap();
+
+    let server = Server::start(&srv);
+    sync(&src, server.url("t"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("t"));
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "nothing was written outside");
+    assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
+}
+
+#[test]
+fn a_file_modified_during_the_copy_is_reported_and_recopied_by_the_next_run() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("live.db"), bytes(1, 4 << 20)).unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    // 4 MiB at 1 MiB/s: the copy takes about four seconds.
+    let wan = Wan::start(server.port, &["--link-rate", "1M"]);
+    let writer = {
+        let path = src.join("live.db");
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(1500));
+            let mut data = std::fs::read(&path).unwrap();
+            data[10] ^= 0xff;
+            std::fs::write(&path, data).unwrap();
+        })
+    };
+    let run = sync(&src, wan.url("t"), &["-q"]);
+    writer.join().unwrap();
+    assert_eq!(run.code(), 24, "{}", run.stderr());
+    assert!(run.stderr().contains("live.db: changed while being copied"), "{}", run.stderr());
+    assert_eq!(run.stat("files_changed"), 1);
+    let (s, d) = (snapshot(&src), snapshot(&srv.join("t")));
+    let key = b"live.db".to_vec();
+    let (Node::File { mtime: sm, .. }, Node::File { mtime: dm, .. }) = (&s[&key], &d[&key]) else { panic!() };
+    assert_ne!(sm, dm, "a file that changed mid-copy must not get the source's mtime");
+
+    // The next run finds it by its mtime and fixes it.
+    drop(wan);
+    let again = sync(&src, server.url("t"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("t"));
+    assert!(again.stat("bytes_transferred") > 0);
+}
+
+/// The racy timestamp problem: a change that lands in the same clock tick as
+/// the version being copied leaves the mtime unchanged. pareco does not read
+/// a file before its mtime has settled, so the second version is the one
+/// copied, and a later quick check is right to trust the mtime.
+#[test]
+fn a_change_within_the_same_timestamp_is_not_missed() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    let server = Server::start(&srv);
+    for (name, size) in [("small", 1000), ("large", 3 << 20)] {
+        let path = src.join(name);
+        std::fs::write(&path, bytes(1, size)).unwrap();
+        let m = std::fs::metadata(&path).unwrap();
+        let (secs, nanos) = (std::os::unix::fs::MetadataExt::mtime(&m), std::os::unix::fs::MetadataExt::mtime_nsec(&m));
+        let child = std::process::Command::new(bin())
+            .args(["sync", "-q"])
+            .arg(&src)
+            .arg(server.url(name))
+            .env("PARECO_TOKEN", TOKEN)
+            .spawn()
+            .unwrap();
+        // Same size, same mtime (as if written in the same tick), other content.
+        std::thread::sleep(Duration::from_millis(300));
+        std::fs::write(&path, bytes(2, size)).unwrap();
+        set_mtime(&path, secs, nanos);
+        let _ = child.wait_with_output().unwrap();
+        sync(&src, server.url(name), &["-q"]).ok();
+        assert_same_tree(&src, &srv.join(name));
+        std::fs::remove_file(&path).unwrap();
+    }
+}
+
+#[test]
+fn a_wrong_or_missing_token_is_refused_and_nothing_is_written() {
+    let (_tmp, src, srv) = dirs();
+    awkward_tree(&src);
+    let server = Server::start(&srv);
+    let run = sync_with_token(&src, server.url("t"), &["-q"], "not-the-token");
+    assert_eq!(run.code(), 2);
+    assert!(run.stderr().contains("authentication failed"), "{}", run.stderr());
+    let output = std::process::Command::new(bin())
+        .arg("sync")
+        .arg(&src)
+        .arg(server.url("t"))
+        .env_remove("PARECO_TOKEN")
+        .output()
+        .unwrap();
+    assert_eq!(output.status.code(), Some(2));
+    assert!(String::from_utf8_lossy(&output.stderr).contains("PARECO_TOKEN"));
+    assert_eq!(std::fs::read_dir(&srv).unwrap().count(), 0);
+    assert!(wait_until(Duration::from_secs(5), || server.log().contains("authentication failed")), "{}", server.log());
+}
+
+#[test]
+fn paths_that_escape_the_server_root_are_refused() {
+    let (tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("f"), b"payload").unwrap();
+    let outside = tmp.path().join("outside");
+    std::fs::create_dir_all(&outside).unwrap();
+    symlink(&outside, srv.join("link-out")).unwrap();
+    let server = Server::start(&srv);
+
+    for target in ["../outside", "a/../../outside", "link-out", "link-out/sub"] {
+        let run = sync(&src, server.url(target), &["-q"]);
+        assert_ne!(run.code(), 0, "{target} was accepted");
+    }
+    std::fs::write(outside.join("secret"), b"outside the root").unwrap();
+    let pull = sync(server.url("link-out/secret"), tmp.path().join("pulled"), &["-q"]);
+    assert_ne!(pull.code(), 0);
+    assert!(!tmp.path().join("pulled").exists());
+    // Pulling the link itself copies the link, not what it points to.
+    sync(server.url("link-out"), tmp.path().join("link-copy"), &["-q"]).ok();
+    assert_eq!(std::fs::read_link(tmp.path().join("link-copy")).unwrap(), outside);
+    std::fs::remove_file(outside.join("secret")).unwrap();
+    assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 0, "something was written outside the root");
+}
+
+#[test]
+fn single_files_sync_to_a_path_or_into_a_directory() {
+    let (tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("one"), bytes(5, 100_000)).unwrap();
+    std::fs::set_permissions(src.join("one"), std::fs::Permissions::from_mode(0o640)).unwrap();
+    age(&src);
+    std::fs::create_dir_all(srv.join("existing-dir")).unwrap();
+    let server = Server::start(&srv);
+    sync(src.join("one"), server.url("renamed"), &["-q"]).ok();
+    sync(src.join("one"), server.url("existing-dir"), &["-q"]).ok();
+    sync(server.url("renamed"), tmp.path().join("back"), &["-q"]).ok();
+    let want = &snapshot(&src)[&b"one".to_vec()];
+    assert_eq!(&snapshot(&srv)[&b"renamed".to_vec()], want);
+    assert_eq!(&snapshot(&srv)[&b"existing-dir/one".to_vec()], want);
+    assert_eq!(&snapshot(tmp.path())[&b"back".to_vec()], want);
+}
+
+#[test]
+fn kind_changes_replace_destination_entries() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(src.join("was-file")).unwrap();
+    std::fs::write(src.join("was-file/inside"), b"x").unwrap();
+    std::fs::write(src.join("was-dir"), b"now a file").unwrap();
+    symlink("target", src.join("was-big-file")).unwrap();
+    std::fs::write(src.join("was-link"), bytes(3, 200_000)).unwrap();
+    age(&src);
+    let t = srv.join("t");
+    std::fs::create_dir_all(t.join("was-dir/with/content")).unwrap();
+    std::fs::write(t.join("was-file"), b"old").unwrap();
+    std::fs::write(t.join("was-big-file"), bytes(4, 300_000)).unwrap();
+    symlink("elsewhere", t.join("was-link")).unwrap();
+    let server = Server::start(&srv);
+
+    // A directory in the way of a file needs --delete.
+    let run = sync(&src, server.url("t"), &["-q"]);
+    assert_eq!(run.code(), 1);
+    assert!(run.stderr().contains("was-dir: a directory is in the way"), "{}", run.stderr());
+    sync(&src, server.url("t"), &["-q", "--delete"]).ok();
+    assert_same_tree(&src, &t);
+}
+
+#[test]
+fn checksum_mode_fixes_metadata_without_resending_equal_content() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("big"), bytes(9, 3 << 20)).unwrap();
+    std::fs::write(src.join("small"), b"same").unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    sync(&src, server.url("t"), &["-q"]).ok();
+    // Same content, different mtimes at the destination.
+    set_mtime(&srv.join("t/big"), 1_000_000_000, 0);
+    set_mtime(&srv.join("t/small"), 1_000_000_000, 0);
+    let run = sync(&src, server.url("t"), &["-q", "--checksum"]).ok();
+    assert_eq!(run.stat("bytes_transferred"), 0);
+    assert_same_tree(&src, &srv.join("t"));
+    // And a same-size, same-mtime change is found only by --checksum.
+    std::fs::write(srv.join("t/small"), b"SAME").unwrap();
+    let m = std::fs::metadata(src.join("small")).unwrap();
+    set_mtime(
+        &srv.join("t/small"),
+        std::os::unix::fs::MetadataExt::mtime(&m),
+        std::os::unix::fs::MetadataExt::mtime_nsec(&m),
+    );
+    sync(&src, server.url("t"), &["-q"]).ok();
+    assert_ne!(snapshot(&src), snapshot(&srv.join("t")));
+    sync(&src, server.url("t"), &["-q", "-c"]).ok();
+    assert_same_tree(&src, &srv.join("t"));
+}
+
+#[test]
+fn special_files_are_skipped_with_a_warning() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("regular"), b"r").unwrap();
+    rustix::fs::mknodat(
+        rustix::fs::CWD,
+        src.join("fifo"),
+        rustix::fs::FileType::Fifo,
+        rustix::fs::Mode::from_raw_mode(0o644),
+        0,
+    )
+    .unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    let run = sync(&src, server.url("t"), &["-q"]).ok();
+    assert!(run.stderr().contains("fifo: skipped: fifo"), "{}", run.stderr());
+    assert_eq!(run.stat("warnings"), 1);
+    assert!(srv.join("t/regular").exists() && !srv.join("t/fifo").exists());
+}
+
+#[test]
+fn local_to_local_sync_works_too() {
+    let (tmp, src, _srv) = dirs();
+    awkward_tree(&src);
+    age(&src);
+    let dst = tmp.path().join("local-copy");
+    sync(&src, &dst, &["-q"]).ok();
+    assert_same_tree(&src, &dst);
+}
+
+#[test]
+fn the_server_drains_and_exits_cleanly_on_sigterm() {
+    let (_tmp, _src, srv) = dirs();
+    let server = Server::start(&srv);
+    let status = server.stop();
+    assert!(status.success(), "{status:?}");
+}
