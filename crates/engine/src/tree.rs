@@ -213,8 +213,14 @@ impl Tree {
     }
 
     /// Creates a directory.
-    pub async fn make_dir(&self, path: RelPath, mode: u32, parents: bool) -> Result<(), TreeError> {
-        expect!(self.call(Request::MakeDir { path, mode, parents }).await?, "mkdir", Response::Done => ())
+    pub async fn make_dir(&self, path: RelPath, mode: u32) -> Result<(), TreeError> {
+        expect!(self.call(Request::MakeDir { path, mode }).await?, "mkdir", Response::Done => ())
+    }
+
+    /// Makes sure a directory exists (with its parents); returns what was
+    /// there before (`None` if it was created).
+    pub async fn ensure_dir(&self, path: RelPath, mode: u32) -> Result<Option<Stat>, TreeError> {
+        expect!(self.call(Request::EnsureDir { path, mode }).await?, "ensure directory", Response::Stat { stat, .. } => stat)
     }
 
     /// Creates or replaces a symlink.

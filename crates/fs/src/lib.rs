@@ -118,9 +118,13 @@ impl FsTree {
                 write::finish_file(root, path, *size, *mode, *mtime)?;
                 Response::Done
             }
-            Request::MakeDir { path, mode, parents } => {
-                write::make_dir(root, path, *mode, *parents)?;
+            Request::MakeDir { path, mode } => {
+                write::make_dir(root, path, *mode)?;
                 Response::Done
+            }
+            Request::EnsureDir { path, mode } => {
+                let now = meta::now();
+                Response::Stat { stat: write::ensure_dir(root, path, *mode)?, now }
             }
             Request::MakeSymlink { path, target, mtime } => {
                 write::make_symlink(root, path, target, *mtime)?;

@@ -162,14 +162,37 @@ pub(crate) fn finish_file(
     Ok(())
 }
 
-/// Creates a directory (with `parents`, also missing parents; an existing
-/// directory is then fine).
-pub(crate) fn make_dir(root: BorrowedFd<'_>, path: &RelPath, mode: u32, parents: bool) -> Result<(), FsError> {
-    if !parents {
-        let (dir, name) = beneath::parent(root, path, "create directory")?;
-        return rustix::fs::mkdirat(&dir, name.as_bytes(), Mode::from_raw_mode(mode))
-            .map_err(|e| FsError::io("create directory", e));
+/// Creates a directory.
+pub(crate) fn make_dir(root: BorrowedFd<'_>, path: &RelPath, mode: u32) -> Result<(), FsError> {
+    let (dir, name) = beneath::parent(root, path, "create directory")?;
+    rustix::fs::mkdirat(&dir, name.as_bytes(), Mode::from_raw_mode(mode))
+        .map_err(|e| FsError::io("create directory", e))
+}
+
+/// Makes sure `path` is a directory; returns what was there before (`None`
+/// if it was created, with any missing parents). Anything else that is
+/// there is left alone, and returned.
+pub(crate) fn ensure_dir(root: BorrowedFd<'_>, path: &RelPath, mode: u32) -> Result<Option<Stat>, FsError> {
+    let existing = match path.split_last() {
+        None => Some(meta::stat_fd(root).map_err(|e| FsError::io("stat", e))?),
+        Some(_) => match beneath::parent(root, path, "stat") {
+            Ok((dir, name)) => match meta::stat_at(dir.as_fd(), name.as_bytes()) {
+                Ok(stat) => Some(stat),
+                Err(Errno::NOENT) => None,
+                Err(e) => return Err(FsError::io("stat", e)),
+            },
+            Err(e) if e.kind == pareco_proto::FailureKind::NotFound => None,
+            Err(e) => return Err(e),
+        },
+    };
+    if existing.is_none() {
+        make_dirs(root, path, mode)?;
     }
+    Ok(existing)
+}
+
+/// `mkdir -p`, one component at a time, never through a symlink.
+fn make_dirs(root: BorrowedFd<'_>, path: &RelPath, mode: u32) -> Result<(), FsError> {
     let mut at = RelPath::root();
     for component in path.components() {
         let name = Name::new(component).map_err(|e| FsError::bad_request("create directory", e.to_string()))?;

@@ -45,7 +45,8 @@ fn symlinks_inside_the_root_are_never_followed() {
         Request::WriteData { path: p("secret_link"), offset: 0, digest: Digest::of(&data), data: data.clone() },
         Request::ReadData { path: p("escape/secret"), offset: 0, len: 6 },
         Request::ReadData { path: p("secret_link"), offset: 0, len: 6 },
-        Request::MakeDir { path: p("escape/d"), mode: 0o755, parents: true },
+        Request::EnsureDir { path: p("escape/d"), mode: 0o755 },
+        Request::MakeDir { path: p("escape/d"), mode: 0o755 },
         Request::MakeSymlink { path: p("escape/l"), target: data.clone(), mtime: None },
         Request::Remove { path: p("escape/secret") },
         Request::ListDir { path: p("escape") },
@@ -176,12 +177,13 @@ fn big_files_are_prepared_written_in_place_and_finished() {
 fn directories_and_links_are_created_replaced_and_removed() {
     let (dir, tree) = setup();
     let r = root(&dir);
-    assert_eq!(tree.execute(&Request::MakeDir { path: p("a/b/c"), mode: 0o755, parents: true }), Response::Done);
+    let ensure = |path| tree.execute(&Request::EnsureDir { path, mode: 0o755 });
+    assert!(matches!(ensure(p("a/b/c")), Response::Stat { stat: None, .. }));
     assert!(r.join("a/b/c").is_dir());
-    assert_eq!(
-        failure(tree.execute(&Request::MakeDir { path: p("x/y"), mode: 0o755, parents: false })),
-        FailureKind::NotFound
-    );
+    assert!(matches!(ensure(p("a/b")), Response::Stat { stat: Some(s), .. } if s.kind == Kind::Dir));
+    std::fs::write(r.join("a/f"), b"").unwrap();
+    assert!(matches!(ensure(p("a/f")), Response::Stat { stat: Some(s), .. } if s.kind == Kind::File));
+    assert_eq!(failure(tree.execute(&Request::MakeDir { path: p("x/y"), mode: 0o755 })), FailureKind::NotFound);
     std::fs::write(r.join("a/file"), b"x").unwrap();
     let t = Bytes::from_static(b"b/c");
     assert_eq!(tree.execute(&Request::MakeSymlink { path: p("a/file"), target: t, mtime: None }), Response::Done);

@@ -7,8 +7,8 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use crate::NetError;
 use crate::framed::{FrameReader, FrameWriter};
 
-/// What a refusing server says to a client with the wrong token.
-pub const AUTH_FAILED: &str = "authentication failed: the client's token is not the server's";
+/// What either side says to a peer with another token.
+pub const AUTH_FAILED: &str = "authentication failed: the two sides do not have the same token";
 
 fn nonce() -> [u8; 32] {
     let mut n = [0u8; 32];
@@ -24,7 +24,8 @@ async fn expect<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Result<Fra
     }
 }
 
-/// Client side: proves the token and checks that the server knows it too.
+/// Client side: checks the server's proof, then sends its own; requests may
+/// follow at once.
 pub async fn client<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
@@ -39,17 +40,22 @@ where
     let Frame::Welcome(welcome) = expect(reader).await? else {
         return Err(NetError::Protocol("expected Welcome"));
     };
-    let (hs, proof) = hs.on_welcome(welcome)?;
-    writer.send(&Frame::ClientProof(proof)).await?;
-    let Frame::ServerProof(proof) = expect(reader).await? else {
-        return Err(NetError::Protocol("expected the server's proof"));
-    };
-    Ok(hs.on_server_proof(proof)?)
+    match hs.on_welcome(welcome) {
+        Ok((session, proof)) => {
+            writer.send(&Frame::ClientProof(proof)).await?;
+            Ok(session)
+        }
+        Err(e) => {
+            // Tell the server why we leave, for its log.
+            let _ = writer.send(&Frame::Refused(AUTH_FAILED.into())).await;
+            Err(e.into())
+        }
+    }
 }
 
-/// Server side: negotiates the version and checks the client's proof. On a
-/// version mismatch the client is told why; on a wrong proof the caller
-/// decides when to say so (after a delay).
+/// Server side: negotiates the version, proves the token, and checks the
+/// client's proof. On a version mismatch the client is told why; on a wrong
+/// proof the caller decides when to say so (after a delay).
 pub async fn server<R, W>(
     reader: &mut FrameReader<R>,
     writer: &mut FrameWriter<W>,
@@ -73,7 +79,5 @@ where
     let Frame::ClientProof(proof) = expect(reader).await? else {
         return Err(NetError::Protocol("expected the client's proof"));
     };
-    let (session, server_proof) = hs.on_client_proof(proof)?;
-    writer.send(&Frame::ServerProof(server_proof)).await?;
-    Ok(session)
+    Ok(hs.on_client_proof(proof)?)
 }

@@ -102,7 +102,7 @@ async fn many_concurrent_requests_over_a_pool_get_their_own_answers() {
 async fn a_wrong_token_is_refused_with_a_clear_error() {
     let (addr, _stop, _server) = start(b"right").await;
     let err = Pool::connect(&addr, AuthKey::from_token(b"wrong"), &options(2)).await.err().unwrap();
-    assert!(matches!(err, NetError::Handshake(HandshakeError::Refused(_))), "{err}");
+    assert!(matches!(err, NetError::Handshake(HandshakeError::AuthenticationFailed)), "{err}");
     assert!(err.to_string().contains("authentication failed"), "{err}");
 }
 

@@ -27,8 +27,6 @@ pub enum Frame {
     Welcome(Welcome),
     /// Client's proof of the token.
     ClientProof([u8; 32]),
-    /// Server's proof of the token.
-    ServerProof([u8; 32]),
     /// The sender refuses to go on, and says why.
     Refused(String),
     /// A request.
@@ -83,11 +81,6 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) -> Option<Bytes> {
         }
         Frame::ClientProof(p) => {
             w.u8(3);
-            w.raw(p);
-            None
-        }
-        Frame::ServerProof(p) => {
-            w.u8(4);
             w.raw(p);
             None
         }
@@ -157,7 +150,6 @@ pub fn decode_body(body: Bytes) -> Result<Frame, CodecError> {
         1 => Frame::Hello(Hello::decode(&mut r)?),
         2 => Frame::Welcome(Welcome::decode(&mut r)?),
         3 => Frame::ClientProof(r.array32("proof")?),
-        4 => Frame::ServerProof(r.array32("proof")?),
         5 => Frame::Refused(r.message()?),
         6 => {
             let id = r.u32v("request id")?;

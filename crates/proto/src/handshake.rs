@@ -4,16 +4,22 @@
 //! ```text
 //! client                                   server
 //!   Hello { versions, features, nonce_c } ->
-//!                                       <- Welcome { version, features, nonce_s }
+//!                                       <- Welcome { version, features, nonce_s,
+//!                                                    proof: MAC(k, "server", T) }
 //!   ClientProof { MAC(k, "client", T) }  ->
-//!                                       <- ServerProof { MAC(k, "server", T) }
+//!   requests…                            ->  (read only once the proof checks out)
 //! ```
 //! `k` is derived from the token with BLAKE3's key derivation, `T` is the
-//! BLAKE3 hash of the encoded Hello and Welcome, and MAC is BLAKE3 in keyed
-//! mode. Both nonces are fresh random values, so a recorded proof is useless
-//! on another connection, and the token itself never crosses the wire. The
-//! server answers nothing but `Refused` to a wrong proof, before any request
-//! is read. MACs are compared in constant time.
+//! BLAKE3 hash of the encoded Hello and Welcome (without the proof), and MAC
+//! is BLAKE3 in keyed mode. Both nonces are fresh random values, so a
+//! recorded proof is useless on another connection, and the token itself
+//! never crosses the wire.
+//!
+//! The server proves itself first, so the client knows it talks to a holder
+//! of the token before it sends anything else, and can send its own proof and
+//! its first requests together: the handshake costs one round trip. The
+//! server reads no request before the client's proof checks out; to a wrong
+//! proof it answers only `Refused`. MACs are compared in constant time.
 //!
 //! This authenticates both ends; it does not encrypt. Encryption belongs in a
 //! secure channel under the framing, bound to the same token.
@@ -55,6 +61,8 @@ pub struct Welcome {
     pub features: u64,
     /// Fresh random nonce.
     pub nonce: [u8; 32],
+    /// The server's proof of the token, over the transcript.
+    pub proof: [u8; 32],
 }
 
 /// What a successful handshake agreed on.
@@ -112,8 +120,11 @@ impl std::fmt::Debug for AuthKey {
 
 fn transcript(hello: &Hello, welcome: &Welcome) -> blake3::Hash {
     let mut buf = bytes::BytesMut::new();
-    hello.encode(&mut Writer(&mut buf));
-    welcome.encode(&mut Writer(&mut buf));
+    let mut w = Writer(&mut buf);
+    hello.encode(&mut w);
+    w.u16(welcome.version);
+    w.varint(welcome.features);
+    w.raw(&welcome.nonce);
     blake3::hash(&buf)
 }
 
@@ -136,8 +147,10 @@ impl ClientHandshake {
         &self.hello
     }
 
-    /// Checks the Welcome and produces the client's proof to send.
-    pub fn on_welcome(self, welcome: Welcome) -> Result<(ClientAwaitingProof, [u8; 32]), HandshakeError> {
+    /// Checks the Welcome, including the server's proof; on success the
+    /// session is established and the client's proof is to be sent (followed
+    /// at once by requests).
+    pub fn on_welcome(self, welcome: Welcome) -> Result<(Session, [u8; 32]), HandshakeError> {
         if !(self.hello.min_version..=self.hello.max_version).contains(&welcome.version) {
             return Err(HandshakeError::Version {
                 ours: format!("{}..={}", self.hello.min_version, self.hello.max_version),
@@ -145,27 +158,12 @@ impl ClientHandshake {
             });
         }
         let t = transcript(&self.hello, &welcome);
-        let proof = *self.key.mac(b"client", &t).as_bytes();
-        let session = Session { version: welcome.version, features: welcome.features & self.hello.features };
-        Ok((ClientAwaitingProof { key: self.key, transcript: t, session }, proof))
-    }
-}
-
-/// Client side, after sending its proof.
-pub struct ClientAwaitingProof {
-    key: AuthKey,
-    transcript: blake3::Hash,
-    session: Session,
-}
-
-impl ClientAwaitingProof {
-    /// Checks the server's proof; success means both sides hold the token.
-    pub fn on_server_proof(self, proof: [u8; 32]) -> Result<Session, HandshakeError> {
         // blake3::Hash compares in constant time.
-        if self.key.mac(b"server", &self.transcript) != blake3::Hash::from(proof) {
+        if self.key.mac(b"server", &t) != blake3::Hash::from(welcome.proof) {
             return Err(HandshakeError::AuthenticationFailed);
         }
-        Ok(self.session)
+        let session = Session { version: welcome.version, features: welcome.features & self.hello.features };
+        Ok((session, *self.key.mac(b"client", &t).as_bytes()))
     }
 }
 
@@ -181,7 +179,8 @@ impl ServerHandshake {
         ServerHandshake { key, nonce }
     }
 
-    /// Negotiates the version and produces the Welcome to send.
+    /// Negotiates the version and produces the Welcome (with the server's
+    /// proof) to send.
     pub fn on_hello(self, hello: Hello) -> Result<(ServerAwaitingProof, Welcome), HandshakeError> {
         let version = PROTOCOL_VERSION.min(hello.max_version);
         if version < hello.min_version || version < MIN_PROTOCOL_VERSION {
@@ -190,8 +189,9 @@ impl ServerHandshake {
                 theirs: format!("{}..={}", hello.min_version, hello.max_version),
             });
         }
-        let welcome = Welcome { version, features: FEATURES & hello.features, nonce: self.nonce };
+        let mut welcome = Welcome { version, features: FEATURES & hello.features, nonce: self.nonce, proof: [0; 32] };
         let t = transcript(&hello, &welcome);
+        welcome.proof = *self.key.mac(b"server", &t).as_bytes();
         let session = Session { version, features: welcome.features };
         Ok((ServerAwaitingProof { key: self.key, transcript: t, session }, welcome))
     }
@@ -205,12 +205,12 @@ pub struct ServerAwaitingProof {
 }
 
 impl ServerAwaitingProof {
-    /// Checks the client's proof and produces the server's proof to send.
-    pub fn on_client_proof(self, proof: [u8; 32]) -> Result<(Session, [u8; 32]), HandshakeError> {
+    /// Checks the client's proof; success means both sides hold the token.
+    pub fn on_client_proof(self, proof: [u8; 32]) -> Result<Session, HandshakeError> {
         if self.key.mac(b"client", &self.transcript) != blake3::Hash::from(proof) {
             return Err(HandshakeError::AuthenticationFailed);
         }
-        Ok((self.session, *self.key.mac(b"server", &self.transcript).as_bytes()))
+        Ok(self.session)
     }
 }
 
@@ -245,10 +245,16 @@ impl Welcome {
         w.u16(self.version);
         w.varint(self.features);
         w.raw(&self.nonce);
+        w.raw(&self.proof);
     }
 
     pub(crate) fn decode(r: &mut Reader) -> Result<Welcome, CodecError> {
-        Ok(Welcome { version: r.u16("version")?, features: r.varint("features")?, nonce: r.array32("nonce")? })
+        Ok(Welcome {
+            version: r.u16("version")?,
+            features: r.varint("features")?,
+            nonce: r.array32("nonce")?,
+            proof: r.array32("proof")?,
+        })
     }
 }
 
@@ -256,36 +262,41 @@ impl Welcome {
 mod tests {
     use super::*;
 
-    fn run(client_token: &[u8], server_token: &[u8]) -> (Result<Session, HandshakeError>, bool) {
+    /// Runs a handshake; returns what the client and the server concluded.
+    fn run(
+        client_token: &[u8],
+        server_token: &[u8],
+    ) -> (Result<Session, HandshakeError>, Option<Result<Session, HandshakeError>>) {
         let client = ClientHandshake::new(AuthKey::from_token(client_token), [1; 32]);
         let server = ServerHandshake::new(AuthKey::from_token(server_token), [2; 32]);
         let (server, welcome) = server.on_hello(client.hello().clone()).unwrap();
-        let (client, proof) = client.on_welcome(welcome).unwrap();
-        match server.on_client_proof(proof) {
-            Ok((_, server_proof)) => (client.on_server_proof(server_proof), true),
-            Err(e) => (Err(e), false),
+        match client.on_welcome(welcome) {
+            Ok((session, proof)) => (Ok(session), Some(server.on_client_proof(proof))),
+            Err(e) => (Err(e), None),
         }
     }
 
     #[test]
     fn same_token_authenticates_both_ways() {
-        let (session, server_accepted) = run(b"s3cret", b"s3cret");
-        assert!(server_accepted);
-        assert_eq!(session.unwrap(), Session { version: PROTOCOL_VERSION, features: FEATURES });
+        let (client, server) = run(b"s3cret", b"s3cret");
+        let want = Session { version: PROTOCOL_VERSION, features: FEATURES };
+        assert_eq!(client.unwrap(), want);
+        assert_eq!(server.unwrap().unwrap(), want);
     }
 
     #[test]
-    fn wrong_token_is_refused_by_the_server() {
-        let (result, server_accepted) = run(b"guess", b"s3cret");
-        assert!(!server_accepted);
-        assert_eq!(result.unwrap_err(), HandshakeError::AuthenticationFailed);
+    fn a_client_with_the_wrong_token_stops_before_sending_anything() {
+        let (client, server) = run(b"guess", b"s3cret");
+        assert_eq!(client.unwrap_err(), HandshakeError::AuthenticationFailed);
+        assert!(server.is_none());
     }
 
     #[test]
-    fn client_rejects_a_server_without_the_token() {
-        let client = ClientHandshake::new(AuthKey::from_token(b"t"), [1; 32]);
-        let (client, _) = client.on_welcome(Welcome { version: 1, features: 0, nonce: [9; 32] }).unwrap();
-        assert_eq!(client.on_server_proof([0; 32]).unwrap_err(), HandshakeError::AuthenticationFailed);
+    fn the_server_refuses_a_forged_client_proof() {
+        let server = ServerHandshake::new(AuthKey::from_token(b"t"), [2; 32]);
+        let hello = ClientHandshake::new(AuthKey::from_token(b"x"), [1; 32]).hello().clone();
+        let (server, _) = server.on_hello(hello).unwrap();
+        assert_eq!(server.on_client_proof([7; 32]).unwrap_err(), HandshakeError::AuthenticationFailed);
     }
 
     #[test]
@@ -298,11 +309,15 @@ mod tests {
     #[test]
     fn a_proof_is_bound_to_the_nonces() {
         let key = AuthKey::from_token(b"t");
-        let (_, proof_a) = ClientHandshake::new(key.clone(), [1; 32])
-            .on_welcome(Welcome { version: 1, features: 0, nonce: [2; 32] })
+        // A proof recorded on one connection...
+        let (_, welcome_a) = ServerHandshake::new(key.clone(), [3; 32])
+            .on_hello(ClientHandshake::new(key.clone(), [1; 32]).hello().clone())
             .unwrap();
-        let server = ServerHandshake::new(key.clone(), [3; 32]);
-        let (server, _) = server.on_hello(ClientHandshake::new(key, [1; 32]).hello().clone()).unwrap();
-        assert!(server.on_client_proof(proof_a).is_err());
+        let (_, proof_a) = ClientHandshake::new(key.clone(), [1; 32]).on_welcome(welcome_a).unwrap();
+        // ...is refused on another (the server chose another nonce).
+        let (server_b, _) = ServerHandshake::new(key.clone(), [4; 32])
+            .on_hello(ClientHandshake::new(key, [1; 32]).hello().clone())
+            .unwrap();
+        assert!(server_b.on_client_proof(proof_a).is_err());
     }
 }

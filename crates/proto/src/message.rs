@@ -153,8 +153,16 @@ pub enum Request {
         path: RelPath,
         /// Permission bits to create it with.
         mode: u32,
-        /// Also create missing parents; an existing directory is not an error.
-        parents: bool,
+    },
+    /// Make sure `path` is a directory, creating it and any missing parents
+    /// (with `mode`) if nothing is there; something else there is left
+    /// alone. Answer: [`Response::Stat`] of what was there before (`None` if
+    /// the directory was created), so one round trip both looks and creates.
+    EnsureDir {
+        /// Directory to ensure.
+        path: RelPath,
+        /// Permission bits for what is created.
+        mode: u32,
     },
     /// Create a symlink, atomically replacing a non-directory entry.
     /// Answer: [`Response::Done`].
@@ -387,6 +395,7 @@ impl Request {
             | Request::PrepareFile { path }
             | Request::FinishFile { path, .. }
             | Request::MakeDir { path, .. }
+            | Request::EnsureDir { path, .. }
             | Request::MakeSymlink { path, .. }
             | Request::Remove { path }
             | Request::SetAttrs { path, .. } => Some(path),
@@ -492,11 +501,15 @@ impl Request {
                 w.varint(*mode as u64);
                 w.opt_timestamp(*mtime);
             }
-            Request::MakeDir { path, mode, parents } => {
+            Request::MakeDir { path, mode } => {
                 w.u8(13);
                 w.path(path);
                 w.varint(*mode as u64);
-                w.bool(*parents);
+            }
+            Request::EnsureDir { path, mode } => {
+                w.u8(17);
+                w.path(path);
+                w.varint(*mode as u64);
             }
             Request::MakeSymlink { path, target, mtime } => {
                 w.u8(14);
@@ -605,9 +618,10 @@ impl Request {
                 mode: mode(r)?,
                 mtime: r.opt_timestamp("mtime")?,
             },
-            13 => Request::MakeDir { path: r.path()?, mode: mode(r)?, parents: r.bool("parents")? },
+            13 => Request::MakeDir { path: r.path()?, mode: mode(r)? },
             14 => Request::MakeSymlink { path: r.path()?, target: link_target(r)?, mtime: r.opt_timestamp("mtime")? },
             15 => Request::Remove { path: r.path()? },
+            17 => Request::EnsureDir { path: r.path()?, mode: mode(r)? },
             16 => Request::SetAttrs {
                 path: r.path()?,
                 mode: if r.bool("mode flag")? { Some(mode(r)?) } else { None },

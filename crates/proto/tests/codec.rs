@@ -125,11 +125,8 @@ fn request() -> impl Strategy<Value = Request> {
         path().prop_map(|path| Request::PrepareFile { path }),
         (path(), any::<u64>(), 0u32..=0o7777, proptest::option::of(timestamp()))
             .prop_map(|(path, size, mode, mtime)| Request::FinishFile { path, size, mode, mtime }),
-        (path(), 0u32..=0o7777, any::<bool>()).prop_map(|(path, mode, parents)| Request::MakeDir {
-            path,
-            mode,
-            parents
-        }),
+        (path(), 0u32..=0o7777).prop_map(|(path, mode)| Request::EnsureDir { path, mode }),
+        (path(), 0u32..=0o7777, any::<bool>()).prop_map(|(path, mode, _)| Request::MakeDir { path, mode }),
         (path(), proptest::collection::vec(1u8..=255, 1..50), proptest::option::of(timestamp()))
             .prop_map(|(path, t, mtime)| Request::MakeSymlink { path, target: t.into(), mtime }),
         path().prop_map(|path| Request::Remove { path }),
@@ -175,10 +172,9 @@ fn frame() -> impl Strategy<Value = Frame> {
                 nonce
             })
         ),
-        (any::<u16>(), any::<u64>(), any::<[u8; 32]>())
-            .prop_map(|(version, features, nonce)| Frame::Welcome(Welcome { version, features, nonce })),
+        (any::<u16>(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>())
+            .prop_map(|(version, features, nonce, proof)| Frame::Welcome(Welcome { version, features, nonce, proof })),
         any::<[u8; 32]>().prop_map(Frame::ClientProof),
-        any::<[u8; 32]>().prop_map(Frame::ServerProof),
         ".{0,50}".prop_map(Frame::Refused),
         (any::<u32>(), request()).prop_map(|(id, request)| Frame::Request { id, request }),
         (any::<u32>(), response()).prop_map(|(id, response)| Frame::Response { id, response }),

@@ -21,6 +21,7 @@ use pareco_plan::freshness::settle_delay;
 use pareco_proto::{FailureKind, Kind, RelPath, Stat};
 use tokio::task::JoinSet;
 
+use super::walk::Ticket;
 use super::{Ctx, Outcome, destination_failure, source_failure};
 use crate::report::{Change, Stats};
 use crate::tree::TreeError;
@@ -28,7 +29,7 @@ use crate::tree::TreeError;
 /// Content is streamed in pieces of this size: small enough to spread a
 /// file over many connections and keep the tail short, large enough that
 /// per-message costs vanish.
-const PIECE: u32 = 256 << 10;
+const PIECE: u32 = 128 << 10;
 
 /// Chunks compared per digest request.
 const GROUP_CHUNKS: u64 = 16;
@@ -58,16 +59,24 @@ struct FileJob {
 
 /// Copies one file; `delta` if the destination's current content may serve
 /// as a basis.
-pub(crate) async fn transfer(ctx: &Arc<Ctx>, rel: &RelPath, delta: bool, change: Change) -> Outcome {
-    match try_transfer(ctx, rel, delta, change).await {
+/// The file's `ticket` is released as soon as the file exists.
+pub(crate) async fn transfer(ctx: &Arc<Ctx>, rel: &RelPath, delta: bool, change: Change, ticket: Ticket) -> Outcome {
+    match try_transfer(ctx, rel, delta, change, ticket).await {
         Ok(outcome) | Err(outcome) => outcome,
     }
 }
 
-async fn try_transfer(ctx: &Arc<Ctx>, rel: &RelPath, delta: bool, change: Change) -> Result<Outcome, Outcome> {
+async fn try_transfer(
+    ctx: &Arc<Ctx>,
+    rel: &RelPath,
+    delta: bool,
+    change: Change,
+    ticket: Ticket,
+) -> Result<Outcome, Outcome> {
     let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
     let (before, settled) = settled_stat(ctx, &src).await?;
     let existing = ctx.dst.tree.prepare_file(dst.clone()).await.map_err(destination_failure)?;
+    let _alive = ticket.release();
     let basis = if delta { existing.size } else { 0 };
     let job = Arc::new(FileJob {
         src: src.clone(),

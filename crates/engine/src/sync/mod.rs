@@ -193,24 +193,22 @@ pub async fn sync(
     let started = Instant::now();
     let (src_root, src_now) = src.tree.stat(src.base.clone()).await.map_err(SyncError::Source)?;
     let src_root = src_root.ok_or(SyncError::SourceMissing)?;
-    let (mut dst_root, _) = dst.tree.stat(dst.base.clone()).await.map_err(SyncError::Destination)?;
-
     let single = src_root.kind != Kind::Dir;
+    // One round trip looks at the destination and, for a tree, creates it.
+    let dst_root = if single || opts.dry_run {
+        dst.tree.stat(dst.base.clone()).await.map(|(stat, _)| stat)
+    } else {
+        dst.tree.ensure_dir(dst.base.clone(), 0o700).await
+    };
+    let mut dst_root = dst_root.map_err(SyncError::Destination)?;
     if single && dst_root.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
         // A file synced into an existing directory keeps its name.
         let name = src.base.split_last().map(|(_, n)| n).ok_or(SyncError::DestinationNotDirectory)?;
         dst.base = dst.base.join(&name).map_err(|e| SyncError::Options(e.to_string()))?;
         dst_root = dst.tree.stat(dst.base.clone()).await.map_err(SyncError::Destination)?.0;
     }
-    if !single {
-        match &dst_root {
-            Some(d) if d.kind != Kind::Dir => return Err(SyncError::DestinationNotDirectory),
-            Some(_) => {}
-            None if opts.dry_run => {}
-            None => {
-                dst.tree.make_dir(dst.base.clone(), 0o700, true).await.map_err(SyncError::Destination)?;
-            }
-        }
+    if !single && dst_root.as_ref().is_some_and(|d| d.kind != Kind::Dir) {
+        return Err(SyncError::DestinationNotDirectory);
     }
 
     let ctx = Arc::new(Ctx::new(src, dst, opts, stats.clone(), reporter));

@@ -19,7 +19,7 @@ use super::{Ctx, Outcome, SMALL_FILE_MAX, big, destination_failure, source_failu
 use crate::report::{Change, Stats};
 
 /// A batch is sent once it holds this many bytes...
-const BATCH_BYTES: u64 = 256 << 10;
+const BATCH_BYTES: u64 = 128 << 10;
 /// ...or this many files.
 const BATCH_FILES: usize = 256;
 
@@ -132,8 +132,9 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
             Judged::NotSmall => {
                 let ctx = ctx.clone();
                 tokio::spawn(async move {
-                    let outcome = as_big(&ctx, &file).await;
-                    ctx.finish(&file.rel, file.src.size, outcome);
+                    let (rel, size) = (file.rel.clone(), file.src.size);
+                    let outcome = as_big(&ctx, file).await;
+                    ctx.finish(&rel, size, outcome);
                 });
             }
             Judged::Done(outcome) => ctx.finish(&file.rel, file.src.size, outcome),
@@ -163,11 +164,10 @@ pub(crate) async fn transfer_one(
     rel: &RelPath,
     src: Stat,
     new: bool,
-    ticket: &Ticket,
+    ticket: Ticket,
     permit: OwnedSemaphorePermit,
 ) -> Outcome {
-    // The ticket stays with the caller; this copy only borrows the directory.
-    let file = SmallFile { rel: rel.clone(), src, new, ticket: ticket.clone(), _permit: permit, attempt: 0 };
+    let file = SmallFile { rel: rel.clone(), src, new, ticket, _permit: permit, attempt: 0 };
     transfer_file(ctx, file).await
 }
 
@@ -190,17 +190,17 @@ async fn transfer_file(ctx: &Arc<Ctx>, mut file: SmallFile) -> Outcome {
                 tokio::time::sleep(wait).await;
                 file.attempt += 1;
             }
-            Judged::NotSmall => return as_big(ctx, &file).await,
+            Judged::NotSmall => return as_big(ctx, file).await,
             Judged::Done(outcome) => return outcome,
         }
     }
 }
 
 /// A file listed as small that grew: copy it the way large files go.
-async fn as_big(ctx: &Arc<Ctx>, file: &SmallFile) -> Outcome {
+async fn as_big(ctx: &Arc<Ctx>, file: SmallFile) -> Outcome {
     let change = if file.new { Change::NewFile } else { Change::UpdateFile };
     if file.new {
         file.ticket.dir().touch();
     }
-    big::transfer(ctx, &file.rel, !file.new, change).await
+    big::transfer(ctx, &file.rel, !file.new, change, file.ticket).await
 }

@@ -1,22 +1,29 @@
 //! Walking both trees in step, one directory at a time, and turning the
 //! planner's decisions into tasks.
 //!
-//! Each directory is a [`DirNode`] counting its unfinished children through
-//! [`Ticket`]s. When the last ticket of a directory is dropped, its final
-//! permissions and mtime are set (after every entry inside it, so that
-//! creating and deleting entries does not move the mtime again) and it
-//! releases its own ticket on its parent. The root's completion ends the run.
+//! Each directory is a [`DirNode`] counting, through [`Ticket`]s, the entries
+//! directly inside it whose name is not final yet (being created, replaced
+//! or removed). When the last ticket is dropped, the directory gets its
+//! final permissions and mtime: a directory's mtime moves only when entries
+//! are added, renamed or removed in it, so this is the earliest moment it can
+//! be set, and it does not wait for the subtree below it (nor for the data of
+//! a large file that already exists). Everything in flight holds an [`Alive`]
+//! handle, directly or through a node; the run is over when none is left.
 
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
 use pareco_proto::{Kind, RelPath, Stat, Timestamp};
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc, oneshot};
+use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
 use super::small::{self, SmallFile};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
 use crate::report::{Change, Problem, Stats};
+
+/// Keeps the run going while the work holding it is in flight.
+#[derive(Clone)]
+pub(crate) struct Alive(#[allow(dead_code)] mpsc::Sender<()>);
 
 /// A directory being synced.
 pub(crate) struct DirNode {
@@ -27,15 +34,7 @@ pub(crate) struct DirNode {
     pending: AtomicUsize,
     /// Whether an entry was created, renamed or removed in it.
     dirty: AtomicBool,
-    /// Released once the directory is finished.
-    up: Mutex<Option<Up>>,
-}
-
-enum Up {
-    /// Held only to be dropped: that finishes this directory in its parent.
-    #[allow(dead_code)]
-    Parent(Ticket),
-    Done(oneshot::Sender<()>),
+    alive: Alive,
 }
 
 impl DirNode {
@@ -44,7 +43,8 @@ impl DirNode {
     }
 }
 
-/// One unfinished child of a directory. Dropping it finishes the child.
+/// An entry of a directory whose name is not final yet. Dropping it tells
+/// the directory; the last one sets the directory's attributes.
 pub(crate) struct Ticket {
     node: Arc<DirNode>,
     ctx: Arc<Ctx>,
@@ -60,12 +60,12 @@ impl Ticket {
     pub(crate) fn dir(&self) -> &DirNode {
         &self.node
     }
-}
 
-impl Clone for Ticket {
-    /// Another unfinished child of the same directory.
-    fn clone(&self) -> Ticket {
-        Ticket::new(&self.node, &self.ctx)
+    /// The entry's name is final (its remaining work, such as a large file's
+    /// data, does not touch the directory): release the directory, keep the
+    /// run alive.
+    pub(crate) fn release(self) -> Alive {
+        self.node.alive.clone()
     }
 }
 
@@ -75,13 +75,7 @@ impl Drop for Ticket {
             return;
         }
         let (node, ctx) = (self.node.clone(), self.ctx.clone());
-        tokio::spawn(async move {
-            finish_dir(&ctx, &node).await;
-            let up = node.up.lock().expect("dir lock").take();
-            if let Some(Up::Done(done)) = up {
-                let _ = done.send(());
-            }
-        });
+        tokio::spawn(async move { finish_dir(&ctx, &node).await });
     }
 }
 
@@ -107,6 +101,8 @@ struct DirJob {
     node: Arc<DirNode>,
     /// Keeps the directory open until its entries are dispatched.
     ticket: Ticket,
+    /// The directory's own entry in its parent, released once it exists.
+    parent: Option<Ticket>,
     /// The destination entry must be removed first (it is not a directory).
     remove_first: bool,
     /// The destination directory must be created.
@@ -157,13 +153,13 @@ impl Queue {
 
 /// Runs the whole walk and waits until every entry is finished.
 pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_root: Option<Stat>, single: bool) {
-    let (done, finished) = oneshot::channel();
+    let (alive, mut finished) = mpsc::channel(1);
     let root = Arc::new(DirNode {
         rel: RelPath::root(),
         attrs: (!single).then(|| (src_root.clone(), dst_root.clone())),
         pending: AtomicUsize::new(0),
         dirty: AtomicBool::new(false),
-        up: Mutex::new(Some(Up::Done(done))),
+        alive: Alive(alive),
     });
     let (small_tx, small_rx) = mpsc::channel(1024);
     let batcher = tokio::spawn(small::batcher(ctx.clone(), small_rx));
@@ -179,8 +175,8 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
         Stats::add(&ctx.stats.dirs_total, 1);
         let queue = Arc::new(Queue::default());
         let ticket = Ticket::new(&root, &ctx);
-        let list_dst = root.attrs.as_ref().is_some_and(|(_, dst)| dst.is_some());
-        queue.push(DirJob { node: root.clone(), ticket, remove_first: false, create: false, list_dst });
+        let list_dst = dst_root.is_some();
+        queue.push(DirJob { node: root.clone(), ticket, parent: None, remove_first: false, create: false, list_dst });
         let workers = (2 * ctx.opts.parallelism).clamp(4, 64);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..workers {
@@ -194,9 +190,9 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
         }
         while tasks.join_next().await.is_some() {}
     }
-    drop(small_tx);
-    drop(root);
-    let _ = finished.await;
+    drop((small_tx, root));
+    // Every node, ticket and task holds a sender: None means all are done.
+    let _ = finished.recv().await;
     let _ = batcher.await;
 }
 
@@ -212,7 +208,7 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
             if job.remove_first {
                 ctx.dst.tree.remove(dst_path.clone()).await?;
             }
-            ctx.dst.tree.make_dir(dst_path.clone(), 0o700, false).await
+            ctx.dst.tree.make_dir(dst_path.clone(), 0o700).await
         };
         if let Err(e) = prepared.await {
             // Without its directory, nothing below can be synced.
@@ -221,6 +217,7 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         }
         job.ticket.dir().touch();
     }
+    drop(job.parent);
     let list_dst = job.list_dst;
     let (src_list, dst_list) = tokio::join!(ctx.src.tree.list(src_path), async {
         if list_dst { Some(ctx.dst.tree.list(dst_path).await) } else { None }
@@ -292,10 +289,10 @@ async fn dispatch(
                 attrs: Some((src, dst)),
                 pending: AtomicUsize::new(0),
                 dirty: AtomicBool::new(false),
-                up: Mutex::new(Some(Up::Parent(Ticket::new(node, ctx)))),
+                alive: node.alive.clone(),
             });
-            let ticket = Ticket::new(&child, ctx);
-            queue.push(DirJob { node: child, ticket, remove_first: p.remove_first, create, list_dst: !create });
+            let (ticket, parent) = (Ticket::new(&child, ctx), Some(Ticket::new(node, ctx)));
+            queue.push(DirJob { node: child, ticket, parent, remove_first: p.remove_first, create, list_dst: !create });
         }
         Action::CopyFile { basis } => {
             let permit = ctx.files.clone().acquire_owned().await.expect("never closed");
@@ -312,7 +309,7 @@ async fn dispatch(
             let ctx = ctx.clone();
             tokio::spawn(async move {
                 let size = src.size;
-                let outcome = copy_file(&ctx, &rel, src, basis, p.remove_first, &ticket, permit).await;
+                let outcome = copy_file(&ctx, &rel, src, basis, p.remove_first, ticket, permit).await;
                 ctx.finish(&rel, size, outcome);
             });
         }
@@ -338,7 +335,7 @@ async fn copy_file(
     src: Stat,
     basis: Option<Stat>,
     remove_first: bool,
-    ticket: &Ticket,
+    ticket: Ticket,
     permit: OwnedSemaphorePermit,
 ) -> Outcome {
     let change = if basis.is_some() { Change::UpdateFile } else { Change::NewFile };
@@ -380,7 +377,7 @@ async fn copy_file(
     if basis.is_none() {
         ticket.dir().touch();
     }
-    big::transfer(ctx, rel, basis.is_some(), change).await
+    big::transfer(ctx, rel, basis.is_some(), change, ticket).await
 }
 
 /// Everything that is not a file's content: links, permissions, deletions.

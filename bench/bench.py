@@ -1,0 +1,504 @@
+#!/usr/bin/env python3
+"""pareco benchmarks: pareco beside the tools users would otherwise pick,
+on the same data, through the same emulated links, in the same run.
+
+Run through bench/run.sh. Every scenario prepares its data once, then runs
+each tool `--repeat` times, interleaved (tool A, tool B, A, B, ...), so that
+the machine's noise hits every tool alike; the table reports medians and
+ratios to pareco measured in this run.
+
+Wire bytes come from the WAN emulator's own counters (both directions,
+everything counted). Peak RSS of clients comes from /usr/bin/time; of
+servers from /proc/PID/status (VmHWM) just before they are stopped.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+PARECO = ROOT / "target" / "release" / "pareco"
+WANEM = ROOT / "tools" / "wanem.py"
+TOKEN = "bench-token-0123456789abcdef"
+MiB = 1 << 20
+
+
+@dataclass
+class Row:
+    scenario: str
+    tool: str
+    seconds: float
+    payload_bytes: int
+    wire_bytes: int | None = None
+    link_rate: float | None = None
+    rss_client_kb: int | None = None
+    rss_server_kb: int | None = None
+    runs: list[float] = field(default_factory=list)
+    note: str = ""
+
+    @property
+    def mib_s(self) -> float:
+        return self.payload_bytes / MiB / self.seconds if self.seconds else 0.0
+
+    @property
+    def link_fraction(self) -> float | None:
+        return self.payload_bytes / self.seconds / self.link_rate if self.link_rate and self.seconds else None
+
+
+# ---------------------------------------------------------------- processes
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def peak_rss_kb(pid: int) -> int | None:
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+    except OSError:
+        return None
+    return None
+
+
+class ParecoServer:
+    def __init__(self, root: Path):
+        env = dict(os.environ, PARECO_TOKEN=TOKEN, PARECO_LOG="warn")
+        self.proc = subprocess.Popen([str(PARECO), "serve", "--root", str(root), "--listen", "127.0.0.1:0"],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
+        line = self.proc.stdout.readline()
+        self.port = int(line.rsplit(":", 1)[1])
+
+    def stop(self) -> int | None:
+        rss = peak_rss_kb(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait()
+        return rss
+
+
+class RsyncDaemon:
+    def __init__(self, root: Path, work: Path):
+        self.port = free_port()
+        conf = work / f"rsyncd-{self.port}.conf"
+        conf.write_text(f"use chroot = no\n[data]\npath = {root}\nread only = no\nuid = root\ngid = root\n")
+        self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={self.port}",
+                                      "--address=127.0.0.1"], stderr=subprocess.DEVNULL)
+        wait_port(self.port)
+
+    def stop(self) -> int | None:
+        rss = peak_rss_kb(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait()
+        return rss
+
+
+def wait_port(port: int, limit: float = 10.0) -> None:
+    deadline = time.time() + limit
+    while time.time() < deadline:
+        try:
+            socket.create_connection(("127.0.0.1", port), timeout=0.2).close()
+            return
+        except OSError:
+            time.sleep(0.05)
+    raise RuntimeError(f"nothing listens on port {port}")
+
+
+class Wan:
+    """wanem.py in front of a target port; counts every byte."""
+
+    def __init__(self, target: int, link: list[str], work: Path):
+        self.stats = work / f"wan-{target}-{time.monotonic_ns()}.json"
+        self.proc = subprocess.Popen([sys.executable, str(WANEM), "--listen", "127.0.0.1:0", "--target",
+                                      f"127.0.0.1:{target}", "--stats", str(self.stats), *link],
+                                     stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+        self.port = int(self.proc.stdout.readline().split()[1])
+
+    def stop(self) -> int:
+        self.proc.terminate()
+        self.proc.wait()
+        s = json.loads(self.stats.read_text())
+        return s["up_bytes"] + s["down_bytes"]
+
+
+def timed(cmd: list[str] | str, env: dict | None = None, shell: bool = False) -> tuple[float, int]:
+    """Runs a command; returns (seconds, peak RSS in KiB). Fails loudly."""
+    with tempfile.NamedTemporaryFile("r") as out:
+        full = ["/usr/bin/time", "-f", "%M", "-o", out.name]
+        full += ["sh", "-c", cmd] if shell else cmd
+        start = time.perf_counter()
+        r = subprocess.run(full, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        seconds = time.perf_counter() - start
+        if r.returncode != 0:
+            raise RuntimeError(f"{cmd} failed ({r.returncode}): {r.stderr[-2000:]}")
+        return seconds, int(out.read().strip().splitlines()[-1])
+
+
+def pareco_env() -> dict:
+    return dict(os.environ, PARECO_TOKEN=TOKEN)
+
+
+def clear(path: Path) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    path.mkdir(parents=True)
+
+
+def flush() -> None:
+    """Writes back dirty pages so that one run's writeback does not land in the next run's time."""
+    subprocess.run(["sync"], check=True)
+
+
+# ---------------------------------------------------------------- data
+
+def random_file(path: Path, size: int) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with open(path, "wb") as f:
+        left = size
+        while left:
+            n = min(left, 8 * MiB)
+            f.write(os.urandom(n))
+            left -= n
+
+
+def text_bytes(size: int, seed: int = 0) -> bytes:
+    words = [b"migration", b"database", b"replica", b"checkpoint", b"segment", b"index", b"page", b"wal",
+             b"tenant", b"shard", b"snapshot", b"cluster", b"bucket", b"object", b"stream", b"commit"]
+    out = bytearray()
+    i = seed
+    while len(out) < size:
+        out += words[(i * 7919) % len(words)] + (b"\n" if i % 11 == 0 else b" ")
+        i += 1
+    return bytes(out[:size])
+
+
+def many_files(root: Path, count: int, size: int, per_dir: int = 1000) -> None:
+    for i in range(count):
+        d = root / f"d{i // per_dir:04d}"
+        if i % per_dir == 0:
+            d.mkdir(parents=True, exist_ok=True)
+        (d / f"f{i:07d}").write_bytes(os.urandom(size))
+
+
+def age(root: Path) -> None:
+    """Moves mtimes an hour back, so that no tool waits for timestamps to settle."""
+    subprocess.run(["find", str(root), "-exec", "touch", "-h", "-d", "1 hour ago", "{}", "+"], check=True)
+
+
+def tree_bytes(root: Path) -> int:
+    return sum(p.stat().st_size for p in root.rglob("*") if p.is_file() and not p.is_symlink())
+
+
+def same_tree(a: Path, b: Path) -> None:
+    r = subprocess.run(["diff", "-r", "-q", str(a), str(b)], capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"copies differ: {r.stdout[:500]}")
+
+
+# ---------------------------------------------------------------- tools
+
+def run_pareco(src: Path, dst_root: Path, link: list[str] | None, work: Path, jobs: int,
+               pull_from: bool = False) -> tuple[float, int, int | None, int]:
+    """One pareco sync into a fresh server. Returns (s, client RSS, server RSS, wire bytes)."""
+    server = ParecoServer(dst_root)
+    wan = Wan(server.port, link, work) if link is not None else None
+    port = wan.port if wan else server.port
+    url = f"pareco://127.0.0.1:{port}/copy"
+    try:
+        seconds, rss = timed([str(PARECO), "sync", "-q", "-j", str(jobs), str(src), url], env=pareco_env())
+    finally:
+        wire = wan.stop() if wan else 0
+        server_rss = server.stop()
+    return seconds, rss, server_rss, wire
+
+
+def run_rsync(src: Path, dst_root: Path, link: list[str] | None, work: Path,
+              extra: list[str] = ()) -> tuple[float, int, int | None, int]:
+    daemon = RsyncDaemon(dst_root, work)
+    wan = Wan(daemon.port, link, work) if link is not None else None
+    port = wan.port if wan else daemon.port
+    try:
+        seconds, rss = timed(["rsync", "-a", *extra, f"{src}/", f"rsync://127.0.0.1:{port}/data/copy/"])
+    finally:
+        wire = wan.stop() if wan else 0
+        server_rss = daemon.stop()
+    return seconds, rss, server_rss, wire
+
+
+def run_tar_nc(src: Path, dst: Path, link: list[str] | None, work: Path) -> tuple[float, int, int | None, int]:
+    port = free_port()
+    dst.mkdir(parents=True, exist_ok=True)
+    receiver = subprocess.Popen(f"nc -l 127.0.0.1 {port} | tar -x -C {dst}", shell=True)
+    wait_listen(port)
+    wan = Wan(port, link, work) if link is not None else None
+    target = wan.port if wan else port
+    try:
+        seconds, rss = timed(f"tar -c -C {src} . | nc -N 127.0.0.1 {target}", shell=True)
+        receiver.wait(timeout=600)
+    finally:
+        wire = wan.stop() if wan else 0
+    return seconds, rss, None, wire
+
+
+def wait_listen(port: int) -> None:
+    deadline = time.time() + 5
+    while time.time() < deadline:
+        r = subprocess.run(["ss", "-ltn", f"sport = :{port}"], capture_output=True, text=True)
+        if str(port) in r.stdout:
+            return
+        time.sleep(0.02)
+
+
+# ---------------------------------------------------------------- scenarios
+
+def interleave(tools: dict, repeat: int) -> dict[str, list]:
+    results = {name: [] for name in tools}
+    for _ in range(repeat):
+        for name, fn in tools.items():
+            results[name].append(fn())
+    return results
+
+
+def summarize(scenario: str, results: dict[str, list], payload: int, link_rate: float | None,
+              notes: dict[str, str] | None = None) -> list[Row]:
+    rows = []
+    for tool, runs in results.items():
+        secs = [r[0] for r in runs]
+        med = statistics.median(secs)
+        pick = min(runs, key=lambda r: abs(r[0] - med))
+        rows.append(Row(scenario, tool, med, payload, wire_bytes=pick[3] or None, link_rate=link_rate,
+                        rss_client_kb=max(r[1] for r in runs),
+                        rss_server_kb=max((r[2] for r in runs if r[2]), default=None),
+                        runs=[round(s, 3) for s in secs], note=(notes or {}).get(tool, "")))
+    return rows
+
+
+def seed_link(args, work: Path) -> list[Row]:
+    """Scenario 1: initial copy of a 64 MiB tree over a trans-ocean link."""
+    link = ["--delay-ms", "50", "--conn-rate", "512K", "--link-rate", "8M"]
+    src = work / "s1-src"
+    big, n_small = (32 * MiB, 4000) if not args.quick else (2 * MiB, 200)
+    random_file(src / "big.bin", big)
+    many_files(src / "small", n_small, 8192, per_dir=500)
+    age(src)
+    payload = tree_bytes(src)
+    dst = work / "s1-dst"
+
+    def pareco(jobs):
+        def go():
+            clear(dst)
+            r = run_pareco(src, dst, link, work, jobs)
+            same_tree(src, dst / "copy")
+            return r
+        return go
+
+    def rsync():
+        clear(dst)
+        r = run_rsync(src, dst, link, work)
+        same_tree(src, dst / "copy")
+        return r
+
+    def tar_nc():
+        clear(dst)
+        return run_tar_nc(src, dst / "copy", link, work)
+
+    tools = {"pareco -j 32": pareco(32)}
+    if args.baselines:
+        tools |= {"pareco -j 1": pareco(1), "rsync (daemon)": rsync, "tar \\| nc": tar_nc}
+    return summarize("1. seed link: 64 MiB tree, 8 MiB/s link, 0.5 MiB/s per conn, 100 ms RTT",
+                     interleave(tools, args.repeat if not args.baselines else 1), payload, 8 * MiB)
+
+
+def small_files(args, work: Path) -> list[Row]:
+    """Scenario 2: 20,000 small files."""
+    link = ["--delay-ms", "50", "--conn-rate", "1M", "--link-rate", "16M"]
+    src = work / "s2-src"
+    many_files(src, 20000 if not args.quick else 500, 4096)
+    age(src)
+    payload = tree_bytes(src)
+    dst = work / "s2-dst"
+
+    def pareco():
+        clear(dst)
+        r = run_pareco(src, dst, link, work, 32)
+        same_tree(src, dst / "copy")
+        return r
+
+    def rsync():
+        clear(dst)
+        r = run_rsync(src, dst, link, work)
+        same_tree(src, dst / "copy")
+        return r
+
+    tools = {"pareco -j 32": pareco}
+    if args.baselines:
+        tools |= {"rsync (daemon)": rsync}
+    return summarize("2. small files: 20,000 x 4 KiB, 16 MiB/s link, 1 MiB/s per conn, 100 ms RTT",
+                     interleave(tools, args.repeat if not args.baselines else 1), payload, 16 * MiB)
+
+
+def delta(args, work: Path) -> list[Row]:
+    """Scenario 3: two 4 KiB pages changed in a 256 MiB file; bytes on the wire for the resync."""
+    size = 256 * MiB if not args.quick else 16 * MiB
+    src = work / "s3-src"
+    random_file(src / "db.bin", size)
+    age(src)
+    dst = work / "s3-dst"
+    rows = []
+
+    def edit():
+        with open(src / "db.bin", "r+b") as f:
+            for page in (1234, size // 4096 - 777):
+                f.seek(page * 4096)
+                f.write(os.urandom(4096))
+        subprocess.run(["touch", "-d", "30 minutes ago", str(src / "db.bin")], check=True)
+
+    def measure(tool, seed, resync):
+        clear(dst)
+        shutil.copytree(src, dst / "copy")  # same content and mtimes: the seeded copy
+        subprocess.run(["chown", "-R", "root:root", str(dst)], check=False)
+        edit()
+        seconds, rss, server_rss, wire = resync()
+        same_tree(src, dst / "copy")
+        rows.append(Row("3. delta: 256 MiB file, two 4 KiB pages changed (wire bytes of the resync)", tool, seconds,
+                        size, wire_bytes=wire, rss_client_kb=rss, rss_server_kb=server_rss,
+                        note=f"{100 * wire / size:.3f} % of the file on the wire"))
+
+    link = ["--delay-ms", "50", "--conn-rate", "1M", "--link-rate", "16M"]
+    measure("pareco", None, lambda: run_pareco(src, dst, link, work, 16))
+    if args.baselines:
+        measure("rsync (daemon)", None, lambda: run_rsync(src, dst, link, work, ["--no-whole-file"]))
+    return rows
+
+
+def loopback(args, work: Path) -> list[Row]:
+    """Scenario 5: a 1 GiB file over loopback, no proxy; cp is the local floor."""
+    size = 1024 * MiB if not args.quick else 64 * MiB
+    src = work / "s5-src"
+    random_file(src / "big.bin", size)
+    age(src)
+    dst = work / "s5-dst"
+    flush()
+
+    def pareco():
+        clear(dst)
+        flush()
+        return run_pareco(src, dst, None, work, 16)
+
+    def cp():
+        clear(dst)
+        flush()
+        s, rss = timed(["cp", str(src / "big.bin"), str(dst / "big.bin")])
+        return s, rss, None, 0
+
+    def nc():
+        clear(dst)
+        flush()
+        return run_tar_nc(src, dst / "copy", None, work)
+
+    def rsync():
+        clear(dst)
+        flush()
+        return run_rsync(src, dst, None, work)
+
+    tools = {"pareco": pareco, "cp": cp}
+    if args.baselines:
+        tools |= {"tar \\| nc": nc, "rsync (daemon)": rsync}
+    return summarize("5. loopback: 1 GiB file, no proxy", interleave(tools, args.repeat), size, None)
+
+
+def memory(args, work: Path) -> list[Row]:
+    """Peak memory of client and server syncing a 100,000-file tree (push, then no-op resync)."""
+    n = 100_000 if not args.quick else 2000
+    src = work / "m-src"
+    many_files(src, n, 100, per_dir=1000)
+    age(src)
+    dst = work / "m-dst"
+    clear(dst)
+    server = ParecoServer(dst)
+    url = f"pareco://127.0.0.1:{server.port}/copy"
+    rows = []
+    for label in ("initial push", "no-op resync"):
+        seconds, rss = timed([str(PARECO), "sync", "-q", str(src), url], env=pareco_env())
+        rows.append([label, seconds, rss])
+    server_rss = server.stop()
+    same_tree(src, dst / "copy")
+    return [Row(f"memory: {n:,} files of 100 B", f"pareco ({label})", s, n * 100, rss_client_kb=rss,
+                rss_server_kb=server_rss) for label, s, rss in rows]
+
+
+# ---------------------------------------------------------------- output
+
+def fmt_bytes(n: int | None) -> str:
+    if n is None:
+        return "-"
+    for unit, size in (("GiB", 1 << 30), ("MiB", MiB), ("KiB", 1024)):
+        if n >= size:
+            return f"{n / size:.1f} {unit}"
+    return f"{n} B"
+
+
+def table(rows: list[Row]) -> str:
+    out = ["| scenario | tool | seconds | MiB/s | of link cap | on the wire | client RSS | server RSS | time vs pareco | note |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    by_scenario: dict[str, float] = {}
+    for r in rows:
+        if r.tool.startswith("pareco") and r.scenario not in by_scenario:
+            by_scenario[r.scenario] = r.seconds
+    for r in rows:
+        base = by_scenario.get(r.scenario)
+        ratio = f"{r.seconds / base:.2f}x" if base else "-"
+        frac = f"{100 * r.link_fraction:.0f} %" if r.link_fraction else "-"
+        rss = lambda kb: f"{kb / 1024:.0f} MiB" if kb else "-"
+        out.append(f"| {r.scenario} | {r.tool} | {r.seconds:.2f} | {r.mib_s:.1f} | {frac} | {fmt_bytes(r.wire_bytes)} "
+                   f"| {rss(r.rss_client_kb)} | {rss(r.rss_server_kb)} | {ratio} | {r.note} |")
+    return "\n".join(out)
+
+
+SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "loopback": loopback, "memory": memory}
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--quick", action="store_true", help="tiny sizes: checks the script, not the speed")
+    p.add_argument("--baselines", action="store_true", help="also run rsync, tar|nc (slow on the WAN links)")
+    p.add_argument("--repeat", type=int, default=3, help="runs per tool where it is cheap (median reported)")
+    p.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only these scenarios")
+    p.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "results.json")
+    p.add_argument("--work", type=Path, help="scratch directory (default: a temp dir, removed afterwards)")
+    args = p.parse_args()
+    if args.quick:
+        args.repeat = 1
+
+    work = Path(tempfile.mkdtemp(prefix="pareco-bench-", dir=args.work))
+    rows: list[Row] = []
+    try:
+        for name in args.only or list(SCENARIOS):
+            print(f"# {name} ...", file=sys.stderr, flush=True)
+            rows += SCENARIOS[name](args, work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+    md = table(rows)
+    print(md)
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cores": os.cpu_count(),
+            "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
+            "kernel": platform.release(), "command": " ".join(sys.argv), "quick": args.quick}
+    args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) | {"mib_s": r.mib_s, "link_fraction": r.link_fraction}
+                                                            for r in rows]}, indent=2))
+    print(f"\n(JSON: {args.json})", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main()
