@@ -5,7 +5,7 @@ use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use pareco_proto::{Block, Digest, Entry, FileRead, Kind, Name, RelPath};
 use rustix::fs::{Dir, Mode, OFlags};
 use rustix::io::Errno;
@@ -23,12 +23,28 @@ pub(crate) fn open_read(root: BorrowedFd<'_>, path: &RelPath) -> Result<File, Fs
 
 /// Reads exactly `[offset, offset + len)`; a file that is now shorter has
 /// changed since it was looked at.
-pub(crate) fn read_range(file: &File, offset: u64, len: usize) -> Result<BytesMut, FsError> {
-    let mut buf = BytesMut::zeroed(len);
-    file.read_exact_at(&mut buf, offset).map_err(|e| match e.kind() {
-        std::io::ErrorKind::UnexpectedEof => FsError::changed("read", "the file became shorter while it was read"),
-        _ => FsError::std("read", e),
-    })?;
+pub(crate) fn read_range(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
+    let buf = read_upto(file, offset, len)?;
+    if buf.len() < len {
+        return Err(FsError::changed("read", "the file became shorter while it was read"));
+    }
+    Ok(buf)
+}
+
+/// Reads up to `len` bytes at `offset` (fewer only at the end of the file),
+/// straight into fresh memory: no zero-filling of buffers about to be
+/// overwritten.
+fn read_upto(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
+    let mut buf = Vec::with_capacity(len);
+    while buf.len() < len {
+        let at = offset + buf.len() as u64;
+        match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
+            Ok(0) => break,
+            Ok(_) => {}
+            Err(Errno::INTR) => {}
+            Err(e) => return Err(FsError::io("read", e)),
+        }
+    }
     Ok(buf)
 }
 
@@ -94,7 +110,7 @@ pub(crate) fn read_data(
     len: u32,
 ) -> Result<(Digest, Bytes), FsError> {
     let file = open_read(root, path)?;
-    let data = read_range(&file, offset, len as usize)?.freeze();
+    let data = Bytes::from(read_range(&file, offset, len as usize)?);
     Ok((Digest::of(&data), data))
 }
 
@@ -109,7 +125,7 @@ pub(crate) fn read_patch(
     dest_blocks: &[Digest],
 ) -> Result<(Digest, Vec<Block>), FsError> {
     let file = open_read(root, path)?;
-    let data = read_range(&file, offset, len as usize)?.freeze();
+    let data = Bytes::from(read_range(&file, offset, len as usize)?);
     let blocks = data
         .chunks(block as usize)
         .enumerate()
@@ -146,24 +162,11 @@ fn read_file(root: BorrowedFd<'_>, path: &RelPath, max_size: u32) -> Result<File
     }
     let file = File::from(fd);
     // Read one byte more than the stat said, to notice growth.
-    let mut buf = BytesMut::zeroed(stat.size as usize + 1);
-    let mut got = 0;
-    loop {
-        match file.read_at(&mut buf[got..], got as u64) {
-            Ok(0) => break,
-            Ok(n) => {
-                got += n;
-                if got == buf.len() {
-                    break;
-                }
-            }
-            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => continue,
-            Err(e) => return Err(FsError::std("read", e)),
-        }
-    }
+    let mut buf = read_upto(&file, 0, stat.size as usize + 1)?;
+    let got = buf.len();
     let after = meta::stat_fd(file.as_fd()).map_err(|e| FsError::io("stat", e))?;
     let stable = got as u64 == stat.size && stat.same_version(&after);
     buf.truncate(got.min(stat.size as usize));
-    let data = buf.freeze();
+    let data = Bytes::from(buf);
     Ok(FileRead::Content { stat, now, stable, digest: Digest::of(&data), data })
 }

@@ -328,10 +328,14 @@ fn kind_changes_replace_destination_entries() {
     symlink("elsewhere", t.join("was-link")).unwrap();
     let server = Server::start(&srv);
 
-    // A directory in the way of a file needs --delete.
+    // A directory in the way of a file needs --delete; the other entries
+    // are synced all the same.
     let run = sync(&src, server.url("t"), &["-q"]);
     assert_eq!(run.code(), 1);
     assert!(run.stderr().contains("was-dir: a directory is in the way"), "{}", run.stderr());
+    assert_eq!(run.stat("errors"), 1);
+    assert_eq!(std::fs::read(t.join("was-file/inside")).unwrap(), b"x");
+    assert_eq!(std::fs::read(t.join("was-link")).unwrap(), bytes(3, 200_000));
     sync(&src, server.url("t"), &["-q", "--delete"]).ok();
     assert_same_tree(&src, &t);
 }
@@ -402,4 +406,46 @@ fn the_server_drains_and_exits_cleanly_on_sigterm() {
     let server = Server::start(&srv);
     let status = server.stop();
     assert!(status.success(), "{status:?}");
+}
+
+/// A file whose mtime never settles (here: an hour in the future, as with a
+/// skewed clock) is read again a few times, then copied without its mtime
+/// and reported; one that disappears meanwhile is reported as vanished.
+#[test]
+fn unsettled_and_vanishing_files_are_reported() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::write(src.join("future"), b"from the future").unwrap();
+    std::fs::write(src.join("doomed"), b"about to vanish").unwrap();
+    std::fs::write(src.join("doomed-big"), bytes(1, 200_000)).unwrap();
+    std::fs::write(src.join("steady"), b"steady").unwrap();
+    age(&src);
+    let in_an_hour =
+        std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64 + 3600;
+    for name in ["future", "doomed", "doomed-big"] {
+        set_mtime(&src.join(name), in_an_hour, 0);
+    }
+    let server = Server::start(&srv);
+    let killer = {
+        let src = src.clone();
+        std::thread::spawn(move || {
+            // Within the retries: after the first look, before the last.
+            std::thread::sleep(Duration::from_millis(1000));
+            std::fs::remove_file(src.join("doomed")).unwrap();
+            std::fs::remove_file(src.join("doomed-big")).unwrap();
+        })
+    };
+    let run = sync(&src, server.url("t"), &["-q"]);
+    killer.join().unwrap();
+    assert_eq!(run.code(), 24, "{}", run.stderr());
+    let err = run.stderr();
+    assert!(err.contains("future: changed while being copied"), "{err}");
+    assert!(err.contains("doomed: vanished from the source"), "{err}");
+    assert!(err.contains("doomed-big: vanished from the source"), "{err}");
+    assert_eq!((run.stat("files_changed"), run.stat("files_vanished"), run.stat("errors")), (1, 2, 0));
+    // The unsettled file's content is there, but not its mtime.
+    assert_eq!(std::fs::read(srv.join("t/future")).unwrap(), b"from the future");
+    let m = std::fs::metadata(srv.join("t/future")).unwrap();
+    assert_ne!(std::os::unix::fs::MetadataExt::mtime(&m), in_an_hour);
+    assert_eq!(std::fs::read(srv.join("t/steady")).unwrap(), b"steady");
 }

@@ -120,21 +120,23 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
                 writes.push(content);
             }
             Judged::Retry(wait) => {
-                let ctx = ctx.clone();
+                let (ctx, alive) = (ctx.clone(), file.ticket.alive());
                 tokio::spawn(async move {
                     tokio::time::sleep(wait).await;
                     file.attempt += 1;
                     let (rel, size) = (file.rel.clone(), file.src.size);
                     let outcome = transfer_file(&ctx, file).await;
                     ctx.finish(&rel, size, outcome);
+                    drop(alive);
                 });
             }
             Judged::NotSmall => {
-                let ctx = ctx.clone();
+                let (ctx, alive) = (ctx.clone(), file.ticket.alive());
                 tokio::spawn(async move {
                     let (rel, size) = (file.rel.clone(), file.src.size);
                     let outcome = as_big(&ctx, file).await;
                     ctx.finish(&rel, size, outcome);
+                    drop(alive);
                 });
             }
             Judged::Done(outcome) => ctx.finish(&file.rel, file.src.size, outcome),

@@ -65,6 +65,12 @@ impl Ticket {
     /// data, does not touch the directory): release the directory, keep the
     /// run alive.
     pub(crate) fn release(self) -> Alive {
+        self.alive()
+    }
+
+    /// A handle that keeps the run alive after this ticket is gone (until
+    /// the entry's outcome is counted).
+    pub(crate) fn alive(&self) -> Alive {
         self.node.alive.clone()
     }
 }
@@ -306,11 +312,12 @@ async fn dispatch(
                 }
                 return;
             }
-            let ctx = ctx.clone();
+            let (ctx, alive) = (ctx.clone(), ticket.alive());
             tokio::spawn(async move {
                 let size = src.size;
                 let outcome = copy_file(&ctx, &rel, src, basis, p.remove_first, ticket, permit).await;
                 ctx.finish(&rel, size, outcome);
+                drop(alive);
             });
         }
         _ => {
@@ -362,7 +369,7 @@ async fn copy_file(
         }
     }
     if ctx.opts.dry_run {
-        return Outcome::Synced { transferred: false, change: Some(change) };
+        return Outcome::Synced { transferred: true, change: Some(change) };
     }
     if remove_first {
         if let Err(e) = ctx.dst.tree.remove(ctx.dst.path(rel)).await {
@@ -385,9 +392,12 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
     let path = ctx.dst.path(rel);
     let (change, result) = match p.action {
         Action::Delete => {
-            Stats::add(&ctx.stats.entries_deleted, 1);
             ticket.dir().touch();
-            (Change::Delete, if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.remove(path).await })
+            let result = if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.remove(path).await };
+            if result.is_ok() {
+                Stats::add(&ctx.stats.entries_deleted, 1);
+            }
+            (Change::Delete, result)
         }
         Action::SetMode(mode) => (
             Change::Attributes,
