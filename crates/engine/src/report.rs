@@ -50,6 +50,9 @@ counters! {
     bytes_transferred,
     /// Source bytes of files finished, whatever the outcome (progress).
     bytes_processed,
+    /// Bytes of large files still being copied that are already sent or
+    /// found identical (progress; zero once the run is over).
+    bytes_in_progress,
     /// Chunks found identical on both sides.
     chunks_matched,
     /// Chunks sent whole or patched.

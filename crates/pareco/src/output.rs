@@ -62,7 +62,7 @@ pub fn progress(stats: &Arc<Stats>, quiet: bool) -> Option<ProgressBar> {
         while !bar2.is_finished() {
             let s = stats.snapshot();
             bar2.set_length(s.bytes_total.max(1));
-            bar2.set_position(s.bytes_processed);
+            bar2.set_position(s.bytes_processed + s.bytes_in_progress);
             bar2.set_message(format!("{} files, {} sent", s.files_total, human(s.bytes_transferred)));
             tokio::time::sleep(Duration::from_millis(200)).await;
         }

@@ -18,7 +18,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pareco_plan::file::{ChunkPlan, Layout, diff_chunks, pieces};
 use pareco_plan::freshness::settle_delay;
-use pareco_proto::{FailureKind, Kind, RelPath, Stat};
+use pareco_proto::{Digest, FailureKind, Kind, RelPath, Stat};
 use tokio::task::JoinSet;
 
 use super::walk::Ticket;
@@ -55,6 +55,15 @@ struct FileJob {
     layout: Layout,
     /// Content bytes sent for this file.
     sent: AtomicU64,
+    /// Bytes of this file already sent or found identical (for progress).
+    done: AtomicU64,
+}
+
+impl FileJob {
+    fn progress(&self, ctx: &Ctx, bytes: u64) {
+        self.done.fetch_add(bytes, Ordering::Relaxed);
+        Stats::add(&ctx.stats.bytes_in_progress, bytes);
+    }
 }
 
 /// Copies one file; `delta` if the destination's current content may serve
@@ -83,8 +92,12 @@ async fn try_transfer(
         dst: dst.clone(),
         layout: Layout { size: before.size, chunk: ctx.opts.chunk_size },
         sent: AtomicU64::new(0),
+        done: AtomicU64::new(0),
     });
-    copy_content(ctx, &job, basis).await?;
+    let copied = copy_content(ctx, &job, basis).await;
+    // The whole file is counted as processed when its outcome is.
+    ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
+    copied?;
 
     let (after, _) = ctx.src.tree.stat(src).await.map_err(source_failure)?;
     let stable = after.is_some_and(|after| before.same_version(&after));
@@ -186,32 +199,20 @@ async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), F
     ctx.dst.tree.write_data(job.dst.clone(), piece.start, digest, data).await.map_err(Fault::Destination)?;
     Stats::add(&ctx.stats.bytes_transferred, len as u64);
     job.sent.fetch_add(len as u64, Ordering::Relaxed);
+    job.progress(ctx, len as u64);
     Ok(())
 }
 
 async fn compare_group(ctx: &Arc<Ctx>, job: &Arc<FileJob>, group: Range<u64>) -> Result<(), Fault> {
-    let span = job.layout.span(&group);
-    let chunk = ctx.opts.chunk_size;
-    let (src, dst) = tokio::try_join!(
-        async {
-            ctx.src
-                .tree
-                .hash_chunks(job.src.clone(), span.start, span.end - span.start, chunk)
-                .await
-                .map_err(Fault::Source)
-        },
-        async {
-            ctx.dst
-                .tree
-                .hash_chunks(job.dst.clone(), span.start, span.end - span.start, chunk)
-                .await
-                .map_err(Fault::Destination)
-        },
-    )?;
+    let (src, dst) = hash_both(ctx, &job.src, &job.dst, job.layout.span(&group)).await?;
     let mut tasks = JoinSet::new();
     for (i, plan) in group.clone().zip(diff_chunks(&job.layout, &group, &src, &dst, ctx.opts.block_size)) {
         match plan {
-            ChunkPlan::Same => Stats::add(&ctx.stats.chunks_matched, 1),
+            ChunkPlan::Same => {
+                Stats::add(&ctx.stats.chunks_matched, 1);
+                let range = job.layout.chunk_range(i);
+                job.progress(ctx, range.end - range.start);
+            }
             ChunkPlan::Refine => {
                 let (ctx, job) = (ctx.clone(), job.clone());
                 tasks.spawn(async move { refine(&ctx, &job, i).await });
@@ -241,8 +242,12 @@ async fn refine(ctx: &Arc<Ctx>, job: &Arc<FileJob>, i: u64) -> Result<(), Fault>
         ctx.src.tree.read_patch(job.src.clone(), range.start, len, block, dst_blocks).await.map_err(Fault::Source)?;
     let (count, bytes) = (blocks.len() as u64, blocks.iter().map(|b| b.data.len() as u64).sum::<u64>());
     match ctx.dst.tree.apply_patch(job.dst.clone(), range.start, len, block, chunk_digest, blocks).await {
-        Ok(()) if count == 0 => Stats::add(&ctx.stats.chunks_matched, 1),
+        Ok(()) if count == 0 => {
+            Stats::add(&ctx.stats.chunks_matched, 1);
+            job.progress(ctx, len as u64);
+        }
         Ok(()) => {
+            job.progress(ctx, len as u64);
             Stats::add(&ctx.stats.chunks_sent, 1);
             Stats::add(&ctx.stats.blocks_sent, count);
             Stats::add(&ctx.stats.blocks_matched, total - count);
@@ -270,17 +275,24 @@ pub(crate) async fn same_content(ctx: &Ctx, rel: &RelPath, size: u64) -> Result<
     let layout = Layout { size, chunk: ctx.opts.chunk_size };
     let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
     for group in layout.groups(GROUP_CHUNKS) {
-        let span = layout.span(&group);
-        let len = span.end - span.start;
-        let (s, d) = tokio::try_join!(
-            async { ctx.src.tree.hash_chunks(src.clone(), span.start, len, layout.chunk).await.map_err(Fault::Source) },
-            async {
-                ctx.dst.tree.hash_chunks(dst.clone(), span.start, len, layout.chunk).await.map_err(Fault::Destination)
-            },
-        )?;
+        let (s, d) = hash_both(ctx, &src, &dst, layout.span(&group)).await?;
         if s.len() as u64 != group.end - group.start || s != d {
             return Ok(false);
         }
     }
     Ok(true)
+}
+
+/// Chunk digests of the same range on both sides, computed at once.
+async fn hash_both(
+    ctx: &Ctx,
+    src: &RelPath,
+    dst: &RelPath,
+    span: Range<u64>,
+) -> Result<(Vec<Digest>, Vec<Digest>), Fault> {
+    let (len, chunk) = (span.end - span.start, ctx.opts.chunk_size);
+    tokio::try_join!(
+        async { ctx.src.tree.hash_chunks(src.clone(), span.start, len, chunk).await.map_err(Fault::Source) },
+        async { ctx.dst.tree.hash_chunks(dst.clone(), span.start, len, chunk).await.map_err(Fault::Destination) },
+    )
 }
