@@ -7,9 +7,8 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use pareco_fs::FsTree;
-use pareco_net::{NetError, Pool, PoolOptions};
+use pareco_net::{NetError, Pool, PoolOptions, TokenKey};
 use pareco_proto::RelPath;
-use pareco_proto::handshake::AuthKey;
 
 use crate::tree::{BlockingTree, Tree};
 
@@ -134,7 +133,7 @@ impl Endpoint {
 #[derive(Debug, Clone)]
 pub struct RemoteOptions {
     /// Key derived from the shared token.
-    pub key: AuthKey,
+    pub key: TokenKey,
     /// Connections and timeouts.
     pub pool: PoolOptions,
 }

@@ -1,33 +1,43 @@
-//! Frames over a byte stream.
+//! Frames over a connection, through the channel's record layer when it is
+//! encrypted: a frame may span records and a record may hold many frames.
 
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::BytesMut;
+use bytes::{Buf, BytesMut};
 use pareco_proto::codec::{self, Frame};
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 
+use crate::channel::{MAX_RECORD, RecordCipher, TAG};
 use crate::{NetError, WireCounters};
 
-/// Payloads at least this large are written straight from their buffer
-/// rather than copied next to their header.
+/// Payloads at least this large are written (or sealed) straight from their
+/// buffer rather than copied next to their header first.
 const ZERO_COPY_MIN: usize = 64 << 10;
 
-/// Buffered headers and small frames are written out beyond this size.
+/// Buffered bytes are written out beyond this size.
 const FLUSH_AT: usize = 256 << 10;
 
-/// Reads frames. Cancel-safe: a partial frame stays buffered.
+/// Plaintext per record.
+const RECORD_PLAIN: usize = MAX_RECORD - TAG;
+
+/// Reads frames. Cancel-safe: partial frames and records stay buffered.
 pub struct FrameReader<R> {
     inner: R,
+    /// Plaintext not yet decoded into frames.
     buf: BytesMut,
+    /// Records not yet opened (encrypted channels).
+    sealed: BytesMut,
+    opener: Option<RecordCipher>,
     counters: Arc<WireCounters>,
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
-    /// Wraps a read half; received bytes are added to `counters`.
-    pub fn new(inner: R, counters: Arc<WireCounters>) -> Self {
-        FrameReader { inner, buf: BytesMut::with_capacity(64 << 10), counters }
+    /// Wraps a read half; with an `opener`, the stream is a sequence of
+    /// encrypted records. Received bytes are added to `counters`.
+    pub(crate) fn new(inner: R, counters: Arc<WireCounters>, opener: Option<RecordCipher>) -> Self {
+        FrameReader { inner, buf: BytesMut::with_capacity(64 << 10), sealed: BytesMut::new(), opener, counters }
     }
 
     /// The next frame; `None` when the peer closed cleanly between frames.
@@ -36,12 +46,16 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if let Some(frame) = codec::decode(&mut self.buf)? {
                 return Ok(Some(frame));
             }
-            if self.buf.capacity() - self.buf.len() < 16 << 10 {
-                self.buf.reserve(64 << 10);
+            if self.open_records()? {
+                continue;
             }
-            let n = self.inner.read_buf(&mut self.buf).await?;
+            let target = if self.opener.is_some() { &mut self.sealed } else { &mut self.buf };
+            if target.capacity() - target.len() < 16 << 10 {
+                target.reserve(128 << 10);
+            }
+            let n = self.inner.read_buf(target).await?;
             if n == 0 {
-                return if self.buf.is_empty() {
+                return if self.buf.is_empty() && self.sealed.is_empty() {
                     Ok(None)
                 } else {
                     Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-frame").into())
@@ -50,19 +64,42 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             self.counters.received.fetch_add(n as u64, Ordering::Relaxed);
         }
     }
+
+    /// Opens every complete record received; whether any was.
+    fn open_records(&mut self) -> Result<bool, NetError> {
+        let Some(opener) = &mut self.opener else { return Ok(false) };
+        let mut opened = false;
+        while self.sealed.len() >= 2 {
+            let len = u16::from_le_bytes([self.sealed[0], self.sealed[1]]) as usize;
+            if self.sealed.len() < 2 + len {
+                break;
+            }
+            self.sealed.advance(2);
+            let record = self.sealed.split_to(len);
+            opener.open(&record, &mut self.buf)?;
+            opened = true;
+        }
+        Ok(opened)
+    }
 }
 
-/// Writes frames, coalescing small ones into few system calls.
+/// Writes frames, coalescing small ones into few system calls (and, when
+/// encrypted, few records).
 pub struct FrameWriter<W> {
     inner: W,
+    /// Plaintext not yet written (or sealed).
     buf: BytesMut,
+    sealer: Option<RecordCipher>,
+    /// Records not yet written.
+    sealed: Vec<u8>,
     counters: Arc<WireCounters>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
-    /// Wraps a write half; sent bytes are added to `counters`.
-    pub fn new(inner: W, counters: Arc<WireCounters>) -> Self {
-        FrameWriter { inner, buf: BytesMut::with_capacity(FLUSH_AT), counters }
+    /// Wraps a write half; with a `sealer`, everything goes out as encrypted
+    /// records. Sent bytes are added to `counters`.
+    pub(crate) fn new(inner: W, counters: Arc<WireCounters>, sealer: Option<RecordCipher>) -> Self {
+        FrameWriter { inner, buf: BytesMut::with_capacity(FLUSH_AT), sealer, sealed: Vec::new(), counters }
     }
 
     /// Queues a frame; it may stay buffered until [`FrameWriter::flush`].
@@ -70,29 +107,32 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if let Some(tail) = codec::encode(frame, &mut self.buf) {
             if tail.len() < ZERO_COPY_MIN {
                 self.buf.extend_from_slice(&tail);
+            } else if let Some(sealer) = &mut self.sealer {
+                seal_all(sealer, &self.buf, &mut self.sealed);
+                self.buf.clear();
+                seal_all(sealer, &tail, &mut self.sealed);
             } else {
-                self.write_buffered().await?;
+                self.write_out().await?;
                 self.inner.write_all(&tail).await?;
                 self.counters.sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
             }
         }
-        if self.buf.len() >= FLUSH_AT {
-            self.write_buffered().await?;
+        if self.buf.len() + self.sealed.len() >= FLUSH_AT {
+            self.write_out().await?;
         }
         Ok(())
     }
 
     /// Writes out everything queued.
     pub async fn flush(&mut self) -> Result<(), NetError> {
-        self.write_buffered().await?;
+        self.write_out().await?;
         self.inner.flush().await?;
         Ok(())
     }
 
-    /// Writes one frame and flushes.
-    pub async fn send(&mut self, frame: &Frame) -> Result<(), NetError> {
-        self.write(frame).await?;
-        self.flush().await
+    /// The underlying stream, for writing raw bytes (tests of hostile peers).
+    pub fn into_inner(self) -> W {
+        self.inner
     }
 
     /// Flushes and closes the write direction (the peer sees EOF).
@@ -102,13 +142,25 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         Ok(())
     }
 
-    async fn write_buffered(&mut self) -> Result<(), NetError> {
-        if !self.buf.is_empty() {
-            self.inner.write_all(&self.buf).await?;
-            self.counters.sent.fetch_add(self.buf.len() as u64, Ordering::Relaxed);
+    async fn write_out(&mut self) -> Result<(), NetError> {
+        if let Some(sealer) = &mut self.sealer {
+            seal_all(sealer, &self.buf, &mut self.sealed);
             self.buf.clear();
         }
+        let pending: &[u8] = if self.sealer.is_some() { &self.sealed } else { &self.buf };
+        if !pending.is_empty() {
+            self.inner.write_all(pending).await?;
+            self.counters.sent.fetch_add(pending.len() as u64, Ordering::Relaxed);
+        }
+        self.buf.clear();
+        self.sealed.clear();
         Ok(())
+    }
+}
+
+fn seal_all(sealer: &mut RecordCipher, plain: &[u8], out: &mut Vec<u8>) {
+    for record in plain.chunks(RECORD_PLAIN) {
+        sealer.seal(record, out);
     }
 }
 

@@ -1,10 +1,11 @@
 //! pareco's network layer: turns a TCP stream into an authenticated,
 //! multiplexed request/response channel, on both ends.
 //!
-//! - [`framed`]: frames in and out of a byte stream, with coalesced writes
-//!   and zero-copy data payloads.
-//! - [`auth`]: drives the protocol crate's handshake state machine over a
-//!   connection (version negotiation and mutual token proof).
+//! - [`channel`]: the secure channel every connection opens with: a Noise
+//!   handshake keyed by the shared token (mutual authentication, version
+//!   negotiation, fresh keys), then AES-GCM records.
+//! - [`framed`]: frames in and out of a channel, with coalesced writes and
+//!   large payloads sealed (or written) straight from their buffers.
 //! - [`pool`]: the client side: N connections, each carrying many requests
 //!   at once, with each request sent on the least loaded connection.
 //! - [`server`]: the server side: accept loop with bounded connections,
@@ -14,13 +15,14 @@
 //! This layer knows nothing about files: the server answers requests through
 //! a [`server::Service`] supplied by the caller.
 
-pub mod auth;
+pub mod channel;
 pub mod framed;
 pub mod pool;
 pub mod server;
 
 mod error;
 
+pub use channel::{Security, TokenKey};
 pub use error::NetError;
 pub use pool::{Pool, PoolOptions};
 pub use server::{ServerConfig, Service, serve};

@@ -12,14 +12,15 @@ use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use pareco_proto::handshake::{AuthKey, Session};
+use pareco_proto::handshake::Session;
 use pareco_proto::{Entry, Frame, Request, Response};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::sync::{mpsc, oneshot};
 
+use crate::channel::{self, Channel, Security, TokenKey};
 use crate::framed::{self, FrameReader, FrameWriter};
-use crate::{NetError, WireCounters, auth};
+use crate::{NetError, WireCounters};
 
 /// Most entries accepted in one (multi-page) directory listing.
 const MAX_LISTING_ENTRIES: usize = 16 << 20;
@@ -31,6 +32,8 @@ pub struct PoolOptions {
     pub connections: usize,
     /// Limit for TCP connect plus handshake, per connection.
     pub connect_timeout: Duration,
+    /// Encrypted (the default) or, only when the server agrees, plaintext.
+    pub security: Security,
 }
 
 struct Waiter {
@@ -109,17 +112,14 @@ fn cost(request: &Request) -> u64 {
 impl Connection {
     async fn open(
         addr: std::net::SocketAddr,
-        key: AuthKey,
+        key: TokenKey,
+        security: Security,
         counters: Arc<WireCounters>,
     ) -> Result<(Connection, Session), NetError> {
         let stream = TcpStream::connect(addr)
             .await
             .map_err(|e| NetError::Connect { addr: addr.to_string(), source: Arc::new(e) })?;
-        stream.set_nodelay(true)?;
-        let (r, w) = stream.into_split();
-        let mut reader = FrameReader::new(r, counters.clone());
-        let mut writer = FrameWriter::new(w, counters);
-        let session = auth::client(&mut reader, &mut writer, key).await?;
+        let Channel { reader, writer, session } = channel::connect(stream, &key, security, counters).await?;
 
         let shared = Arc::new(Shared { alive: AtomicBool::new(true), ..Shared::default() });
         let (frames, rx) = mpsc::channel(1024);
@@ -173,9 +173,6 @@ async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, shared: Arc<Shared>) 
                     break e;
                 }
             }
-            Ok(Some(Frame::Refused(reason))) => {
-                break NetError::Handshake(pareco_proto::handshake::HandshakeError::Refused(reason));
-            }
             Ok(Some(_)) => break NetError::Protocol("unexpected frame type"),
             Ok(None) => break NetError::Closed,
             Err(e) => break e,
@@ -194,7 +191,7 @@ pub struct Pool {
 impl Pool {
     /// Opens `options.connections` connections to `addr` in parallel. Fails
     /// if none can be opened; works with fewer if only some can.
-    pub async fn connect(addr: &str, key: AuthKey, options: &PoolOptions) -> Result<Pool, NetError> {
+    pub async fn connect(addr: &str, key: TokenKey, options: &PoolOptions) -> Result<Pool, NetError> {
         let target = tokio::net::lookup_host(addr)
             .await
             .map_err(|e| NetError::Connect { addr: addr.to_string(), source: Arc::new(e) })?
@@ -206,9 +203,10 @@ impl Pool {
         let counters = Arc::new(WireCounters::default());
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..options.connections.max(1) {
-            let (key, counters, limit) = (key.clone(), counters.clone(), options.connect_timeout);
+            let (key, counters, limit, security) =
+                (key.clone(), counters.clone(), options.connect_timeout, options.security);
             tasks.spawn(async move {
-                tokio::time::timeout(limit, Connection::open(target, key, counters))
+                tokio::time::timeout(limit, Connection::open(target, key, security, counters))
                     .await
                     .unwrap_or(Err(NetError::Timeout("connecting and authenticating")))
             });

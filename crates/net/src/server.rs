@@ -13,15 +13,14 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use pareco_proto::handshake::{AuthKey, HandshakeError};
 use pareco_proto::{Frame, Request, Response};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
-use crate::framed::{self, FrameReader, FrameWriter};
-use crate::{NetError, WireCounters, auth};
+use crate::channel::{self, Channel, Security, TokenKey};
+use crate::framed::{self, FrameWriter};
 
 /// Listing pages are cut to about this many bytes.
 const LISTING_PAGE: usize = 1 << 20;
@@ -36,7 +35,9 @@ pub trait Service: Send + Sync + 'static {
 #[derive(Debug, Clone)]
 pub struct ServerConfig {
     /// Key derived from the shared token.
-    pub key: AuthKey,
+    pub key: TokenKey,
+    /// Encrypted (the default), or plaintext for clients that ask for it too.
+    pub security: Security,
     /// A connection must complete the handshake within this time.
     pub handshake_timeout: Duration,
     /// Delay before refusing a client that failed authentication.
@@ -47,18 +48,23 @@ pub struct ServerConfig {
     pub max_requests_per_connection: usize,
     /// How long shutdown waits for connections to finish their requests.
     pub drain_timeout: Duration,
+    /// A connection with no request in flight that sends nothing for this
+    /// long is closed.
+    pub idle_timeout: Duration,
 }
 
 impl ServerConfig {
     /// Defaults suitable for a server on the open internet.
-    pub fn new(key: AuthKey) -> ServerConfig {
+    pub fn new(key: TokenKey) -> ServerConfig {
         ServerConfig {
             key,
+            security: Security::Encrypted,
             handshake_timeout: Duration::from_secs(10),
             auth_failure_delay: Duration::from_secs(1),
             max_connections: 1024,
             max_requests_per_connection: 64,
             drain_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(600),
         }
     }
 }
@@ -118,22 +124,10 @@ async fn connection<S: Service>(
     service: Arc<S>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let _ = stream.set_nodelay(true);
-    let counters = Arc::new(WireCounters::default());
-    let (r, w) = stream.into_split();
-    let mut reader = FrameReader::new(r, counters.clone());
-    let mut writer = FrameWriter::new(w, counters);
-
-    let handshake =
-        tokio::time::timeout(config.handshake_timeout, auth::server(&mut reader, &mut writer, config.key.clone()));
-    match handshake.await {
-        Ok(Ok(session)) => tracing::debug!(%peer, version = session.version, "client authenticated"),
-        Ok(Err(NetError::Handshake(HandshakeError::AuthenticationFailed))) => {
-            tracing::warn!(%peer, "authentication failed (wrong token)");
-            tokio::time::sleep(config.auth_failure_delay).await;
-            let _ = writer.send(&Frame::Refused(auth::AUTH_FAILED.into())).await;
-            return;
-        }
+    let accepting = channel::accept(stream, peer, &config.key, config.security, config.auth_failure_delay);
+    let Channel { mut reader, writer, session } = match tokio::time::timeout(config.handshake_timeout, accepting).await
+    {
+        Ok(Ok(channel)) => channel,
         Ok(Err(e)) => {
             tracing::warn!(%peer, "handshake failed: {e}");
             return;
@@ -142,7 +136,8 @@ async fn connection<S: Service>(
             tracing::warn!(%peer, "handshake timed out after {:?}; closing", config.handshake_timeout);
             return;
         }
-    }
+    };
+    tracing::debug!(%peer, version = session.version, "client authenticated");
 
     let (frames, rx) = mpsc::channel::<Frame>(256);
     let writing = tokio::spawn(write_loop(writer, rx, peer));
@@ -151,6 +146,13 @@ async fn connection<S: Service>(
         let next = tokio::select! {
             next = reader.next() => next,
             _ = stopping.wait_for(|stop| *stop) => break,
+            () = tokio::time::sleep(config.idle_timeout) => {
+                if in_flight.available_permits() < config.max_requests_per_connection {
+                    continue; // the client waits for answers, not idle
+                }
+                tracing::info!(%peer, "closing a connection idle for {:?}", config.idle_timeout);
+                break;
+            }
         };
         match next {
             Ok(Some(Frame::Request { id, request })) => {

@@ -5,7 +5,8 @@ use std::time::Duration;
 
 use bytes::Bytes;
 use pareco_net::{NetError, Pool, PoolOptions, ServerConfig, Service, serve};
-use pareco_proto::handshake::{AuthKey, HandshakeError};
+use pareco_net::{Security, TokenKey};
+use pareco_proto::handshake::HandshakeError;
 use pareco_proto::{Digest, Entry, Kind, Name, RelPath, Request, Response, Stat, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
@@ -44,9 +45,18 @@ impl Service for Echo {
 }
 
 async fn start(token: &[u8]) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
+    start_with(token, Security::Encrypted).await
+}
+
+async fn start_with(
+    token: &[u8],
+    security: Security,
+) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap().to_string();
-    let mut config = ServerConfig::new(AuthKey::from_token(token));
+    let mut config = ServerConfig::new(TokenKey::from_token(token));
+    config.security = security;
+    config.idle_timeout = Duration::from_secs(2);
     config.handshake_timeout = Duration::from_millis(500);
     config.auth_failure_delay = Duration::from_millis(10);
     let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
@@ -57,13 +67,69 @@ async fn start(token: &[u8]) -> (String, tokio::sync::oneshot::Sender<()>, tokio
 }
 
 fn options(connections: usize) -> PoolOptions {
-    PoolOptions { connections, connect_timeout: Duration::from_secs(5) }
+    PoolOptions { connections, connect_timeout: Duration::from_secs(5), security: Security::Encrypted }
+}
+
+/// Completes a real handshake, then hands back the frame reader and the raw
+/// write half of the socket.
+async fn authenticated_socket(
+    addr: &str,
+    security: Security,
+) -> (pareco_net::framed::FrameReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
+    let stream = TcpStream::connect(addr).await.unwrap();
+    let counters = std::sync::Arc::new(pareco_net::WireCounters::default());
+    let channel = pareco_net::channel::connect(stream, &TokenKey::from_token(b"t"), security, counters).await.unwrap();
+    (channel.reader, channel.writer.into_inner())
+}
+
+/// After a genuine handshake, a peer that sends an oversized frame, garbage,
+/// or a forged record loses its connection; everyone else is still served.
+#[tokio::test]
+async fn authenticated_peers_that_misbehave_are_disconnected() {
+    for security in [Security::Plaintext, Security::Encrypted] {
+        let (addr, _stop, _server) = start_with(b"t", security).await;
+        // Plaintext: an oversized frame, an unknown frame type. Encrypted:
+        // records that fail authentication (the largest, and a small one).
+        let huge_record: Vec<u8> = [&[0xff, 0xff][..], &[7; 65535]].concat();
+        let small_record: Vec<u8> = [&[40, 0][..], &[7; 40]].concat();
+        let attacks: Vec<Vec<u8>> = match security {
+            Security::Plaintext => vec![u32::MAX.to_le_bytes().to_vec(), vec![8, 0, 0, 0, 99, 0, 0, 0, 0, 0, 0, 0]],
+            Security::Encrypted => vec![huge_record, small_record],
+        };
+        for attack in attacks {
+            let (mut reader, mut socket) = authenticated_socket(&addr, security).await;
+            socket.write_all(&attack).await.unwrap();
+            let outcome = tokio::time::timeout(Duration::from_secs(5), reader.next()).await;
+            let closed = matches!(outcome, Ok(Ok(None)) | Ok(Err(_)));
+            assert!(closed, "{security:?}: the server kept the connection: {outcome:?}");
+        }
+        let pool =
+            Pool::connect(&addr, TokenKey::from_token(b"t"), &PoolOptions { security, ..options(2) }).await.unwrap();
+        assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
+    }
+}
+
+/// Encryption is never negotiated away: a plaintext client and an
+/// encrypting server (or the reverse) refuse each other, saying why.
+#[tokio::test]
+async fn channel_modes_must_match() {
+    for (server, client, why) in [
+        (Security::Encrypted, Security::Plaintext, "requires encryption"),
+        (Security::Plaintext, Security::Encrypted, "--insecure-no-encryption"),
+    ] {
+        let (addr, _stop, _server) = start_with(b"t", server).await;
+        let err = Pool::connect(&addr, TokenKey::from_token(b"t"), &PoolOptions { security: client, ..options(1) })
+            .await
+            .err()
+            .unwrap();
+        assert!(err.to_string().contains(why), "{err}");
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_requests_over_a_pool_get_their_own_answers() {
     let (addr, stop, server) = start(b"token").await;
-    let pool = Arc::new(Pool::connect(&addr, AuthKey::from_token(b"token"), &options(8)).await.unwrap());
+    let pool = Arc::new(Pool::connect(&addr, TokenKey::from_token(b"token"), &options(8)).await.unwrap());
     assert_eq!(pool.size(), 8);
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..2000u32 {
@@ -101,8 +167,8 @@ async fn many_concurrent_requests_over_a_pool_get_their_own_answers() {
 #[tokio::test]
 async fn a_wrong_token_is_refused_with_a_clear_error() {
     let (addr, _stop, _server) = start(b"right").await;
-    let err = Pool::connect(&addr, AuthKey::from_token(b"wrong"), &options(2)).await.err().unwrap();
-    assert!(matches!(err, NetError::Handshake(HandshakeError::AuthenticationFailed)), "{err}");
+    let err = Pool::connect(&addr, TokenKey::from_token(b"wrong"), &options(2)).await.err().unwrap();
+    assert!(matches!(err, NetError::Handshake(HandshakeError::Refused(_))), "{err}");
     assert!(err.to_string().contains("authentication failed"), "{err}");
 }
 
@@ -125,7 +191,7 @@ async fn garbage_oversized_frames_and_idle_connections_do_not_stop_the_server() 
         assert_eq!(n, 0, "the server closes on garbage");
     }
     // A real client still gets served while the idle ones are pending...
-    let pool = Pool::connect(&addr, AuthKey::from_token(b"t"), &options(2)).await.unwrap();
+    let pool = Pool::connect(&addr, TokenKey::from_token(b"t"), &options(2)).await.unwrap();
     assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
     // ...and the idle ones are dropped after the handshake timeout.
     let mut buf = [0u8; 1];
@@ -136,10 +202,20 @@ async fn garbage_oversized_frames_and_idle_connections_do_not_stop_the_server() 
 #[tokio::test]
 async fn shutdown_drains_and_clients_see_the_connection_close() {
     let (addr, stop, server) = start(b"t").await;
-    let pool = Pool::connect(&addr, AuthKey::from_token(b"t"), &options(1)).await.unwrap();
+    let pool = Pool::connect(&addr, TokenKey::from_token(b"t"), &options(1)).await.unwrap();
     assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
     stop.send(()).unwrap();
     server.await.unwrap();
     let err = pool.call(Request::Stat { path: RelPath::root() }).await.unwrap_err();
     assert!(matches!(err, NetError::Closed | NetError::Io(_)), "{err}");
+}
+
+#[tokio::test]
+async fn authenticated_connections_that_stay_idle_are_closed() {
+    let (addr, _stop, _server) = start(b"t").await;
+    let (mut reader, _socket) = authenticated_socket(&addr, Security::Encrypted).await;
+    let started = std::time::Instant::now();
+    let outcome = tokio::time::timeout(Duration::from_secs(10), reader.next()).await;
+    assert!(matches!(outcome, Ok(Ok(None)) | Ok(Err(_))), "{outcome:?}");
+    assert!(started.elapsed() >= Duration::from_secs(1), "closed before the idle timeout");
 }

@@ -29,6 +29,10 @@ pub struct TokenArgs {
     /// File holding the shared secret (else the PARECO_TOKEN environment variable).
     #[arg(long, value_name = "FILE")]
     pub token_file: Option<PathBuf>,
+    /// Send data unencrypted (both ends must say so; peers are still
+    /// authenticated by the token). Only for trusted, private networks.
+    #[arg(long)]
+    pub insecure_no_encryption: bool,
 }
 
 #[derive(Debug, Args)]
@@ -47,6 +51,9 @@ pub struct ServeArgs {
     /// Accept pushes only: never send file content.
     #[arg(long)]
     pub write_only: bool,
+    /// Seconds a new connection has to complete its handshake.
+    #[arg(long, value_name = "SECONDS", default_value_t = 10)]
+    pub handshake_timeout: u64,
 }
 
 #[derive(Debug, Args)]

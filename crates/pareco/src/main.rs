@@ -19,8 +19,7 @@ use pareco_engine::endpoint::{Location, RemoteOptions};
 use pareco_engine::serve::{Access, TreeService};
 use pareco_engine::tree::BlockingTree;
 use pareco_engine::{Endpoint, Stats, SyncOptions};
-use pareco_net::{PoolOptions, ServerConfig};
-use pareco_proto::handshake::AuthKey;
+use pareco_net::{PoolOptions, Security, ServerConfig, TokenKey};
 
 use crate::cli::{Cli, Command, ServeArgs, SyncArgs};
 
@@ -41,6 +40,7 @@ fn main() -> ExitCode {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
         )
         .init();
+    raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         match cli.command {
@@ -53,6 +53,23 @@ fn main() -> ExitCode {
         Err(e) => {
             eprintln!("pareco: {e:#}");
             ExitCode::from(EXIT_FATAL)
+        }
+    }
+}
+
+fn security(args: &cli::TokenArgs) -> Security {
+    if args.insecure_no_encryption { Security::Plaintext } else { Security::Encrypted }
+}
+
+/// Many connections and many open files at once: raise the soft limit on
+/// file descriptors to the hard limit.
+fn raise_fd_limit() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("cannot raise the file descriptor limit: {e}");
         }
     }
 }
@@ -77,7 +94,13 @@ async fn serve(args: ServeArgs) -> Result<()> {
     use std::io::Write;
     std::io::stdout().flush()?;
     tracing::info!(root = %args.root.display(), ?access, "serving");
-    pareco_net::serve(listener, ServerConfig::new(AuthKey::from_token(token.as_bytes())), service, shutdown).await;
+    let mut config = ServerConfig::new(TokenKey::from_token(token.as_bytes()));
+    config.security = security(&args.token);
+    config.handshake_timeout = Duration::from_secs(args.handshake_timeout.max(1));
+    if config.security == Security::Plaintext {
+        tracing::warn!("--insecure-no-encryption: data from and to clients travels unencrypted");
+    }
+    pareco_net::serve(listener, config, service, shutdown).await;
     tracing::info!("stopped");
     Ok(())
 }
@@ -104,15 +127,16 @@ async fn sync(args: SyncArgs) -> Result<u8> {
         anyhow::bail!("one side must be local: pareco does not relay between two servers");
     }
     let key = if remote {
-        AuthKey::from_token(token::require(args.token.token_file.as_deref())?.as_bytes())
+        TokenKey::from_token(token::require(args.token.token_file.as_deref())?.as_bytes())
     } else {
-        AuthKey::from_token(b"")
+        TokenKey::from_token(b"")
     };
     let options = RemoteOptions {
         key,
         pool: PoolOptions {
             connections: args.connections as usize,
             connect_timeout: Duration::from_secs(args.connect_timeout),
+            security: security(&args.token),
         },
     };
     let opts = SyncOptions {

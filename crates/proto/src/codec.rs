@@ -1,15 +1,14 @@
-//! Frames: the unit that crosses the wire.
+//! Frames: the unit that crosses the channel once it is established.
 //!
 //! ```text
 //! frame = length:u32le body[length]          length <= MAX_FRAME
-//! body  = type:u8 fields…
+//! body  = type:u8 id:varint message
 //! ```
-//! Requests and responses carry the id that pairs them (`varint`), so any
-//! number may be in flight on one connection and answered in any order.
+//! Requests and responses carry the id that pairs them, so any number may be
+//! in flight on one connection and answered in any order.
 
 use bytes::{Buf, Bytes, BytesMut};
 
-use crate::handshake::{Hello, Welcome};
 use crate::limits::MAX_FRAME;
 use crate::message::{Request, Response};
 use crate::path::PathError;
@@ -18,17 +17,9 @@ use crate::wire::{Reader, Writer};
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
 
-/// Everything that can cross a connection.
+/// Everything that crosses an established connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Frame {
-    /// Client's opening.
-    Hello(Hello),
-    /// Server's answer to the opening.
-    Welcome(Welcome),
-    /// Client's proof of the token.
-    ClientProof([u8; 32]),
-    /// The sender refuses to go on, and says why.
-    Refused(String),
     /// A request.
     Request {
         /// Pairs the response with the request.
@@ -69,26 +60,6 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) -> Option<Bytes> {
     out.extend_from_slice(&[0; HEADER_LEN]);
     let mut w = Writer(out);
     let tail = match frame {
-        Frame::Hello(h) => {
-            w.u8(1);
-            h.encode(&mut w);
-            None
-        }
-        Frame::Welcome(welcome) => {
-            w.u8(2);
-            welcome.encode(&mut w);
-            None
-        }
-        Frame::ClientProof(p) => {
-            w.u8(3);
-            w.raw(p);
-            None
-        }
-        Frame::Refused(reason) => {
-            w.u8(5);
-            w.bytes(&reason.as_bytes()[..reason.len().min(crate::limits::MAX_MESSAGE)]);
-            None
-        }
         Frame::Request { id, request } => {
             w.u8(6);
             w.varint(*id as u64);
@@ -147,10 +118,6 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
 pub fn decode_body(body: Bytes) -> Result<Frame, CodecError> {
     let mut r = Reader::new(body);
     let frame = match r.u8("frame type")? {
-        1 => Frame::Hello(Hello::decode(&mut r)?),
-        2 => Frame::Welcome(Welcome::decode(&mut r)?),
-        3 => Frame::ClientProof(r.array32("proof")?),
-        5 => Frame::Refused(r.message()?),
         6 => {
             let id = r.u32v("request id")?;
             Frame::Request { id, request: Request::decode(&mut r)? }

@@ -13,8 +13,8 @@
 //! - **Zero-copy payloads.** File data travels as [`bytes::Bytes`] slices of
 //!   the received frame, and the encoder hands large payloads back to the
 //!   caller instead of copying them.
-//! - **Explicit versions.** The [`handshake`] negotiates a protocol version and
-//!   a feature set before any request is accepted.
+//! - **Explicit versions.** The [`handshake`] payloads negotiate a protocol
+//!   version and a feature set before any request is accepted.
 //!
 //! # Non-goals
 //! - No sockets, no filesystem, no async runtime: this crate is pure and is

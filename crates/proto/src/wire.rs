@@ -37,10 +37,6 @@ impl Writer<'_> {
         self.0.put_slice(v);
     }
 
-    pub fn raw(&mut self, v: &[u8]) {
-        self.0.put_slice(v);
-    }
-
     pub fn digest(&mut self, d: &Digest) {
         self.0.put_slice(&d.0);
     }
@@ -163,10 +159,6 @@ impl Reader {
         let mut d = [0u8; 32];
         d.copy_from_slice(b);
         Ok(Digest(d))
-    }
-
-    pub fn array32(&mut self, what: &'static str) -> Result<[u8; 32], CodecError> {
-        Ok(self.digest(what)?.0)
     }
 
     pub fn timestamp(&mut self, what: &'static str) -> Result<Timestamp, CodecError> {

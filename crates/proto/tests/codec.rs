@@ -4,7 +4,6 @@
 
 use bytes::{Bytes, BytesMut};
 use pareco_proto::codec::{self, CodecError, Frame};
-use pareco_proto::handshake::{Hello, Welcome};
 use pareco_proto::limits::MAX_FRAME;
 use pareco_proto::{
     Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath, Request, Response, Stat,
@@ -164,18 +163,6 @@ fn response() -> impl Strategy<Value = Response> {
 
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
-        (any::<u16>(), any::<u16>(), any::<u64>(), any::<[u8; 32]>()).prop_map(
-            |(min_version, max_version, features, nonce)| Frame::Hello(Hello {
-                min_version,
-                max_version,
-                features,
-                nonce
-            })
-        ),
-        (any::<u16>(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>())
-            .prop_map(|(version, features, nonce, proof)| Frame::Welcome(Welcome { version, features, nonce, proof })),
-        any::<[u8; 32]>().prop_map(Frame::ClientProof),
-        ".{0,50}".prop_map(Frame::Refused),
         (any::<u32>(), request()).prop_map(|(id, request)| Frame::Request { id, request }),
         (any::<u32>(), response()).prop_map(|(id, response)| Frame::Response { id, response }),
     ]

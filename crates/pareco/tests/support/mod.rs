@@ -333,3 +333,55 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     }
     cond()
 }
+
+/// A TCP proxy in front of `target_port` that records every byte it
+/// forwards, both directions, into one buffer.
+pub struct Recorder {
+    pub port: u16,
+    captured: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
+}
+
+impl Recorder {
+    pub fn start(target_port: u16) -> Recorder {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let shared = captured.clone();
+        std::thread::spawn(move || {
+            for client in listener.incoming().flatten() {
+                let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else { continue };
+                for (mut from, mut to) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                ] {
+                    let shared = shared.clone();
+                    std::thread::spawn(move || {
+                        use std::io::{Read, Write};
+                        let mut buf = [0u8; 64 << 10];
+                        while let Ok(n) = from.read(&mut buf) {
+                            if n == 0 || to.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                            shared.lock().unwrap().extend_from_slice(&buf[..n]);
+                        }
+                        let _ = to.shutdown(std::net::Shutdown::Write);
+                    });
+                }
+            }
+        });
+        Recorder { port, captured }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("pareco://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// Whether `needle` appears anywhere in what was recorded.
+    pub fn saw(&self, needle: &[u8]) -> bool {
+        self.captured.lock().unwrap().windows(needle.len()).any(|w| w == needle)
+    }
+
+    pub fn len(&self) -> usize {
+        self.captured.lock().unwrap().len()
+    }
+}

@@ -1,0 +1,320 @@
+//! The secure channel: how every pareco connection opens, authenticates both
+//! ends and protects what follows.
+//!
+//! # Design note
+//!
+//! Both ends share one secret, the token, and nothing else. The Noise
+//! protocol framework fits that exactly: `Noise_NNpsk0_25519_AESGCM_SHA256`
+//! takes the token (through BLAKE3's key derivation) as a pre-shared key.
+//! Each side contributes a fresh X25519 key, so every connection gets its own
+//! keys and past traffic stays secret even if the token leaks later; the
+//! pre-shared key is mixed in before the first payload, so only holders of
+//! the token can complete the handshake, in either direction, and a man in
+//! the middle without it fails. It costs one round trip, needs no
+//! certificates, and the implementation (the `snow` crate, with `ring` for
+//! AES-GCM and SHA-256) is a well-reviewed one. TLS 1.3 would also do, but
+//! it authenticates with certificates that pareco would have to generate,
+//! store and then ignore in favour of a second, token-bound proof. AES-GCM
+//! runs at several GB/s per core with AES-NI (7.7 GB/s measured here), so
+//! encryption costs little next to the copies a transfer makes anyway.
+//!
+//! # Wire format
+//!
+//! ```text
+//! client -> server   "PARECO\0" mode   u16 len   Noise message 1 (payload: Hello)
+//! server -> client   "PARECO\0" mode   u16 len   Noise message 2 (payload: Welcome)
+//!                    or "PARECO\0\xff" u16 len   reason (UTF-8), then close
+//! then, both ways    u16 len   record (AES-GCM: at most 65,535 bytes, 16 of them tag)
+//! ```
+//! The mode byte says whether records are encrypted (`2`, the default) or
+//! whether the frames follow in the clear (`1`, only when both ends pass
+//! `--insecure-no-encryption`; the handshake still authenticates both).
+//! A server refuses a client of the other mode with a reason, never silently
+//! downgrading. Lengths are 16 bits, so nothing here can ask for more than
+//! 64 KiB before being authenticated.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use pareco_proto::handshake::{HandshakeError, Hello, Session, Welcome};
+use snow::StatelessTransportState;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+
+use crate::framed::{FrameReader, FrameWriter};
+use crate::{NetError, WireCounters};
+
+const NOISE_PARAMS: &str = "Noise_NNpsk0_25519_AESGCM_SHA256";
+const PROLOGUE: &[u8] = b"pareco secure channel, 2026-11-22";
+const MAGIC: &[u8; 7] = b"PARECO\0";
+const REFUSAL: u8 = 0xff;
+
+/// Largest Noise message, and so largest record.
+pub const MAX_RECORD: usize = 65535;
+
+/// Authentication tag length of a record.
+pub const TAG: usize = 16;
+
+/// What a server answers to a client with another token.
+pub const AUTH_FAILED: &str = "authentication failed: the two sides do not have the same token";
+
+/// Whether records are encrypted.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Security {
+    /// AES-GCM records (the default).
+    Encrypted,
+    /// Frames in the clear after an authenticated handshake
+    /// (`--insecure-no-encryption` on both ends).
+    Plaintext,
+}
+
+impl Security {
+    fn mode(self) -> u8 {
+        match self {
+            Security::Encrypted => 2,
+            Security::Plaintext => 1,
+        }
+    }
+
+    fn from_mode(mode: u8) -> Option<Security> {
+        match mode {
+            2 => Some(Security::Encrypted),
+            1 => Some(Security::Plaintext),
+            _ => None,
+        }
+    }
+}
+
+/// The pre-shared key both ends derive from the token.
+#[derive(Clone)]
+pub struct TokenKey([u8; 32]);
+
+impl TokenKey {
+    /// Derives the key from the token's bytes.
+    pub fn from_token(token: &[u8]) -> TokenKey {
+        TokenKey(blake3::derive_key("pareco 2026-11-22 secure channel pre-shared key", token))
+    }
+}
+
+impl std::fmt::Debug for TokenKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("TokenKey(…)")
+    }
+}
+
+/// An open, authenticated connection.
+pub struct Channel {
+    /// Frames in.
+    pub reader: FrameReader<OwnedReadHalf>,
+    /// Frames out.
+    pub writer: FrameWriter<OwnedWriteHalf>,
+    /// What the handshake agreed on.
+    pub session: Session,
+}
+
+/// One direction's cipher: the shared session keys and this direction's
+/// record counter (the AES-GCM nonce, never reused).
+pub(crate) struct RecordCipher {
+    state: Arc<StatelessTransportState>,
+    nonce: u64,
+}
+
+impl RecordCipher {
+    /// Encrypts `plain` (at most `MAX_RECORD - TAG` bytes) as one record
+    /// appended to `out`, length prefix included.
+    pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) {
+        let start = out.len();
+        out.resize(start + 2 + plain.len() + TAG, 0);
+        let n = self
+            .state
+            .write_message(self.nonce, plain, &mut out[start + 2..])
+            .expect("a record within MAX_RECORD always encrypts");
+        self.nonce += 1;
+        out[start..start + 2].copy_from_slice(&(n as u16).to_le_bytes());
+        out.truncate(start + 2 + n);
+    }
+
+    /// Decrypts one record's ciphertext, appending the plaintext to `out`.
+    pub(crate) fn open(&mut self, record: &[u8], out: &mut bytes::BytesMut) -> Result<(), NetError> {
+        if record.len() < TAG {
+            return Err(NetError::Protocol("record shorter than its tag"));
+        }
+        let start = out.len();
+        out.resize(start + record.len() - TAG, 0);
+        let n = self
+            .state
+            .read_message(self.nonce, record, &mut out[start..])
+            .map_err(|_| NetError::Protocol("a record failed authentication (tampered or corrupted)"))?;
+        self.nonce += 1;
+        out.truncate(start + n);
+        Ok(())
+    }
+}
+
+fn noise_builder(key: &TokenKey) -> snow::Builder<'_> {
+    snow::Builder::new(NOISE_PARAMS.parse().expect("valid Noise parameters"))
+        .psk(0, &key.0)
+        .expect("psk position 0 exists in NNpsk0")
+        .prologue(PROLOGUE)
+        .expect("prologue is set once")
+}
+
+fn split(
+    stream: TcpStream,
+    state: StatelessTransportState,
+    security: Security,
+    session: Session,
+    counters: Arc<WireCounters>,
+) -> Channel {
+    let (r, w) = stream.into_split();
+    let (opener, sealer) = match security {
+        Security::Encrypted => {
+            let state = Arc::new(state);
+            (Some(RecordCipher { state: state.clone(), nonce: 0 }), Some(RecordCipher { state, nonce: 0 }))
+        }
+        Security::Plaintext => (None, None),
+    };
+    Channel {
+        reader: FrameReader::new(r, counters.clone(), opener),
+        writer: FrameWriter::new(w, counters, sealer),
+        session,
+    }
+}
+
+async fn read_message(stream: &mut TcpStream, counters: &WireCounters) -> Result<Vec<u8>, NetError> {
+    let len = stream.read_u16_le().await? as usize;
+    let mut message = vec![0; len];
+    stream.read_exact(&mut message).await?;
+    counters.received.fetch_add(2 + len as u64, Ordering::Relaxed);
+    Ok(message)
+}
+
+async fn write_all(stream: &mut TcpStream, bytes: &[u8], counters: &WireCounters) -> Result<(), NetError> {
+    stream.write_all(bytes).await?;
+    counters.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    Ok(())
+}
+
+fn opening(mode: u8, message: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(10 + message.len());
+    out.extend_from_slice(MAGIC);
+    out.push(mode);
+    out.extend_from_slice(&(message.len() as u16).to_le_bytes());
+    out.extend_from_slice(message);
+    out
+}
+
+/// Client side: opens the channel on a connected stream.
+pub async fn connect(
+    mut stream: TcpStream,
+    key: &TokenKey,
+    security: Security,
+    counters: Arc<WireCounters>,
+) -> Result<Channel, NetError> {
+    stream.set_nodelay(true)?;
+    let mut hs = noise_builder(key).build_initiator().map_err(noise_bug)?;
+    let hello = Hello::ours();
+    let mut message = vec![0; MAX_RECORD];
+    let n = hs.write_message(&hello.encode(), &mut message).map_err(noise_bug)?;
+    write_all(&mut stream, &opening(security.mode(), &message[..n]), &counters).await?;
+
+    let mut preamble = [0u8; 8];
+    stream.read_exact(&mut preamble).await.map_err(|e| closed_during_handshake(e.into()))?;
+    if &preamble[..7] != MAGIC {
+        return Err(NetError::Protocol("the server is not a pareco server (or an incompatible version)"));
+    }
+    let reply = read_message(&mut stream, &counters).await.map_err(closed_during_handshake)?;
+    match preamble[7] {
+        REFUSAL => return Err(HandshakeError::Refused(String::from_utf8_lossy(&reply).into_owned()).into()),
+        mode if mode == security.mode() => {}
+        _ => return Err(NetError::Protocol("the server answered in another channel mode")),
+    }
+    let mut payload = vec![0; MAX_RECORD];
+    let n = hs.read_message(&reply, &mut payload).map_err(|_| HandshakeError::AuthenticationFailed)?;
+    let welcome = Welcome::decode(&payload[..n])?;
+    let session = welcome.accept(&hello)?;
+    let state = hs.into_stateless_transport_mode().map_err(noise_bug)?;
+    Ok(split(stream, state, security, session, counters))
+}
+
+/// Server side: checks the client's opening, authenticates it and answers.
+/// A client of the other mode, another version or another token gets a
+/// reason and the connection is closed; one with another token only after
+/// `refusal_delay`, to slow down guessing.
+pub async fn accept(
+    mut stream: TcpStream,
+    peer: SocketAddr,
+    key: &TokenKey,
+    security: Security,
+    refusal_delay: Duration,
+) -> Result<Channel, NetError> {
+    stream.set_nodelay(true)?;
+    let counters = Arc::new(WireCounters::default());
+    let mut preamble = [0u8; 8];
+    stream.read_exact(&mut preamble).await?;
+    if &preamble[..7] != MAGIC {
+        return Err(NetError::Protocol("not a pareco client"));
+    }
+    let theirs = Security::from_mode(preamble[7]);
+    if theirs != Some(security) {
+        let reason = match (security, theirs) {
+            (Security::Encrypted, Some(Security::Plaintext)) => {
+                "this server requires encryption; the client asked for --insecure-no-encryption"
+            }
+            (Security::Plaintext, Some(Security::Encrypted)) => {
+                "this server runs with --insecure-no-encryption; the client must pass it too"
+            }
+            _ => "unknown channel mode (incompatible pareco version)",
+        };
+        refuse(&mut stream, reason, &counters).await;
+        return Err(HandshakeError::Refused(reason.into()).into());
+    }
+    let opening = read_message(&mut stream, &counters).await?;
+    let mut hs = noise_builder(key).build_responder().map_err(noise_bug)?;
+    let mut payload = vec![0; MAX_RECORD];
+    let n = match hs.read_message(&opening, &mut payload) {
+        Ok(n) => n,
+        Err(_) => {
+            tracing::warn!(%peer, "authentication failed (wrong token)");
+            tokio::time::sleep(refusal_delay).await;
+            refuse(&mut stream, AUTH_FAILED, &counters).await;
+            return Err(HandshakeError::AuthenticationFailed.into());
+        }
+    };
+    let hello = Hello::decode(&payload[..n])?;
+    let welcome = match hello.negotiate() {
+        Ok(welcome) => welcome,
+        Err(e) => {
+            refuse(&mut stream, &e.to_string(), &counters).await;
+            return Err(e.into());
+        }
+    };
+    let mut message = vec![0; MAX_RECORD];
+    let n = hs.write_message(&welcome.encode(), &mut message).map_err(noise_bug)?;
+    write_all(&mut stream, &self::opening(security.mode(), &message[..n]), &counters).await?;
+    let session = welcome.accept(&hello)?;
+    let state = hs.into_stateless_transport_mode().map_err(noise_bug)?;
+    Ok(split(stream, state, security, session, counters))
+}
+
+async fn refuse(stream: &mut TcpStream, reason: &str, counters: &WireCounters) {
+    let _ = write_all(stream, &opening(REFUSAL, reason.as_bytes()), counters).await;
+    let _ = stream.shutdown().await;
+}
+
+fn closed_during_handshake(e: NetError) -> NetError {
+    match e {
+        NetError::Io(io) if io.kind() == std::io::ErrorKind::UnexpectedEof => NetError::Closed,
+        other => other,
+    }
+}
+
+fn noise_bug(e: snow::Error) -> NetError {
+    NetError::Protocol(match e {
+        snow::Error::Input => "handshake message out of bounds",
+        _ => "handshake state error",
+    })
+}

@@ -1,0 +1,195 @@
+//! End-to-end security: what crosses the wire, who may connect, what a
+//! server in read-only or write-only mode allows, and hostile peers.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::os::unix::fs::PermissionsExt;
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+use support::*;
+
+fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, srv) = (tmp.path().join("src"), tmp.path().join("srv"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&srv).unwrap();
+    (tmp, src, srv)
+}
+
+const MARKER: &[u8] = b"CONFIDENTIAL-CUSTOMER-RECORD-4fd2a9";
+
+/// A tree whose content, names and token must not appear on the wire.
+fn secret_tree(src: &std::path::Path) {
+    let mut content = Vec::new();
+    for i in 0..2000 {
+        content.extend_from_slice(MARKER);
+        content.extend_from_slice(format!(" row {i}\n").as_bytes());
+    }
+    std::fs::write(src.join("small-secret.txt"), &content[..4000]).unwrap();
+    std::fs::write(src.join("big-secret.txt"), &content).unwrap();
+    std::fs::write(src.join("name-of-a-secret-project"), b"x").unwrap();
+    age(src);
+}
+
+#[test]
+fn the_wire_carries_neither_content_nor_names_nor_the_token() {
+    let (_tmp, src, srv) = dirs();
+    secret_tree(&src);
+    let server = Server::start(&srv);
+    let wire = Recorder::start(server.port);
+    sync(&src, wire.url("push"), &["-q"]).ok();
+    sync(wire.url("push"), srv.join("pulled-back"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("push"));
+    assert!(wire.len() > 2 * 70_000, "the recorder saw the transfers ({} bytes)", wire.len());
+    for needle in [MARKER, b"name-of-a-secret-project", TOKEN.as_bytes()] {
+        assert!(!wire.saw(needle), "{:?} is readable on the wire", String::from_utf8_lossy(needle));
+    }
+
+    // The same check sees plaintext when encryption is off on both ends, so
+    // it is not blind.
+    let (_tmp2, src2, srv2) = dirs();
+    secret_tree(&src2);
+    let plain = Server::start_with(&srv2, TOKEN, &["--insecure-no-encryption"]);
+    let wire = Recorder::start(plain.port);
+    sync(&src2, wire.url("push"), &["-q", "--insecure-no-encryption"]).ok();
+    assert!(wire.saw(MARKER));
+    assert!(!wire.saw(TOKEN.as_bytes()), "even in plaintext mode the token never crosses the wire");
+}
+
+#[test]
+fn encryption_is_never_silently_dropped() {
+    let (_tmp, src, srv) = dirs();
+    secret_tree(&src);
+    let encrypted = Server::start(&srv);
+    let run = sync(&src, encrypted.url("t"), &["-q", "--insecure-no-encryption"]);
+    assert_eq!(run.code(), 2);
+    assert!(run.stderr().contains("requires encryption"), "{}", run.stderr());
+
+    let plain = Server::start_with(&srv, TOKEN, &["--insecure-no-encryption"]);
+    let run = sync(&src, plain.url("t"), &["-q"]);
+    assert_eq!(run.code(), 2);
+    assert!(run.stderr().contains("--insecure-no-encryption"), "{}", run.stderr());
+    assert_eq!(std::fs::read_dir(&srv).unwrap().count(), 0, "nothing was written");
+}
+
+#[test]
+fn read_only_and_write_only_servers_refuse_the_other_direction() {
+    let (tmp, src, srv) = dirs();
+    secret_tree(&src);
+    std::fs::create_dir_all(srv.join("existing")).unwrap();
+    std::fs::write(srv.join("existing/file"), b"served").unwrap();
+    age(&srv);
+
+    let read_only = Server::start_with(&srv, TOKEN, &["--read-only"]);
+    let push = sync(&src, read_only.url("new"), &["-q"]);
+    assert_ne!(push.code(), 0);
+    assert!(push.stderr().contains("read-only"), "{}", push.stderr());
+    assert!(!srv.join("new").exists());
+    sync(read_only.url("existing"), tmp.path().join("pulled"), &["-q"]).ok();
+    assert_eq!(std::fs::read(tmp.path().join("pulled/file")).unwrap(), b"served");
+    drop(read_only);
+
+    let write_only = Server::start_with(&srv, TOKEN, &["--write-only"]);
+    sync(&src, write_only.url("pushed"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("pushed"));
+    let pull = sync(write_only.url("existing"), tmp.path().join("pulled2"), &["-q"]);
+    assert_ne!(pull.code(), 0);
+    assert!(pull.stderr().contains("write-only"), "{}", pull.stderr());
+    assert!(!tmp.path().join("pulled2/file").exists());
+}
+
+#[test]
+fn garbage_oversized_frames_and_idle_connections_do_not_stop_service() {
+    let (_tmp, src, srv) = dirs();
+    secret_tree(&src);
+    let server = Server::start_with(&srv, TOKEN, &["--handshake-timeout", "2"]);
+    let addr = ("127.0.0.1", server.port);
+    let mut idle: Vec<_> = (0..200).map(|_| std::net::TcpStream::connect(addr).unwrap()).collect();
+    // Garbage, a huge length prefix, a stall in the middle of an opening:
+    // each is dropped (at once, or when the handshake times out).
+    let junk: [&[u8]; 4] =
+        [b"GET / HTTP/1.1\r\nHost: x\r\n\r\n", &u32::MAX.to_le_bytes(), b"PARECO\0\x02\xff\xff", &[0u8; 4096]];
+    let hostile: Vec<_> = junk
+        .iter()
+        .map(|junk| {
+            let mut s = std::net::TcpStream::connect(addr).unwrap();
+            let _ = s.write_all(junk);
+            s
+        })
+        .collect();
+    // Meanwhile, a real client is served.
+    sync(&src, server.url("t"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("t"));
+    for mut s in hostile.into_iter().chain(idle.drain(..1)) {
+        s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+        let mut rest = Vec::new();
+        // EOF, or a reset when the server closed with our junk unread; a
+        // timeout would mean the connection was kept.
+        match s.read_to_end(&mut rest) {
+            Ok(_) => {}
+            Err(e) => assert_eq!(e.kind(), std::io::ErrorKind::ConnectionReset, "{e}"),
+        }
+    }
+    let log = server.log();
+    assert!(log.contains("not a pareco client") && log.contains("handshake timed out"), "{log}");
+}
+
+#[test]
+fn a_server_without_a_token_makes_one_and_saves_it_privately() {
+    let (tmp, src, srv) = dirs();
+    secret_tree(&src);
+    let token_file = tmp.path().join("server.token");
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(&srv)
+        .arg("--token-file")
+        .arg(&token_file)
+        .env_remove("PARECO_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
+    assert!(token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()), "{token:?}");
+    assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
+    let url = format!("pareco://127.0.0.1:{port}/t");
+    sync_with_token(&src, &url, &["-q"], &token).ok();
+    let stats = std::process::Command::new(bin())
+        .args(["sync", "-q"])
+        .arg(&src)
+        .arg(&url)
+        .arg("--token-file")
+        .arg(&token_file)
+        .env_remove("PARECO_TOKEN")
+        .status()
+        .unwrap();
+    assert!(stats.success());
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    assert!(log.contains("saved it to") && !log.contains(&token), "the token is not printed when saved: {log}");
+
+    // Without a file, the generated token is printed once.
+    let mut child = Command::new(bin())
+        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
+        .arg(&srv)
+        .env_remove("PARECO_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
+    let pid = rustix::process::Pid::from_child(&child);
+    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let log = String::from_utf8_lossy(&out.stderr);
+    let printed = log.lines().find_map(|l| l.split("PARECO_TOKEN): ").nth(1)).unwrap_or_else(|| panic!("{log}"));
+    assert!(printed.trim().len() >= 32);
+}
