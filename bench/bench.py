@@ -75,9 +75,9 @@ def peak_rss_kb(pid: int) -> int | None:
 
 
 class ParecoServer:
-    def __init__(self, root: Path):
+    def __init__(self, root: Path, extra: list[str] = ()):
         env = dict(os.environ, PARECO_TOKEN=TOKEN, PARECO_LOG="warn")
-        self.proc = subprocess.Popen([str(PARECO), "serve", "--root", str(root), "--listen", "127.0.0.1:0"],
+        self.proc = subprocess.Popen([str(PARECO), "serve", "--root", str(root), "--listen", "127.0.0.1:0", *extra],
                                      stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, env=env, text=True)
         line = self.proc.stdout.readline()
         self.port = int(line.rsplit(":", 1)[1])
@@ -209,14 +209,14 @@ def same_tree(a: Path, b: Path) -> None:
 # ---------------------------------------------------------------- tools
 
 def run_pareco(src: Path, dst_root: Path, link: list[str] | None, work: Path, jobs: int,
-               pull_from: bool = False) -> tuple[float, int, int | None, int]:
+               extra: list[str] = ()) -> tuple[float, int, int | None, int]:
     """One pareco sync into a fresh server. Returns (s, client RSS, server RSS, wire bytes)."""
-    server = ParecoServer(dst_root)
+    server = ParecoServer(dst_root, extra)
     wan = Wan(server.port, link, work) if link is not None else None
     port = wan.port if wan else server.port
     url = f"pareco://127.0.0.1:{port}/copy"
     try:
-        seconds, rss = timed([str(PARECO), "sync", "-q", "-j", str(jobs), str(src), url], env=pareco_env())
+        seconds, rss = timed([str(PARECO), "sync", "-q", "-j", str(jobs), *extra, str(src), url], env=pareco_env())
     finally:
         wire = wan.stop() if wan else 0
         server_rss = server.stop()
@@ -418,6 +418,25 @@ def loopback(args, work: Path) -> list[Row]:
     return summarize("5. loopback: 1 GiB file, no proxy", interleave(tools, args.repeat), size, None)
 
 
+def encryption(args, work: Path) -> list[Row]:
+    """The cost of encryption: a 1 GiB file over loopback, encrypted and not."""
+    size = 1024 * MiB if not args.quick else 64 * MiB
+    src = work / "enc-src"
+    random_file(src / "big.bin", size)
+    age(src)
+    dst = work / "enc-dst"
+
+    def pareco(extra):
+        def go():
+            clear(dst)
+            flush()
+            return run_pareco(src, dst, None, work, 16, extra)
+        return go
+
+    tools = {"pareco (encrypted)": pareco([]), "pareco --insecure-no-encryption": pareco(["--insecure-no-encryption"])}
+    return summarize("encryption cost: 1 GiB file over loopback", interleave(tools, max(args.repeat, 5)), size, None)
+
+
 def memory(args, work: Path) -> list[Row]:
     """Peak memory of client and server syncing a 100,000-file tree (push, then no-op resync)."""
     n = 100_000 if not args.quick else 2000
@@ -466,7 +485,8 @@ def table(rows: list[Row]) -> str:
     return "\n".join(out)
 
 
-SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "loopback": loopback, "memory": memory}
+SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "loopback": loopback, "encryption": encryption,
+             "memory": memory}
 
 
 def main() -> None:

@@ -2,11 +2,12 @@
 //! drain on shutdown.
 //!
 //! Defences against peers that misbehave, each bounded so that one client
-//! cannot deny service to the others: a cap on open connections, a deadline
-//! on the handshake (an idle or slow connection is dropped), a delay before
+//! cannot deny service to the others: a cap on open connections and on
+//! handshakes in progress (their key exchanges cost CPU), a deadline on the
+//! handshake (an idle or slow connection is dropped), a delay before
 //! answering a wrong token (slows guessing), a cap on requests in flight per
-//! connection (back-pressure instead of memory growth), and a malformed
-//! frame ends that connection only.
+//! connection (back-pressure instead of memory growth), an idle timeout, and
+//! a malformed frame ends that connection only.
 
 use std::future::Future;
 use std::net::SocketAddr;
@@ -44,6 +45,8 @@ pub struct ServerConfig {
     pub auth_failure_delay: Duration,
     /// Connections served at once; more are closed at once.
     pub max_connections: usize,
+    /// Handshakes in progress at once; more wait (within their deadline).
+    pub max_handshakes: usize,
     /// Requests of one connection being answered at once.
     pub max_requests_per_connection: usize,
     /// How long shutdown waits for connections to finish their requests.
@@ -62,6 +65,7 @@ impl ServerConfig {
             handshake_timeout: Duration::from_secs(10),
             auth_failure_delay: Duration::from_secs(1),
             max_connections: 1024,
+            max_handshakes: 128,
             max_requests_per_connection: 64,
             drain_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
@@ -79,6 +83,7 @@ pub async fn serve<S: Service>(
 ) {
     let config = Arc::new(config);
     let slots = Arc::new(Semaphore::new(config.max_connections));
+    let handshakes = Arc::new(Semaphore::new(config.max_handshakes));
     let (stop, stopping) = watch::channel(false);
     let mut connections = JoinSet::new();
     tokio::pin!(shutdown);
@@ -100,8 +105,9 @@ pub async fn serve<S: Service>(
                     continue;
                 };
                 let (config, service, stopping) = (config.clone(), service.clone(), stopping.clone());
+                let handshakes = handshakes.clone();
                 connections.spawn(async move {
-                    connection(stream, peer, config, service, stopping).await;
+                    connection(stream, peer, config, service, stopping, handshakes).await;
                     drop(slot);
                 });
             }
@@ -123,8 +129,12 @@ async fn connection<S: Service>(
     config: Arc<ServerConfig>,
     service: Arc<S>,
     mut stopping: watch::Receiver<bool>,
+    handshakes: Arc<Semaphore>,
 ) {
-    let accepting = channel::accept(stream, peer, &config.key, config.security, config.auth_failure_delay);
+    let accepting = async {
+        let _slot = handshakes.acquire().await.expect("never closed");
+        channel::accept(stream, peer, &config.key, config.security, config.auth_failure_delay).await
+    };
     let Channel { mut reader, writer, session } = match tokio::time::timeout(config.handshake_timeout, accepting).await
     {
         Ok(Ok(channel)) => channel,
