@@ -123,18 +123,21 @@ pub(crate) struct RecordCipher {
 }
 
 impl RecordCipher {
-    /// Encrypts `plain` (at most `MAX_RECORD - TAG` bytes) as one record
-    /// appended to `out`, length prefix included.
-    pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>) {
-        let start = out.len();
-        out.resize(start + 2 + plain.len() + TAG, 0);
+    /// Encrypts `plain` (at most `MAX_RECORD - TAG` bytes) as one record,
+    /// length prefix included, at `out[*used..]`; `out` only grows (so its
+    /// memory is initialised once, not zeroed for every record).
+    pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>, used: &mut usize) {
+        let end = *used + 2 + plain.len() + TAG;
+        if out.len() < end {
+            out.resize(end, 0);
+        }
         let n = self
             .state
-            .write_message(self.nonce, plain, &mut out[start + 2..])
+            .write_message(self.nonce, plain, &mut out[*used + 2..end])
             .expect("a record within MAX_RECORD always encrypts");
         self.nonce += 1;
-        out[start..start + 2].copy_from_slice(&(n as u16).to_le_bytes());
-        out.truncate(start + 2 + n);
+        out[*used..*used + 2].copy_from_slice(&(n as u16).to_le_bytes());
+        *used += 2 + n;
     }
 
     /// Decrypts one record's ciphertext, appending the plaintext to `out`.
@@ -143,7 +146,9 @@ impl RecordCipher {
             return Err(NetError::Protocol("record shorter than its tag"));
         }
         let start = out.len();
-        out.resize(start + record.len() - TAG, 0);
+        // Room for the whole ciphertext: the backend then decrypts in place
+        // (with less, it allocates and copies the record twice).
+        out.resize(start + record.len(), 0);
         let n = self
             .state
             .read_message(self.nonce, record, &mut out[start..])

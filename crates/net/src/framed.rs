@@ -76,6 +76,10 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             self.sealed.advance(2);
             let record = self.sealed.split_to(len);
+            // Room for the whole pending frame, so that a large frame is
+            // assembled in one allocation instead of regrown record by record.
+            let frame = codec::frame_len(&self.buf)?.unwrap_or(0);
+            self.buf.reserve(frame.saturating_sub(self.buf.len()).max(len));
             opener.open(&record, &mut self.buf)?;
             opened = true;
         }
@@ -90,8 +94,9 @@ pub struct FrameWriter<W> {
     /// Plaintext not yet written (or sealed).
     buf: BytesMut,
     sealer: Option<RecordCipher>,
-    /// Records not yet written.
+    /// Records not yet written: `sealed[..used]`.
     sealed: Vec<u8>,
+    used: usize,
     counters: Arc<WireCounters>,
 }
 
@@ -99,7 +104,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// Wraps a write half; with a `sealer`, everything goes out as encrypted
     /// records. Sent bytes are added to `counters`.
     pub(crate) fn new(inner: W, counters: Arc<WireCounters>, sealer: Option<RecordCipher>) -> Self {
-        FrameWriter { inner, buf: BytesMut::with_capacity(FLUSH_AT), sealer, sealed: Vec::new(), counters }
+        FrameWriter { inner, buf: BytesMut::with_capacity(FLUSH_AT), sealer, sealed: Vec::new(), used: 0, counters }
     }
 
     /// Queues a frame; it may stay buffered until [`FrameWriter::flush`].
@@ -108,16 +113,16 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
             if tail.len() < ZERO_COPY_MIN {
                 self.buf.extend_from_slice(&tail);
             } else if let Some(sealer) = &mut self.sealer {
-                seal_all(sealer, &self.buf, &mut self.sealed);
+                seal_all(sealer, &self.buf, &mut self.sealed, &mut self.used);
                 self.buf.clear();
-                seal_all(sealer, &tail, &mut self.sealed);
+                seal_all(sealer, &tail, &mut self.sealed, &mut self.used);
             } else {
                 self.write_out().await?;
                 self.inner.write_all(&tail).await?;
                 self.counters.sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
             }
         }
-        if self.buf.len() + self.sealed.len() >= FLUSH_AT {
+        if self.buf.len() + self.used >= FLUSH_AT {
             self.write_out().await?;
         }
         Ok(())
@@ -144,23 +149,23 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 
     async fn write_out(&mut self) -> Result<(), NetError> {
         if let Some(sealer) = &mut self.sealer {
-            seal_all(sealer, &self.buf, &mut self.sealed);
+            seal_all(sealer, &self.buf, &mut self.sealed, &mut self.used);
             self.buf.clear();
         }
-        let pending: &[u8] = if self.sealer.is_some() { &self.sealed } else { &self.buf };
+        let pending: &[u8] = if self.sealer.is_some() { &self.sealed[..self.used] } else { &self.buf };
         if !pending.is_empty() {
             self.inner.write_all(pending).await?;
             self.counters.sent.fetch_add(pending.len() as u64, Ordering::Relaxed);
         }
         self.buf.clear();
-        self.sealed.clear();
+        self.used = 0;
         Ok(())
     }
 }
 
-fn seal_all(sealer: &mut RecordCipher, plain: &[u8], out: &mut Vec<u8>) {
+fn seal_all(sealer: &mut RecordCipher, plain: &[u8], out: &mut Vec<u8>, used: &mut usize) {
     for record in plain.chunks(RECORD_PLAIN) {
-        sealer.seal(record, out);
+        sealer.seal(record, out, used);
     }
 }
 
