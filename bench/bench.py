@@ -496,12 +496,14 @@ def main() -> None:
     p.add_argument("--repeat", type=int, default=3, help="runs per tool where it is cheap (median reported)")
     p.add_argument("--only", action="append", choices=sorted(SCENARIOS), help="run only these scenarios")
     p.add_argument("--json", type=Path, default=ROOT / "bench" / "out" / "results.json")
-    p.add_argument("--work", type=Path, help="scratch directory (default: a temp dir, removed afterwards)")
+    p.add_argument("--work", type=Path, default=ROOT / "bench" / "out",
+                   help="where the scratch directory is made (removed afterwards); default bench/out")
     args = p.parse_args()
     if args.quick:
         args.repeat = 1
 
-    work = Path(tempfile.mkdtemp(prefix="pareco-bench-", dir=args.work))
+    args.work.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="work-", dir=args.work))
     rows: list[Row] = []
     try:
         for name in args.only or list(SCENARIOS):
