@@ -44,6 +44,8 @@ class Row:
     link_rate: float | None = None
     rss_client_kb: int | None = None
     rss_server_kb: int | None = None
+    cpu_client_s: float | None = None
+    cpu_server_s: float | None = None
     runs: list[float] = field(default_factory=list)
     note: str = ""
 
@@ -74,6 +76,24 @@ def peak_rss_kb(pid: int) -> int | None:
     return None
 
 
+def cpu_seconds(pid: int) -> float | None:
+    """User + system time of a process and of its children it has waited for."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return None
+    ticks = sum(int(fields[i]) for i in (11, 12, 13, 14))  # utime stime cutime cstime
+    return ticks / os.sysconf("SC_CLK_TCK")
+
+
+class Measured:
+    """What one run of a tool cost: seconds, peak RSS and CPU of both sides, wire bytes."""
+
+    def __init__(self, seconds, rss, cpu, server_rss=None, server_cpu=None, wire=0):
+        self.seconds, self.rss, self.cpu = seconds, rss, cpu
+        self.server_rss, self.server_cpu, self.wire = server_rss, server_cpu, wire
+
+
 class ParecoServer:
     def __init__(self, root: Path, extra: list[str] = ()):
         env = dict(os.environ, PARECO_TOKEN=TOKEN, PARECO_LOG="warn")
@@ -82,27 +102,34 @@ class ParecoServer:
         line = self.proc.stdout.readline()
         self.port = int(line.rsplit(":", 1)[1])
 
-    def stop(self) -> int | None:
-        rss = peak_rss_kb(self.proc.pid)
+    def stop(self) -> tuple[int | None, float | None]:
+        rss, cpu = peak_rss_kb(self.proc.pid), cpu_seconds(self.proc.pid)
         self.proc.terminate()
         self.proc.wait()
-        return rss
+        return rss, cpu
 
 
 class RsyncDaemon:
+    """rsync in daemon mode, under /usr/bin/time so that the CPU of the
+    per-connection children it forks is counted when it exits."""
+
     def __init__(self, root: Path, work: Path):
         self.port = free_port()
         conf = work / f"rsyncd-{self.port}.conf"
         conf.write_text(f"use chroot = no\n[data]\npath = {root}\nread only = no\nuid = root\ngid = root\n")
-        self.proc = subprocess.Popen(["rsync", "--daemon", "--no-detach", f"--config={conf}", f"--port={self.port}",
-                                      "--address=127.0.0.1"], stderr=subprocess.DEVNULL)
+        self.usage = work / f"rsyncd-{self.port}.time"
+        self.proc = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", str(self.usage), "rsync", "--daemon",
+                                      "--no-detach", f"--config={conf}", f"--port={self.port}", "--address=127.0.0.1"],
+                                     stderr=subprocess.DEVNULL)
         wait_port(self.port)
 
-    def stop(self) -> int | None:
-        rss = peak_rss_kb(self.proc.pid)
-        self.proc.terminate()
+    def stop(self) -> tuple[int | None, float | None]:
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split()
+        for child in children:
+            os.kill(int(child), 15)
         self.proc.wait()
-        return rss
+        rss, user, system = self.usage.read_text().strip().splitlines()[-1].split()
+        return int(rss), float(user) + float(system)
 
 
 def wait_port(port: int, limit: float = 10.0) -> None:
@@ -133,17 +160,18 @@ class Wan:
         return s["up_bytes"] + s["down_bytes"]
 
 
-def timed(cmd: list[str] | str, env: dict | None = None, shell: bool = False) -> tuple[float, int]:
-    """Runs a command; returns (seconds, peak RSS in KiB). Fails loudly."""
+def timed(cmd: list[str] | str, env: dict | None = None, shell: bool = False) -> Measured:
+    """Runs a command; returns its time, peak RSS and CPU. Fails loudly."""
     with tempfile.NamedTemporaryFile("r") as out:
-        full = ["/usr/bin/time", "-f", "%M", "-o", out.name]
+        full = ["/usr/bin/time", "-f", "%M %U %S", "-o", out.name]
         full += ["sh", "-c", cmd] if shell else cmd
         start = time.perf_counter()
         r = subprocess.run(full, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
         seconds = time.perf_counter() - start
         if r.returncode != 0:
             raise RuntimeError(f"{cmd} failed ({r.returncode}): {r.stderr[-2000:]}")
-        return seconds, int(out.read().strip().splitlines()[-1])
+        rss, user, system = out.read().strip().splitlines()[-1].split()
+        return Measured(seconds, int(rss), float(user) + float(system))
 
 
 def pareco_env() -> dict:
@@ -216,11 +244,12 @@ def run_pareco(src: Path, dst_root: Path, link: list[str] | None, work: Path, jo
     port = wan.port if wan else server.port
     url = f"pareco://127.0.0.1:{port}/copy"
     try:
-        seconds, rss = timed([str(PARECO), "sync", "-q", "-j", str(jobs), *extra, str(src), url], env=pareco_env())
+        m = timed([str(PARECO), "sync", "-q", "-j", str(jobs), *extra, str(src), url], env=pareco_env())
     finally:
-        wire = wan.stop() if wan else 0
-        server_rss = server.stop()
-    return seconds, rss, server_rss, wire
+        m_wire = wan.stop() if wan else 0
+        m_server = server.stop()
+    m.wire, (m.server_rss, m.server_cpu) = m_wire, m_server
+    return m
 
 
 def run_rsync(src: Path, dst_root: Path, link: list[str] | None, work: Path,
@@ -229,26 +258,30 @@ def run_rsync(src: Path, dst_root: Path, link: list[str] | None, work: Path,
     wan = Wan(daemon.port, link, work) if link is not None else None
     port = wan.port if wan else daemon.port
     try:
-        seconds, rss = timed(["rsync", "-a", *extra, f"{src}/", f"rsync://127.0.0.1:{port}/data/copy/"])
+        m = timed(["rsync", "-a", *extra, f"{src}/", f"rsync://127.0.0.1:{port}/data/copy/"])
     finally:
-        wire = wan.stop() if wan else 0
-        server_rss = daemon.stop()
-    return seconds, rss, server_rss, wire
+        m_wire = wan.stop() if wan else 0
+        m_server = daemon.stop()
+    m.wire, (m.server_rss, m.server_cpu) = m_wire, m_server
+    return m
 
 
 def run_tar_nc(src: Path, dst: Path, link: list[str] | None, work: Path) -> tuple[float, int, int | None, int]:
     port = free_port()
     dst.mkdir(parents=True, exist_ok=True)
-    receiver = subprocess.Popen(f"nc -l 127.0.0.1 {port} | tar -x -C {dst}", shell=True)
+    receiver = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", str(work / "receiver.time"), "sh", "-c",
+                                 f"nc -l 127.0.0.1 {port} | tar -x -C {dst}"])
     wait_listen(port)
     wan = Wan(port, link, work) if link is not None else None
     target = wan.port if wan else port
     try:
-        seconds, rss = timed(f"tar -c -C {src} . | nc -N 127.0.0.1 {target}", shell=True)
+        m = timed(f"tar -c -C {src} . | nc -N 127.0.0.1 {target}", shell=True)
         receiver.wait(timeout=600)
     finally:
-        wire = wan.stop() if wan else 0
-    return seconds, rss, None, wire
+        m.wire = wan.stop() if wan else 0
+    rss, user, system = (work / "receiver.time").read_text().strip().splitlines()[-1].split()
+    m.server_rss, m.server_cpu = int(rss), float(user) + float(system)
+    return m
 
 
 def wait_listen(port: int) -> None:
@@ -274,12 +307,15 @@ def summarize(scenario: str, results: dict[str, list], payload: int, link_rate: 
               notes: dict[str, str] | None = None) -> list[Row]:
     rows = []
     for tool, runs in results.items():
-        secs = [r[0] for r in runs]
+        secs = [r.seconds for r in runs]
         med = statistics.median(secs)
-        pick = min(runs, key=lambda r: abs(r[0] - med))
-        rows.append(Row(scenario, tool, med, payload, wire_bytes=pick[3] or None, link_rate=link_rate,
-                        rss_client_kb=max(r[1] for r in runs),
-                        rss_server_kb=max((r[2] for r in runs if r[2]), default=None),
+        pick = min(runs, key=lambda r: abs(r.seconds - med))
+        server_cpu = [r.server_cpu for r in runs if r.server_cpu is not None]
+        rows.append(Row(scenario, tool, med, payload, wire_bytes=pick.wire or None, link_rate=link_rate,
+                        rss_client_kb=max(r.rss for r in runs),
+                        rss_server_kb=max((r.server_rss for r in runs if r.server_rss), default=None),
+                        cpu_client_s=statistics.median(r.cpu for r in runs),
+                        cpu_server_s=statistics.median(server_cpu) if server_cpu else None,
                         runs=[round(s, 3) for s in secs], note=(notes or {}).get(tool, "")))
     return rows
 
@@ -369,11 +405,12 @@ def delta(args, work: Path) -> list[Row]:
         shutil.copytree(src, dst / "copy")  # same content and mtimes: the seeded copy
         subprocess.run(["chown", "-R", "root:root", str(dst)], check=False)
         edit()
-        seconds, rss, server_rss, wire = resync()
+        m = resync()
         same_tree(src, dst / "copy")
-        rows.append(Row("3. delta: 256 MiB file, two 4 KiB pages changed (wire bytes of the resync)", tool, seconds,
-                        size, wire_bytes=wire, rss_client_kb=rss, rss_server_kb=server_rss,
-                        note=f"{100 * wire / size:.3f} % of the file on the wire"))
+        rows.append(Row("3. delta: 256 MiB file, two 4 KiB pages changed (wire bytes of the resync)", tool, m.seconds,
+                        size, wire_bytes=m.wire, rss_client_kb=m.rss, rss_server_kb=m.server_rss,
+                        cpu_client_s=m.cpu, cpu_server_s=m.server_cpu,
+                        note=f"{100 * m.wire / size:.3f} % of the file on the wire"))
 
     link = ["--delay-ms", "50", "--conn-rate", "1M", "--link-rate", "16M"]
     measure("pareco", None, lambda: run_pareco(src, dst, link, work, 16))
@@ -399,8 +436,7 @@ def loopback(args, work: Path) -> list[Row]:
     def cp():
         clear(dst)
         flush()
-        s, rss = timed(["cp", str(src / "big.bin"), str(dst / "big.bin")])
-        return s, rss, None, 0
+        return timed(["cp", str(src / "big.bin"), str(dst / "big.bin")])
 
     def nc():
         clear(dst)
@@ -447,14 +483,12 @@ def memory(args, work: Path) -> list[Row]:
     clear(dst)
     server = ParecoServer(dst)
     url = f"pareco://127.0.0.1:{server.port}/copy"
-    rows = []
-    for label in ("initial push", "no-op resync"):
-        seconds, rss = timed([str(PARECO), "sync", "-q", str(src), url], env=pareco_env())
-        rows.append([label, seconds, rss])
-    server_rss = server.stop()
+    runs = [(label, timed([str(PARECO), "sync", "-q", str(src), url], env=pareco_env()))
+            for label in ("initial push", "no-op resync")]
+    server_rss, _ = server.stop()
     same_tree(src, dst / "copy")
-    return [Row(f"memory: {n:,} files of 100 B", f"pareco ({label})", s, n * 100, rss_client_kb=rss,
-                rss_server_kb=server_rss) for label, s, rss in rows]
+    return [Row(f"memory: {n:,} files of 100 B", f"pareco ({label})", m.seconds, n * 100, rss_client_kb=m.rss,
+                rss_server_kb=server_rss, cpu_client_s=m.cpu) for label, m in runs]
 
 
 # ---------------------------------------------------------------- output
@@ -469,8 +503,9 @@ def fmt_bytes(n: int | None) -> str:
 
 
 def table(rows: list[Row]) -> str:
-    out = ["| scenario | tool | seconds | MiB/s | of link cap | on the wire | client RSS | server RSS | time vs pareco | note |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---|"]
+    out = ["| scenario | tool | seconds | MiB/s | of link cap | on the wire | client RSS | server RSS "
+           "| CPU s client + server | time vs pareco | note |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     by_scenario: dict[str, float] = {}
     for r in rows:
         if r.tool.startswith("pareco") and r.scenario not in by_scenario:
@@ -480,8 +515,9 @@ def table(rows: list[Row]) -> str:
         ratio = f"{r.seconds / base:.2f}x" if base else "-"
         frac = f"{100 * r.link_fraction:.0f} %" if r.link_fraction else "-"
         rss = lambda kb: f"{kb / 1024:.0f} MiB" if kb else "-"
+        cpu = " + ".join(f"{c:.2f}" for c in (r.cpu_client_s, r.cpu_server_s) if c is not None) or "-"
         out.append(f"| {r.scenario} | {r.tool} | {r.seconds:.2f} | {r.mib_s:.1f} | {frac} | {fmt_bytes(r.wire_bytes)} "
-                   f"| {rss(r.rss_client_kb)} | {rss(r.rss_server_kb)} | {ratio} | {r.note} |")
+                   f"| {rss(r.rss_client_kb)} | {rss(r.rss_server_kb)} | {cpu} | {ratio} | {r.note} |")
     return "\n".join(out)
 
 
