@@ -320,6 +320,26 @@ def summarize(scenario: str, results: dict[str, list], payload: int, link_rate: 
     return rows
 
 
+def tree_copiers(src: Path, dst: Path, link: list[str], work: Path):
+    """Makers of runs that copy `src` into an emptied `dst` and check the copy."""
+
+    def checked(run):
+        def go():
+            clear(dst)
+            m = run()
+            same_tree(src, dst / "copy")
+            return m
+        return go
+
+    def pareco(jobs: int):
+        return checked(lambda: run_pareco(src, dst, link, work, jobs))
+
+    def rsync():
+        return checked(lambda: run_rsync(src, dst, link, work))
+
+    return pareco, rsync
+
+
 def seed_link(args, work: Path) -> list[Row]:
     """Scenario 1: initial copy of a 64 MiB tree over a trans-ocean link."""
     link = ["--delay-ms", "50", "--conn-rate", "512K", "--link-rate", "8M"]
@@ -331,19 +351,7 @@ def seed_link(args, work: Path) -> list[Row]:
     payload = tree_bytes(src)
     dst = work / "s1-dst"
 
-    def pareco(jobs):
-        def go():
-            clear(dst)
-            r = run_pareco(src, dst, link, work, jobs)
-            same_tree(src, dst / "copy")
-            return r
-        return go
-
-    def rsync():
-        clear(dst)
-        r = run_rsync(src, dst, link, work)
-        same_tree(src, dst / "copy")
-        return r
+    pareco, rsync = tree_copiers(src, dst, link, work)
 
     def tar_nc():
         clear(dst)
@@ -351,7 +359,7 @@ def seed_link(args, work: Path) -> list[Row]:
 
     tools = {"pareco -j 32": pareco(32)}
     if args.baselines:
-        tools |= {"pareco -j 1": pareco(1), "rsync (daemon)": rsync, "tar \\| nc": tar_nc}
+        tools |= {"pareco -j 1": pareco(1), "rsync (daemon)": rsync(), "tar \\| nc": tar_nc}
     return summarize("1. seed link: 64 MiB tree, 8 MiB/s link, 0.5 MiB/s per conn, 100 ms RTT",
                      interleave(tools, args.repeat if not args.baselines else 1), payload, 8 * MiB)
 
@@ -365,21 +373,10 @@ def small_files(args, work: Path) -> list[Row]:
     payload = tree_bytes(src)
     dst = work / "s2-dst"
 
-    def pareco():
-        clear(dst)
-        r = run_pareco(src, dst, link, work, 32)
-        same_tree(src, dst / "copy")
-        return r
-
-    def rsync():
-        clear(dst)
-        r = run_rsync(src, dst, link, work)
-        same_tree(src, dst / "copy")
-        return r
-
-    tools = {"pareco -j 32": pareco}
+    pareco, rsync = tree_copiers(src, dst, link, work)
+    tools = {"pareco -j 32": pareco(32)}
     if args.baselines:
-        tools |= {"rsync (daemon)": rsync}
+        tools |= {"rsync (daemon)": rsync()}
     return summarize("2. small files: 20,000 x 4 KiB, 16 MiB/s link, 1 MiB/s per conn, 100 ms RTT",
                      interleave(tools, args.repeat if not args.baselines else 1), payload, 16 * MiB)
 
@@ -400,10 +397,9 @@ def delta(args, work: Path) -> list[Row]:
                 f.write(os.urandom(4096))
         subprocess.run(["touch", "-d", "30 minutes ago", str(src / "db.bin")], check=True)
 
-    def measure(tool, seed, resync):
+    def measure(tool, resync):
         clear(dst)
         shutil.copytree(src, dst / "copy")  # same content and mtimes: the seeded copy
-        subprocess.run(["chown", "-R", "root:root", str(dst)], check=False)
         edit()
         m = resync()
         same_tree(src, dst / "copy")
@@ -413,9 +409,9 @@ def delta(args, work: Path) -> list[Row]:
                         note=f"{100 * m.wire / size:.3f} % of the file on the wire"))
 
     link = ["--delay-ms", "50", "--conn-rate", "1M", "--link-rate", "16M"]
-    measure("pareco", None, lambda: run_pareco(src, dst, link, work, 16))
+    measure("pareco", lambda: run_pareco(src, dst, link, work, 16))
     if args.baselines:
-        measure("rsync (daemon)", None, lambda: run_rsync(src, dst, link, work, ["--no-whole-file"]))
+        measure("rsync (daemon)", lambda: run_rsync(src, dst, link, work, ["--no-whole-file"]))
     return rows
 
 

@@ -141,19 +141,7 @@ fn a_server_without_a_token_makes_one_and_saves_it_privately() {
     let (tmp, src, srv) = dirs();
     secret_tree(&src);
     let token_file = tmp.path().join("server.token");
-    let mut child = Command::new(bin())
-        .args(["serve", "--listen", "127.0.0.1:0", "--root"])
-        .arg(&srv)
-        .arg("--token-file")
-        .arg(&token_file)
-        .env_remove("PARECO_TOKEN")
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
-    let port: u16 = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    let (child, port) = serve_without_token(&srv, &["--token-file", token_file.to_str().unwrap()]);
     let token = std::fs::read_to_string(&token_file).unwrap().trim().to_string();
     assert!(token.len() >= 32 && token.chars().all(|c| c.is_ascii_hexdigit()), "{token:?}");
     assert_eq!(std::fs::metadata(&token_file).unwrap().permissions().mode() & 0o777, 0o600);
@@ -169,16 +157,22 @@ fn a_server_without_a_token_makes_one_and_saves_it_privately() {
         .status()
         .unwrap();
     assert!(stats.success());
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
+    let log = stop_and_read_log(child);
     assert!(log.contains("saved it to") && !log.contains(&token), "the token is not printed when saved: {log}");
 
     // Without a file, the generated token is printed once.
+    let (child, _) = serve_without_token(&srv, &[]);
+    let log = stop_and_read_log(child);
+    let printed = log.lines().find_map(|l| l.split("PARECO_TOKEN): ").nth(1)).unwrap_or_else(|| panic!("{log}"));
+    assert!(printed.trim().len() >= 32);
+}
+
+/// `pareco serve` with no token in its environment; returns it and its port.
+fn serve_without_token(root: &std::path::Path, extra: &[&str]) -> (std::process::Child, u16) {
     let mut child = Command::new(bin())
         .args(["serve", "--listen", "127.0.0.1:0", "--root"])
-        .arg(&srv)
+        .arg(root)
+        .args(extra)
         .env_remove("PARECO_TOKEN")
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -186,10 +180,11 @@ fn a_server_without_a_token_makes_one_and_saves_it_privately() {
         .unwrap();
     let mut line = String::new();
     std::io::BufRead::read_line(&mut std::io::BufReader::new(child.stdout.as_mut().unwrap()), &mut line).unwrap();
-    let pid = rustix::process::Pid::from_child(&child);
-    rustix::process::kill_process(pid, rustix::process::Signal::TERM).unwrap();
-    let out = child.wait_with_output().unwrap();
-    let log = String::from_utf8_lossy(&out.stderr);
-    let printed = log.lines().find_map(|l| l.split("PARECO_TOKEN): ").nth(1)).unwrap_or_else(|| panic!("{log}"));
-    assert!(printed.trim().len() >= 32);
+    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap();
+    (child, port)
+}
+
+fn stop_and_read_log(child: std::process::Child) -> String {
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
+    String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
 }
