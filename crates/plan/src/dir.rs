@@ -103,9 +103,12 @@ pub fn plan_dir(mut src: Vec<Entry>, src_now: Timestamp, dst: Option<Vec<Entry>>
 }
 
 fn plan_entry(src: Option<Entry>, dst: Option<Entry>, src_now: Timestamp, opts: DirOptions) -> Option<Planned> {
-    let name = src.as_ref().or(dst.as_ref()).map(|e| e.name.clone())?;
-    let src = src.map(|e| e.stat);
-    let dst = dst.map(|e| e.stat);
+    // The name moves out of whichever entry has it (no copy per entry).
+    let (name, src, dst) = match (src, dst) {
+        (Some(s), d) => (s.name, Some(s.stat), d.map(|d| d.stat)),
+        (None, Some(d)) => (d.name, None, Some(d.stat)),
+        (None, None) => return None,
+    };
     let Some(s) = &src else {
         let action = if opts.delete { Action::Delete } else { Action::Nothing };
         return Some(Planned { name, src, dst, remove_first: false, action });
