@@ -6,9 +6,11 @@
 //! - [`sync`]: the sync itself: a streaming, bounded, concurrent walk that
 //!   sends only what differs.
 //! - [`serve`]: the server side: a tree answering remote requests.
+//! - [`pipe`]: the stream pipe (`pareco send` / `pareco recv`).
 //! - [`report`]: counters and events for the caller to display.
 
 pub mod endpoint;
+pub mod pipe;
 pub mod report;
 pub mod serve;
 pub mod sync;

@@ -82,6 +82,27 @@ pub async fn serve<S: Service>(
     shutdown: impl Future<Output = ()>,
 ) {
     let config = Arc::new(config);
+    let requests = config.clone();
+    accept(listener, config, shutdown, move |channel, peer, stopping| {
+        serve_requests(channel, peer, requests.clone(), service.clone(), stopping)
+    })
+    .await
+}
+
+/// Accepts connections until `shutdown` completes, authenticates each
+/// (bounded, timed out), and runs `handle` on every open channel with a
+/// signal that says when to stop. On shutdown, waits (up to the drain
+/// timeout) for the handlers to finish.
+pub async fn accept<H, F>(
+    listener: TcpListener,
+    config: Arc<ServerConfig>,
+    shutdown: impl Future<Output = ()>,
+    handle: H,
+) where
+    H: Fn(Channel, SocketAddr, watch::Receiver<bool>) -> F + Send + Sync + 'static,
+    F: Future<Output = ()> + Send + 'static,
+{
+    let handle = Arc::new(handle);
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let handshakes = Arc::new(Semaphore::new(config.max_handshakes));
     let (stop, stopping) = watch::channel(false);
@@ -104,10 +125,11 @@ pub async fn serve<S: Service>(
                     tracing::warn!(%peer, "too many connections ({}); closing this one", config.max_connections);
                     continue;
                 };
-                let (config, service, stopping) = (config.clone(), service.clone(), stopping.clone());
-                let handshakes = handshakes.clone();
+                let (config, handle, handshakes, stopping) = (config.clone(), handle.clone(), handshakes.clone(), stopping.clone());
                 connections.spawn(async move {
-                    connection(stream, peer, config, service, stopping, handshakes).await;
+                    if let Some(channel) = authenticate(stream, peer, &config, &handshakes).await {
+                        handle(channel, peer, stopping).await;
+                    }
                     drop(slot);
                 });
             }
@@ -123,31 +145,44 @@ pub async fn serve<S: Service>(
     }
 }
 
-async fn connection<S: Service>(
+/// The handshake of one connection, within its deadline and a bounded
+/// number of concurrent handshakes; failures are logged.
+async fn authenticate(
     stream: TcpStream,
     peer: SocketAddr,
-    config: Arc<ServerConfig>,
-    service: Arc<S>,
-    mut stopping: watch::Receiver<bool>,
-    handshakes: Arc<Semaphore>,
-) {
+    config: &ServerConfig,
+    handshakes: &Semaphore,
+) -> Option<Channel> {
     let accepting = async {
         let _slot = handshakes.acquire().await.expect("never closed");
         channel::accept(stream, peer, &config.key, config.security, config.auth_failure_delay).await
     };
-    let Channel { mut reader, writer, session } = match tokio::time::timeout(config.handshake_timeout, accepting).await
-    {
-        Ok(Ok(channel)) => channel,
+    match tokio::time::timeout(config.handshake_timeout, accepting).await {
+        Ok(Ok(channel)) => {
+            tracing::debug!(%peer, version = channel.session.version, "client authenticated");
+            Some(channel)
+        }
         Ok(Err(e)) => {
             tracing::warn!(%peer, "handshake failed: {e}");
-            return;
+            None
         }
         Err(_) => {
             tracing::warn!(%peer, "handshake timed out after {:?}; closing", config.handshake_timeout);
-            return;
+            None
         }
-    };
-    tracing::debug!(%peer, version = session.version, "client authenticated");
+    }
+}
+
+/// Answers the requests of one authenticated connection until it closes,
+/// idles out or the server stops.
+async fn serve_requests<S: Service>(
+    channel: Channel,
+    peer: SocketAddr,
+    config: Arc<ServerConfig>,
+    service: Arc<S>,
+    mut stopping: watch::Receiver<bool>,
+) {
+    let Channel { mut reader, writer, .. } = channel;
 
     let (frames, rx) = mpsc::channel::<Frame>(256);
     let writing = tokio::spawn(write_loop(writer, rx, peer));

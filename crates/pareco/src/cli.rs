@@ -22,6 +22,51 @@ pub enum Command {
     Serve(ServeArgs),
     /// Make DST an exact copy of SRC (one side may be pareco://HOST[:PORT]/PATH).
     Sync(SyncArgs),
+    /// Send standard input as a stream to `pareco recv` (striped, compressed, resumable).
+    Send(SendArgs),
+    /// Receive a stream from `pareco send` on standard output.
+    Recv(StreamArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct SendArgs {
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// auto (zstd where it pays, at a level that keeps up with the link), none, or zstd[:LEVEL].
+    #[arg(long, value_name = "MODE", default_value = "auto")]
+    pub compress: String,
+}
+
+#[derive(Debug, Args)]
+pub struct StreamArgs {
+    /// The other end: pareco://HOST:PORT (or use --listen and let it connect).
+    #[arg(required_unless_present = "listen", conflicts_with = "listen")]
+    pub peer: Option<OsString>,
+    /// Wait for the other end to connect, on HOST:PORT (port 0 picks one;
+    /// `listening on HOST:PORT` is printed on stderr).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub listen: Option<SocketAddr>,
+    /// Number of parallel connections (when connecting).
+    #[arg(short = 'j', long = "connections", value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: u16,
+    /// Bytes in flight: the sender's window, the receiver's reorder buffer (like mbuffer -m).
+    #[arg(long, value_name = "SIZE", default_value = "256M", value_parser = parse_size)]
+    pub buffer: u64,
+    /// Seconds to wait for a lost peer to come back before giving up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 120)]
+    pub retry_for: u64,
+    /// Seconds allowed to connect and authenticate.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// No progress line and no summary.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Write statistics as JSON to FILE when done.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub token: TokenArgs,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,7 @@ use bytes::{Buf, Bytes, BytesMut};
 use crate::limits::MAX_FRAME;
 use crate::message::{Request, Response};
 use crate::path::PathError;
+use crate::stream::StreamMessage;
 use crate::wire::{Reader, Writer};
 
 /// Length of the frame header.
@@ -34,6 +35,8 @@ pub enum Frame {
         /// The response.
         response: Response,
     },
+    /// A message of the stream pipe.
+    Stream(StreamMessage),
 }
 
 /// Why bytes could not be decoded. Any of these means the peer is broken or
@@ -69,6 +72,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) -> Option<Bytes> {
             w.u8(7);
             w.varint(*id as u64);
             response.encode(&mut w)
+        }
+        Frame::Stream(message) => {
+            w.u8(8);
+            message.encode(&mut w)
         }
     };
     let len = out.len() - start - HEADER_LEN + tail.as_ref().map_or(0, Bytes::len);
@@ -126,6 +133,7 @@ pub fn decode_body(body: Bytes) -> Result<Frame, CodecError> {
             let id = r.u32v("request id")?;
             Frame::Response { id, response: Response::decode(&mut r)? }
         }
+        8 => Frame::Stream(StreamMessage::decode(&mut r)?),
         _ => return Err(CodecError::Invalid("unknown frame type")),
     };
     r.finish()?;

@@ -28,6 +28,7 @@ pub mod limits;
 pub mod message;
 pub mod path;
 pub mod stat;
+pub mod stream;
 mod wire;
 
 pub use codec::{CodecError, Frame};

@@ -37,6 +37,10 @@ impl Writer<'_> {
         self.0.put_slice(v);
     }
 
+    pub fn raw16(&mut self, v: &[u8; 16]) {
+        self.0.put_slice(v);
+    }
+
     pub fn digest(&mut self, d: &Digest) {
         self.0.put_slice(&d.0);
     }
@@ -159,6 +163,13 @@ impl Reader {
         let mut d = [0u8; 32];
         d.copy_from_slice(b);
         Ok(Digest(d))
+    }
+
+    pub fn raw16(&mut self, what: &'static str) -> Result<[u8; 16], CodecError> {
+        let b = self.take(16, what)?;
+        let mut v = [0u8; 16];
+        v.copy_from_slice(b);
+        Ok(v)
     }
 
     pub fn timestamp(&mut self, what: &'static str) -> Result<Timestamp, CodecError> {

@@ -5,6 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use pareco_proto::codec::{self, CodecError, Frame};
 use pareco_proto::limits::MAX_FRAME;
+use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_proto::{
     Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath, Request, Response, Stat,
     Timestamp,
@@ -161,10 +162,39 @@ fn response() -> impl Strategy<Value = Response> {
     ]
 }
 
+fn stream_message() -> impl Strategy<Value = StreamMessage> {
+    let role = prop_oneof![Just(StreamRole::Sender), Just(StreamRole::Receiver)];
+    prop_oneof![
+        (any::<[u8; 16]>(), role).prop_map(|(stream, role)| StreamMessage::Join { stream, role }),
+        any::<[u8; 16]>().prop_map(|stream| StreamMessage::Joined { stream }),
+        (any::<u64>(), data(3000)).prop_map(|(seq, payload)| StreamMessage::Data {
+            seq,
+            raw_len: payload.len() as u32,
+            encoding: Encoding::Raw,
+            payload
+        }),
+        (any::<u64>(), 0u32..1 << 20, data(3000)).prop_map(|(seq, raw_len, payload)| StreamMessage::Data {
+            seq,
+            raw_len,
+            encoding: Encoding::Zstd,
+            payload
+        }),
+        any::<u64>().prop_map(|seq| StreamMessage::Ack { seq }),
+        (any::<u64>(), any::<u64>(), digest()).prop_map(|(frames, bytes, digest)| StreamMessage::End {
+            frames,
+            bytes,
+            digest
+        }),
+        Just(StreamMessage::Done),
+        ".{0,40}".prop_map(|reason| StreamMessage::Abort { reason }),
+    ]
+}
+
 fn frame() -> impl Strategy<Value = Frame> {
     prop_oneof![
         (any::<u32>(), request()).prop_map(|(id, request)| Frame::Request { id, request }),
         (any::<u32>(), response()).prop_map(|(id, response)| Frame::Response { id, response }),
+        stream_message().prop_map(Frame::Stream),
     ]
 }
 

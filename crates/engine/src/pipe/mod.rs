@@ -1,0 +1,469 @@
+//! The stream pipe: `pareco send` reads its input, cuts it into frames and
+//! stripes them over several connections; `pareco recv` puts them back in
+//! order and writes its output. Either side may listen or connect.
+//!
+//! - [`send`]: input → frames (hashed in order) → compressors (all cores) →
+//!   connections; every frame is kept until the receiver has written it, so
+//!   a lost connection costs only the frames it carried, sent again on the
+//!   others; a bounded window (`--buffer`) stops the input when the receiver
+//!   or the link falls behind.
+//! - [`recv`]: connections → decompressors → reorder buffer → output, each
+//!   frame acknowledged once written; at the end the count, length and
+//!   BLAKE3 of the whole stream must match the sender's.
+//! - this module: the connections themselves ([`Links`]): opened by dialling
+//!   (and re-dialling with backoff when one drops) or by accepting, each
+//!   introduced with a `Join` naming the stream, so that a reconnecting
+//!   sender resumes the stream and a restarted one is refused.
+
+mod recv;
+mod send;
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use pareco_net::channel::{self, Channel, Security, TokenKey};
+use pareco_net::{NetError, ServerConfig, WireCounters};
+use pareco_proto::Frame;
+use pareco_proto::stream::{StreamId, StreamMessage, StreamRole};
+use pareco_stream::outstanding::LinkId;
+use serde::Serialize;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::mpsc;
+
+pub use recv::receive;
+pub use send::send;
+
+/// How the two ends find each other.
+pub enum Rendezvous {
+    /// Connect to `addr` with this many connections.
+    Connect {
+        /// `host:port`.
+        addr: String,
+        /// Connections to keep open.
+        connections: usize,
+    },
+    /// Accept connections on a listener.
+    Listen(TcpListener),
+}
+
+/// Options of either end.
+#[derive(Debug, Clone)]
+pub struct PipeOptions {
+    /// Key derived from the shared token.
+    pub key: TokenKey,
+    /// Encrypted or not.
+    pub security: Security,
+    /// Bytes of frames in flight (sender) or held out of order (receiver).
+    pub buffer: usize,
+    /// How long to wait for a lost peer to come back before giving up.
+    pub retry_for: Duration,
+    /// Time allowed for a connection's handshake.
+    pub connect_timeout: Duration,
+}
+
+/// Why a stream failed.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum PipeError {
+    /// No connection could be made or kept.
+    #[error("{0}")]
+    Net(#[from] NetError),
+    /// The peer was gone for longer than `--retry-for`.
+    #[error("the peer has been gone for {0:?}; giving up")]
+    GaveUp(Duration),
+    /// The peer said the stream cannot go on.
+    #[error("the peer aborted the stream: {0}")]
+    Aborted(String),
+    /// The peer broke the stream protocol.
+    #[error("protocol violation by the peer: {0}")]
+    Protocol(String),
+    /// Reading the input or writing the output failed.
+    #[error("{0}")]
+    Io(#[from] std::io::Error),
+    /// The data arrived but is not what was sent.
+    #[error("{0}")]
+    Corrupt(String),
+}
+
+/// Counters of a stream, for progress and the final report.
+#[derive(Debug, Default)]
+pub struct PipeStats {
+    /// Bytes of the stream (as read by the sender, as written by the receiver).
+    pub bytes: AtomicU64,
+    /// Frames of the stream.
+    pub frames: AtomicU64,
+    /// Bytes of frame payloads sent or received (after compression), resends included.
+    pub payload_bytes: AtomicU64,
+    /// Frames sent again after their connection was lost.
+    pub resent_frames: AtomicU64,
+    /// Connections opened after the first ones (reconnects or late joiners).
+    pub reconnects: AtomicU64,
+    /// Frames sent (or received) compressed.
+    pub compressed_frames: AtomicU64,
+}
+
+/// What a finished stream reports (`--stats-json`).
+#[derive(Debug, Clone, Serialize)]
+pub struct PipeSummary {
+    /// Bytes of the stream.
+    pub bytes: u64,
+    /// Frames.
+    pub frames: u64,
+    /// Frame payload bytes on the wire (after compression), resends included.
+    pub payload_bytes: u64,
+    /// `bytes / payload_bytes`.
+    pub compression_ratio: f64,
+    /// Frames sent compressed.
+    pub compressed_frames: u64,
+    /// Frames sent again after a connection was lost.
+    pub resent_frames: u64,
+    /// Connections opened after the first ones.
+    pub reconnects: u64,
+    /// Everything on the wire, both directions.
+    pub wire_bytes: u64,
+    /// BLAKE3 of the whole stream, hex.
+    pub digest: String,
+    /// Wall-clock duration in seconds.
+    pub duration_s: f64,
+}
+
+impl PipeStats {
+    fn summary(&self, wire: &WireCounters, digest: &pareco_proto::Digest, started: std::time::Instant) -> PipeSummary {
+        let load = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let (bytes, payload) = (load(&self.bytes), load(&self.payload_bytes));
+        PipeSummary {
+            bytes,
+            frames: load(&self.frames),
+            payload_bytes: payload,
+            compression_ratio: if payload == 0 { 1.0 } else { bytes as f64 / payload as f64 },
+            compressed_frames: load(&self.compressed_frames),
+            resent_frames: load(&self.resent_frames),
+            reconnects: load(&self.reconnects),
+            wire_bytes: load(&wire.sent) + load(&wire.received),
+            digest: digest.0.iter().map(|b| format!("{b:02x}")).collect(),
+            duration_s: started.elapsed().as_secs_f64(),
+        }
+    }
+}
+
+/// What happens on the links, as the pipe's main loop sees it.
+enum LinkEvent {
+    /// A new connection joined the stream.
+    Opened(LinkId, mpsc::UnboundedSender<Frame>),
+    /// A stream message arrived on a connection.
+    Message(LinkId, StreamMessage),
+    /// A connection is gone.
+    Closed(LinkId),
+    /// Opening connections failed for good.
+    Failed(PipeError),
+}
+
+/// The connections of one stream, as one end sees them.
+struct Links {
+    role: StreamRole,
+    /// The stream's id: the sender's own; learnt by the receiver from the
+    /// first sender it meets.
+    stream: Arc<Mutex<Option<StreamId>>>,
+    options: PipeOptions,
+    counters: Arc<WireCounters>,
+    events: mpsc::UnboundedSender<LinkEvent>,
+    next_id: Arc<AtomicU64>,
+    /// Asks the dialler for one more connection (connecting side only).
+    redial: Option<mpsc::UnboundedSender<()>>,
+}
+
+impl Links {
+    /// Starts opening links; events arrive on the returned receiver.
+    fn open(
+        role: StreamRole,
+        stream: Option<StreamId>,
+        rendezvous: Rendezvous,
+        options: PipeOptions,
+    ) -> (Links, mpsc::UnboundedReceiver<LinkEvent>) {
+        let (events, rx) = mpsc::unbounded_channel();
+        let mut links = Links {
+            role,
+            stream: Arc::new(Mutex::new(stream)),
+            options,
+            counters: Arc::new(WireCounters::default()),
+            events,
+            next_id: Arc::new(AtomicU64::new(0)),
+            redial: None,
+        };
+        match rendezvous {
+            Rendezvous::Connect { addr, connections } => {
+                let (redial, requests) = mpsc::unbounded_channel();
+                for _ in 0..connections.max(1) {
+                    let _ = redial.send(());
+                }
+                links.redial = Some(redial);
+                tokio::spawn(links.clone_parts().dial(addr, requests));
+            }
+            Rendezvous::Listen(listener) => {
+                tokio::spawn(links.clone_parts().listen(listener));
+            }
+        }
+        (links, rx)
+    }
+
+    fn clone_parts(&self) -> Links {
+        Links {
+            role: self.role,
+            stream: self.stream.clone(),
+            options: self.options.clone(),
+            counters: self.counters.clone(),
+            events: self.events.clone(),
+            next_id: self.next_id.clone(),
+            redial: None,
+        }
+    }
+
+    /// A link was lost: the connecting side opens another.
+    fn replace(&self) {
+        if let Some(redial) = &self.redial {
+            let _ = redial.send(());
+        }
+    }
+
+    /// Opens a connection for every request, retrying with backoff.
+    async fn dial(self, addr: String, mut requests: mpsc::UnboundedReceiver<()>) {
+        while requests.recv().await.is_some() {
+            let mut backoff = Duration::from_millis(100);
+            let started = tokio::time::Instant::now();
+            loop {
+                match self.dial_once(&addr).await {
+                    Ok(()) => break,
+                    // The other side refused the stream: retrying cannot help.
+                    Err(e @ PipeError::Aborted(_)) | Err(e @ PipeError::Protocol(_)) => {
+                        let _ = self.events.send(LinkEvent::Failed(e));
+                        return;
+                    }
+                    Err(PipeError::Net(NetError::Handshake(e))) => {
+                        let _ = self.events.send(LinkEvent::Failed(PipeError::Net(NetError::Handshake(e))));
+                        return;
+                    }
+                    Err(e) if started.elapsed() >= self.options.retry_for => {
+                        let _ = self.events.send(LinkEvent::Failed(e));
+                        return;
+                    }
+                    Err(e) => {
+                        tracing::debug!("connecting to {addr} failed ({e}); retrying in {backoff:?}");
+                        tokio::time::sleep(backoff).await;
+                        backoff = (backoff * 2).min(Duration::from_secs(2));
+                    }
+                }
+            }
+        }
+    }
+
+    async fn dial_once(&self, addr: &str) -> Result<(), PipeError> {
+        let connect = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| NetError::Connect { addr: addr.to_string(), source: Arc::new(e) })?;
+            let mut channel =
+                channel::connect(stream, &self.options.key, self.options.security, self.counters.clone()).await?;
+            self.join_as_connector(&mut channel).await?;
+            Ok::<_, PipeError>(channel)
+        };
+        let channel = tokio::time::timeout(self.options.connect_timeout, connect)
+            .await
+            .map_err(|_| PipeError::Net(NetError::Timeout("connecting")))??;
+        self.start(channel);
+        Ok(())
+    }
+
+    /// Accepts connections (authenticated by the server loop) and admits
+    /// those that belong to this stream.
+    async fn listen(self, listener: TcpListener) {
+        let mut config = ServerConfig::new(self.options.key.clone());
+        config.security = self.options.security;
+        config.handshake_timeout = self.options.connect_timeout;
+        let links = Arc::new(self);
+        let events = links.events.clone();
+        pareco_net::accept(listener, Arc::new(config), events.closed(), move |mut channel, peer, _stop| {
+            let links = links.clone();
+            async move {
+                match links.join_as_listener(&mut channel).await {
+                    Ok(()) => links.start(channel),
+                    Err(e) => tracing::warn!(%peer, "refused a connection: {e}"),
+                }
+            }
+        })
+        .await;
+    }
+
+    /// The connecting side introduces itself and learns the stream.
+    async fn join_as_connector(&self, channel: &mut Channel) -> Result<(), PipeError> {
+        let known = *self.stream.lock().expect("stream lock");
+        let join = StreamMessage::Join { stream: known.unwrap_or_default(), role: self.role };
+        channel.writer.write(&Frame::Stream(join)).await?;
+        channel.writer.flush().await?;
+        match channel.reader.next().await? {
+            Some(Frame::Stream(StreamMessage::Joined { stream })) => {
+                let mut known = self.stream.lock().expect("stream lock");
+                match *known {
+                    Some(id) if id != stream => Err(PipeError::Aborted(
+                        "the sender restarted: this is another stream, the one in progress cannot resume".into(),
+                    )),
+                    _ => {
+                        *known = Some(stream);
+                        Ok(())
+                    }
+                }
+            }
+            Some(Frame::Stream(StreamMessage::Abort { reason })) => Err(PipeError::Aborted(reason)),
+            None => Err(NetError::Closed.into()),
+            Some(_) => Err(PipeError::Protocol("expected Joined".into())),
+        }
+    }
+
+    /// The listening side checks a newcomer and answers.
+    async fn join_as_listener(&self, channel: &mut Channel) -> Result<(), PipeError> {
+        let Some(Frame::Stream(StreamMessage::Join { stream, role })) = channel.reader.next().await? else {
+            return Err(PipeError::Protocol("expected Join".into()));
+        };
+        let verdict = {
+            let mut known = self.stream.lock().expect("stream lock");
+            if role == self.role {
+                Err(format!("both ends are {}s", if role == StreamRole::Sender { "sender" } else { "receiver" }))
+            } else {
+                match (*known, self.role) {
+                    // A receiver adopts the first sender's stream.
+                    (None, StreamRole::Receiver) => {
+                        *known = Some(stream);
+                        Ok(stream)
+                    }
+                    (Some(id), StreamRole::Receiver) if id == stream => Ok(id),
+                    (Some(id), StreamRole::Sender) if stream == StreamId::default() || stream == id => Ok(id),
+                    _ => Err("another stream is in progress here".to_string()),
+                }
+            }
+        };
+        let reply = match &verdict {
+            Ok(stream) => StreamMessage::Joined { stream: *stream },
+            Err(reason) => StreamMessage::Abort { reason: reason.clone() },
+        };
+        channel.writer.write(&Frame::Stream(reply)).await?;
+        channel.writer.flush().await?;
+        verdict.map(drop).map_err(PipeError::Aborted)
+    }
+
+    /// Runs a joined connection: a task writing what the pipe queues, a task
+    /// reading what the peer sends.
+    fn start(&self, channel: Channel) {
+        let id = self.next_id.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
+        let Channel { mut reader, mut writer, .. } = channel;
+        let events = self.events.clone();
+        if events.send(LinkEvent::Opened(id, tx)).is_err() {
+            return;
+        }
+        let closed = events.clone();
+        tokio::spawn(async move {
+            let result: Result<(), NetError> = async {
+                while let Some(frame) = rx.recv().await {
+                    writer.write(&frame).await?;
+                    while let Ok(frame) = rx.try_recv() {
+                        writer.write(&frame).await?;
+                    }
+                    writer.flush().await?;
+                }
+                writer.shutdown().await
+            }
+            .await;
+            if let Err(e) = result {
+                tracing::debug!("link {id}: writing failed: {e}");
+                let _ = closed.send(LinkEvent::Closed(id));
+            }
+        });
+        tokio::spawn(async move {
+            loop {
+                match reader.next().await {
+                    Ok(Some(Frame::Stream(message))) => {
+                        if events.send(LinkEvent::Message(id, message)).is_err() {
+                            return;
+                        }
+                    }
+                    Ok(Some(_)) => {
+                        tracing::warn!("link {id}: a non-stream frame on a stream connection");
+                        break;
+                    }
+                    Ok(None) => break,
+                    Err(e) => {
+                        tracing::debug!("link {id}: {e}");
+                        break;
+                    }
+                }
+            }
+            let _ = events.send(LinkEvent::Closed(id));
+        });
+    }
+}
+
+/// The open links of one end, by id.
+struct LinkTable {
+    links: HashMap<LinkId, mpsc::UnboundedSender<Frame>>,
+    /// When the last link closed (`None` while some are open).
+    empty_since: Option<tokio::time::Instant>,
+    /// Whether a link was ever lost: later ones are reconnections.
+    lost_one: bool,
+    stats: Arc<PipeStats>,
+}
+
+impl LinkTable {
+    fn new(stats: Arc<PipeStats>) -> Self {
+        LinkTable { links: HashMap::new(), empty_since: None, lost_one: false, stats }
+    }
+
+    fn opened(&mut self, id: LinkId, tx: mpsc::UnboundedSender<Frame>) {
+        self.links.insert(id, tx);
+        self.empty_since = None;
+        if self.lost_one {
+            self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// Forgets a link; whether it was known.
+    fn closed(&mut self, id: LinkId) -> bool {
+        let known = self.links.remove(&id).is_some();
+        self.lost_one |= known;
+        if self.links.is_empty() && self.empty_since.is_none() {
+            self.empty_since = Some(tokio::time::Instant::now());
+        }
+        known
+    }
+
+    fn send(&self, id: LinkId, message: StreamMessage) {
+        if let Some(tx) = self.links.get(&id) {
+            let _ = tx.send(Frame::Stream(message));
+        }
+    }
+
+    fn broadcast(&self, message: &StreamMessage) {
+        for tx in self.links.values() {
+            let _ = tx.send(Frame::Stream(message.clone()));
+        }
+    }
+
+    /// Fails once the peer has been gone for `limit` (after it first came).
+    fn check_alive(&self, limit: Duration) -> Result<(), PipeError> {
+        match self.empty_since {
+            Some(since) if since.elapsed() >= limit => Err(PipeError::GaveUp(limit)),
+            _ => Ok(()),
+        }
+    }
+
+    /// Closes every link (its writer flushes and sends EOF).
+    fn close_all(&mut self) {
+        self.links.clear();
+    }
+}
+
+/// The address a listening end announces.
+pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
+    listener.local_addr()
+}

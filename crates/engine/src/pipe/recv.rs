@@ -1,0 +1,197 @@
+//! The receiving end: connections → decompressors → reorder buffer →
+//! output, each frame acknowledged once written.
+
+use std::io::Write;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use pareco_proto::Digest;
+use pareco_proto::stream::{StreamMessage, StreamRole};
+use pareco_stream::compress::{DecodeError, decode};
+use pareco_stream::outstanding::LinkId;
+use pareco_stream::reorder::{Offer, Reorder};
+use pareco_stream::{FRAME_SIZE, Tally};
+use tokio::sync::{Semaphore, mpsc};
+
+use super::{LinkEvent, LinkTable, Links, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
+
+/// How long the receiver waits, after its Done, for the sender to hang up.
+const FAREWELL: Duration = Duration::from_secs(5);
+
+/// Work for the output thread.
+enum Write_ {
+    Frame(u64, LinkId, Bytes),
+    Flush,
+}
+
+/// What the output thread reports.
+enum Written {
+    Frame(u64, LinkId, usize),
+    Flushed,
+}
+
+/// Receives a stream into `output`; returns once all of it is written and
+/// verified. On failure, what was written stays written (the stats say how
+/// much) and the error says why the rest is missing.
+pub async fn receive(
+    output: impl Write + Send + 'static,
+    rendezvous: Rendezvous,
+    options: PipeOptions,
+    stats: Arc<PipeStats>,
+) -> Result<PipeSummary, PipeError> {
+    let started = Instant::now();
+    let (links, mut events) = Links::open(StreamRole::Receiver, None, rendezvous, options.clone());
+    let (write_tx, mut written) = start_output(output);
+    let decoders = Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
+    let (decoded_tx, mut decoded) = mpsc::unbounded_channel::<(u64, LinkId, Result<Bytes, DecodeError>)>();
+
+    // Frames out of turn are bounded by the sender's window; allow some slack.
+    let mut reorder: Reorder<(Bytes, LinkId)> = Reorder::new(options.buffer + 8 * FRAME_SIZE);
+    let mut table = LinkTable::new(stats.clone());
+    let mut tally = Tally::default();
+    let mut written_frames = 0u64;
+    let mut end: Option<(u64, u64, Digest)> = None;
+    let mut flushing = false;
+    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let result = loop {
+        tokio::select! {
+            Some(event) = events.recv() => match event {
+                LinkEvent::Opened(id, tx) => table.opened(id, tx),
+                LinkEvent::Message(id, StreamMessage::Data { seq, raw_len, encoding, payload }) => {
+                    stats.payload_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
+                    if reorder.delivered(seq) {
+                        table.send(id, StreamMessage::Ack { seq });
+                        continue;
+                    }
+                    let (decoders, decoded_tx) = (decoders.clone(), decoded_tx.clone());
+                    tokio::spawn(async move {
+                        let _cpu = decoders.acquire_owned().await.expect("never closed");
+                        let result = tokio::task::spawn_blocking(move || decode(seq, encoding, payload, raw_len))
+                            .await
+                            .unwrap_or(Err(DecodeError { seq, raw_len }));
+                        let _ = decoded_tx.send((seq, id, result));
+                    });
+                }
+                LinkEvent::Message(_, StreamMessage::End { frames, bytes, digest }) => match end {
+                    Some(known) if known != (frames, bytes, digest) => {
+                        break Err(PipeError::Protocol("two different ends for one stream".into()));
+                    }
+                    _ => end = Some((frames, bytes, digest)),
+                },
+                LinkEvent::Message(_, StreamMessage::Abort { reason }) => break Err(PipeError::Aborted(reason)),
+                LinkEvent::Message(id, other) => {
+                    tracing::warn!("link {id}: unexpected {other:?} from the sender");
+                    break Err(PipeError::Protocol("unexpected message from the sender".into()));
+                }
+                LinkEvent::Closed(id) => {
+                    if table.closed(id) && !flushing {
+                        links.replace();
+                    }
+                }
+                LinkEvent::Failed(e) => break Err(e),
+            },
+            Some((seq, link, result)) = decoded.recv() => match result {
+                Ok(data) => {
+                    let size = data.len();
+                    match reorder.offer(seq, (data, link), size) {
+                        Offer::Held | Offer::AlreadyHeld => {}
+                        Offer::AlreadyDelivered => table.send(link, StreamMessage::Ack { seq }),
+                        Offer::OverLimit => break Err(PipeError::Protocol(
+                            "the sender has more in flight than this receiver's --buffer; give it at least the sender's".into(),
+                        )),
+                    }
+                }
+                Err(e) => break Err(PipeError::Corrupt(e.to_string())),
+            },
+            Some(report) = written.recv() => match report {
+                Ok(Written::Frame(seq, link, len)) => {
+                    written_frames += 1;
+                    stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                    stats.frames.fetch_add(1, Ordering::Relaxed);
+                    // On its own connection if it is still there, else any.
+                    if table.links.contains_key(&link) {
+                        table.send(link, StreamMessage::Ack { seq });
+                    } else if let Some(any) = table.links.keys().next().copied() {
+                        table.send(any, StreamMessage::Ack { seq });
+                    }
+                }
+                Ok(Written::Flushed) => break Ok(()),
+                Err(e) => {
+                    table.broadcast(&StreamMessage::Abort { reason: format!("the receiver's output failed: {e}") });
+                    break Err(PipeError::Io(e));
+                }
+            },
+            _ = tick.tick() => {
+                if let Err(e) = table.check_alive(options.retry_for) {
+                    break Err(e);
+                }
+            }
+        }
+        // Feed the output, in order, as far as it takes.
+        while let Ok(slot) = write_tx.try_reserve() {
+            let Some((seq, (data, link))) = reorder.pop() else { break };
+            tally.add(&data);
+            slot.send(Write_::Frame(seq, link, data));
+        }
+        if let Some((frames, bytes, digest)) = end
+            && written_frames == frames
+            && !flushing
+        {
+            if !tally.matches(frames, bytes, &digest) {
+                table.broadcast(&StreamMessage::Abort {
+                    reason: "the stream arrived altered: its digest differs".into(),
+                });
+                break Err(PipeError::Corrupt(format!(
+                    "the stream does not match what was sent ({} bytes in {} frames received, {bytes} in {frames} sent)",
+                    tally.bytes(),
+                    tally.frames()
+                )));
+            }
+            flushing = true;
+            let _ = write_tx.send(Write_::Flush).await;
+        }
+    };
+    if let Err(e) = result {
+        let _ = write_tx.send(Write_::Flush).await;
+        return Err(e);
+    }
+    // Everything is out: tell the sender, and let it hang up first.
+    table.broadcast(&StreamMessage::Done);
+    let _ = tokio::time::timeout(FAREWELL, async {
+        while let Some(event) = events.recv().await {
+            if let LinkEvent::Closed(id) = event {
+                table.closed(id);
+                if table.links.is_empty() {
+                    return;
+                }
+            }
+        }
+    })
+    .await;
+    Ok(stats.summary(&links.counters, &tally.digest(), started))
+}
+
+/// The output thread: writes frames in the order given, reports each.
+fn start_output(
+    mut output: impl Write + Send + 'static,
+) -> (mpsc::Sender<Write_>, mpsc::UnboundedReceiver<std::io::Result<Written>>) {
+    let (tx, mut rx) = mpsc::channel::<Write_>(8);
+    let (report, reports) = mpsc::unbounded_channel();
+    tokio::task::spawn_blocking(move || {
+        while let Some(work) = rx.blocking_recv() {
+            let done = match work {
+                Write_::Frame(seq, link, data) => {
+                    output.write_all(&data).map(|()| Written::Frame(seq, link, data.len()))
+                }
+                Write_::Flush => output.flush().map(|()| Written::Flushed),
+            };
+            let failed = done.is_err();
+            if report.send(done).is_err() || failed {
+                return;
+            }
+        }
+    });
+    (tx, reports)
+}

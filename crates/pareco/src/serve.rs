@@ -1,0 +1,43 @@
+//! `pareco serve`: a directory tree for pareco clients.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use pareco_engine::serve::{Access, TreeService};
+use pareco_engine::tree::BlockingTree;
+use pareco_net::{Security, ServerConfig, TokenKey};
+
+use crate::cli::ServeArgs;
+use crate::{security, shutdown_signal, token};
+
+pub async fn run(args: ServeArgs) -> Result<()> {
+    let token = token::for_server(args.token.token_file.as_deref())?;
+    let root = pareco_fs::FsTree::open(&args.root).with_context(|| format!("cannot serve {}", args.root.display()))?;
+    let access = match (args.read_only, args.write_only) {
+        (true, _) => Access::ReadOnly,
+        (_, true) => Access::WriteOnly,
+        _ => Access::ReadWrite,
+    };
+    let service = Arc::new(TreeService::new(BlockingTree::new(root, 32), access));
+    let listener = tokio::net::TcpListener::bind(args.listen)
+        .await
+        .with_context(|| format!("cannot listen on {}", args.listen))?;
+    let local = listener.local_addr()?;
+    // Handlers first: a signal that arrives right after the announcement
+    // must drain the server, not kill it.
+    let shutdown = shutdown_signal()?;
+    println!("listening on {local}");
+    use std::io::Write;
+    std::io::stdout().flush()?;
+    tracing::info!(root = %args.root.display(), ?access, "serving");
+    let mut config = ServerConfig::new(TokenKey::from_token(token.as_bytes()));
+    config.security = security(&args.token);
+    config.handshake_timeout = Duration::from_secs(args.handshake_timeout.max(1));
+    if config.security == Security::Plaintext {
+        tracing::warn!("--insecure-no-encryption: data from and to clients travels unencrypted");
+    }
+    pareco_net::serve(listener, config, service, shutdown).await;
+    tracing::info!("stopped");
+    Ok(())
+}

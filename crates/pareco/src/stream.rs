@@ -1,0 +1,129 @@
+//! `pareco send` / `pareco recv`: a byte stream from one host's standard
+//! input to another's standard output.
+
+use std::io::IsTerminal;
+use std::os::fd::AsFd;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use pareco_engine::endpoint::Location;
+use pareco_engine::pipe::{self, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
+use pareco_net::TokenKey;
+use pareco_stream::compress::Compression;
+
+use crate::cli::{SendArgs, StreamArgs};
+use crate::output::human;
+use crate::{EXIT_PARTIAL, security, token};
+
+pub async fn send(args: SendArgs) -> Result<u8> {
+    let compression: Compression = args.compress.parse().map_err(anyhow::Error::msg)?;
+    let (rendezvous, options) = prepare(&args.stream).await?;
+    let stats = Arc::new(PipeStats::default());
+    let bar = progress(&stats, args.stream.quiet);
+    let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
+    let result = pipe::send(stdin, rendezvous, compression, options, stats.clone()).await;
+    finish(result, &stats, bar, &args.stream, "sent")
+}
+
+pub async fn recv(args: StreamArgs) -> Result<u8> {
+    let (rendezvous, options) = prepare(&args).await?;
+    let stats = Arc::new(PipeStats::default());
+    let bar = progress(&stats, args.quiet);
+    // Straight to the file descriptor: no line buffering of binary data.
+    let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
+    let result = pipe::receive(stdout, rendezvous, options, stats.clone()).await;
+    finish(result, &stats, bar, &args, "received")
+}
+
+/// Where the other end is, and the channel options.
+async fn prepare(args: &StreamArgs) -> Result<(Rendezvous, PipeOptions)> {
+    let token_file = args.token.token_file.as_deref();
+    let rendezvous = match (&args.peer, args.listen) {
+        (Some(peer), _) => match Location::parse(peer)? {
+            Location::Remote { addr, .. } => Rendezvous::Connect { addr, connections: args.connections as usize },
+            Location::Local(_) => bail!("expected pareco://HOST:PORT as the other end, or --listen"),
+        },
+        (None, Some(addr)) => {
+            let listener =
+                tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
+            eprintln!("listening on {}", listener.local_addr()?);
+            Rendezvous::Listen(listener)
+        }
+        (None, None) => bail!("give the other end (pareco://HOST:PORT) or --listen HOST:PORT"),
+    };
+    let token = match rendezvous {
+        Rendezvous::Listen(_) => token::for_server(token_file)?,
+        Rendezvous::Connect { .. } => token::require(token_file)?,
+    };
+    let options = PipeOptions {
+        key: TokenKey::from_token(token.as_bytes()),
+        security: security(&args.token),
+        buffer: usize::try_from(args.buffer).context("--buffer too large")?,
+        retry_for: Duration::from_secs(args.retry_for),
+        connect_timeout: Duration::from_secs(args.connect_timeout),
+    };
+    Ok((rendezvous, options))
+}
+
+/// A pv-like line on stderr, if it is a terminal.
+fn progress(stats: &Arc<PipeStats>, quiet: bool) -> Option<ProgressBar> {
+    if quiet || !std::io::stderr().is_terminal() {
+        return None;
+    }
+    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
+    bar.set_style(ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}").expect("valid template"));
+    let (bar2, stats) = (bar.clone(), stats.clone());
+    tokio::spawn(async move {
+        while !bar2.is_finished() {
+            let (bytes, payload) = (stats.bytes.load(Ordering::Relaxed), stats.payload_bytes.load(Ordering::Relaxed));
+            bar2.set_position(bytes);
+            let ratio = if payload == 0 { 1.0 } else { bytes as f64 / payload as f64 };
+            let retries = stats.resent_frames.load(Ordering::Relaxed);
+            bar2.set_message(format!("compression {ratio:.2}:1, {retries} frames resent"));
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    });
+    Some(bar)
+}
+
+fn finish(
+    result: Result<PipeSummary, PipeError>,
+    stats: &PipeStats,
+    bar: Option<ProgressBar>,
+    args: &StreamArgs,
+    verb: &str,
+) -> Result<u8> {
+    if let Some(bar) = bar {
+        bar.finish_and_clear();
+    }
+    let bytes = stats.bytes.load(Ordering::Relaxed);
+    match result {
+        Ok(summary) => {
+            if let Some(path) = &args.stats_json {
+                std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
+                    .with_context(|| format!("writing {}", path.display()))?;
+            }
+            if !args.quiet {
+                let rate = summary.bytes as f64 / summary.duration_s.max(1e-9);
+                eprintln!(
+                    "pareco: {verb} {} in {:.1} s ({}/s), compression {:.2}:1, {} frames resent, {} reconnects, verified",
+                    human(summary.bytes),
+                    summary.duration_s,
+                    human(rate as u64),
+                    summary.compression_ratio,
+                    summary.resent_frames,
+                    summary.reconnects,
+                );
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let what = if verb == "received" { "delivered" } else { "read" };
+            eprintln!("pareco: stream incomplete: {bytes} bytes {what}: {e}");
+            Ok(EXIT_PARTIAL)
+        }
+    }
+}
