@@ -23,7 +23,7 @@ use pareco_net::Security;
 use crate::cli::{Cli, Command};
 
 pub(crate) const EXIT_PARTIAL: u8 = 1;
-const EXIT_FATAL: u8 = 2;
+pub(crate) const EXIT_FATAL: u8 = 2;
 pub(crate) const EXIT_LIVE_CHANGES: u8 = 24;
 
 fn main() -> ExitCode {
@@ -49,6 +49,8 @@ fn main() -> ExitCode {
             Command::Recv(args) => stream::recv(args).await,
         }
     });
+    // A stream that failed may leave a thread blocked on its input: do not wait for it.
+    runtime.shutdown_timeout(std::time::Duration::from_millis(200));
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {

@@ -11,12 +11,12 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pareco_engine::endpoint::Location;
 use pareco_engine::pipe::{self, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
-use pareco_net::TokenKey;
+use pareco_net::{NetError, TokenKey};
 use pareco_stream::compress::Compression;
 
 use crate::cli::{SendArgs, StreamArgs};
 use crate::output::human;
-use crate::{EXIT_PARTIAL, security, token};
+use crate::{EXIT_FATAL, EXIT_PARTIAL, security, token};
 
 pub async fn send(args: SendArgs) -> Result<u8> {
     let compression: Compression = args.compress.parse().map_err(anyhow::Error::msg)?;
@@ -119,6 +119,11 @@ fn finish(
                 );
             }
             Ok(0)
+        }
+        // Refused before anything moved (wrong token, not a pareco peer).
+        Err(e @ PipeError::Net(NetError::Handshake(_))) => {
+            eprintln!("pareco: {e}");
+            Ok(EXIT_FATAL)
         }
         Err(e) => {
             let what = if verb == "received" { "delivered" } else { "read" };

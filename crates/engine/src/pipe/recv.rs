@@ -3,7 +3,7 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
@@ -43,7 +43,7 @@ pub async fn receive(
 ) -> Result<PipeSummary, PipeError> {
     let started = Instant::now();
     let (links, mut events) = Links::open(StreamRole::Receiver, None, rendezvous, options.clone());
-    let (write_tx, mut written) = start_output(output);
+    let (write_tx, mut written, stop_output) = start_output(output);
     let decoders = Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
     let (decoded_tx, mut decoded) = mpsc::unbounded_channel::<(u64, LinkId, Result<Bytes, DecodeError>)>();
 
@@ -154,7 +154,16 @@ pub async fn receive(
         }
     };
     if let Err(e) = result {
-        let _ = write_tx.send(Write_::Flush).await;
+        // Stop writing, and count what the output thread still completes,
+        // so that the bytes reported are exactly the bytes delivered.
+        stop_output.store(true, Ordering::Relaxed);
+        drop(write_tx);
+        let _ = tokio::time::timeout(FAREWELL, async {
+            while let Some(Ok(Written::Frame(_, _, len))) = written.recv().await {
+                stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+            }
+        })
+        .await;
         return Err(e);
     }
     // Everything is out: tell the sender, and let it hang up first.
@@ -173,14 +182,20 @@ pub async fn receive(
     Ok(stats.summary(&links.counters, &tally.digest(), started))
 }
 
-/// The output thread: writes frames in the order given, reports each.
+/// The output thread: writes frames in the order given, reports each, and
+/// stops at once when told to.
 fn start_output(
     mut output: impl Write + Send + 'static,
-) -> (mpsc::Sender<Write_>, mpsc::UnboundedReceiver<std::io::Result<Written>>) {
+) -> (mpsc::Sender<Write_>, mpsc::UnboundedReceiver<std::io::Result<Written>>, Arc<AtomicBool>) {
     let (tx, mut rx) = mpsc::channel::<Write_>(8);
     let (report, reports) = mpsc::unbounded_channel();
+    let stop = Arc::new(AtomicBool::new(false));
+    let stopped = stop.clone();
     tokio::task::spawn_blocking(move || {
         while let Some(work) = rx.blocking_recv() {
+            if stopped.load(Ordering::Relaxed) {
+                return;
+            }
             let done = match work {
                 Write_::Frame(seq, link, data) => {
                     output.write_all(&data).map(|()| Written::Frame(seq, link, data.len()))
@@ -193,5 +208,5 @@ fn start_output(
             }
         }
     });
-    (tx, reports)
+    (tx, reports, stop)
 }
