@@ -14,6 +14,7 @@ servers from /proc/PID/status (VmHWM) just before they are stopped.
 from __future__ import annotations
 
 import argparse
+import filecmp
 import json
 import os
 import platform
@@ -510,12 +511,95 @@ def final_round(args, work: Path) -> list[Row]:
     return summarize(name, interleave(tools, args.repeat), 0, None) + rows
 
 
+def log_text(size: int, seed: int) -> bytes:
+    """A PostgreSQL statement log: compresses about 8:1 with zstd -1, as such logs do."""
+    import random
+    rng = random.Random(seed)
+    statements = ["SELECT * FROM orders WHERE id = {}", "UPDATE accounts SET balance = balance - {} WHERE id = 17",
+                  "INSERT INTO events (kind, payload) VALUES ('click', '{}')", "DELETE FROM sessions WHERE expires < {}",
+                  "checkpoint complete: wrote {} buffers", "automatic vacuum of table \"app.public.orders\": index scans: {}"]
+    pids = [rng.randint(1000, 99999) for _ in range(12)]
+    t = 1_795_000_000.0 + seed * 3600
+    lines, n = [], 0
+    while n < size:
+        t += rng.expovariate(50)
+        stamp = time.strftime("%Y-%m-%d %H:%M:%S", time.gmtime(t)) + f".{int(t * 1000) % 1000:03d}"
+        line = (f"{stamp} UTC [{rng.choice(pids)}] app@db{rng.randint(1, 4)} LOG:  duration: {rng.random() * 50:.3f} ms  "
+                f"statement: {rng.choice(statements).format(rng.randint(1, 10**6))}\n")
+        lines.append(line)
+        n += len(line)
+    return "".join(lines).encode()[:size]
+
+
+def stream_input(path: Path, size: int) -> None:
+    """Two thirds text, one third random, in alternating 4 MiB runs."""
+    with open(path, "wb") as f:
+        for run in range(size // (4 * MiB)):
+            f.write(os.urandom(4 * MiB) if run % 3 == 2 else log_text(4 * MiB, run))
+
+
+def run_pipe(send: str, recv: str, src: Path, out: Path, link: list[str] | None, work: Path) -> Measured:
+    """One stream from a shell pipeline reading `src` to one writing `out`,
+    the receiver listening on {port}, the sender connecting to {port} (the
+    proxy's, if there is a link). Timed from the sender's start to the
+    receiver's exit; the output must equal the input."""
+    flush()
+    port = free_port()
+    usage = work / "receiver.time"
+    receiver = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", str(usage), "sh", "-c",
+                                 recv.format(port=port, out=out)], env=pareco_env(), stderr=subprocess.PIPE, text=True)
+    wait_listen(port)
+    wan = Wan(port, link, work) if link is not None else None
+    start = time.perf_counter()
+    try:
+        m = timed(send.format(port=wan.port if wan else port, src=src), env=pareco_env(), shell=True)
+        if receiver.wait(timeout=1800) != 0:
+            raise RuntimeError(f"receiver failed: {receiver.stderr.read()[-2000:]}")
+        m.seconds = time.perf_counter() - start
+    finally:
+        receiver.kill()
+        m_wire = wan.stop() if wan else 0
+    m.wire = m_wire
+    rss, user, system = usage.read_text().strip().splitlines()[-1].split()
+    m.server_rss, m.server_cpu = int(rss), float(user) + float(system)
+    if not filecmp.cmp(src, out, shallow=False):
+        raise RuntimeError(f"the stream arrived altered: {send!r}")
+    out.unlink()
+    return m
+
+
+PARECO_SEND = f"{PARECO} send -q {os.environ.get('PARECO_BENCH_ARGS', '')} pareco://127.0.0.1:{{port}} < {{src}}"
+PARECO_RECV = f"{PARECO} recv -q {os.environ.get('PARECO_BENCH_ARGS', '')} --listen 127.0.0.1:{{port}} > {{out}}"
+MBUFFER_SEND = "mbuffer -q -m 256M < {src} | nc -N 127.0.0.1 {port}"
+MBUFFER_RECV = "nc -l 127.0.0.1 {port} | mbuffer -q -m 256M > {out}"
+
+
 def stream(args, work: Path) -> list[Row]:
-    """Scenario 6: a stream through the seed link (stream mode is issue 5)."""
-    if subprocess.run([str(PARECO), "send", "--help"], capture_output=True).returncode != 0:
-        return [Row("6. stream: 256 MiB, two thirds text, through scenario 1's link", "pareco send/recv", 0, 0,
-                    note="not available: stream mode has not landed yet")]
-    raise NotImplementedError("stream scenario: write it with stream mode")
+    """Scenario 6: a database backup streamed through a WAN link, pareco send/recv beside
+    zstd -T0 | mbuffer | nc (one connection) through the same proxy."""
+    size = 256 * MiB if not args.quick else 12 * MiB
+    link = ["--delay-ms", "50", "--conn-rate", "1M", "--link-rate", "16M"]
+    src, out = work / "s6-stream", work / "s6-out"
+    stream_input(src, size)
+    flush()
+    tools = {"pareco send/recv": lambda: run_pipe(PARECO_SEND, PARECO_RECV, src, out, link, work)}
+    if args.baselines:
+        tools["zstd -T0 \\| mbuffer \\| nc"] = lambda: run_pipe(
+            "zstd -q -T0 -c < {src} | " + MBUFFER_SEND.replace("< {src} ", ""),
+            MBUFFER_RECV.replace(" > {out}", " | zstd -q -d -c > {out}"), src, out, link, work)
+    return summarize("6. stream: 256 MiB, two thirds text, 16 MiB/s link, 1 MiB/s per conn, 100 ms RTT",
+                     interleave(tools, 1 if args.baselines else args.repeat), size, 16 * MiB)
+
+
+def stream_loopback(args, work: Path) -> list[Row]:
+    """Scenario 7: 1 GiB of random data streamed over loopback, pareco beside mbuffer | nc."""
+    size = 1024 * MiB if not args.quick else 64 * MiB
+    src, out = work / "s7-stream", work / "s7-out"
+    random_file(src, size)
+    flush()
+    tools = {"pareco send/recv": lambda: run_pipe(PARECO_SEND, PARECO_RECV, src, out, None, work),
+             "mbuffer \\| nc": lambda: run_pipe(MBUFFER_SEND, MBUFFER_RECV, src, out, None, work)}
+    return summarize("7. stream over loopback: 1 GiB, incompressible", interleave(tools, args.repeat), size, None)
 
 
 # ---------------------------------------------------------------- output
@@ -550,7 +634,7 @@ def table(rows: list[Row]) -> str:
 
 
 SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "final": final_round, "loopback": loopback,
-             "stream": stream, "encryption": encryption}
+             "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption}
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks pareco beside rsync, tar|nc and cp on the same data and the same
+# Benchmarks pareco beside rsync, tar|nc, mbuffer|nc and cp on the same data and the same
 # emulated links, in one run. Prints a Markdown table; writes bench/out/results.json.
 #   bench/run.sh --quick                 # tiny sizes, under a minute: checks the script
 #   bench/run.sh                         # pareco's scenarios, 3 interleaved runs each
@@ -8,10 +8,10 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for tool in rsync nc python3 /usr/bin/time; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in rsync nc mbuffer zstd python3 /usr/bin/time; do command -v "$tool" >/dev/null || missing+=("$tool"); done
 if ((${#missing[@]})); then
     sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq rsync netcat-openbsd python3 time
+    $sudo apt-get update -qq && $sudo apt-get install -y -qq rsync netcat-openbsd mbuffer zstd python3 time
 fi
 cargo build --release --quiet
 exec python3 bench/bench.py "$@"

@@ -2,11 +2,11 @@
 //! keeps the link busy without starving it.
 //!
 //! Frames are compressed independently, so many compress at once on all
-//! cores and any one decompresses alone. Incompressible data (random,
-//! encrypted, already compressed) is recognised and sent raw; after a frame
-//! fails to shrink, the next ones skip compression (1, 2, 4 … up to 64
-//! frames) and only an occasional probe is compressed, so such data costs
-//! almost no CPU.
+//! cores and any one decompresses alone. Under `auto`, incompressible data
+//! (random, encrypted, already compressed) is recognised by compressing a
+//! sample of each frame (a few slices spread over it, 1/16 of the frame)
+//! at the fastest level, and sent raw: it costs little CPU, and a frame of
+//! text right after one of random data is still compressed.
 
 use bytes::Bytes;
 use pareco_proto::stream::Encoding;
@@ -47,17 +47,20 @@ impl std::str::FromStr for Compression {
 /// A frame compresses when it shrinks to at most this fraction.
 const PAYS: f64 = 0.97;
 
-/// Longest run of frames sent raw without a probe.
-const MAX_SKIP: u32 = 64;
+/// A frame's sample must shrink to this fraction for the frame to be tried.
+const SAMPLE_PAYS: f64 = 0.9;
+
+/// The sample: this many slices of this many bytes, spread over the frame.
+const SAMPLE_SLICES: usize = 4;
+const SAMPLE_SLICE: usize = 16 << 10;
 
 /// One compressing worker's state.
 pub struct Encoder {
     compressor: zstd::bulk::Compressor<'static>,
     level: i32,
-    /// Frames still to send raw before the next probe.
-    skip: u32,
-    /// How long the last run of raw frames was.
-    backoff: u32,
+    /// The fastest level, for samples.
+    sampler: zstd::bulk::Compressor<'static>,
+    scratch: Vec<u8>,
 }
 
 impl Default for Encoder {
@@ -65,8 +68,8 @@ impl Default for Encoder {
         Encoder {
             compressor: zstd::bulk::Compressor::new(3).expect("zstd level 3 exists"),
             level: 3,
-            skip: 0,
-            backoff: 0,
+            sampler: zstd::bulk::Compressor::new(1).expect("zstd level 1 exists"),
+            scratch: Vec::new(),
         }
     }
 }
@@ -78,13 +81,8 @@ impl Encoder {
         let level = match policy {
             Compression::None => return (Encoding::Raw, raw),
             Compression::Zstd(level) => level,
-            Compression::Auto => {
-                if self.skip > 0 {
-                    self.skip -= 1;
-                    return (Encoding::Raw, raw);
-                }
-                auto_level
-            }
+            Compression::Auto if !self.sample_pays(&raw) => return (Encoding::Raw, raw),
+            Compression::Auto => auto_level,
         };
         if level != self.level && self.compressor.set_compression_level(level).is_ok() {
             self.level = level;
@@ -93,17 +91,27 @@ impl Encoder {
         let mut out = vec![0u8; zstd::zstd_safe::compress_bound(raw.len())];
         match self.compressor.compress_to_buffer(&raw[..], &mut out) {
             Ok(n) if n <= bound => {
-                self.backoff = 0;
                 out.truncate(n);
                 (Encoding::Zstd, Bytes::from(out))
             }
-            _ => {
-                if policy == Compression::Auto {
-                    self.backoff = (self.backoff * 2).clamp(1, MAX_SKIP);
-                    self.skip = self.backoff;
-                }
-                (Encoding::Raw, raw)
-            }
+            _ => (Encoding::Raw, raw),
+        }
+    }
+
+    /// Whether a sample of `raw` compresses enough to try the whole frame.
+    fn sample_pays(&mut self, raw: &[u8]) -> bool {
+        if raw.len() <= SAMPLE_SLICES * SAMPLE_SLICE * 2 {
+            return true;
+        }
+        self.scratch.clear();
+        let step = (raw.len() - SAMPLE_SLICE) / (SAMPLE_SLICES - 1);
+        for i in 0..SAMPLE_SLICES {
+            self.scratch.extend_from_slice(&raw[i * step..i * step + SAMPLE_SLICE]);
+        }
+        let mut out = vec![0u8; zstd::zstd_safe::compress_bound(self.scratch.len())];
+        match self.sampler.compress_to_buffer(&self.scratch[..], &mut out) {
+            Ok(n) => (n as f64) <= self.scratch.len() as f64 * SAMPLE_PAYS,
+            Err(_) => false,
         }
     }
 }
@@ -198,24 +206,20 @@ mod tests {
     }
 
     #[test]
-    fn incompressible_frames_go_raw_and_back_off() {
+    fn incompressible_frames_go_raw_after_a_sample_and_text_right_after_compresses() {
         let mut e = Encoder::default();
-        let noise = random(1 << 16);
-        let mut compressed_attempts = 0;
-        for _ in 0..40 {
-            let skipping = e.skip > 0;
-            let (enc, payload) = e.encode(noise.clone(), Compression::Auto, 3);
-            assert_eq!((enc, payload.len()), (Encoding::Raw, noise.len()));
-            compressed_attempts += usize::from(!skipping);
-        }
-        assert!(compressed_attempts <= 6, "{compressed_attempts} probes for 40 random frames");
-        // Text after noise is compressed again once the backoff runs out.
-        let mut compressed = false;
-        for _ in 0..70 {
-            compressed |= e.encode(text(1 << 16), Compression::Auto, 3).0 == Encoding::Zstd;
-        }
-        assert!(compressed);
+        let noise = random(1 << 20);
+        assert!(!e.sample_pays(&noise), "the sample alone rules random data out");
+        assert_eq!(e.encode(noise.clone(), Compression::Auto, 3), (Encoding::Raw, noise.clone()));
+        assert_eq!(e.encode(text(1 << 20), Compression::Auto, 3).0, Encoding::Zstd);
+        // Half random, half text: the sample sees both, and the frame shrinks.
+        let half = Bytes::from([&noise[..1 << 19], &text(1 << 19)[..]].concat());
+        assert_eq!(e.encode(half, Compression::Auto, 3).0, Encoding::Zstd);
+        // Forced compression still sends raw what does not shrink.
+        assert_eq!(e.encode(noise.clone(), Compression::Zstd(3), 0).0, Encoding::Raw);
         assert_eq!(e.encode(text(1000), Compression::None, 3).0, Encoding::Raw);
+        // Small frames are tried whole.
+        assert_eq!(e.encode(text(1000), Compression::Auto, 3).0, Encoding::Zstd);
     }
 
     #[test]

@@ -5,6 +5,8 @@
 //! - [`outstanding`]: the sender's frames not yet acknowledged, and on which
 //!   connection each travels, so that a lost connection's frames are sent
 //!   again on the others.
+//! - [`stripe`]: which connection carries the next frame, so that every
+//!   connection is kept busy and none holds much of the stream back.
 //! - [`reorder`]: the receiver's frames waiting for their turn, delivered in
 //!   order exactly once, duplicates recognised.
 //! - [`compress`]: zstd per frame, raw when it does not pay, with a level
@@ -14,6 +16,7 @@
 pub mod compress;
 pub mod outstanding;
 pub mod reorder;
+pub mod stripe;
 
 use pareco_proto::Digest;
 

@@ -39,9 +39,9 @@ impl<F> Outstanding<F> {
         Some((seq, &entry.frame))
     }
 
-    /// Whether frames wait for a connection.
-    pub fn has_unsent(&self) -> bool {
-        !self.unsent.is_empty()
+    /// The lowest frame waiting for a connection.
+    pub fn next_unsent(&self) -> Option<&F> {
+        self.unsent.first().map(|seq| &self.frames[seq].frame)
     }
 
     /// Frame `seq` was delivered: forget it, and say which connection it was
@@ -96,7 +96,7 @@ mod tests {
         assert_eq!(o.send_next(3).map(|(s, _)| s), Some(0));
         assert_eq!(o.send_next(3).map(|(s, _)| s), Some(4));
         assert_eq!(o.send_next(3).map(|(s, _)| s), Some(5));
-        assert!(!o.has_unsent());
+        assert!(o.next_unsent().is_none());
         assert_eq!(o.len(), 5);
         for seq in [0, 1, 3, 4, 5] {
             assert!(o.ack(seq).is_some());

@@ -228,34 +228,34 @@ impl Links {
         }
     }
 
-    /// Opens a connection for every request, retrying with backoff.
+    /// Opens a connection for every request, all at once, each retrying
+    /// with backoff.
     async fn dial(self, addr: String, mut requests: mpsc::UnboundedReceiver<()>) {
+        let links = Arc::new(self);
+        let addr: Arc<str> = addr.into();
         while requests.recv().await.is_some() {
-            let mut backoff = Duration::from_millis(100);
-            let started = tokio::time::Instant::now();
-            loop {
-                match self.dial_once(&addr).await {
-                    Ok(()) => break,
-                    // The other side refused the stream: retrying cannot help.
-                    Err(e @ PipeError::Aborted(_)) | Err(e @ PipeError::Protocol(_)) => {
-                        let _ = self.events.send(LinkEvent::Failed(e));
-                        return;
-                    }
-                    Err(PipeError::Net(NetError::Handshake(e))) => {
-                        let _ = self.events.send(LinkEvent::Failed(PipeError::Net(NetError::Handshake(e))));
-                        return;
-                    }
-                    Err(e) if started.elapsed() >= self.options.retry_for => {
-                        let _ = self.events.send(LinkEvent::Failed(e));
-                        return;
-                    }
-                    Err(e) => {
-                        tracing::debug!("connecting to {addr} failed ({e}); retrying in {backoff:?}");
-                        tokio::time::sleep(backoff).await;
-                        backoff = (backoff * 2).min(Duration::from_secs(2));
-                    }
+            tokio::spawn(links.clone().dial_until_joined(addr.clone()));
+        }
+    }
+
+    async fn dial_until_joined(self: Arc<Self>, addr: Arc<str>) {
+        let mut backoff = Duration::from_millis(100);
+        let started = tokio::time::Instant::now();
+        loop {
+            let failed = match self.dial_once(&addr).await {
+                Ok(()) => return,
+                // The other side refused the stream or the token: retrying cannot help.
+                Err(e @ (PipeError::Aborted(_) | PipeError::Protocol(_) | PipeError::Net(NetError::Handshake(_)))) => e,
+                Err(e) if started.elapsed() >= self.options.retry_for => e,
+                Err(e) => {
+                    tracing::debug!("connecting to {addr} failed ({e}); retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
+                    continue;
                 }
-            }
+            };
+            let _ = self.events.send(LinkEvent::Failed(failed));
+            return;
         }
     }
 

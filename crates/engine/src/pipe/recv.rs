@@ -29,7 +29,8 @@ enum Write_ {
 /// What the output thread reports.
 enum Written {
     Frame(u64, LinkId, usize),
-    Flushed,
+    /// Everything is written; the count and digest of all of it.
+    Flushed(Box<Tally>),
 }
 
 /// Receives a stream into `output`; returns once all of it is written and
@@ -50,7 +51,6 @@ pub async fn receive(
     // Frames out of turn are bounded by the sender's window; allow some slack.
     let mut reorder: Reorder<(Bytes, LinkId)> = Reorder::new(options.buffer + 8 * FRAME_SIZE);
     let mut table = LinkTable::new(stats.clone());
-    let mut tally = Tally::default();
     let mut written_frames = 0u64;
     let mut end: Option<(u64, u64, Digest)> = None;
     let mut flushing = false;
@@ -117,7 +117,19 @@ pub async fn receive(
                         table.send(any, StreamMessage::Ack { seq });
                     }
                 }
-                Ok(Written::Flushed) => break Ok(()),
+                Ok(Written::Flushed(tally)) => {
+                    // (Flushed only once the end is known.)
+                    let Some((frames, bytes, digest)) = end else { unreachable!("flushed before the end") };
+                    if !tally.matches(frames, bytes, &digest) {
+                        table.broadcast(&StreamMessage::Abort { reason: "the stream arrived altered: its digest differs".into() });
+                        break Err(PipeError::Corrupt(format!(
+                            "the stream does not match what was sent ({} bytes in {} frames received, {bytes} in {frames} sent)",
+                            tally.bytes(),
+                            tally.frames()
+                        )));
+                    }
+                    break Ok(tally);
+                }
                 Err(e) => {
                     table.broadcast(&StreamMessage::Abort { reason: format!("the receiver's output failed: {e}") });
                     break Err(PipeError::Io(e));
@@ -132,40 +144,32 @@ pub async fn receive(
         // Feed the output, in order, as far as it takes.
         while let Ok(slot) = write_tx.try_reserve() {
             let Some((seq, (data, link))) = reorder.pop() else { break };
-            tally.add(&data);
             slot.send(Write_::Frame(seq, link, data));
         }
-        if let Some((frames, bytes, digest)) = end
+        if let Some((frames, _, _)) = end
             && written_frames == frames
             && !flushing
         {
-            if !tally.matches(frames, bytes, &digest) {
-                table.broadcast(&StreamMessage::Abort {
-                    reason: "the stream arrived altered: its digest differs".into(),
-                });
-                break Err(PipeError::Corrupt(format!(
-                    "the stream does not match what was sent ({} bytes in {} frames received, {bytes} in {frames} sent)",
-                    tally.bytes(),
-                    tally.frames()
-                )));
-            }
             flushing = true;
             let _ = write_tx.send(Write_::Flush).await;
         }
     };
-    if let Err(e) = result {
-        // Stop writing, and count what the output thread still completes,
-        // so that the bytes reported are exactly the bytes delivered.
-        stop_output.store(true, Ordering::Relaxed);
-        drop(write_tx);
-        let _ = tokio::time::timeout(FAREWELL, async {
-            while let Some(Ok(Written::Frame(_, _, len))) = written.recv().await {
-                stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
-            }
-        })
-        .await;
-        return Err(e);
-    }
+    let tally = match result {
+        Ok(tally) => tally,
+        Err(e) => {
+            // Stop writing, and count what the output thread still completes,
+            // so that the bytes reported are exactly the bytes delivered.
+            stop_output.store(true, Ordering::Relaxed);
+            drop(write_tx);
+            let _ = tokio::time::timeout(FAREWELL, async {
+                while let Some(Ok(Written::Frame(_, _, len))) = written.recv().await {
+                    stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                }
+            })
+            .await;
+            return Err(e);
+        }
+    };
     // Everything is out: tell the sender, and let it hang up first.
     table.broadcast(&StreamMessage::Done);
     let _ = tokio::time::timeout(FAREWELL, async {
@@ -182,8 +186,8 @@ pub async fn receive(
     Ok(stats.summary(&links.counters, &tally.digest(), started))
 }
 
-/// The output thread: writes frames in the order given, reports each, and
-/// stops at once when told to.
+/// The output thread: hashes and writes frames in the order given, reports
+/// each, and stops at once when told to.
 fn start_output(
     mut output: impl Write + Send + 'static,
 ) -> (mpsc::Sender<Write_>, mpsc::UnboundedReceiver<std::io::Result<Written>>, Arc<AtomicBool>) {
@@ -192,15 +196,18 @@ fn start_output(
     let stop = Arc::new(AtomicBool::new(false));
     let stopped = stop.clone();
     tokio::task::spawn_blocking(move || {
+        let mut tally = Tally::default();
         while let Some(work) = rx.blocking_recv() {
             if stopped.load(Ordering::Relaxed) {
                 return;
             }
             let done = match work {
                 Write_::Frame(seq, link, data) => {
+                    // Hashed first: the write then copies from the cache.
+                    tally.add(&data);
                     output.write_all(&data).map(|()| Written::Frame(seq, link, data.len()))
                 }
-                Write_::Flush => output.flush().map(|()| Written::Flushed),
+                Write_::Flush => output.flush().map(|()| Written::Flushed(Box::new(std::mem::take(&mut tally)))),
             };
             let failed = done.is_err();
             if report.send(done).is_err() || failed {

@@ -9,11 +9,15 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_stream::compress::{Compression, Encoder, LevelControl};
-use pareco_stream::outstanding::{LinkId, Outstanding};
+use pareco_stream::outstanding::Outstanding;
+use pareco_stream::stripe::Stripe;
 use pareco_stream::{FRAME_SIZE, Tally};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{LinkEvent, LinkTable, Links, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
+
+/// How often rates, the compression level and the peer's presence are checked.
+const TICK: Duration = Duration::from_millis(100);
 
 /// The window is counted in KiB of input.
 const KIB_PER_FRAME: u32 = (FRAME_SIZE / 1024) as u32;
@@ -62,12 +66,13 @@ pub async fn send(
 
     let mut out: Outstanding<Pending> = Outstanding::default();
     let mut table = LinkTable::new(stats.clone());
-    let mut in_flight: std::collections::HashMap<LinkId, u64> = Default::default();
+    let mut stripe = Stripe::default();
     let mut end: Option<StreamMessage> = None;
     let mut tally: Option<Tally> = None;
     let mut received = 0u64;
     let mut control = LevelControl::default();
-    let mut tick = tokio::time::interval(Duration::from_millis(100));
+    let mut tick = tokio::time::interval(TICK);
+    let mut last_tick = Instant::now();
     let result = loop {
         tokio::select! {
             Some(input) = inputs.recv() => match input {
@@ -84,16 +89,14 @@ pub async fn send(
             Some(event) = events.recv() => match event {
                 LinkEvent::Opened(id, tx) => {
                     table.opened(id, tx);
-                    in_flight.insert(id, 0);
+                    stripe.open(id);
                     if let Some(end) = &end {
                         table.send(id, end.clone());
                     }
                 }
                 LinkEvent::Message(_, StreamMessage::Ack { seq }) => {
-                    if let Some((pending, Some(link))) = out.ack(seq)
-                        && let Some(bytes) = in_flight.get_mut(&link)
-                    {
-                        *bytes = bytes.saturating_sub(pending.payload.len() as u64);
+                    if let Some((pending, Some(link))) = out.ack(seq) {
+                        stripe.acked(link, pending.payload.len() as u64);
                     }
                 }
                 LinkEvent::Message(_, StreamMessage::Done) => {
@@ -112,7 +115,7 @@ pub async fn send(
                 }
                 LinkEvent::Closed(id) => {
                     if table.closed(id) {
-                        in_flight.remove(&id);
+                        stripe.close(id);
                         stats.resent_frames.fetch_add(out.orphan(id) as u64, Ordering::Relaxed);
                         links.replace();
                     }
@@ -120,6 +123,8 @@ pub async fn send(
                 LinkEvent::Failed(e) => break Err(e),
             },
             _ = tick.tick() => {
+                stripe.tick(last_tick.elapsed());
+                last_tick = Instant::now();
                 if let Err(e) = table.check_alive(options.retry_for) {
                     break Err(e);
                 }
@@ -138,7 +143,7 @@ pub async fn send(
             table.broadcast(&message);
             end = Some(message);
         }
-        dispatch(&mut out, &table, &mut in_flight, &stats);
+        dispatch(&mut out, &table, &mut stripe, &stats);
     };
     table.close_all();
     result?;
@@ -146,18 +151,13 @@ pub async fn send(
     Ok(stats.summary(&links.counters, &tally.digest(), started))
 }
 
-/// Sends every frame waiting for a connection on the connection with the
-/// fewest bytes in flight.
-fn dispatch(
-    out: &mut Outstanding<Pending>,
-    table: &LinkTable,
-    in_flight: &mut std::collections::HashMap<LinkId, u64>,
-    stats: &PipeStats,
-) {
-    while out.has_unsent() {
-        let Some((&link, _)) = in_flight.iter().min_by_key(|(_, bytes)| **bytes) else { return };
+/// Sends frames waiting for a connection, in order, while a connection has
+/// room for them.
+fn dispatch(out: &mut Outstanding<Pending>, table: &LinkTable, stripe: &mut Stripe, stats: &PipeStats) {
+    while let Some(next) = out.next_unsent() {
+        let len = next.payload.len() as u64;
+        let Some(link) = stripe.pick(len) else { return };
         let Some((seq, pending)) = out.send_next(link) else { return };
-        let len = pending.payload.len() as u64;
         table.send(
             link,
             StreamMessage::Data {
@@ -167,7 +167,7 @@ fn dispatch(
                 payload: pending.payload.clone(),
             },
         );
-        *in_flight.entry(link).or_default() += len;
+        stripe.sent(link, len);
         stats.payload_bytes.fetch_add(len, Ordering::Relaxed);
         if pending.encoding == Encoding::Zstd {
             stats.compressed_frames.fetch_add(1, Ordering::Relaxed);
