@@ -29,6 +29,9 @@ pub async fn send(args: SendArgs) -> Result<u8> {
 }
 
 pub async fn recv(args: StreamArgs) -> Result<u8> {
+    if std::io::stdout().is_terminal() {
+        bail!("standard output is a terminal: send the stream to a file or a command (pareco recv … > FILE)");
+    }
     let (rendezvous, options) = prepare(&args).await?;
     let stats = Arc::new(PipeStats::default());
     let bar = progress(&stats, args.quiet);
