@@ -5,6 +5,7 @@
 //! - [`endpoint`]: locations as users write them, opened as trees.
 //! - [`sync`]: the sync itself: a streaming, bounded, concurrent walk that
 //!   sends only what differs.
+//! - [`verify`]: two trees compared entry by entry, content included.
 //! - [`serve`]: the server side: a tree answering remote requests.
 //! - [`pipe`]: the stream pipe (`pareco send` / `pareco recv`).
 //! - [`report`]: counters and events for the caller to display.
@@ -15,6 +16,7 @@ pub mod report;
 pub mod serve;
 pub mod sync;
 pub mod tree;
+pub mod verify;
 
 pub use endpoint::{Endpoint, Location, LocationError, RemoteOptions};
 pub use report::{Change, Problem, Reporter, Stats, Summary};

@@ -37,6 +37,8 @@ pub fn to_stat(st: &rustix::fs::Stat, target: Option<Box<[u8]>>) -> Stat {
         ctime: ts(st.st_ctime as i64, st.st_ctime_nsec as i64),
         ino: st.st_ino,
         dev: st.st_dev,
+        nlink: st.st_nlink as u64,
+        blocks: st.st_blocks.max(0) as u64,
         target: if kind == Kind::Symlink { target } else { None },
     }
 }

@@ -32,6 +32,8 @@ impl Service for Echo {
                     ctime: Timestamp::default(),
                     ino: 0,
                     dev: 0,
+                    nlink: 1,
+                    blocks: 0,
                     target: None,
                 };
                 let entries = (0..50_000)

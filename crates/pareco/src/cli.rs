@@ -26,6 +26,8 @@ pub enum Command {
     Send(SendArgs),
     /// Receive a stream from `pareco send` on standard output.
     Recv(StreamArgs),
+    /// Compare two trees entry by entry, content included; exit 1 if they differ.
+    Verify(VerifyArgs),
 }
 
 #[derive(Debug, Args)]
@@ -135,6 +137,42 @@ pub struct SyncArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// Write statistics as JSON to FILE when done.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// Seconds allowed to connect and authenticate.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// Repeat rounds (for a live source) until one sends at most --converge-bytes.
+    #[arg(long)]
+    pub until_converged: bool,
+    /// Most rounds with --until-converged.
+    #[arg(long, value_name = "N", default_value_t = 10, requires = "until_converged",
+          value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_rounds: u32,
+    /// A round that sends at most this much content has converged.
+    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, requires = "until_converged")]
+    pub converge_bytes: u64,
+    #[command(flatten)]
+    pub token: TokenArgs,
+}
+
+#[derive(Debug, Args)]
+pub struct VerifyArgs {
+    /// One tree: a local path or pareco://HOST[:PORT]/PATH.
+    pub a: OsString,
+    /// The other tree: a local path or pareco://HOST[:PORT]/PATH.
+    pub b: OsString,
+    /// Number of parallel connections (and requests in flight per side).
+    #[arg(short = 'j', long = "connections", value_name = "N", default_value_t = 16,
+          value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub connections: u16,
+    /// Unit of content comparison.
+    #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
+    pub chunk_size: u64,
+    /// Print only the differences, not the summary.
+    #[arg(short = 'q', long)]
+    pub quiet: bool,
+    /// Write the counts as JSON to FILE when done.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
     /// Seconds allowed to connect and authenticate.

@@ -13,6 +13,7 @@ mod serve;
 mod stream;
 mod sync;
 mod token;
+mod verify;
 
 use std::process::ExitCode;
 
@@ -30,7 +31,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match &cli.command {
         Command::Serve(_) => "info",
-        Command::Sync(_) | Command::Send(_) | Command::Recv(_) => "warn",
+        Command::Sync(_) | Command::Send(_) | Command::Recv(_) | Command::Verify(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
@@ -47,6 +48,7 @@ fn main() -> ExitCode {
             Command::Sync(args) => sync::run(args).await,
             Command::Send(args) => stream::send(args).await,
             Command::Recv(args) => stream::recv(args).await,
+            Command::Verify(args) => verify::run(args).await,
         }
     });
     // A stream that failed may leave a thread blocked on its input: do not wait for it.

@@ -1,36 +1,24 @@
-//! `pareco sync`: a destination tree made an exact copy of a source tree.
+//! `pareco sync`: a destination tree made an exact copy of a source tree,
+//! in one round or, for a live source, in rounds until one sends little.
 
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pareco_engine::endpoint::{Location, RemoteOptions};
-use pareco_engine::{Endpoint, Stats, SyncOptions};
+use pareco_engine::{Endpoint, Stats, Summary, SyncOptions};
 use pareco_net::{PoolOptions, TokenKey};
 
-use crate::cli::SyncArgs;
+use crate::cli::{SyncArgs, TokenArgs};
 use crate::{EXIT_LIVE_CHANGES, EXIT_PARTIAL, output, security, token};
 
 pub async fn run(args: SyncArgs) -> Result<u8> {
     let src = Location::parse(&args.src)?;
     let dst = Location::parse(&args.dst)?;
-    let remote = matches!(src, Location::Remote { .. }) || matches!(dst, Location::Remote { .. });
     if matches!((&src, &dst), (Location::Remote { .. }, Location::Remote { .. })) {
         anyhow::bail!("one side must be local: pareco does not relay between two servers");
     }
-    let key = if remote {
-        TokenKey::from_token(token::require(args.token.token_file.as_deref())?.as_bytes())
-    } else {
-        TokenKey::from_token(b"")
-    };
-    let options = RemoteOptions {
-        key,
-        pool: PoolOptions {
-            connections: args.connections as usize,
-            connect_timeout: Duration::from_secs(args.connect_timeout),
-            security: security(&args.token),
-        },
-    };
+    let options = remote_options(&[&src, &dst], args.connections, args.connect_timeout, &args.token)?;
     let opts = SyncOptions {
         chunk_size: u32::try_from(args.chunk_size).context("chunk size too large")?,
         block_size: u32::try_from(args.block_size).context("block size too large")?,
@@ -42,26 +30,81 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     let source = Endpoint::source(&src, &options).await.context("source")?;
     let destination = Endpoint::destination(&dst, &options).await.context("destination")?;
 
-    let stats = Arc::new(Stats::default());
-    let bar = output::progress(&stats, args.quiet);
-    let console = Arc::new(output::Console { itemize: args.dry_run || args.verbose, bar: bar.clone() });
-    let summary = pareco_engine::sync(source, destination, opts, stats, console).await;
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
+    let rounds = if args.until_converged { args.max_rounds } else { 1 };
+    let mut summaries: Vec<Summary> = Vec::new();
+    let mut wire_so_far = (0, 0);
+    for round in 1..=rounds {
+        let stats = Arc::new(Stats::default());
+        let bar = output::progress(&stats, args.quiet);
+        let console = Arc::new(output::Console { itemize: args.dry_run || args.verbose, bar: bar.clone() });
+        let summary = pareco_engine::sync(source.clone(), destination.clone(), opts.clone(), stats, console).await;
+        if let Some(bar) = bar {
+            bar.finish_and_clear();
+        }
+        let mut summary = summary?;
+        // The connections live across rounds: count each round's own traffic.
+        let wire = (summary.wire_bytes_sent, summary.wire_bytes_received);
+        summary.wire_bytes_sent -= wire_so_far.0;
+        summary.wire_bytes_received -= wire_so_far.1;
+        wire_so_far = wire;
+        if !args.quiet {
+            let prefix = if args.until_converged { format!("round {round}: ") } else { String::new() };
+            eprintln!("pareco: {prefix}{}", output::summary_line(&summary, args.dry_run));
+        }
+        let converged = summary.bytes_transferred <= args.converge_bytes && summary.errors == 0;
+        summaries.push(summary);
+        if !args.until_converged || converged || args.dry_run {
+            break;
+        }
     }
-    let summary = summary?;
+    let last = summaries.last().expect("at least one round");
+    let converged = last.bytes_transferred <= args.converge_bytes && last.errors == 0;
     if let Some(path) = &args.stats_json {
-        let json = serde_json::to_string_pretty(&summary)?;
+        let json = if args.until_converged {
+            serde_json::to_string_pretty(&serde_json::json!({ "converged": converged, "rounds": summaries }))?
+        } else {
+            serde_json::to_string_pretty(last)?
+        };
         std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
     }
-    if !args.quiet {
-        eprintln!("pareco: {}", output::summary_line(&summary, args.dry_run));
+    if args.until_converged && !args.quiet {
+        eprintln!(
+            "pareco: {} after {} round(s)",
+            if converged { "converged" } else { "did not converge" },
+            summaries.len()
+        );
     }
-    Ok(if summary.errors > 0 {
+    Ok(if last.errors > 0 {
         EXIT_PARTIAL
-    } else if summary.files_changed + summary.files_vanished > 0 {
+    } else if args.until_converged {
+        if converged { 0 } else { EXIT_LIVE_CHANGES }
+    } else if last.files_changed + last.files_vanished > 0 {
         EXIT_LIVE_CHANGES
     } else {
         0
+    })
+}
+
+/// How to reach a server, for whichever of `locations` is remote (the token
+/// is required only then).
+pub(crate) fn remote_options(
+    locations: &[&Location],
+    connections: u16,
+    connect_timeout: u64,
+    token_args: &TokenArgs,
+) -> Result<RemoteOptions> {
+    let remote = locations.iter().any(|l| matches!(l, Location::Remote { .. }));
+    let key = if remote {
+        TokenKey::from_token(token::require(token_args.token_file.as_deref())?.as_bytes())
+    } else {
+        TokenKey::from_token(b"")
+    };
+    Ok(RemoteOptions {
+        key,
+        pool: PoolOptions {
+            connections: connections as usize,
+            connect_timeout: Duration::from_secs(connect_timeout),
+            security: security(token_args),
+        },
     })
 }

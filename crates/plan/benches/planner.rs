@@ -16,6 +16,8 @@ fn entries(n: usize, seed: u64) -> Vec<Entry> {
         ctime: Timestamp::default(),
         ino: i,
         dev: 1,
+        nlink: 1,
+        blocks: 0,
         target: None,
     };
     // Listing order is the filesystem's, not sorted: shuffle deterministically.

@@ -169,6 +169,8 @@ mod tests {
             ctime: Timestamp::default(),
             ino: 7,
             dev: 1,
+            nlink: 1,
+            blocks: 0,
             target: (kind == Kind::Symlink).then(|| Box::from(&b"t"[..])),
         }
     }

@@ -89,6 +89,8 @@ mod tests {
             ctime: Timestamp { secs, nanos },
             ino: 1,
             dev: 1,
+            nlink: 1,
+            blocks: 0,
             target: None,
         }
     }

@@ -6,9 +6,12 @@
 //!   entry by entry, what to create, update, replace, delete or descend into.
 //! - [`file`]: cut a file into chunks and blocks and decide, from digests,
 //!   which chunks match, which to refine block by block, and which to send.
+//! - [`verify`]: how two entries differ, how hard links differ, and why the
+//!   same content takes different space on two filesystems.
 //! - [`freshness`]: when a file's metadata can be trusted — the quick check
 //!   and the "racy timestamp" rule that keeps it safe on live data.
 
 pub mod dir;
 pub mod file;
 pub mod freshness;
+pub mod verify;

@@ -28,6 +28,8 @@ fn listing(n: usize) -> Frame {
         ctime: Timestamp { secs: 1_790_000_000, nanos: 123_456_789 },
         ino: 987_654,
         dev: 2049,
+        nlink: 1,
+        blocks: 0,
         target: None,
     };
     let entries =

@@ -8,10 +8,10 @@ use crate::codec::CodecError;
 use crate::wire::{Reader, Writer};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 2;
+pub const PROTOCOL_VERSION: u16 = 3;
 
 /// The oldest protocol version this build accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 2;
+pub const MIN_PROTOCOL_VERSION: u16 = 3;
 
 /// Optional protocol features, negotiated as the intersection of both sides'.
 pub const FEATURES: u64 = 0;

@@ -893,6 +893,8 @@ fn encode_stat(w: &mut Writer<'_>, s: &Stat) {
     w.timestamp(s.ctime);
     w.varint(s.ino);
     w.varint(s.dev);
+    w.varint(s.nlink);
+    w.varint(s.blocks);
     if let Some(t) = &s.target {
         w.bytes(t);
     }
@@ -915,11 +917,13 @@ fn decode_stat(r: &mut Reader) -> Result<Stat, CodecError> {
     let ctime = r.timestamp("ctime")?;
     let ino = r.varint("inode")?;
     let dev = r.varint("device")?;
+    let nlink = r.varint("link count")?;
+    let blocks = r.varint("allocated blocks")?;
     let target = match kind {
         Kind::Symlink => Some(Box::from(&link_target(r)?[..])),
         _ => None,
     };
-    Ok(Stat { kind, size, mode, mtime, ctime, ino, dev, target })
+    Ok(Stat { kind, size, mode, mtime, ctime, ino, dev, nlink, blocks, target })
 }
 
 fn encode_failure(w: &mut Writer<'_>, f: &Failure) {

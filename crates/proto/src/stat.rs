@@ -75,6 +75,10 @@ pub struct Stat {
     pub ino: u64,
     /// Device number of the filesystem holding the entry.
     pub dev: u64,
+    /// Hard links to the inode (files with more than one share content).
+    pub nlink: u64,
+    /// Space allocated on disk, in 512-byte units (what `du` counts).
+    pub blocks: u64,
     /// Symlink target, for symlinks only.
     pub target: Option<Box<[u8]>>,
 }

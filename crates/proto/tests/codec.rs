@@ -62,6 +62,8 @@ fn stat() -> impl Strategy<Value = Stat> {
             ctime,
             ino,
             dev,
+            nlink: ino % 7,
+            blocks: size / 512,
             target: (kind == Kind::Symlink).then(|| target.into()),
         })
 }
@@ -298,6 +300,8 @@ fn big_listings_are_split_into_bounded_pages() {
         ctime: Timestamp::default(),
         ino: 1,
         dev: 1,
+        nlink: 1,
+        blocks: 8,
         target: None,
     };
     let entries: Vec<Entry> = (0..10_000)

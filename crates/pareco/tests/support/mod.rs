@@ -119,9 +119,19 @@ pub fn sync(src: impl AsRef<OsStr>, dst: impl AsRef<OsStr>, extra: &[&str]) -> R
 }
 
 pub fn sync_with_token(src: impl AsRef<OsStr>, dst: impl AsRef<OsStr>, extra: &[&str], token: &str) -> Run {
+    pareco("sync", src, dst, extra, token)
+}
+
+/// Runs `pareco verify A B` with the test token and extra arguments.
+pub fn verify(a: impl AsRef<OsStr>, b: impl AsRef<OsStr>, extra: &[&str]) -> Run {
+    pareco("verify", a, b, extra, TOKEN)
+}
+
+/// Runs `pareco COMMAND SRC DST --stats-json FILE EXTRA…`; collects the statistics.
+pub fn pareco(command: &str, src: impl AsRef<OsStr>, dst: impl AsRef<OsStr>, extra: &[&str], token: &str) -> Run {
     let stats = tempfile::NamedTempFile::new().unwrap();
     let output = Command::new(bin())
-        .arg("sync")
+        .arg(command)
         .arg(src)
         .arg(dst)
         .arg("--stats-json")

@@ -1,0 +1,274 @@
+//! `verify`: two trees compared entry by entry — type, size, mode, mtime,
+//! symlink target, hard links and full content — with each side hashing its
+//! own files on its own machine, many files and chunk groups at once.
+//!
+//! Directories are listed on both sides at once; files of the same size are
+//! compared chunk group by chunk group (BLAKE3 per chunk, computed where the
+//! file is), the groups of all files sharing one pool of tasks, so a single
+//! huge file is hashed as much in parallel as many small ones.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::ops::Range;
+use std::sync::{Arc, Mutex};
+use std::time::Instant;
+
+use pareco_plan::file::Layout;
+use pareco_plan::verify::{Difference, LinkedFiles, Side, Usage, compare, link_differences};
+use pareco_proto::{Entry, Kind, RelPath, Stat};
+use tokio::task::JoinSet;
+
+use crate::endpoint::Endpoint;
+use crate::tree::TreeError;
+
+/// Chunks hashed per request.
+const GROUP_CHUNKS: u64 = 16;
+
+/// How to verify.
+#[derive(Debug, Clone)]
+pub struct VerifyOptions {
+    /// Unit of content comparison.
+    pub chunk_size: u32,
+    /// Requests in flight at once.
+    pub parallelism: usize,
+}
+
+/// Receives each difference as it is found.
+pub trait Findings: Send + Sync + 'static {
+    /// `path` differs in this way.
+    fn difference(&self, path: &RelPath, difference: &Difference);
+    /// `path` could not be compared.
+    fn error(&self, path: &RelPath, side: Side, error: &TreeError);
+}
+
+/// What a verification found, in numbers.
+#[derive(Debug, Clone, Default, serde::Serialize)]
+pub struct VerifyReport {
+    /// Entries compared (present on both sides).
+    pub entries: u64,
+    /// Bytes hashed on each side.
+    pub bytes_hashed: u64,
+    /// Differences found.
+    pub differences: u64,
+    /// Paths that could not be compared.
+    pub errors: u64,
+    /// Space taken by A's files.
+    #[serde(skip)]
+    pub usage_a: Usage,
+    /// Space taken by B's files.
+    #[serde(skip)]
+    pub usage_b: Usage,
+    /// Wall-clock seconds.
+    pub duration_s: f64,
+}
+
+/// Why a verification could not run at all.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum VerifyError {
+    /// A side's top entry could not be examined.
+    #[error("{side:?}: {error}")]
+    Root {
+        /// Which.
+        side: Side,
+        /// Why.
+        error: TreeError,
+    },
+    /// A side's top entry does not exist.
+    #[error("{0:?} does not exist")]
+    Missing(Side),
+}
+
+struct Ctx {
+    a: Endpoint,
+    b: Endpoint,
+    opts: VerifyOptions,
+    findings: Arc<dyn Findings>,
+    state: Mutex<State>,
+}
+
+#[derive(Default)]
+struct State {
+    report: VerifyReport,
+    /// First differing offset of each file whose content differs.
+    content: BTreeMap<RelPath, u64>,
+    a: SideState,
+    b: SideState,
+}
+
+/// What one side's files add up to.
+#[derive(Default)]
+struct SideState {
+    usage: Usage,
+    /// Linked files' inodes already counted.
+    seen: HashSet<(u64, u64)>,
+    links: LinkedFiles,
+}
+
+impl SideState {
+    /// Counts a regular file's space once per inode, and remembers its links.
+    fn count(&mut self, path: &RelPath, stat: &Stat) {
+        if stat.nlink > 1 {
+            self.links.push((path.clone(), (stat.dev, stat.ino)));
+            if !self.seen.insert((stat.dev, stat.ino)) {
+                return;
+            }
+        }
+        self.usage.add(stat);
+    }
+}
+
+enum Work {
+    /// A directory present on both sides.
+    Dir(RelPath),
+    /// A byte range of a file of the same size on both sides.
+    Group(RelPath, Range<u64>),
+}
+
+/// Compares tree `a` with tree `b`, reporting every difference to
+/// `findings` as it is found (content differences at the end, in path order).
+pub async fn verify(
+    a: Endpoint,
+    b: Endpoint,
+    opts: VerifyOptions,
+    findings: Arc<dyn Findings>,
+) -> Result<VerifyReport, VerifyError> {
+    let started = Instant::now();
+    let (ra, rb) = tokio::join!(a.tree.stat(a.base.clone()), b.tree.stat(b.base.clone()));
+    let ra = ra.map_err(|error| VerifyError::Root { side: Side::A, error })?.0.ok_or(VerifyError::Missing(Side::A))?;
+    let rb = rb.map_err(|error| VerifyError::Root { side: Side::B, error })?.0.ok_or(VerifyError::Missing(Side::B))?;
+    let limit = opts.parallelism.max(1) * 2;
+    let ctx = Arc::new(Ctx { a, b, opts, findings, state: Mutex::new(State::default()) });
+
+    // Depth first (last in, first out), so that the queue stays small.
+    let mut queue: VecDeque<Work> = ctx.pair(RelPath::root(), &ra, &rb).into();
+    let mut tasks = JoinSet::new();
+    loop {
+        while tasks.len() < limit
+            && let Some(work) = queue.pop_back()
+        {
+            let ctx = ctx.clone();
+            tasks.spawn(async move { ctx.run(work).await });
+        }
+        match tasks.join_next().await {
+            Some(Ok(more)) => queue.extend(more),
+            Some(Err(e)) => std::panic::resume_unwind(e.into_panic()),
+            None => break,
+        }
+    }
+
+    let mut state = std::mem::take(&mut *ctx.state.lock().expect("verify state"));
+    for (path, at) in std::mem::take(&mut state.content) {
+        ctx.differ(&mut state.report, &path, &Difference::Content(at));
+    }
+    for (path, difference) in link_differences(&state.a.links, &state.b.links) {
+        ctx.differ(&mut state.report, &path, &difference);
+    }
+    (state.report.usage_a, state.report.usage_b) = (state.a.usage, state.b.usage);
+    state.report.duration_s = started.elapsed().as_secs_f64();
+    Ok(state.report)
+}
+
+impl Ctx {
+    fn differ(&self, report: &mut VerifyReport, path: &RelPath, difference: &Difference) {
+        report.differences += 1;
+        self.findings.difference(path, difference);
+    }
+
+    fn failed(&self, path: &RelPath, side: Side, error: &TreeError) {
+        self.state.lock().expect("verify state").report.errors += 1;
+        self.findings.error(path, side, error);
+    }
+
+    async fn run(&self, work: Work) -> Vec<Work> {
+        match work {
+            Work::Dir(rel) => self.dir(rel).await,
+            Work::Group(rel, span) => {
+                self.group(rel, span).await;
+                Vec::new()
+            }
+        }
+    }
+
+    /// Lists a directory on both sides and compares its entries.
+    async fn dir(&self, rel: RelPath) -> Vec<Work> {
+        let (la, lb) = tokio::join!(self.a.tree.list(self.a.path(&rel)), self.b.tree.list(self.b.path(&rel)));
+        let (la, lb) = match (la, lb) {
+            (Ok((la, _)), Ok((lb, _))) => (la, lb),
+            (Err(e), _) => {
+                self.failed(&rel, Side::A, &e);
+                return Vec::new();
+            }
+            (_, Err(e)) => {
+                self.failed(&rel, Side::B, &e);
+                return Vec::new();
+            }
+        };
+        let mut b: BTreeMap<_, Stat> = lb.into_iter().map(|Entry { name, stat }| (name, stat)).collect();
+        let mut work = Vec::new();
+        for Entry { name, stat: sa } in la {
+            let Ok(path) = rel.join(&name) else { continue };
+            match b.remove(&name) {
+                Some(sb) => work.extend(self.pair(path, &sa, &sb)),
+                None => self.only_in(&path, Side::A),
+            }
+        }
+        for name in b.into_keys() {
+            if let Ok(path) = rel.join(&name) {
+                self.only_in(&path, Side::B);
+            }
+        }
+        work
+    }
+
+    fn only_in(&self, path: &RelPath, side: Side) {
+        let mut state = self.state.lock().expect("verify state");
+        self.differ(&mut state.report, path, &Difference::OnlyIn(side));
+    }
+
+    /// Compares an entry present on both sides; returns the work it needs.
+    fn pair(&self, path: RelPath, a: &Stat, b: &Stat) -> Vec<Work> {
+        let mut state = self.state.lock().expect("verify state");
+        state.report.entries += 1;
+        for difference in compare(a, b) {
+            self.differ(&mut state.report, &path, &difference);
+        }
+        if a.kind == Kind::File {
+            state.a.count(&path, a);
+        }
+        if b.kind == Kind::File {
+            state.b.count(&path, b);
+        }
+        match (a.kind, b.kind) {
+            (Kind::Dir, Kind::Dir) => vec![Work::Dir(path)],
+            (Kind::File, Kind::File) if a.size == b.size && a.size > 0 => {
+                let layout = Layout { size: a.size, chunk: self.opts.chunk_size };
+                layout.groups(GROUP_CHUNKS).map(|g| Work::Group(path.clone(), layout.span(&g))).collect()
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    /// Hashes a range of a file on both sides and compares the digests.
+    async fn group(&self, rel: RelPath, span: Range<u64>) {
+        let (chunk, len) = (self.opts.chunk_size, span.end - span.start);
+        let (da, db) = tokio::join!(
+            self.a.tree.hash_chunks(self.a.path(&rel), span.start, len, chunk),
+            self.b.tree.hash_chunks(self.b.path(&rel), span.start, len, chunk)
+        );
+        let (da, db) = match (da, db) {
+            (Ok(da), Ok(db)) => (da, db),
+            (Err(e), _) => return self.failed(&rel, Side::A, &e),
+            (_, Err(e)) => return self.failed(&rel, Side::B, &e),
+        };
+        // A file shorter than announced (changed meanwhile) differs where it ends.
+        let first =
+            da.iter().zip(&db).position(|(x, y)| x != y).or((da.len() != db.len()).then(|| da.len().min(db.len())));
+        let mut state = self.state.lock().expect("verify state");
+        state.report.bytes_hashed += len;
+        if let Some(i) = first {
+            let at = span.start + i as u64 * chunk as u64;
+            let known = state.content.entry(rel).or_insert(at);
+            *known = (*known).min(at);
+        }
+    }
+}

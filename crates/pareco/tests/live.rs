@@ -1,0 +1,218 @@
+//! End-to-end live migration: rounds until converged, `pareco verify`, and a
+//! real SQLite database in WAL mode copied while a writer updates it.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+
+use support::*;
+
+fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
+    std::fs::create_dir_all(&src).unwrap();
+    (tmp, src, dst)
+}
+
+#[test]
+fn verify_finds_a_one_byte_difference_a_mode_change_and_a_missing_file() {
+    let (_tmp, src, dst) = dirs();
+    awkward_tree(&src);
+    std::fs::write(src.join("big.bin"), bytes(1, 5 << 20)).unwrap();
+    age(&src);
+    sync(&src, &dst, &["-q"]).ok();
+    let same = verify(&src, &dst, &[]).ok();
+    assert!(same.stdout().is_empty(), "{}", same.stdout());
+    assert!(same.stderr().contains("verify: identical"), "{}", same.stderr());
+    assert!(same.stat("bytes_hashed") >= 5 << 20);
+
+    // One byte in the fourth chunk, keeping size and mtime: only content shows it.
+    let big = dst.join("big.bin");
+    let mtime = std::fs::metadata(&big).unwrap();
+    let mut data = std::fs::read(&big).unwrap();
+    data[(3 << 20) + 17] ^= 1;
+    std::fs::write(&big, &data).unwrap();
+    set_mtime(&big, filetime(&mtime).0, filetime(&mtime).1);
+    std::fs::set_permissions(dst.join("plain.txt"), std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::remove_file(dst.join("empty")).unwrap();
+    std::fs::write(dst.join("extra"), b"x").unwrap();
+
+    let run = verify(&src, &dst, &[]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    let out = run.stdout();
+    for line in [
+        "big.bin: content: differs from byte 3145728",
+        "plain.txt: mode: 0644 vs 0600",
+        "empty: only in A",
+        "extra: only in B",
+    ] {
+        assert!(out.lines().any(|l| l == line), "missing {line:?} in:\n{out}");
+    }
+    // And the top directory's mtime, moved by the removal and the new file.
+    assert!(out.lines().any(|l| l.starts_with(".: mtime: ")), "{out}");
+    assert_eq!(run.stat("differences"), 5, "{out}");
+    assert!(run.stderr().contains("5 difference(s)"), "{}", run.stderr());
+}
+
+fn filetime(m: &std::fs::Metadata) -> (i64, i64) {
+    use std::os::unix::fs::MetadataExt;
+    (m.mtime(), m.mtime_nsec())
+}
+
+#[test]
+fn verify_against_a_server_and_sizes_on_disk_explained() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&srv).unwrap();
+    // A sparse file: 64 MiB apparent, 1 MiB of data.
+    let sparse = std::fs::File::create(src.join("sparse.img")).unwrap();
+    sparse.set_len(64 << 20).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&sparse, &bytes(2, 1 << 20), 8 << 20).unwrap();
+    std::fs::write(src.join("small"), b"abc").unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    sync(&src, server.url("copy"), &["-q"]).ok();
+
+    let run = verify(&src, server.url("copy"), &[]).ok();
+    let err = run.stderr();
+    assert!(err.contains("verify: identical"), "{err}");
+    assert!(err.contains("A: 2 files, apparent size 64.0 MiB"), "{err}");
+    // Whether the copy kept the holes or filled them, the report says which
+    // side allocates what, and why.
+    assert!(err.contains("in holes or filesystem compression") || err.contains("allocated equals"), "{err}");
+
+    std::fs::write(srv.join("copy/small"), b"abd").unwrap();
+    let run = verify(&src, server.url("copy"), &[]);
+    assert_eq!(run.code(), 1);
+    assert!(run.stdout().contains("small: "), "{}", run.stdout());
+}
+
+#[test]
+fn verify_compares_hard_link_structure() {
+    let (_tmp, a, b) = dirs();
+    std::fs::create_dir_all(&b).unwrap();
+    for root in [&a, &b] {
+        std::fs::write(root.join("x"), b"same").unwrap();
+    }
+    std::fs::hard_link(a.join("x"), a.join("y")).unwrap();
+    std::fs::write(b.join("y"), b"same").unwrap();
+    age(&a);
+    age(&b);
+    for root in [&a, &b] {
+        set_mtime(root, 1_700_000_000, 0);
+        set_mtime(&root.join("x"), 1_700_000_000, 0);
+        set_mtime(&root.join("y"), 1_700_000_000, 0);
+    }
+    let run = verify(&a, &b, &[]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    assert!(run.stdout().contains("x: hard links: y vs -"), "{}", run.stdout());
+    assert!(run.stdout().contains("y: hard links: x vs -"), "{}", run.stdout());
+}
+
+#[test]
+fn rounds_repeat_until_one_sends_little() {
+    let (_tmp, src, dst) = dirs();
+    awkward_tree(&src);
+    std::fs::write(src.join("big.bin"), bytes(3, 3 << 20)).unwrap();
+    age(&src);
+    let run = sync(&src, &dst, &["--until-converged", "--converge-bytes", "0"]).ok();
+    let err = run.stderr();
+    assert!(err.contains("round 1: synced") && err.contains("round 2: synced"), "{err}");
+    assert!(err.contains("converged after 2 round(s)"), "{err}");
+    let stats = run.stats.as_ref().unwrap();
+    assert_eq!(stats["converged"], true);
+    let rounds = stats["rounds"].as_array().unwrap();
+    assert_eq!(rounds.len(), 2);
+    assert!(rounds[0]["bytes_transferred"].as_u64().unwrap() >= 3 << 20);
+    assert_eq!(rounds[1]["bytes_transferred"], 0);
+    assert_eq!(rounds[1]["files_transferred"], 0);
+    assert_same_tree(&src, &dst);
+
+    // A round that still sends more than allowed, with no rounds left.
+    std::fs::write(src.join("big.bin"), bytes(4, 3 << 20)).unwrap();
+    age(&src);
+    let run = sync(&src, &dst, &["--until-converged", "--converge-bytes", "0", "--max-rounds", "1"]);
+    assert_eq!(run.code(), 24, "{}", run.stderr());
+    assert!(run.stderr().contains("did not converge after 1 round(s)"), "{}", run.stderr());
+    assert_same_tree(&src, &dst);
+}
+
+/// A writer updating random rows of a SQLite database in WAL mode until the
+/// file `stop` appears.
+fn start_writer(db: &Path, stop: &Path) -> Child {
+    let script = r#"
+import random, sqlite3, sys, os, time
+db, stop = sys.argv[1], sys.argv[2]
+con = sqlite3.connect(db, isolation_level=None)
+con.execute("PRAGMA journal_mode=WAL")
+rng = random.Random(os.getpid())
+while not os.path.exists(stop):
+    con.execute("BEGIN")
+    for _ in range(50):
+        row = rng.randint(1, 20000)
+        con.execute("UPDATE t SET v = ?, n = n + 1 WHERE id = ?", (os.urandom(rng.randint(10, 300)).hex(), row))
+    con.execute("INSERT INTO t (v, n) VALUES (?, 0)", ("new " * rng.randint(1, 40),))
+    con.execute("COMMIT")
+    time.sleep(0.002)
+con.close()
+"#;
+    Command::new("python3").args(["-c", script]).arg(db).arg(stop).stdin(Stdio::null()).spawn().expect("python3")
+}
+
+fn sqlite(db: &Path, script: &str) -> String {
+    let out = Command::new("python3").args(["-c", script]).arg(db).output().expect("python3");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8(out.stdout).unwrap()
+}
+
+const CREATE: &str = r#"
+import sqlite3, sys
+con = sqlite3.connect(sys.argv[1])
+con.execute("PRAGMA journal_mode=WAL")
+con.execute("CREATE TABLE t (id INTEGER PRIMARY KEY, v TEXT, n INTEGER)")
+con.executemany("INSERT INTO t (v, n) VALUES (?, 0)", [("row %d " % i * 8,) for i in range(20000)])
+con.commit()
+con.close()
+"#;
+
+const CHECK: &str = r#"
+import sqlite3, sys, hashlib
+con = sqlite3.connect(sys.argv[1])
+print(con.execute("PRAGMA integrity_check").fetchone()[0])
+h = hashlib.blake2b()
+for line in con.iterdump():
+    h.update(line.encode() + b"\n")
+print(h.hexdigest(), con.execute("SELECT count(*), sum(n) FROM t").fetchone())
+"#;
+
+#[test]
+fn a_sqlite_database_copied_while_written_then_finished_with_delete_is_intact() {
+    for attempt in 0..3 {
+        let (tmp, src, srv) = dirs();
+        std::fs::create_dir_all(&srv).unwrap();
+        let db = src.join("app.db");
+        sqlite(&db, CREATE);
+        let server = Server::start(&srv);
+        let stop = tmp.path().join("stop");
+        let mut writer = start_writer(&db, &stop);
+        // Rounds while live: the copy is whatever the files were, the
+        // database is still changing.
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let live = sync(&src, server.url("copy"), &["-q", "--until-converged", "--max-rounds", "2"]);
+        assert!([0, 24].contains(&live.code()), "attempt {attempt}: {}", live.stderr());
+        // Stop the database, then the final round.
+        std::fs::write(&stop, b"").unwrap();
+        assert!(writer.wait().unwrap().success());
+        let last = sync(&src, server.url("copy"), &["-q", "--delete"]);
+        assert!([0, 24].contains(&last.code()), "attempt {attempt}: {}", last.stderr());
+        // Settled sources give a clean final round.
+        if last.code() == 24 {
+            sync(&src, server.url("copy"), &["-q", "--delete"]).ok();
+        }
+        verify(&src, server.url("copy"), &["-q"]).ok();
+        let (want, got) = (sqlite(&db, CHECK), sqlite(&srv.join("copy/app.db"), CHECK));
+        assert!(got.starts_with("ok\n"), "attempt {attempt}: integrity check of the copy: {got}");
+        assert_eq!(got, want, "attempt {attempt}: the copy's dump differs from the source's");
+    }
+}

@@ -1,0 +1,291 @@
+//! Verification: how two entries of the same path differ, how the hardlink
+//! structure of two trees differs, and why two trees of the same content may
+//! take different space on disk.
+
+use std::collections::{BTreeMap, HashMap};
+use std::fmt;
+
+use pareco_proto::{Kind, RelPath, Stat, Timestamp};
+
+/// Which tree of the two.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The first tree given.
+    A,
+    /// The second tree given.
+    B,
+}
+
+/// One way an entry differs between the trees.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Difference {
+    /// The entry exists in one tree only.
+    OnlyIn(Side),
+    /// Not the same type of entry.
+    Kind(Kind, Kind),
+    /// Regular files of different sizes.
+    Size(u64, u64),
+    /// Same size, different bytes, first at this offset (chunk-aligned).
+    Content(u64),
+    /// Permission bits.
+    Mode(u32, u32),
+    /// Modification time.
+    Mtime(Timestamp, Timestamp),
+    /// Symlink target.
+    Target(Box<[u8]>, Box<[u8]>),
+    /// The entry's hard links within the tree (the other paths sharing its
+    /// inode, `-` for none) differ.
+    Links(String, String),
+}
+
+impl fmt::Display for Difference {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let time = |t: &Timestamp| format!("{}.{:09}", t.secs, t.nanos);
+        match self {
+            Difference::OnlyIn(Side::A) => write!(f, "only in A"),
+            Difference::OnlyIn(Side::B) => write!(f, "only in B"),
+            Difference::Kind(a, b) => write!(f, "type: {} vs {}", a.name(), b.name()),
+            Difference::Size(a, b) => write!(f, "size: {a} vs {b}"),
+            Difference::Content(at) => write!(f, "content: differs from byte {at}"),
+            Difference::Mode(a, b) => write!(f, "mode: {a:04o} vs {b:04o}"),
+            Difference::Mtime(a, b) => write!(f, "mtime: {} vs {}", time(a), time(b)),
+            Difference::Target(a, b) => {
+                write!(f, "target: {} vs {}", String::from_utf8_lossy(a), String::from_utf8_lossy(b))
+            }
+            Difference::Links(a, b) => write!(f, "hard links: {a} vs {b}"),
+        }
+    }
+}
+
+/// How the metadata of two entries of the same path differs (content is
+/// compared separately, for regular files of the same size).
+pub fn compare(a: &Stat, b: &Stat) -> Vec<Difference> {
+    if a.kind != b.kind {
+        return vec![Difference::Kind(a.kind, b.kind)];
+    }
+    let mut out = Vec::new();
+    if a.kind == Kind::File && a.size != b.size {
+        out.push(Difference::Size(a.size, b.size));
+    }
+    if a.kind == Kind::Symlink && a.target != b.target {
+        let (ta, tb) = (a.target.clone().unwrap_or_default(), b.target.clone().unwrap_or_default());
+        out.push(Difference::Target(ta, tb));
+    }
+    // A symlink's own permission bits mean nothing on Linux.
+    if a.kind != Kind::Symlink && a.mode != b.mode {
+        out.push(Difference::Mode(a.mode, b.mode));
+    }
+    if a.mtime != b.mtime {
+        out.push(Difference::Mtime(a.mtime, b.mtime));
+    }
+    out
+}
+
+/// Regular files with more than one link, by path, with their inode
+/// (device, inode number) in one tree.
+pub type LinkedFiles = Vec<(RelPath, (u64, u64))>;
+
+/// Paths whose hard links within the tree differ: for every path linked on
+/// either side, the other paths of the tree sharing its inode must be the
+/// same on both sides.
+pub fn link_differences(a: &LinkedFiles, b: &LinkedFiles) -> Vec<(RelPath, Difference)> {
+    let (peers_a, peers_b) = (peers(a), peers(b));
+    let mut paths: Vec<&RelPath> = peers_a.keys().chain(peers_b.keys()).copied().collect();
+    paths.sort();
+    paths.dedup();
+    let none = Vec::new();
+    let show = |v: &Vec<&RelPath>| {
+        if v.is_empty() { "-".to_string() } else { v.iter().map(|p| p.to_string()).collect::<Vec<_>>().join(", ") }
+    };
+    paths
+        .into_iter()
+        .filter_map(|path| {
+            let (pa, pb) = (peers_a.get(path).unwrap_or(&none), peers_b.get(path).unwrap_or(&none));
+            (pa != pb).then(|| (path.clone(), Difference::Links(show(pa), show(pb))))
+        })
+        .collect()
+}
+
+/// Every path's fellow links, sorted.
+fn peers(files: &LinkedFiles) -> HashMap<&RelPath, Vec<&RelPath>> {
+    let mut by_inode: BTreeMap<(u64, u64), Vec<&RelPath>> = BTreeMap::new();
+    for (path, inode) in files {
+        by_inode.entry(*inode).or_default().push(path);
+    }
+    let mut out = HashMap::new();
+    for group in by_inode.values() {
+        for path in group {
+            let mut others: Vec<&RelPath> = group.iter().filter(|p| *p != path).copied().collect();
+            others.sort();
+            out.insert(*path, others);
+        }
+    }
+    out
+}
+
+/// Space taken by one tree: what `ls` adds up and what `du` does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Usage {
+    /// Regular files (each inode once).
+    pub files: u64,
+    /// Their apparent size.
+    pub apparent: u64,
+    /// Bytes allocated on disk for them.
+    pub allocated: u64,
+    /// Files with fewer bytes allocated than their size (holes, or
+    /// compression by the filesystem).
+    pub sparse_files: u64,
+    /// By how much those files fall short of their size.
+    pub sparse_bytes: u64,
+}
+
+impl Usage {
+    /// Counts a regular file (once per inode: the caller skips further links).
+    pub fn add(&mut self, stat: &Stat) {
+        let allocated = stat.blocks.saturating_mul(512);
+        self.files += 1;
+        self.apparent += stat.size;
+        self.allocated += allocated;
+        if allocated < stat.size {
+            self.sparse_files += 1;
+            self.sparse_bytes += stat.size - allocated;
+        }
+    }
+
+    /// Why this tree's allocated size differs from its apparent size.
+    pub fn explain(&self) -> String {
+        if self.allocated == self.apparent {
+            return "allocated equals apparent".into();
+        }
+        let mut reasons = Vec::new();
+        if self.sparse_files > 0 {
+            reasons.push(format!(
+                "{} file(s) allocate {} less than their size (holes, or compression by the filesystem)",
+                self.sparse_files,
+                human(self.sparse_bytes)
+            ));
+        }
+        if self.allocated + self.sparse_bytes > self.apparent {
+            reasons.push(format!(
+                "files occupy whole blocks (and may be preallocated): {} of rounding",
+                human(self.allocated + self.sparse_bytes - self.apparent)
+            ));
+        }
+        reasons.join("; ")
+    }
+}
+
+/// Why two trees with the same content take different space, if they do.
+pub fn explain_usage(a: &Usage, b: &Usage) -> Option<String> {
+    if a.allocated == b.allocated {
+        return None;
+    }
+    let (more, less, (big, small)) = if a.allocated > b.allocated { ("A", "B", (a, b)) } else { ("B", "A", (b, a)) };
+    let mut why = format!("{more} allocates {} more than {less}", human(big.allocated - small.allocated));
+    if a.apparent != b.apparent {
+        why.push_str(&format!(" (the apparent sizes differ too: {} vs {})", human(a.apparent), human(b.apparent)));
+    } else if small.sparse_bytes > big.sparse_bytes {
+        why.push_str(&format!(
+            ": {less} has {} in holes or filesystem compression, {more} {} (a copy that filled holes, or \
+             punched them, changes what du shows, not the content)",
+            human(small.sparse_bytes),
+            human(big.sparse_bytes)
+        ));
+    } else {
+        why.push_str(": block rounding and preallocation differ between the filesystems");
+    }
+    Some(why)
+}
+
+fn human(n: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
+    for (unit, size) in UNITS {
+        if n >= size {
+            return format!("{:.1} {unit}", n as f64 / size as f64);
+        }
+    }
+    format!("{n} B")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn stat(kind: Kind, size: u64, mode: u32, secs: i64) -> Stat {
+        Stat {
+            kind,
+            size,
+            mode,
+            mtime: Timestamp { secs, nanos: 5 },
+            ctime: Timestamp::default(),
+            ino: 1,
+            dev: 1,
+            nlink: 1,
+            blocks: size.div_ceil(4096) * 8,
+            target: (kind == Kind::Symlink).then(|| Box::from(&b"x"[..])),
+        }
+    }
+
+    fn path(s: &str) -> RelPath {
+        RelPath::new(s.as_bytes()).unwrap()
+    }
+
+    #[test]
+    fn identical_entries_do_not_differ_whatever_their_inode_or_ctime() {
+        let a = stat(Kind::File, 10, 0o644, 100);
+        let mut b = a.clone();
+        b.ino = 99;
+        b.ctime = Timestamp { secs: 5, nanos: 0 };
+        b.blocks = 0;
+        assert!(compare(&a, &b).is_empty());
+    }
+
+    #[test]
+    fn every_kind_of_metadata_difference_is_named() {
+        let a = stat(Kind::File, 10, 0o644, 100);
+        let b = stat(Kind::File, 11, 0o600, 101);
+        let d = compare(&a, &b);
+        assert_eq!(d.len(), 3);
+        assert_eq!(d[0].to_string(), "size: 10 vs 11");
+        assert_eq!(d[1].to_string(), "mode: 0644 vs 0600");
+        assert_eq!(d[2].to_string(), "mtime: 100.000000005 vs 101.000000005");
+        assert_eq!(compare(&a, &stat(Kind::Dir, 0, 0o755, 100)), vec![Difference::Kind(Kind::File, Kind::Dir)]);
+        let (l1, mut l2) = (stat(Kind::Symlink, 1, 0o777, 1), stat(Kind::Symlink, 1, 0o700, 1));
+        l2.target = Some(Box::from(&b"y"[..]));
+        assert_eq!(compare(&l1, &l2), vec![Difference::Target(Box::from(&b"x"[..]), Box::from(&b"y"[..]))]);
+    }
+
+    #[test]
+    fn hard_link_structure_is_compared_path_by_path() {
+        let a = vec![(path("x"), (1, 10)), (path("y"), (1, 10)), (path("z"), (1, 11))];
+        // Same structure, other inode numbers: no difference.
+        let same = vec![(path("x"), (2, 7)), (path("y"), (2, 7)), (path("z"), (2, 8))];
+        assert!(link_differences(&a, &same).is_empty());
+        // y is a separate copy in B.
+        let b = vec![(path("x"), (2, 7)), (path("z"), (2, 8))];
+        let d = link_differences(&a, &b);
+        assert_eq!(d.len(), 2);
+        assert_eq!(d[0], (path("x"), Difference::Links("y".into(), "-".into())));
+        assert_eq!(d[1], (path("y"), Difference::Links("x".into(), "-".into())));
+    }
+
+    #[test]
+    fn usage_explains_holes_and_rounding() {
+        let mut sparse = stat(Kind::File, 1 << 30, 0o644, 1);
+        sparse.blocks = (3 << 20) / 512;
+        let mut a = Usage::default();
+        a.add(&sparse);
+        assert!(a.explain().contains("1 file(s) allocate 1021.0 MiB less"), "{}", a.explain());
+        let mut b = Usage::default();
+        b.add(&stat(Kind::File, 1 << 30, 0o644, 1));
+        b.add(&stat(Kind::File, 0, 0o644, 1));
+        let mut b2 = Usage::default();
+        b2.add(&stat(Kind::File, 1 << 30, 0o644, 1));
+        let why = explain_usage(&a, &b2).unwrap();
+        assert!(why.starts_with("B allocates 1021.0 MiB more than A: A has 1021.0 MiB in holes"), "{why}");
+        assert_eq!(explain_usage(&b, &b2), None);
+        let mut small = Usage::default();
+        small.add(&stat(Kind::File, 100, 0o644, 1));
+        assert!(small.explain().contains("whole blocks"), "{}", small.explain());
+    }
+}
