@@ -53,6 +53,9 @@ counters! {
     /// Bytes of large files still being copied that are already sent or
     /// found identical (progress; zero once the run is over).
     bytes_in_progress,
+    /// Bytes of holes in sparse source files, neither read nor sent (with
+    /// `--sparse`, also all-zero pieces left as holes).
+    bytes_sparse,
     /// Chunks found identical on both sides.
     chunks_matched,
     /// Chunks sent whole or patched.

@@ -3,6 +3,7 @@
 //! connection [`Pool`]). The engine speaks to both the same way, so push,
 //! pull and local-to-local syncs are one algorithm.
 
+use std::ops::Range;
 use std::sync::Arc;
 
 use bytes::Bytes;
@@ -123,6 +124,27 @@ impl Tree {
     ) -> Result<Vec<Digest>, TreeError> {
         let request = Request::HashChunks { path, offset, len, chunk_size };
         expect!(self.call(request).await?, "hash", Response::Digests(d) => d)
+    }
+
+    /// The ranges of `range` where the file holds data (the rest is holes).
+    pub async fn data_extents(&self, path: RelPath, range: Range<u64>) -> Result<Vec<Range<u64>>, TreeError> {
+        let mut extents: Vec<Range<u64>> = Vec::new();
+        let mut at = range.start;
+        loop {
+            let request = Request::DataExtents { path: path.clone(), offset: at, len: range.end - at };
+            let page = expect!(self.call(request).await?, "map", Response::Extents(e) => e)?;
+            let full = page.len() >= pareco_proto::limits::MAX_EXTENTS;
+            // Each page must continue where the last ended, inside the range.
+            match (page.first(), page.last()) {
+                (Some(first), Some(last)) if first.start >= at && last.end <= range.end => at = last.end,
+                (None, _) => return Ok(extents),
+                _ => return Err(TreeError::Unexpected("map (extents outside the range asked)")),
+            }
+            extents.extend(page);
+            if !full || at >= range.end {
+                return Ok(extents);
+            }
+        }
     }
 
     /// Block digests of one chunk.

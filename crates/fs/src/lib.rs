@@ -86,6 +86,9 @@ impl FsTree {
             Request::HashChunks { path, offset, len, chunk_size } => {
                 Response::Digests(read::hash_pieces(root, path, *offset, *len, *chunk_size)?)
             }
+            Request::DataExtents { path, offset, len } => {
+                Response::Extents(read::data_extents(root, path, *offset, *len, pareco_proto::limits::MAX_EXTENTS)?)
+            }
             Request::HashBlocks { path, offset, len, block_size } => {
                 let digests = read::hash_pieces(root, path, *offset, *len as u64, *block_size)?;
                 if (digests.len() as u64) < (*len as u64).div_ceil(*block_size as u64) {

@@ -114,6 +114,38 @@ pub(crate) fn read_data(
     Ok((Digest::of(&data), data))
 }
 
+/// Where the file holds data within `[offset, offset + len)`: at most
+/// `limit` extents, from `SEEK_DATA`/`SEEK_HOLE`. A filesystem that does not
+/// track holes reports the whole file as data.
+pub(crate) fn data_extents(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    offset: u64,
+    len: u64,
+    limit: usize,
+) -> Result<Vec<std::ops::Range<u64>>, FsError> {
+    use rustix::fs::{SeekFrom, seek};
+    let file = open_read(root, path)?;
+    let end = offset.saturating_add(len);
+    let mut extents = Vec::new();
+    let mut at = offset;
+    while at < end && extents.len() < limit {
+        let data = match seek(&file, SeekFrom::Data(at)) {
+            Ok(data) => data,
+            // No data from here to the end of the file.
+            Err(Errno::NXIO) => break,
+            Err(e) => return Err(FsError::io("find data", e)),
+        };
+        if data >= end {
+            break;
+        }
+        let hole = seek(&file, SeekFrom::Hole(data)).map_err(|e| FsError::io("find hole", e))?;
+        extents.push(data..hole.min(end));
+        at = hole;
+    }
+    Ok(extents)
+}
+
 /// The source half of a block delta: the blocks of the chunk that differ from
 /// `dest_blocks`, and the digest of the whole chunk, all from one read.
 pub(crate) fn read_patch(

@@ -127,6 +127,10 @@ pub struct SyncArgs {
     /// Delete destination entries that are not in the source.
     #[arg(long)]
     pub delete: bool,
+    /// Leave all-zero runs of new content as holes, even where the source
+    /// allocates them (holes of sparse source files are always kept).
+    #[arg(short = 'S', long)]
+    pub sparse: bool,
     /// Show what would change, one line per entry; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,

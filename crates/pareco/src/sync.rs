@@ -25,6 +25,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         checksum: args.checksum,
         delete: args.delete,
         dry_run: args.dry_run,
+        sparse: args.sparse,
         parallelism: args.connections as usize,
     };
     let source = Endpoint::source(&src, &options).await.context("source")?;

@@ -22,6 +22,9 @@ pub const MAX_LINK_TARGET: usize = 4096;
 /// Most digests in one message.
 pub const MAX_DIGESTS: usize = 1 << 16;
 
+/// Most data extents in one answer.
+pub const MAX_EXTENTS: usize = 1 << 16;
+
 /// Most files in one batched read or write.
 pub const MAX_BATCH_FILES: usize = 1024;
 

@@ -14,7 +14,7 @@ use bytes::Bytes;
 
 use crate::codec::CodecError;
 use crate::limits::{
-    MAX_BATCH_BYTES, MAX_BATCH_FILES, MAX_CHUNK, MAX_DIGESTS, MAX_LINK_TARGET, MAX_MESSAGE, MIN_BLOCK,
+    MAX_BATCH_BYTES, MAX_BATCH_FILES, MAX_CHUNK, MAX_DIGESTS, MAX_EXTENTS, MAX_LINK_TARGET, MAX_MESSAGE, MIN_BLOCK,
 };
 use crate::path::RelPath;
 use crate::stat::{Digest, Entry, Kind, Stat, Timestamp};
@@ -46,6 +46,18 @@ pub enum Request {
         len: u64,
         /// Piece size.
         chunk_size: u32,
+    },
+    /// Where a (sparse) file holds data within `[offset, offset + len)`,
+    /// found with `SEEK_DATA`/`SEEK_HOLE`; the rest is holes. Answer:
+    /// [`Response::Extents`], at most [`MAX_EXTENTS`] of them: if there are
+    /// more, ask again from the end of the last one.
+    DataExtents {
+        /// File to map.
+        path: RelPath,
+        /// Start of the range.
+        offset: u64,
+        /// Length of the range.
+        len: u64,
     },
     /// Like `HashChunks` for one chunk cut into blocks, to refine a chunk that
     /// differs. Answer: [`Response::Digests`].
@@ -239,6 +251,8 @@ pub enum Response {
     },
     /// Digests, in order.
     Digests(Vec<Digest>),
+    /// Byte ranges holding data, in increasing order, not overlapping.
+    Extents(Vec<std::ops::Range<u64>>),
     /// Data with its digest.
     Data {
         /// BLAKE3 of `data`, computed when it was read.
@@ -387,6 +401,7 @@ impl Request {
             Request::Stat { path }
             | Request::ListDir { path }
             | Request::HashChunks { path, .. }
+            | Request::DataExtents { path, .. }
             | Request::HashBlocks { path, .. }
             | Request::ReadData { path, .. }
             | Request::ReadPatch { path, .. }
@@ -411,6 +426,7 @@ impl Request {
             Request::Stat { .. }
                 | Request::ListDir { .. }
                 | Request::HashChunks { .. }
+                | Request::DataExtents { .. }
                 | Request::HashBlocks { .. }
                 | Request::ReadData { .. }
                 | Request::ReadPatch { .. }
@@ -521,6 +537,12 @@ impl Request {
                 w.u8(15);
                 w.path(path);
             }
+            Request::DataExtents { path, offset, len } => {
+                w.u8(18);
+                w.path(path);
+                w.varint(*offset);
+                w.varint(*len);
+            }
             Request::SetAttrs { path, mode, mtime } => {
                 w.u8(16);
                 w.path(path);
@@ -622,6 +644,7 @@ impl Request {
             14 => Request::MakeSymlink { path: r.path()?, target: link_target(r)?, mtime: r.opt_timestamp("mtime")? },
             15 => Request::Remove { path: r.path()? },
             17 => Request::EnsureDir { path: r.path()?, mode: mode(r)? },
+            18 => Request::DataExtents { path: r.path()?, offset: r.varint("offset")?, len: r.varint("length")? },
             16 => Request::SetAttrs {
                 path: r.path()?,
                 mode: if r.bool("mode flag")? { Some(mode(r)?) } else { None },
@@ -734,6 +757,14 @@ impl Response {
                 w.u8(9);
                 encode_failure(w, failure);
             }
+            Response::Extents(extents) => {
+                w.u8(10);
+                w.varint(extents.len() as u64);
+                for e in extents {
+                    w.varint(e.start);
+                    w.varint(e.end - e.start);
+                }
+            }
         }
         None
     }
@@ -805,6 +836,20 @@ impl Response {
                 Response::Outcomes(outcomes)
             }
             9 => Response::Failed(decode_failure(r)?),
+            10 => {
+                let n = r.count(2, MAX_EXTENTS, "extent count")?;
+                let mut extents: Vec<std::ops::Range<u64>> = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let start = r.varint("extent start")?;
+                    let end =
+                        start.checked_add(r.varint("extent length")?).ok_or(CodecError::Invalid("extent past 2^64"))?;
+                    if extents.last().is_some_and(|last| last.end > start) || end <= start {
+                        return Err(CodecError::Invalid("extents out of order, overlapping or empty"));
+                    }
+                    extents.push(start..end);
+                }
+                Response::Extents(extents)
+            }
             _ => return Err(CodecError::Invalid("unknown response type")),
         };
         Ok(resp)

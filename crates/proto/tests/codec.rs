@@ -91,6 +91,7 @@ fn request() -> impl Strategy<Value = Request> {
         (path(), any::<u32>(), 0u64..1 << 30, 1u32 << 20..=1 << 20).prop_map(|(path, offset, len, chunk_size)| {
             Request::HashChunks { path, offset: offset as u64, len, chunk_size }
         }),
+        (path(), any::<u64>(), any::<u64>()).prop_map(|(path, offset, len)| Request::DataExtents { path, offset, len }),
         (path(), any::<u64>(), 0u32..=1 << 20).prop_map(|(path, offset, len)| Request::HashBlocks {
             path,
             offset,
@@ -145,6 +146,18 @@ fn response() -> impl Strategy<Value = Response> {
             Response::Listing { entries: es.into_iter().map(|(name, stat)| Entry { name, stat }).collect(), now, more }
         }),
         proptest::collection::vec(digest(), 0..10).prop_map(Response::Digests),
+        proptest::collection::vec((1u64..1 << 40, 1u64..1 << 40), 0..10).prop_map(|gaps| {
+            let mut at = 0;
+            Response::Extents(
+                gaps.into_iter()
+                    .map(|(hole, len)| {
+                        at += hole;
+                        at += len;
+                        at - len..at
+                    })
+                    .collect(),
+            )
+        }),
         (digest(), data(5000)).prop_map(|(digest, data)| Response::Data { digest, data }),
         (digest(), blocks()).prop_map(|(chunk_digest, blocks)| Response::Patch { chunk_digest, blocks }),
         proptest::collection::vec(
@@ -288,6 +301,15 @@ fn trailing_garbage_is_refused() {
     let len = (bytes.len() - 4) as u32;
     bytes[..4].copy_from_slice(&len.to_le_bytes());
     assert!(codec::decode(&mut BytesMut::from(&bytes[..])).is_err());
+}
+
+#[test]
+fn extents_must_be_ordered_disjoint_and_non_empty() {
+    for bad in [vec![5..10, 8..12], vec![5..10, 1..2], vec![1..2, 3..3]] {
+        let bytes = codec::encode_to_vec(&Frame::Response { id: 1, response: Response::Extents(bad.clone()) });
+        let mut buf = BytesMut::from(&bytes[..]);
+        assert!(codec::decode(&mut buf).is_err(), "{bad:?} accepted");
+    }
 }
 
 #[test]

@@ -57,6 +57,10 @@ struct FileJob {
     sent: AtomicU64,
     /// Bytes of this file already sent or found identical (for progress).
     done: AtomicU64,
+    /// The source allocates less than its size: ask where its data is.
+    sparse: bool,
+    /// The destination's size before: beyond it, nothing needs overwriting.
+    basis: u64,
 }
 
 impl FileJob {
@@ -93,6 +97,8 @@ async fn try_transfer(
         layout: Layout { size: before.size, chunk: ctx.opts.chunk_size },
         sent: AtomicU64::new(0),
         done: AtomicU64::new(0),
+        sparse: before.blocks.saturating_mul(512) < before.size,
+        basis,
     });
     let copied = copy_content(ctx, &job, basis).await;
     // The whole file is counted as processed when its outcome is.
@@ -156,7 +162,21 @@ async fn copy_content(ctx: &Arc<Ctx>, job: &Arc<FileJob>, basis: u64) -> Result<
     }
     let streamed_chunks = job.layout.chunks() - stream_from.div_ceil(job.layout.chunk as u64);
     Stats::add(&ctx.stats.chunks_sent, streamed_chunks);
-    spawn_pieces(ctx, job, stream_from..job.layout.size, &mut tasks).await?;
+    // Beyond the destination's old end the file is new: holes of a sparse
+    // source are neither read nor sent, and stay holes (the final size is
+    // set at the end).
+    let rest = stream_from..job.layout.size;
+    let extents = if job.sparse && !rest.is_empty() {
+        ctx.src.tree.data_extents(job.src.clone(), rest.clone()).await.map_err(Fault::Source)?
+    } else {
+        vec![rest.clone()]
+    };
+    let holes = (rest.end - rest.start) - extents.iter().map(|e| e.end - e.start).sum::<u64>();
+    Stats::add(&ctx.stats.bytes_sparse, holes);
+    job.progress(ctx, holes);
+    for extent in extents {
+        spawn_pieces(ctx, job, extent, &mut tasks).await?;
+    }
     while let Some(result) = tasks.join_next().await {
         result.expect("chunk task panicked")?;
     }
@@ -193,9 +213,16 @@ async fn spawn_pieces(
     Ok(())
 }
 
+/// Sends one piece of content.
 async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), Fault> {
     let len = (piece.end - piece.start) as u32;
     let (digest, data) = ctx.src.tree.read_data(job.src.clone(), piece.start, len).await.map_err(Fault::Source)?;
+    if ctx.opts.sparse && piece.start >= job.basis && data.iter().all(|&b| b == 0) {
+        // Not written: the region stays a hole.
+        Stats::add(&ctx.stats.bytes_sparse, len as u64);
+        job.progress(ctx, len as u64);
+        return Ok(());
+    }
     ctx.dst.tree.write_data(job.dst.clone(), piece.start, digest, data).await.map_err(Fault::Destination)?;
     Stats::add(&ctx.stats.bytes_transferred, len as u64);
     job.sent.fetch_add(len as u64, Ordering::Relaxed);

@@ -47,6 +47,9 @@ pub struct SyncOptions {
     pub delete: bool,
     /// Report what would change; change nothing.
     pub dry_run: bool,
+    /// Leave all-zero pieces of new content as holes, even if the source
+    /// allocates them (holes of sparse sources are always kept).
+    pub sparse: bool,
     /// How much to do at once (normally the number of connections).
     pub parallelism: usize,
 }
@@ -59,6 +62,7 @@ impl Default for SyncOptions {
             checksum: false,
             delete: false,
             dry_run: false,
+            sparse: false,
             parallelism: 16,
         }
     }
