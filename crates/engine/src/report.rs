@@ -98,6 +98,8 @@ pub enum Change {
     Symlink,
     /// An entry is removed.
     Delete,
+    /// A hard link to another file of the tree is made.
+    HardLink,
 }
 
 impl Change {
@@ -110,6 +112,7 @@ impl Change {
             Change::NewDir => "mkdir",
             Change::Symlink => "link",
             Change::Delete => "delete",
+            Change::HardLink => "hardlink",
         }
     }
 }

@@ -250,6 +250,11 @@ impl Tree {
         expect!(self.call(Request::MakeSymlink { path, target, mtime }).await?, "symlink", Response::Done => ())
     }
 
+    /// Makes `path` a hard link to `existing`.
+    pub async fn make_link(&self, path: RelPath, existing: RelPath) -> Result<(), TreeError> {
+        expect!(self.call(Request::MakeLink { path, existing }).await?, "link", Response::Done => ())
+    }
+
     /// Removes an entry (recursively).
     pub async fn remove(&self, path: RelPath) -> Result<(), TreeError> {
         expect!(self.call(Request::Remove { path }).await?, "remove", Response::Done => ())

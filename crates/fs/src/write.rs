@@ -231,6 +231,22 @@ pub(crate) fn make_symlink(
     result
 }
 
+/// Makes `path` a hard link to `existing` (never following a symlink),
+/// replacing what is there unless it is a directory.
+pub(crate) fn make_link(root: BorrowedFd<'_>, path: &RelPath, existing: &RelPath) -> Result<(), FsError> {
+    let (from_dir, from) = beneath::parent(root, existing, "open the file to link")?;
+    let (dir, name) = beneath::parent(root, path, "create hard link")?;
+    let temp = temp_name();
+    rustix::fs::linkat(&from_dir, from.as_bytes(), &dir, temp.as_str(), AtFlags::empty())
+        .map_err(|e| FsError::io("create hard link", e))?;
+    let result = rustix::fs::renameat(&dir, temp.as_str(), &dir, name.as_bytes())
+        .map_err(|e| FsError::io("rename into place", e));
+    // Renaming a link onto another link of the same file does nothing and
+    // leaves the temporary name: remove it in every case.
+    let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+    result
+}
+
 /// Removes an entry, directories recursively, never following a symlink.
 pub(crate) fn remove(root: BorrowedFd<'_>, path: &RelPath) -> Result<(), FsError> {
     let (dir, name) = beneath::parent(root, path, "remove")?;

@@ -293,3 +293,40 @@ fn sparse_option_leaves_zero_runs_of_a_full_file_as_holes() {
     sync(&src, &dst, &["-q", "--sparse"]).ok();
     assert_same_tree(&src, &dst);
 }
+
+#[test]
+fn hard_links_inside_the_tree_stay_hard_links() {
+    use std::os::unix::fs::MetadataExt;
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::create_dir_all(&srv).unwrap();
+    std::fs::write(src.join("x"), b"shared small").unwrap();
+    std::fs::hard_link(src.join("x"), src.join("y")).unwrap();
+    std::fs::hard_link(src.join("x"), src.join("sub/z")).unwrap();
+    std::fs::write(src.join("big"), bytes(9, 3 << 20)).unwrap();
+    std::fs::hard_link(src.join("big"), src.join("sub/big2")).unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    let copy = srv.join("copy");
+    sync(&src, server.url("copy"), &["-q"]).ok();
+    let ino = |p: &str| std::fs::metadata(copy.join(p)).unwrap().ino();
+    assert_eq!(ino("x"), ino("y"));
+    assert_eq!(ino("x"), ino("sub/z"));
+    assert_eq!(ino("big"), ino("sub/big2"));
+    assert_ne!(ino("x"), ino("big"));
+    verify(&src, server.url("copy"), &[]).ok();
+    assert_same_tree(&src, &copy);
+
+    // Nothing to do the second time.
+    let again = sync(&src, server.url("copy"), &["-v"]).ok();
+    assert_eq!(again.stat("files_transferred"), 0);
+    assert!(!again.stdout().contains("hardlink"), "{}", again.stdout());
+
+    // A link broken at the destination is made again.
+    std::fs::remove_file(copy.join("y")).unwrap();
+    std::fs::write(copy.join("y"), b"shared small").unwrap();
+    let fix = sync(&src, server.url("copy"), &["-v"]).ok();
+    assert!(fix.stdout().contains("hardlink y"), "{}", fix.stdout());
+    assert_eq!(ino("x"), ino("y"));
+    verify(&src, server.url("copy"), &[]).ok();
+}

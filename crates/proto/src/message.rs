@@ -186,6 +186,15 @@ pub enum Request {
         /// mtime of the link itself, if it is to be set.
         mtime: Option<Timestamp>,
     },
+    /// Make `path` a hard link to the existing file `existing` (both inside
+    /// the tree), atomically replacing a non-directory entry. Answer:
+    /// [`Response::Done`].
+    MakeLink {
+        /// Where the link goes.
+        path: RelPath,
+        /// The file it shares.
+        existing: RelPath,
+    },
     /// Remove an entry; directories recursively, never following symlinks.
     /// Answer: [`Response::Done`].
     Remove {
@@ -412,6 +421,7 @@ impl Request {
             | Request::MakeDir { path, .. }
             | Request::EnsureDir { path, .. }
             | Request::MakeSymlink { path, .. }
+            | Request::MakeLink { path, .. }
             | Request::Remove { path }
             | Request::SetAttrs { path, .. } => Some(path),
             Request::ReadFiles { paths, .. } => paths.first(),
@@ -543,6 +553,11 @@ impl Request {
                 w.varint(*offset);
                 w.varint(*len);
             }
+            Request::MakeLink { path, existing } => {
+                w.u8(19);
+                w.path(path);
+                w.path(existing);
+            }
             Request::SetAttrs { path, mode, mtime } => {
                 w.u8(16);
                 w.path(path);
@@ -644,6 +659,7 @@ impl Request {
             14 => Request::MakeSymlink { path: r.path()?, target: link_target(r)?, mtime: r.opt_timestamp("mtime")? },
             15 => Request::Remove { path: r.path()? },
             17 => Request::EnsureDir { path: r.path()?, mode: mode(r)? },
+            19 => Request::MakeLink { path: r.path()?, existing: r.path()? },
             18 => Request::DataExtents { path: r.path()?, offset: r.varint("offset")?, len: r.varint("length")? },
             16 => Request::SetAttrs {
                 path: r.path()?,

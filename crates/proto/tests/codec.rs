@@ -92,6 +92,7 @@ fn request() -> impl Strategy<Value = Request> {
             Request::HashChunks { path, offset: offset as u64, len, chunk_size }
         }),
         (path(), any::<u64>(), any::<u64>()).prop_map(|(path, offset, len)| Request::DataExtents { path, offset, len }),
+        (path(), path()).prop_map(|(path, existing)| Request::MakeLink { path, existing }),
         (path(), any::<u64>(), 0u32..=1 << 20).prop_map(|(path, offset, len)| Request::HashBlocks {
             path,
             offset,

@@ -8,6 +8,7 @@
 //!   the transfer starts with the first directory, not after the scan.
 //! - [`small`]: small files are batched, many per request, in both
 //!   directions (read batch from the source, write batch to the destination).
+//! - [`links`]: paths sharing an inode become hard links at the end.
 //! - [`big`]: larger files are cut into pieces and chunk groups spread over
 //!   every connection; existing ones are compared by chunk digests (both sides
 //!   hash their own copy, in parallel) and differing chunks refined to blocks.
@@ -18,6 +19,7 @@
 //! them is done. A failure on one path is reported and counted; the rest go on.
 
 mod big;
+mod links;
 mod small;
 mod walk;
 
@@ -104,6 +106,8 @@ pub(crate) struct Ctx {
     batches: Arc<Semaphore>,
     /// KiB of file data in flight.
     data: Arc<Semaphore>,
+    /// Paths sharing an inode.
+    links: links::Links,
 }
 
 /// How one entry ended.
@@ -129,6 +133,7 @@ impl Ctx {
             groups: Arc::new(Semaphore::new(4 * j)),
             batches: Arc::new(Semaphore::new(4 * j)),
             data: Arc::new(Semaphore::new(data_kib)),
+            links: links::Links::default(),
             opts,
             stats,
             reporter,

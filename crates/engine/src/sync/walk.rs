@@ -200,6 +200,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
     // Every node, ticket and task holds a sender: None means all are done.
     let _ = finished.recv().await;
     let _ = batcher.await;
+    ctx.links.finish(&ctx).await;
 }
 
 fn placeholder_name() -> pareco_proto::Name {
@@ -269,6 +270,13 @@ async fn dispatch(
             Kind::Symlink => Stats::add(&ctx.stats.symlinks_total, 1),
             _ => {}
         }
+    }
+    // Another path of a file already seen: linked once everything else is done.
+    if let Some(src) = p.src.as_ref().filter(|s| s.kind == Kind::File && s.nlink > 1)
+        && let Some((dir, _)) = &node.attrs
+        && ctx.links.defer(&rel, src, &p, (&node.rel, dir))
+    {
+        return;
     }
     match p.action {
         Action::Nothing => {
