@@ -250,6 +250,11 @@ impl Tree {
         expect!(self.call(Request::MakeSymlink { path, target, mtime }).await?, "symlink", Response::Done => ())
     }
 
+    /// Sets the owner and/or group of an entry.
+    pub async fn set_owner(&self, path: RelPath, uid: Option<u32>, gid: Option<u32>) -> Result<(), TreeError> {
+        expect!(self.call(Request::SetOwner { path, uid, gid }).await?, "set owner", Response::Done => ())
+    }
+
     /// Makes `path` a hard link to `existing`.
     pub async fn make_link(&self, path: RelPath, existing: RelPath) -> Result<(), TreeError> {
         expect!(self.call(Request::MakeLink { path, existing }).await?, "link", Response::Done => ())

@@ -133,6 +133,10 @@ impl FsTree {
                 write::make_symlink(root, path, target, *mtime)?;
                 Response::Done
             }
+            Request::SetOwner { path, uid, gid } => {
+                write::set_owner(root, path, *uid, *gid)?;
+                Response::Done
+            }
             Request::MakeLink { path, existing } => {
                 write::make_link(root, path, existing)?;
                 Response::Done

@@ -39,6 +39,8 @@ pub fn to_stat(st: &rustix::fs::Stat, target: Option<Box<[u8]>>) -> Stat {
         dev: st.st_dev,
         nlink: st.st_nlink as u64,
         blocks: st.st_blocks.max(0) as u64,
+        uid: st.st_uid,
+        gid: st.st_gid,
         target: if kind == Kind::Symlink { target } else { None },
     }
 }

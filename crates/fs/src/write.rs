@@ -280,6 +280,40 @@ fn remove_at(dir: BorrowedFd<'_>, name: &[u8]) -> Result<(), FsError> {
     }
 }
 
+/// Sets the owner and/or group of an entry (never following a symlink),
+/// restoring set-user-ID and set-group-ID bits that the change clears.
+pub(crate) fn set_owner(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    uid: Option<u32>,
+    gid: Option<u32>,
+) -> Result<(), FsError> {
+    let (uid, gid) = (uid.map(rustix::fs::Uid::from_raw), gid.map(rustix::fs::Gid::from_raw));
+    match path.split_last() {
+        Some(_) => {
+            let (dir, name) = beneath::parent(root, path, "set owner")?;
+            let before = meta::stat_at(dir.as_fd(), name.as_bytes()).map_err(|e| FsError::io("stat", e))?;
+            rustix::fs::chownat(&dir, name.as_bytes(), uid, gid, AtFlags::SYMLINK_NOFOLLOW)
+                .map_err(|e| FsError::io("set owner", e))?;
+            if before.kind != Kind::Symlink && before.mode & 0o6000 != 0 {
+                meta::set_attrs_at(dir.as_fd(), &name, Some(before.mode), None)?;
+            }
+            Ok(())
+        }
+        None => {
+            let fd = beneath::open(root, path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
+                .map_err(|e| FsError::io("open directory", e))?;
+            let before = meta::stat_fd(fd.as_fd()).map_err(|e| FsError::io("stat", e))?;
+            rustix::fs::fchown(&fd, uid, gid).map_err(|e| FsError::io("set owner", e))?;
+            if before.mode & 0o6000 != 0 {
+                rustix::fs::fchmod(&fd, Mode::from_raw_mode(before.mode))
+                    .map_err(|e| FsError::io("set permissions", e))?;
+            }
+            Ok(())
+        }
+    }
+}
+
 /// Sets permissions and/or mtime of an existing entry.
 pub(crate) fn set_attrs(
     root: BorrowedFd<'_>,

@@ -34,6 +34,8 @@ impl Service for Echo {
                     dev: 0,
                     nlink: 1,
                     blocks: 0,
+                    uid: 0,
+                    gid: 0,
                     target: None,
                 };
                 let entries = (0..50_000)

@@ -127,6 +127,16 @@ pub struct SyncArgs {
     /// Delete destination entries that are not in the source.
     #[arg(long)]
     pub delete: bool,
+    /// Archive mode: also keep owners and groups (--owner --group). Always
+    /// kept: permissions, mtimes, symlinks, hard links within the tree, holes.
+    #[arg(short = 'a', long)]
+    pub archive: bool,
+    /// Give destination entries the source's owner (numeric; the receiving side must be root).
+    #[arg(short = 'o', long)]
+    pub owner: bool,
+    /// Give destination entries the source's group (numeric).
+    #[arg(short = 'g', long)]
+    pub group: bool,
     /// Leave all-zero runs of new content as holes, even where the source
     /// allocates them (holes of sparse source files are always kept).
     #[arg(short = 'S', long)]

@@ -26,6 +26,8 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         delete: args.delete,
         dry_run: args.dry_run,
         sparse: args.sparse,
+        owner: args.owner || args.archive,
+        group: args.group || args.archive,
         parallelism: args.connections as usize,
     };
     let source = Endpoint::source(&src, &options).await.context("source")?;

@@ -330,3 +330,67 @@ fn hard_links_inside_the_tree_stay_hard_links() {
     assert_eq!(ino("x"), ino("y"));
     verify(&src, server.url("copy"), &[]).ok();
 }
+
+#[test]
+fn archive_mode_keeps_owners_groups_and_setuid_bits() {
+    use std::os::unix::fs::MetadataExt;
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: owners cannot be given away here; nothing to test");
+        return;
+    }
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(src.join("data/base")).unwrap();
+    std::fs::create_dir_all(&srv).unwrap();
+    std::fs::write(src.join("data/base/16384"), bytes(1, 200_000)).unwrap();
+    std::fs::write(src.join("data/PG_VERSION"), b"15\n").unwrap();
+    std::fs::write(src.join("tool"), b"#!/bin/sh\n").unwrap();
+    std::os::unix::fs::symlink("data/PG_VERSION", src.join("link")).unwrap();
+    for (path, uid, gid) in [
+        ("data", 1234, 2345),
+        ("data/base", 1234, 2345),
+        ("data/base/16384", 1234, 2345),
+        ("data/PG_VERSION", 1234, 99),
+        ("tool", 0, 2345),
+        ("link", 77, 78),
+        ("", 1234, 2345),
+    ] {
+        rustix::fs::chownat(
+            rustix::fs::CWD,
+            src.join(path),
+            Some(rustix::fs::Uid::from_raw(uid)),
+            Some(rustix::fs::Gid::from_raw(gid)),
+            rustix::fs::AtFlags::SYMLINK_NOFOLLOW,
+        )
+        .unwrap();
+    }
+    std::fs::set_permissions(src.join("tool"), std::fs::Permissions::from_mode(0o6755)).unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    sync(&src, server.url("copy"), &["-q", "-a"]).ok();
+    let owner = |root: &Path, p: &str| {
+        let m = std::fs::symlink_metadata(root.join(p)).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    for p in ["", "data", "data/base", "data/base/16384", "data/PG_VERSION", "tool", "link"] {
+        let (want, got) = (owner(&src, p), owner(&srv.join("copy"), p));
+        if p == "link" {
+            assert_eq!((want.0, want.1), (got.0, got.1), "{p}");
+        } else {
+            assert_eq!(want, got, "{p:?}");
+        }
+    }
+    assert_same_tree(&src, &srv.join("copy"));
+
+    // Without -a, owners are left as the receiver makes them; with it, a
+    // changed owner alone is fixed by the next round.
+    rustix::fs::chownat(
+        rustix::fs::CWD,
+        src.join("data/PG_VERSION"),
+        Some(rustix::fs::Uid::from_raw(4321)),
+        None,
+        rustix::fs::AtFlags::empty(),
+    )
+    .unwrap();
+    sync(&src, server.url("copy"), &["-q", "-a"]).ok();
+    assert_eq!(owner(&srv.join("copy"), "data/PG_VERSION").0, 4321);
+}

@@ -18,6 +18,8 @@ fn entries(n: usize, seed: u64) -> Vec<Entry> {
         dev: 1,
         nlink: 1,
         blocks: 0,
+        uid: 0,
+        gid: 0,
         target: None,
     };
     // Listing order is the filesystem's, not sorted: shuffle deterministically.

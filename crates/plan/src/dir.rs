@@ -171,6 +171,8 @@ mod tests {
             dev: 1,
             nlink: 1,
             blocks: 0,
+            uid: 0,
+            gid: 0,
             target: (kind == Kind::Symlink).then(|| Box::from(&b"t"[..])),
         }
     }

@@ -91,6 +91,8 @@ mod tests {
             dev: 1,
             nlink: 1,
             blocks: 0,
+            uid: 0,
+            gid: 0,
             target: None,
         }
     }

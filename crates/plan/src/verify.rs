@@ -222,6 +222,8 @@ mod tests {
             dev: 1,
             nlink: 1,
             blocks: size.div_ceil(4096) * 8,
+            uid: 0,
+            gid: 0,
             target: (kind == Kind::Symlink).then(|| Box::from(&b"x"[..])),
         }
     }

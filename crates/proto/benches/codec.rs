@@ -30,6 +30,8 @@ fn listing(n: usize) -> Frame {
         dev: 2049,
         nlink: 1,
         blocks: 0,
+        uid: 0,
+        gid: 0,
         target: None,
     };
     let entries =

@@ -195,6 +195,17 @@ pub enum Request {
         /// The file it shares.
         existing: RelPath,
     },
+    /// Set the owner and/or group of an entry, never following a symlink
+    /// (set-user-ID and set-group-ID bits, which the kernel clears, are kept).
+    /// Answer: [`Response::Done`].
+    SetOwner {
+        /// Entry to change.
+        path: RelPath,
+        /// New owner, if it is to change.
+        uid: Option<u32>,
+        /// New group, if it is to change.
+        gid: Option<u32>,
+    },
     /// Remove an entry; directories recursively, never following symlinks.
     /// Answer: [`Response::Done`].
     Remove {
@@ -422,6 +433,7 @@ impl Request {
             | Request::EnsureDir { path, .. }
             | Request::MakeSymlink { path, .. }
             | Request::MakeLink { path, .. }
+            | Request::SetOwner { path, .. }
             | Request::Remove { path }
             | Request::SetAttrs { path, .. } => Some(path),
             Request::ReadFiles { paths, .. } => paths.first(),
@@ -553,6 +565,19 @@ impl Request {
                 w.varint(*offset);
                 w.varint(*len);
             }
+            Request::SetOwner { path, uid, gid } => {
+                w.u8(20);
+                w.path(path);
+                for id in [uid, gid] {
+                    match id {
+                        Some(id) => {
+                            w.u8(1);
+                            w.varint(*id as u64);
+                        }
+                        None => w.u8(0),
+                    }
+                }
+            }
             Request::MakeLink { path, existing } => {
                 w.u8(19);
                 w.path(path);
@@ -659,6 +684,11 @@ impl Request {
             14 => Request::MakeSymlink { path: r.path()?, target: link_target(r)?, mtime: r.opt_timestamp("mtime")? },
             15 => Request::Remove { path: r.path()? },
             17 => Request::EnsureDir { path: r.path()?, mode: mode(r)? },
+            20 => Request::SetOwner {
+                path: r.path()?,
+                uid: if r.bool("owner flag")? { Some(r.u32v("owner")?) } else { None },
+                gid: if r.bool("group flag")? { Some(r.u32v("group")?) } else { None },
+            },
             19 => Request::MakeLink { path: r.path()?, existing: r.path()? },
             18 => Request::DataExtents { path: r.path()?, offset: r.varint("offset")?, len: r.varint("length")? },
             16 => Request::SetAttrs {
@@ -956,6 +986,8 @@ fn encode_stat(w: &mut Writer<'_>, s: &Stat) {
     w.varint(s.dev);
     w.varint(s.nlink);
     w.varint(s.blocks);
+    w.varint(s.uid as u64);
+    w.varint(s.gid as u64);
     if let Some(t) = &s.target {
         w.bytes(t);
     }
@@ -980,11 +1012,13 @@ fn decode_stat(r: &mut Reader) -> Result<Stat, CodecError> {
     let dev = r.varint("device")?;
     let nlink = r.varint("link count")?;
     let blocks = r.varint("allocated blocks")?;
+    let uid = r.u32v("owner")?;
+    let gid = r.u32v("group")?;
     let target = match kind {
         Kind::Symlink => Some(Box::from(&link_target(r)?[..])),
         _ => None,
     };
-    Ok(Stat { kind, size, mode, mtime, ctime, ino, dev, nlink, blocks, target })
+    Ok(Stat { kind, size, mode, mtime, ctime, ino, dev, nlink, blocks, uid, gid, target })
 }
 
 fn encode_failure(w: &mut Writer<'_>, f: &Failure) {

@@ -79,6 +79,10 @@ pub struct Stat {
     pub nlink: u64,
     /// Space allocated on disk, in 512-byte units (what `du` counts).
     pub blocks: u64,
+    /// Owner (numeric).
+    pub uid: u32,
+    /// Group (numeric).
+    pub gid: u32,
     /// Symlink target, for symlinks only.
     pub target: Option<Box<[u8]>>,
 }

@@ -64,6 +64,8 @@ fn stat() -> impl Strategy<Value = Stat> {
             dev,
             nlink: ino % 7,
             blocks: size / 512,
+            uid: (ino % 1000) as u32,
+            gid: (dev % 1000) as u32,
             target: (kind == Kind::Symlink).then(|| target.into()),
         })
 }
@@ -93,6 +95,8 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (path(), any::<u64>(), any::<u64>()).prop_map(|(path, offset, len)| Request::DataExtents { path, offset, len }),
         (path(), path()).prop_map(|(path, existing)| Request::MakeLink { path, existing }),
+        (path(), proptest::option::of(any::<u32>()), proptest::option::of(any::<u32>()))
+            .prop_map(|(path, uid, gid)| Request::SetOwner { path, uid, gid }),
         (path(), any::<u64>(), 0u32..=1 << 20).prop_map(|(path, offset, len)| Request::HashBlocks {
             path,
             offset,
@@ -325,6 +329,8 @@ fn big_listings_are_split_into_bounded_pages() {
         dev: 1,
         nlink: 1,
         blocks: 8,
+        uid: 0,
+        gid: 0,
         target: None,
     };
     let entries: Vec<Entry> = (0..10_000)

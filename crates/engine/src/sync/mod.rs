@@ -13,6 +13,9 @@
 //!   every connection; existing ones are compared by chunk digests (both sides
 //!   hash their own copy, in parallel) and differing chunks refined to blocks.
 //!
+//! With `owner`/`group`, each directory's entries get their owners once
+//! their names are final, from a second listing of the destination.
+//!
 //! Every queue is bounded (files, chunk groups, bytes of data in flight), so
 //! memory depends on the work in flight, not on the size of the tree.
 //! Directories get their final permissions and mtime once everything inside
@@ -52,6 +55,10 @@ pub struct SyncOptions {
     /// Leave all-zero pieces of new content as holes, even if the source
     /// allocates them (holes of sparse sources are always kept).
     pub sparse: bool,
+    /// Give destination entries the source's owner (numeric).
+    pub owner: bool,
+    /// Give destination entries the source's group (numeric).
+    pub group: bool,
     /// How much to do at once (normally the number of connections).
     pub parallelism: usize,
 }
@@ -65,6 +72,8 @@ impl Default for SyncOptions {
             delete: false,
             dry_run: false,
             sparse: false,
+            owner: false,
+            group: false,
             parallelism: 16,
         }
     }
@@ -108,6 +117,8 @@ pub(crate) struct Ctx {
     data: Arc<Semaphore>,
     /// Paths sharing an inode.
     links: links::Links,
+    /// Whether setting an owner was refused once already (not root).
+    owner_refused: std::sync::atomic::AtomicBool,
 }
 
 /// How one entry ended.
@@ -134,6 +145,7 @@ impl Ctx {
             batches: Arc::new(Semaphore::new(4 * j)),
             data: Arc::new(Semaphore::new(data_kib)),
             links: links::Links::default(),
+            owner_refused: Default::default(),
             opts,
             stats,
             reporter,

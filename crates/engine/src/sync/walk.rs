@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
-use pareco_proto::{Kind, RelPath, Stat, Timestamp};
+use pareco_proto::{Kind, Name, RelPath, Stat, Timestamp};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
 use super::small::{self, SmallFile};
@@ -34,6 +34,8 @@ pub(crate) struct DirNode {
     pending: AtomicUsize,
     /// Whether an entry was created, renamed or removed in it.
     dirty: AtomicBool,
+    /// The source's owner and group of each entry (with `owner`/`group`).
+    owners: Mutex<Vec<(Name, u32, u32)>>,
     alive: Alive,
 }
 
@@ -85,7 +87,10 @@ impl Drop for Ticket {
     }
 }
 
-async fn finish_dir(ctx: &Ctx, node: &DirNode) {
+async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
+    if (ctx.opts.owner || ctx.opts.group) && !ctx.opts.dry_run {
+        set_owners(ctx, node).await;
+    }
     let Some((src, dst)) = &node.attrs else { return };
     let differ = dst.as_ref().is_none_or(|d| attrs_differ(src, d));
     if let Some(d) = dst
@@ -100,6 +105,57 @@ async fn finish_dir(ctx: &Ctx, node: &DirNode) {
     if let Err(e) = ctx.dst.tree.set_attrs(path, Some(src.mode), Some(src.mtime)).await {
         ctx.fail(&node.rel, format!("destination: {e}"));
     }
+}
+
+/// Gives the entries of a directory (and the top directory itself) the
+/// source's owner and group where the destination's differ.
+async fn set_owners(ctx: &Arc<Ctx>, node: &DirNode) {
+    let wanted = std::mem::take(&mut *node.owners.lock().expect("owners lock"));
+    let mut changes: Vec<(RelPath, Option<u32>, Option<u32>)> = Vec::new();
+    let differ = |src: (u32, u32), dst: Option<(u32, u32)>| {
+        let uid = (ctx.opts.owner && dst.is_none_or(|d| d.0 != src.0)).then_some(src.0);
+        let gid = (ctx.opts.group && dst.is_none_or(|d| d.1 != src.1)).then_some(src.1);
+        (uid.is_some() || gid.is_some()).then_some((uid, gid))
+    };
+    if node.rel.is_root()
+        && let Some((src, dst)) = &node.attrs
+        && let Some((uid, gid)) = differ((src.uid, src.gid), dst.as_ref().map(|d| (d.uid, d.gid)))
+    {
+        changes.push((node.rel.clone(), uid, gid));
+    }
+    if !wanted.is_empty() {
+        let have: std::collections::HashMap<Name, (u32, u32)> = match ctx.dst.tree.list(ctx.dst.path(&node.rel)).await {
+            Ok((entries, _)) => entries.into_iter().map(|e| (e.name, (e.stat.uid, e.stat.gid))).collect(),
+            Err(e) => return ctx.fail(&node.rel, format!("destination: {e}")),
+        };
+        for (name, uid, gid) in wanted {
+            // Entries not there (failed, or hard links made later) are skipped.
+            if let Some(dst) = have.get(&name)
+                && let Some((uid, gid)) = differ((uid, gid), Some(*dst))
+                && let Ok(rel) = node.rel.join(&name)
+            {
+                changes.push((rel, uid, gid));
+            }
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (rel, uid, gid) in changes {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            match ctx.dst.tree.set_owner(ctx.dst.path(&rel), uid, gid).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == Some(pareco_proto::FailureKind::PermissionDenied) => {
+                    if !ctx.owner_refused.swap(true, Ordering::Relaxed) {
+                        Stats::add(&ctx.stats.warnings, 1);
+                        let why = format!("owners and groups are not kept: {e} (the receiving side must run as root)");
+                        ctx.reporter.problem(&rel, &Problem::Skipped(why));
+                    }
+                }
+                Err(e) => ctx.fail(&rel, format!("destination: {e}")),
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
 }
 
 /// A directory to list and plan.
@@ -165,6 +221,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
         attrs: (!single).then(|| (src_root.clone(), dst_root.clone())),
         pending: AtomicUsize::new(0),
         dirty: AtomicBool::new(false),
+        owners: Mutex::default(),
         alive: Alive(alive),
     });
     let (small_tx, small_rx) = mpsc::channel(1024);
@@ -233,6 +290,10 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         Ok(listing) => listing,
         Err(e) => return ctx.finish(&node.rel, 0, source_failure(e)),
     };
+    if ctx.opts.owner || ctx.opts.group {
+        let owners = src_entries.iter().map(|e| (e.name.clone(), e.stat.uid, e.stat.gid)).collect();
+        *node.owners.lock().expect("owners lock") = owners;
+    }
     let dst_entries = match dst_list.transpose() {
         Ok(listing) => listing.map(|(entries, _)| entries),
         Err(e) => return ctx.finish(&node.rel, 0, destination_failure(e)),
@@ -303,6 +364,7 @@ async fn dispatch(
                 attrs: Some((src, dst)),
                 pending: AtomicUsize::new(0),
                 dirty: AtomicBool::new(false),
+                owners: Mutex::default(),
                 alive: node.alive.clone(),
             });
             let (ticket, parent) = (Ticket::new(&child, ctx), Some(Ticket::new(node, ctx)));
