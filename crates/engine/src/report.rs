@@ -100,6 +100,8 @@ pub enum Change {
     Delete,
     /// A hard link to another file of the tree is made.
     HardLink,
+    /// A fifo or device file is created.
+    Special,
 }
 
 impl Change {
@@ -113,6 +115,7 @@ impl Change {
             Change::Symlink => "link",
             Change::Delete => "delete",
             Change::HardLink => "hardlink",
+            Change::Special => "special",
         }
     }
 }

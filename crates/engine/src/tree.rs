@@ -250,6 +250,12 @@ impl Tree {
         expect!(self.call(Request::MakeSymlink { path, target, mtime }).await?, "symlink", Response::Done => ())
     }
 
+    /// Creates (or replaces) a fifo or device file.
+    pub async fn make_special(&self, path: RelPath, src: &Stat) -> Result<(), TreeError> {
+        let request = Request::MakeSpecial { path, kind: src.kind, mode: src.mode, rdev: src.rdev, mtime: src.mtime };
+        expect!(self.call(request).await?, "create special file", Response::Done => ())
+    }
+
     /// Sets the owner and/or group of an entry.
     pub async fn set_owner(&self, path: RelPath, uid: Option<u32>, gid: Option<u32>) -> Result<(), TreeError> {
         expect!(self.call(Request::SetOwner { path, uid, gid }).await?, "set owner", Response::Done => ())

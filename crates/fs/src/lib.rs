@@ -133,6 +133,10 @@ impl FsTree {
                 write::make_symlink(root, path, target, *mtime)?;
                 Response::Done
             }
+            Request::MakeSpecial { path, kind, mode, rdev, mtime } => {
+                write::make_special(root, path, *kind, *mode, *rdev, *mtime)?;
+                Response::Done
+            }
             Request::SetOwner { path, uid, gid } => {
                 write::set_owner(root, path, *uid, *gid)?;
                 Response::Done

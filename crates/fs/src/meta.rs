@@ -41,6 +41,7 @@ pub fn to_stat(st: &rustix::fs::Stat, target: Option<Box<[u8]>>) -> Stat {
         blocks: st.st_blocks.max(0) as u64,
         uid: st.st_uid,
         gid: st.st_gid,
+        rdev: st.st_rdev,
         target: if kind == Kind::Symlink { target } else { None },
     }
 }

@@ -231,6 +231,37 @@ pub(crate) fn make_symlink(
     result
 }
 
+/// Creates a fifo or device file (under a temporary name, then renamed over
+/// whatever non-directory is there).
+pub(crate) fn make_special(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    kind: Kind,
+    mode: u32,
+    rdev: u64,
+    mtime: Timestamp,
+) -> Result<(), FsError> {
+    let file_type = match kind {
+        Kind::Fifo => rustix::fs::FileType::Fifo,
+        Kind::CharDevice => rustix::fs::FileType::CharacterDevice,
+        Kind::BlockDevice => rustix::fs::FileType::BlockDevice,
+        other => return Err(FsError::bad_request("create special file", format!("cannot create a {}", other.name()))),
+    };
+    let (dir, name) = beneath::parent(root, path, "create special file")?;
+    let temp = temp_name();
+    rustix::fs::mknodat(&dir, temp.as_str(), file_type, Mode::from_raw_mode(mode & 0o7777), rdev)
+        .map_err(|e| FsError::io("create special file", e))?;
+    let temp_name = Name::new(temp.as_bytes()).expect("temporary names are valid");
+    let result = meta::set_attrs_at(dir.as_fd(), &temp_name, Some(mode), Some(mtime)).and_then(|()| {
+        rustix::fs::renameat(&dir, temp.as_str(), &dir, name.as_bytes())
+            .map_err(|e| FsError::io("rename into place", e))
+    });
+    if result.is_err() {
+        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
+    }
+    result
+}
+
 /// Makes `path` a hard link to `existing` (never following a symlink),
 /// replacing what is there unless it is a directory.
 pub(crate) fn make_link(root: BorrowedFd<'_>, path: &RelPath, existing: &RelPath) -> Result<(), FsError> {

@@ -36,6 +36,7 @@ impl Service for Echo {
                     blocks: 0,
                     uid: 0,
                     gid: 0,
+                    rdev: 0,
                     target: None,
                 };
                 let entries = (0..50_000)

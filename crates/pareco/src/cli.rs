@@ -127,10 +127,14 @@ pub struct SyncArgs {
     /// Delete destination entries that are not in the source.
     #[arg(long)]
     pub delete: bool,
-    /// Archive mode: also keep owners and groups (--owner --group). Always
-    /// kept: permissions, mtimes, symlinks, hard links within the tree, holes.
+    /// Archive mode: also keep owners, groups, fifos and devices (--owner
+    /// --group --specials). Always kept: permissions, mtimes, symlinks, hard
+    /// links within the tree, holes.
     #[arg(short = 'a', long)]
     pub archive: bool,
+    /// Recreate fifos and device files (devices need root at the receiving side).
+    #[arg(long)]
+    pub specials: bool,
     /// Give destination entries the source's owner (numeric; the receiving side must be root).
     #[arg(short = 'o', long)]
     pub owner: bool,

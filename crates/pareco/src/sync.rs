@@ -26,6 +26,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         delete: args.delete,
         dry_run: args.dry_run,
         sparse: args.sparse,
+        specials: args.specials || args.archive,
         owner: args.owner || args.archive,
         group: args.group || args.archive,
         parallelism: args.connections as usize,

@@ -394,3 +394,47 @@ fn archive_mode_keeps_owners_groups_and_setuid_bits() {
     sync(&src, server.url("copy"), &["-q", "-a"]).ok();
     assert_eq!(owner(&srv.join("copy"), "data/PG_VERSION").0, 4321);
 }
+
+#[test]
+fn fifos_and_devices_are_recreated_with_archive_sockets_are_skipped_and_named() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&srv).unwrap();
+    let mknod = |name: &str, kind, rdev| {
+        rustix::fs::mknodat(rustix::fs::CWD, src.join(name), kind, rustix::fs::Mode::from_raw_mode(0o640), rdev)
+    };
+    mknod("pipe", rustix::fs::FileType::Fifo, 0).unwrap();
+    let root = rustix::process::geteuid().is_root();
+    if root {
+        mknod("null", rustix::fs::FileType::CharacterDevice, rustix::fs::makedev(1, 3)).unwrap();
+    }
+    let _socket = std::os::unix::net::UnixListener::bind(src.join("sock")).unwrap();
+    std::fs::write(src.join("file"), b"x").unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    let copy = srv.join("copy");
+
+    // Without -a: skipped, each named with the reason.
+    let plain = sync(&src, server.url("copy"), &[]).ok();
+    let err = plain.stderr();
+    assert!(err.contains("pipe") && err.contains("fifo skipped (--specials or -a recreates it)"), "{err}");
+    assert!(err.contains("sock") && err.contains("socket skipped"), "{err}");
+    assert!(!copy.join("pipe").exists());
+
+    let archive = sync(&src, server.url("copy"), &["-a", "-v"]).ok();
+    assert!(archive.stdout().contains("special pipe"), "{}", archive.stdout());
+    let meta = std::fs::symlink_metadata(copy.join("pipe")).unwrap();
+    assert!(meta.file_type().is_fifo());
+    assert_eq!(meta.mode() & 0o7777, 0o640);
+    if root {
+        let null = std::fs::symlink_metadata(copy.join("null")).unwrap();
+        assert!(null.file_type().is_char_device());
+        assert_eq!(null.rdev(), rustix::fs::makedev(1, 3));
+    }
+    assert!(!copy.join("sock").exists());
+    assert!(archive.stderr().contains("socket skipped"), "{}", archive.stderr());
+
+    // Nothing left to do.
+    let again = sync(&src, server.url("copy"), &["-a", "-v"]).ok();
+    assert!(!again.stdout().contains("special"), "{}", again.stdout());
+}

@@ -20,6 +20,7 @@ fn entries(n: usize, seed: u64) -> Vec<Entry> {
         blocks: 0,
         uid: 0,
         gid: 0,
+        rdev: 0,
         target: None,
     };
     // Listing order is the filesystem's, not sorted: shuffle deterministically.

@@ -15,6 +15,8 @@ pub struct DirOptions {
     pub checksum: bool,
     /// Remove destination entries that the source does not have.
     pub delete: bool,
+    /// Recreate fifos and device files (else they are skipped).
+    pub specials: bool,
 }
 
 /// What one name needs.
@@ -39,6 +41,10 @@ pub enum Action {
     Symlink,
     /// The symlink is right but its own mtime differs.
     SymlinkMtime,
+    /// Create the fifo or device file, or replace what is there.
+    Special,
+    /// The fifo or device file is right but its mode or mtime differs.
+    SpecialAttrs,
     /// Remove the destination entry (only with `delete`).
     Delete,
     /// Leave it and warn.
@@ -142,6 +148,21 @@ fn plan_entry(src: Option<Entry>, dst: Option<Entry>, src_now: Timestamp, opts: 
             }
             _ => Action::Symlink,
         },
+        Kind::Fifo | Kind::CharDevice | Kind::BlockDevice if opts.specials => match &dst {
+            Some(d) if same_kind && d.rdev == s.rdev => {
+                if d.mode == s.mode && d.mtime == s.mtime {
+                    Action::Nothing
+                } else {
+                    Action::SpecialAttrs
+                }
+            }
+            // Replacing a non-directory is one atomic rename.
+            Some(d) if d.kind != Kind::Dir => {
+                remove_first = false;
+                Action::Special
+            }
+            _ => Action::Special,
+        },
         special => {
             remove_first = false;
             Action::Skip(SkipReason::Special(special))
@@ -173,6 +194,7 @@ mod tests {
             blocks: 0,
             uid: 0,
             gid: 0,
+            rdev: 0,
             target: (kind == Kind::Symlink).then(|| Box::from(&b"t"[..])),
         }
     }
@@ -226,7 +248,7 @@ mod tests {
         let plan = actions(
             vec![entry("f", f.clone())],
             Some(vec![entry("f", f.clone())]),
-            DirOptions { checksum: true, delete: false },
+            DirOptions { checksum: true, ..Default::default() },
         );
         assert_eq!(plan, vec![("f".into(), Action::CopyFile { basis: Some(f) }, false)]);
     }
@@ -244,7 +266,7 @@ mod tests {
         let dst = vec![entry("old", stat(Kind::File, 1, 1)), entry("olddir", stat(Kind::Dir, 0, 1))];
         let keep = actions(vec![], Some(dst.clone()), DirOptions::default());
         assert!(keep.iter().all(|(_, a, _)| *a == Action::Nothing));
-        let del = actions(vec![], Some(dst), DirOptions { delete: true, checksum: false });
+        let del = actions(vec![], Some(dst), DirOptions { delete: true, ..Default::default() });
         assert!(del.iter().all(|(_, a, _)| *a == Action::Delete));
     }
 
@@ -271,7 +293,7 @@ mod tests {
                 ("link_was_file".into(), Action::Symlink, false),
             ]
         );
-        let forced = actions(src, Some(dst), DirOptions { delete: true, checksum: false });
+        let forced = actions(src, Some(dst), DirOptions { delete: true, ..Default::default() });
         assert_eq!(forced[1], ("file_was_dir".into(), Action::CopyFile { basis: None }, true));
     }
 
@@ -293,5 +315,39 @@ mod tests {
         let src = vec![entry("p", stat(Kind::Fifo, 0, 1)), entry("p", stat(Kind::File, 0, 1))];
         let plan = actions(src, None, DirOptions::default());
         assert_eq!(plan.len(), 1);
+    }
+
+    #[test]
+    fn fifos_and_devices_are_recreated_with_specials_sockets_never() {
+        let fifo = stat(Kind::Fifo, 0, 1);
+        let mut dev = stat(Kind::CharDevice, 0, 1);
+        dev.rdev = 0x103;
+        let mut other_dev = dev.clone();
+        other_dev.rdev = 0x105;
+        let mut chmodded = fifo.clone();
+        chmodded.mode = 0o600;
+        let on = DirOptions { specials: true, ..Default::default() };
+        let src =
+            vec![entry("a", fifo.clone()), entry("b", fifo.clone()), entry("c", dev.clone()), entry("d", dev.clone())];
+        let src = [src, vec![entry("e", stat(Kind::Socket, 0, 1))]].concat();
+        let dst = vec![
+            entry("a", fifo.clone()),
+            entry("b", chmodded),
+            entry("c", other_dev),
+            entry("d", stat(Kind::File, 3, 1)),
+        ];
+        let got: Vec<_> = actions(src.clone(), Some(dst.clone()), on).into_iter().map(|x| (x.1, x.2)).collect();
+        assert_eq!(
+            got,
+            vec![
+                (Action::Nothing, false),
+                (Action::SpecialAttrs, false),
+                (Action::Special, false),
+                (Action::Special, false),
+                (Action::Skip(SkipReason::Special(Kind::Socket)), false),
+            ]
+        );
+        let off: Vec<_> = actions(src, Some(dst), DirOptions::default()).into_iter().map(|x| x.1).collect();
+        assert!(off.iter().all(|a| matches!(a, Action::Skip(SkipReason::Special(_)))), "{off:?}");
     }
 }

@@ -93,6 +93,7 @@ mod tests {
             blocks: 0,
             uid: 0,
             gid: 0,
+            rdev: 0,
             target: None,
         }
     }

@@ -224,6 +224,7 @@ mod tests {
             blocks: size.div_ceil(4096) * 8,
             uid: 0,
             gid: 0,
+            rdev: 0,
             target: (kind == Kind::Symlink).then(|| Box::from(&b"x"[..])),
         }
     }

@@ -32,6 +32,7 @@ fn listing(n: usize) -> Frame {
         blocks: 0,
         uid: 0,
         gid: 0,
+        rdev: 0,
         target: None,
     };
     let entries =

@@ -195,6 +195,20 @@ pub enum Request {
         /// The file it shares.
         existing: RelPath,
     },
+    /// Create a fifo or a device file, atomically replacing a non-directory
+    /// entry. Answer: [`Response::Done`].
+    MakeSpecial {
+        /// Where it goes.
+        path: RelPath,
+        /// [`Kind::Fifo`], [`Kind::CharDevice`] or [`Kind::BlockDevice`].
+        kind: Kind,
+        /// Permission bits.
+        mode: u32,
+        /// Device number (devices only).
+        rdev: u64,
+        /// Its mtime.
+        mtime: Timestamp,
+    },
     /// Set the owner and/or group of an entry, never following a symlink
     /// (set-user-ID and set-group-ID bits, which the kernel clears, are kept).
     /// Answer: [`Response::Done`].
@@ -434,6 +448,7 @@ impl Request {
             | Request::MakeSymlink { path, .. }
             | Request::MakeLink { path, .. }
             | Request::SetOwner { path, .. }
+            | Request::MakeSpecial { path, .. }
             | Request::Remove { path }
             | Request::SetAttrs { path, .. } => Some(path),
             Request::ReadFiles { paths, .. } => paths.first(),
@@ -565,6 +580,14 @@ impl Request {
                 w.varint(*offset);
                 w.varint(*len);
             }
+            Request::MakeSpecial { path, kind, mode, rdev, mtime } => {
+                w.u8(21);
+                w.path(path);
+                encode_kind(w, *kind);
+                w.varint(*mode as u64);
+                w.varint(*rdev);
+                w.timestamp(*mtime);
+            }
             Request::SetOwner { path, uid, gid } => {
                 w.u8(20);
                 w.path(path);
@@ -684,6 +707,20 @@ impl Request {
             14 => Request::MakeSymlink { path: r.path()?, target: link_target(r)?, mtime: r.opt_timestamp("mtime")? },
             15 => Request::Remove { path: r.path()? },
             17 => Request::EnsureDir { path: r.path()?, mode: mode(r)? },
+            21 => {
+                let path = r.path()?;
+                let kind = decode_kind(r)?;
+                if !matches!(kind, Kind::Fifo | Kind::CharDevice | Kind::BlockDevice) {
+                    return Err(CodecError::Invalid("not a fifo or a device"));
+                }
+                Request::MakeSpecial {
+                    path,
+                    kind,
+                    mode: mode(r)?,
+                    rdev: r.varint("device number")?,
+                    mtime: r.timestamp("mtime")?,
+                }
+            }
             20 => Request::SetOwner {
                 path: r.path()?,
                 uid: if r.bool("owner flag")? { Some(r.u32v("owner")?) } else { None },
@@ -968,8 +1005,8 @@ fn decode_blocks(r: &mut Reader, slots: u32, max_block: usize) -> Result<Vec<Blo
     Ok(blocks)
 }
 
-fn encode_stat(w: &mut Writer<'_>, s: &Stat) {
-    w.u8(match s.kind {
+fn encode_kind(w: &mut Writer<'_>, kind: Kind) {
+    w.u8(match kind {
         Kind::File => 1,
         Kind::Dir => 2,
         Kind::Symlink => 3,
@@ -978,6 +1015,23 @@ fn encode_stat(w: &mut Writer<'_>, s: &Stat) {
         Kind::CharDevice => 6,
         Kind::BlockDevice => 7,
     });
+}
+
+fn decode_kind(r: &mut Reader) -> Result<Kind, CodecError> {
+    Ok(match r.u8("entry kind")? {
+        1 => Kind::File,
+        2 => Kind::Dir,
+        3 => Kind::Symlink,
+        4 => Kind::Fifo,
+        5 => Kind::Socket,
+        6 => Kind::CharDevice,
+        7 => Kind::BlockDevice,
+        _ => return Err(CodecError::Invalid("unknown entry kind")),
+    })
+}
+
+fn encode_stat(w: &mut Writer<'_>, s: &Stat) {
+    encode_kind(w, s.kind);
     w.varint(s.size);
     w.varint(s.mode as u64);
     w.timestamp(s.mtime);
@@ -988,22 +1042,14 @@ fn encode_stat(w: &mut Writer<'_>, s: &Stat) {
     w.varint(s.blocks);
     w.varint(s.uid as u64);
     w.varint(s.gid as u64);
+    w.varint(s.rdev);
     if let Some(t) = &s.target {
         w.bytes(t);
     }
 }
 
 fn decode_stat(r: &mut Reader) -> Result<Stat, CodecError> {
-    let kind = match r.u8("entry kind")? {
-        1 => Kind::File,
-        2 => Kind::Dir,
-        3 => Kind::Symlink,
-        4 => Kind::Fifo,
-        5 => Kind::Socket,
-        6 => Kind::CharDevice,
-        7 => Kind::BlockDevice,
-        _ => return Err(CodecError::Invalid("unknown entry kind")),
-    };
+    let kind = decode_kind(r)?;
     let size = r.varint("size")?;
     let mode = mode(r)?;
     let mtime = r.timestamp("mtime")?;
@@ -1014,11 +1060,12 @@ fn decode_stat(r: &mut Reader) -> Result<Stat, CodecError> {
     let blocks = r.varint("allocated blocks")?;
     let uid = r.u32v("owner")?;
     let gid = r.u32v("group")?;
+    let rdev = r.varint("device number")?;
     let target = match kind {
         Kind::Symlink => Some(Box::from(&link_target(r)?[..])),
         _ => None,
     };
-    Ok(Stat { kind, size, mode, mtime, ctime, ino, dev, nlink, blocks, uid, gid, target })
+    Ok(Stat { kind, size, mode, mtime, ctime, ino, dev, nlink, blocks, uid, gid, rdev, target })
 }
 
 fn encode_failure(w: &mut Writer<'_>, f: &Failure) {

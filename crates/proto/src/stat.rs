@@ -83,6 +83,8 @@ pub struct Stat {
     pub uid: u32,
     /// Group (numeric).
     pub gid: u32,
+    /// Device number, for character and block devices.
+    pub rdev: u64,
     /// Symlink target, for symlinks only.
     pub target: Option<Box<[u8]>>,
 }

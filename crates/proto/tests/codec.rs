@@ -66,6 +66,7 @@ fn stat() -> impl Strategy<Value = Stat> {
             blocks: size / 512,
             uid: (ino % 1000) as u32,
             gid: (dev % 1000) as u32,
+            rdev: 0,
             target: (kind == Kind::Symlink).then(|| target.into()),
         })
 }
@@ -95,6 +96,14 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (path(), any::<u64>(), any::<u64>()).prop_map(|(path, offset, len)| Request::DataExtents { path, offset, len }),
         (path(), path()).prop_map(|(path, existing)| Request::MakeLink { path, existing }),
+        (
+            path(),
+            prop_oneof![Just(Kind::Fifo), Just(Kind::CharDevice), Just(Kind::BlockDevice)],
+            0u32..0o7777,
+            any::<u64>(),
+            timestamp()
+        )
+            .prop_map(|(path, kind, mode, rdev, mtime)| Request::MakeSpecial { path, kind, mode, rdev, mtime }),
         (path(), proptest::option::of(any::<u32>()), proptest::option::of(any::<u32>()))
             .prop_map(|(path, uid, gid)| Request::SetOwner { path, uid, gid }),
         (path(), any::<u64>(), 0u32..=1 << 20).prop_map(|(path, offset, len)| Request::HashBlocks {
@@ -331,6 +340,7 @@ fn big_listings_are_split_into_bounded_pages() {
         blocks: 8,
         uid: 0,
         gid: 0,
+        rdev: 0,
         target: None,
     };
     let entries: Vec<Entry> = (0..10_000)

@@ -55,6 +55,8 @@ pub struct SyncOptions {
     /// Leave all-zero pieces of new content as holes, even if the source
     /// allocates them (holes of sparse sources are always kept).
     pub sparse: bool,
+    /// Recreate fifos and device files (else they are skipped with a warning).
+    pub specials: bool,
     /// Give destination entries the source's owner (numeric).
     pub owner: bool,
     /// Give destination entries the source's group (numeric).
@@ -72,6 +74,7 @@ impl Default for SyncOptions {
             delete: false,
             dry_run: false,
             sparse: false,
+            specials: false,
             owner: false,
             group: false,
             parallelism: 16,

@@ -230,7 +230,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
         // One entry, planned as the only entry of a virtual directory.
         let src = vec![pareco_proto::Entry { name: placeholder_name(), stat: src_root }];
         let dst = dst_root.map(|stat| vec![pareco_proto::Entry { name: placeholder_name(), stat }]);
-        let options = DirOptions { checksum: ctx.opts.checksum, delete: false };
+        let options = DirOptions { checksum: ctx.opts.checksum, delete: false, specials: ctx.opts.specials };
         for planned in plan_dir(src, src_now, dst, options) {
             dispatch(&ctx, &small_tx, &Queue::default(), &root, RelPath::root(), planned).await;
         }
@@ -298,7 +298,7 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         Ok(listing) => listing.map(|(entries, _)| entries),
         Err(e) => return ctx.finish(&node.rel, 0, destination_failure(e)),
     };
-    let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete };
+    let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
     for planned in plan_dir(src_entries, src_now, dst_entries, options) {
         let rel = match node.rel.join(&planned.name) {
             Ok(rel) => rel,
@@ -346,7 +346,10 @@ async fn dispatch(
         }
         Action::Skip(reason) => {
             let why = match reason {
-                SkipReason::Special(kind) => format!("{} (special files are not copied)", kind.name()),
+                SkipReason::Special(Kind::Socket) => {
+                    "socket skipped (it belongs to a running process; it is not copied)".to_string()
+                }
+                SkipReason::Special(kind) => format!("{} skipped (--specials or -a recreates it)", kind.name()),
                 SkipReason::DirInTheWay => {
                     return ctx.fail(&rel, "a directory is in the way at the destination; --delete replaces it".into());
                 }
@@ -494,6 +497,40 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
                 ctx.dst.tree.make_symlink(path, target, Some(src.mtime)).await
             };
             (Change::Symlink, result.await)
+        }
+        Action::Special => {
+            let src = p.src.expect("a special file has a source");
+            ticket.dir().touch();
+            let result = async {
+                if ctx.opts.dry_run {
+                    return Ok(());
+                }
+                if p.remove_first {
+                    ctx.dst.tree.remove(path.clone()).await?;
+                }
+                ctx.dst.tree.make_special(path, &src).await
+            }
+            .await;
+            if let Err(e) = &result
+                && e.kind() == Some(pareco_proto::FailureKind::PermissionDenied)
+            {
+                Stats::add(&ctx.stats.warnings, 1);
+                let why = format!("{} skipped: {e} (device files need root at the receiving side)", src.kind.name());
+                ctx.reporter.problem(rel, &Problem::Skipped(why));
+                return Outcome::Synced { transferred: false, change: None };
+            }
+            (Change::Special, result)
+        }
+        Action::SpecialAttrs => {
+            let src = p.src.as_ref().expect("a special file has a source");
+            (
+                Change::Attributes,
+                if ctx.opts.dry_run {
+                    Ok(())
+                } else {
+                    ctx.dst.tree.set_attrs(path, Some(src.mode), Some(src.mtime)).await
+                },
+            )
         }
         Action::Nothing | Action::Skip(_) | Action::CopyFile { .. } | Action::Descend { .. } => {
             unreachable!("handled by dispatch")
