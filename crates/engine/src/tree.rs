@@ -10,7 +10,8 @@ use bytes::Bytes;
 use pareco_fs::FsTree;
 use pareco_net::{NetError, Pool};
 use pareco_proto::{
-    Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, RelPath, Request, Response, Stat, Timestamp,
+    Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Name, RelPath, Request, Response, Stat,
+    Timestamp, Xattrs,
 };
 use tokio::sync::Semaphore;
 
@@ -254,6 +255,16 @@ impl Tree {
     pub async fn make_special(&self, path: RelPath, src: &Stat) -> Result<(), TreeError> {
         let request = Request::MakeSpecial { path, kind: src.kind, mode: src.mode, rdev: src.rdev, mtime: src.mtime };
         expect!(self.call(request).await?, "create special file", Response::Done => ())
+    }
+
+    /// The extended attributes of the entries of a directory.
+    pub async fn dir_xattrs(&self, path: RelPath) -> Result<Vec<(Name, Xattrs)>, TreeError> {
+        expect!(self.call(Request::DirXattrs { path }).await?, "extended attributes", Response::DirXattrs(x) => x)
+    }
+
+    /// Gives an entry exactly these extended attributes.
+    pub async fn set_xattrs(&self, path: RelPath, xattrs: Xattrs) -> Result<(), TreeError> {
+        expect!(self.call(Request::SetXattrs { path, xattrs }).await?, "set extended attributes", Response::Done => ())
     }
 
     /// Sets the owner and/or group of an entry.

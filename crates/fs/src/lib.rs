@@ -17,6 +17,7 @@ mod error;
 mod meta;
 mod read;
 mod write;
+mod xattr;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
@@ -135,6 +136,11 @@ impl FsTree {
             }
             Request::MakeSpecial { path, kind, mode, rdev, mtime } => {
                 write::make_special(root, path, *kind, *mode, *rdev, *mtime)?;
+                Response::Done
+            }
+            Request::DirXattrs { path } => Response::DirXattrs(xattr::dir_xattrs(root, path)?),
+            Request::SetXattrs { path, xattrs } => {
+                xattr::set_xattrs(root, path, xattrs)?;
                 Response::Done
             }
             Request::SetOwner { path, uid, gid } => {

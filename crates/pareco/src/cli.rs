@@ -141,6 +141,9 @@ pub struct SyncArgs {
     /// Give destination entries the source's group (numeric).
     #[arg(short = 'g', long)]
     pub group: bool,
+    /// Keep extended attributes (all but system.*, which holds ACLs).
+    #[arg(short = 'X', long)]
+    pub xattrs: bool,
     /// Leave all-zero runs of new content as holes, even where the source
     /// allocates them (holes of sparse source files are always kept).
     #[arg(short = 'S', long)]

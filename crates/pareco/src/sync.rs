@@ -29,6 +29,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         specials: args.specials || args.archive,
         owner: args.owner || args.archive,
         group: args.group || args.archive,
+        xattrs: args.xattrs,
         parallelism: args.connections as usize,
     };
     let source = Endpoint::source(&src, &options).await.context("source")?;

@@ -438,3 +438,53 @@ fn fifos_and_devices_are_recreated_with_archive_sockets_are_skipped_and_named() 
     let again = sync(&src, server.url("copy"), &["-a", "-v"]).ok();
     assert!(!again.stdout().contains("special"), "{}", again.stdout());
 }
+
+#[test]
+fn extended_attributes_are_kept_updated_and_removed_with_xattrs() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(src.join("dir")).unwrap();
+    std::fs::create_dir_all(&srv).unwrap();
+    std::fs::write(src.join("dir/a"), b"a").unwrap();
+    std::fs::write(src.join("b"), bytes(3, 100_000)).unwrap();
+    let set = |p: &str, n: &str, v: &[u8]| rustix::fs::lsetxattr(src.join(p), n, v, rustix::fs::XattrFlags::empty());
+    if set("dir/a", "user.checksum", b"abc").is_err() {
+        eprintln!("this filesystem has no user extended attributes; nothing to test");
+        return;
+    }
+    set("dir", "user.project", b"pg").unwrap();
+    set("b", "user.big", &[7u8; 3000]).unwrap();
+    set("b", "user.other", b"").unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    let copy = srv.join("copy");
+    let get = |root: &Path, p: &str| {
+        let mut names = vec![0u8; 4096];
+        let n = rustix::fs::llistxattr(root.join(p), &mut names[..]).unwrap();
+        let mut out: Vec<(String, Vec<u8>)> = names[..n]
+            .split(|&b| b == 0)
+            .filter(|n| n.starts_with(b"user."))
+            .map(|n| {
+                let mut v = vec![0u8; 65536];
+                let len = rustix::fs::lgetxattr(root.join(p), n, &mut v[..]).unwrap();
+                (String::from_utf8_lossy(n).into_owned(), v[..len].to_vec())
+            })
+            .collect();
+        out.sort();
+        out
+    };
+    sync(&src, server.url("copy"), &["-q", "-X"]).ok();
+    for p in ["dir", "dir/a", "b"] {
+        assert_eq!(get(&src, p), get(&copy, p), "{p}");
+    }
+    assert_eq!(get(&copy, "b").len(), 2);
+    assert_same_tree(&src, &copy);
+
+    // Changed and removed attributes follow, with nothing else to do.
+    set("dir/a", "user.checksum", b"xyz").unwrap();
+    rustix::fs::lremovexattr(src.join("b"), "user.other").unwrap();
+    sync(&src, server.url("copy"), &["-q", "-X"]).ok();
+    for p in ["dir", "dir/a", "b"] {
+        assert_eq!(get(&src, p), get(&copy, p), "{p}");
+    }
+    assert_same_tree(&src, &copy);
+}

@@ -22,6 +22,15 @@ pub const MAX_LINK_TARGET: usize = 4096;
 /// Most digests in one message.
 pub const MAX_DIGESTS: usize = 1 << 16;
 
+/// Longest extended attribute name.
+pub const MAX_XATTR_NAME: usize = 255;
+
+/// Largest extended attribute value (the Linux limit).
+pub const MAX_XATTR_VALUE: usize = 64 << 10;
+
+/// Most extended attributes of one entry.
+pub const MAX_XATTRS: usize = 1024;
+
 /// Most data extents in one answer.
 pub const MAX_EXTENTS: usize = 1 << 16;
 

@@ -14,9 +14,10 @@ use bytes::Bytes;
 
 use crate::codec::CodecError;
 use crate::limits::{
-    MAX_BATCH_BYTES, MAX_BATCH_FILES, MAX_CHUNK, MAX_DIGESTS, MAX_EXTENTS, MAX_LINK_TARGET, MAX_MESSAGE, MIN_BLOCK,
+    MAX_BATCH_BYTES, MAX_BATCH_FILES, MAX_CHUNK, MAX_DIGESTS, MAX_EXTENTS, MAX_LINK_TARGET, MAX_MESSAGE,
+    MAX_XATTR_NAME, MAX_XATTR_VALUE, MAX_XATTRS, MIN_BLOCK,
 };
-use crate::path::RelPath;
+use crate::path::{Name, RelPath};
 use crate::stat::{Digest, Entry, Kind, Stat, Timestamp};
 use crate::wire::{Reader, Writer};
 
@@ -209,6 +210,21 @@ pub enum Request {
         /// Its mtime.
         mtime: Timestamp,
     },
+    /// The extended attributes of every entry of a directory (those that
+    /// have any; `system.*` names, which hold ACLs, are not included).
+    /// Answer: [`Response::DirXattrs`].
+    DirXattrs {
+        /// The directory.
+        path: RelPath,
+    },
+    /// Give an entry exactly these extended attributes (others it has, but
+    /// `system.*`, are removed). Answer: [`Response::Done`].
+    SetXattrs {
+        /// Entry to change.
+        path: RelPath,
+        /// Names and values.
+        xattrs: Xattrs,
+    },
     /// Set the owner and/or group of an entry, never following a symlink
     /// (set-user-ID and set-group-ID bits, which the kernel clears, are kept).
     /// Answer: [`Response::Done`].
@@ -287,6 +303,8 @@ pub enum Response {
     Digests(Vec<Digest>),
     /// Byte ranges holding data, in increasing order, not overlapping.
     Extents(Vec<std::ops::Range<u64>>),
+    /// Extended attributes of the entries of a directory, by name.
+    DirXattrs(Vec<(Name, Xattrs)>),
     /// Data with its digest.
     Data {
         /// BLAKE3 of `data`, computed when it was read.
@@ -448,6 +466,8 @@ impl Request {
             | Request::MakeSymlink { path, .. }
             | Request::MakeLink { path, .. }
             | Request::SetOwner { path, .. }
+            | Request::DirXattrs { path }
+            | Request::SetXattrs { path, .. }
             | Request::MakeSpecial { path, .. }
             | Request::Remove { path }
             | Request::SetAttrs { path, .. } => Some(path),
@@ -464,6 +484,7 @@ impl Request {
                 | Request::ListDir { .. }
                 | Request::HashChunks { .. }
                 | Request::DataExtents { .. }
+                | Request::DirXattrs { .. }
                 | Request::HashBlocks { .. }
                 | Request::ReadData { .. }
                 | Request::ReadPatch { .. }
@@ -579,6 +600,15 @@ impl Request {
                 w.path(path);
                 w.varint(*offset);
                 w.varint(*len);
+            }
+            Request::DirXattrs { path } => {
+                w.u8(22);
+                w.path(path);
+            }
+            Request::SetXattrs { path, xattrs } => {
+                w.u8(23);
+                w.path(path);
+                encode_xattrs(w, xattrs);
             }
             Request::MakeSpecial { path, kind, mode, rdev, mtime } => {
                 w.u8(21);
@@ -707,6 +737,8 @@ impl Request {
             14 => Request::MakeSymlink { path: r.path()?, target: link_target(r)?, mtime: r.opt_timestamp("mtime")? },
             15 => Request::Remove { path: r.path()? },
             17 => Request::EnsureDir { path: r.path()?, mode: mode(r)? },
+            22 => Request::DirXattrs { path: r.path()? },
+            23 => Request::SetXattrs { path: r.path()?, xattrs: decode_xattrs(r)? },
             21 => {
                 let path = r.path()?;
                 let kind = decode_kind(r)?;
@@ -840,6 +872,14 @@ impl Response {
                 w.u8(9);
                 encode_failure(w, failure);
             }
+            Response::DirXattrs(entries) => {
+                w.u8(11);
+                w.varint(entries.len() as u64);
+                for (name, xattrs) in entries {
+                    w.bytes(name.as_bytes());
+                    encode_xattrs(w, xattrs);
+                }
+            }
             Response::Extents(extents) => {
                 w.u8(10);
                 w.varint(extents.len() as u64);
@@ -919,6 +959,14 @@ impl Response {
                 Response::Outcomes(outcomes)
             }
             9 => Response::Failed(decode_failure(r)?),
+            11 => {
+                let n = r.count(3, usize::MAX, "entry count")?;
+                let mut entries = Vec::with_capacity(n);
+                for _ in 0..n {
+                    entries.push((r.name()?, decode_xattrs(r)?));
+                }
+                Response::DirXattrs(entries)
+            }
             10 => {
                 let n = r.count(2, MAX_EXTENTS, "extent count")?;
                 let mut extents: Vec<std::ops::Range<u64>> = Vec::with_capacity(n);
@@ -969,6 +1017,30 @@ fn mode(r: &mut Reader) -> Result<u32, CodecError> {
         return Err(CodecError::Invalid("mode has bits beyond 0o7777"));
     }
     Ok(v)
+}
+
+/// Extended attributes of one entry: names and values, sorted by name.
+pub type Xattrs = Vec<(Bytes, Bytes)>;
+
+fn encode_xattrs(w: &mut Writer<'_>, xattrs: &Xattrs) {
+    w.varint(xattrs.len() as u64);
+    for (name, value) in xattrs {
+        w.bytes(name);
+        w.bytes(value);
+    }
+}
+
+fn decode_xattrs(r: &mut Reader) -> Result<Xattrs, CodecError> {
+    let n = r.count(3, MAX_XATTRS, "extended attribute count")?;
+    let mut xattrs = Vec::with_capacity(n);
+    for _ in 0..n {
+        let name = r.bytes(MAX_XATTR_NAME, "extended attribute name")?;
+        if name.is_empty() || name.contains(&0) {
+            return Err(CodecError::Invalid("empty extended attribute name or NUL in it"));
+        }
+        xattrs.push((name, r.bytes(MAX_XATTR_VALUE, "extended attribute value")?));
+    }
+    Ok(xattrs)
 }
 
 fn link_target(r: &mut Reader) -> Result<Bytes, CodecError> {

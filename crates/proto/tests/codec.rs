@@ -8,7 +8,7 @@ use pareco_proto::limits::MAX_FRAME;
 use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_proto::{
     Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath, Request, Response, Stat,
-    Timestamp,
+    Timestamp, Xattrs,
 };
 use proptest::prelude::*;
 
@@ -87,6 +87,11 @@ fn blocks() -> impl Strategy<Value = Vec<Block>> {
         .prop_map(|m| m.into_iter().map(|(index, data)| Block { index, data }).collect())
 }
 
+fn xattrs() -> impl Strategy<Value = Xattrs> {
+    proptest::collection::vec(("user\\.[a-z]{1,20}", data(300)), 0..4)
+        .prop_map(|v| v.into_iter().map(|(n, d)| (Bytes::from(n.into_bytes()), d)).collect())
+}
+
 fn request() -> impl Strategy<Value = Request> {
     prop_oneof![
         path().prop_map(|path| Request::Stat { path }),
@@ -96,6 +101,8 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (path(), any::<u64>(), any::<u64>()).prop_map(|(path, offset, len)| Request::DataExtents { path, offset, len }),
         (path(), path()).prop_map(|(path, existing)| Request::MakeLink { path, existing }),
+        path().prop_map(|path| Request::DirXattrs { path }),
+        (path(), xattrs()).prop_map(|(path, xattrs)| Request::SetXattrs { path, xattrs }),
         (
             path(),
             prop_oneof![Just(Kind::Fifo), Just(Kind::CharDevice), Just(Kind::BlockDevice)],
@@ -160,6 +167,7 @@ fn response() -> impl Strategy<Value = Response> {
             Response::Listing { entries: es.into_iter().map(|(name, stat)| Entry { name, stat }).collect(), now, more }
         }),
         proptest::collection::vec(digest(), 0..10).prop_map(Response::Digests),
+        proptest::collection::vec((name(), xattrs()), 0..4).prop_map(Response::DirXattrs),
         proptest::collection::vec((1u64..1 << 40, 1u64..1 << 40), 0..10).prop_map(|gaps| {
             let mut at = 0;
             Response::Extents(

@@ -13,8 +13,9 @@
 //!   every connection; existing ones are compared by chunk digests (both sides
 //!   hash their own copy, in parallel) and differing chunks refined to blocks.
 //!
-//! With `owner`/`group`, each directory's entries get their owners once
-//! their names are final, from a second listing of the destination.
+//! With `owner`/`group`/`xattrs`, each directory's entries get their owners
+//! and extended attributes once their names are final, from a second look
+//! at the destination directory.
 //!
 //! Every queue is bounded (files, chunk groups, bytes of data in flight), so
 //! memory depends on the work in flight, not on the size of the tree.
@@ -61,6 +62,8 @@ pub struct SyncOptions {
     pub owner: bool,
     /// Give destination entries the source's group (numeric).
     pub group: bool,
+    /// Give destination entries the source's extended attributes.
+    pub xattrs: bool,
     /// How much to do at once (normally the number of connections).
     pub parallelism: usize,
 }
@@ -77,6 +80,7 @@ impl Default for SyncOptions {
             specials: false,
             owner: false,
             group: false,
+            xattrs: false,
             parallelism: 16,
         }
     }

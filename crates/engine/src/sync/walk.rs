@@ -34,8 +34,9 @@ pub(crate) struct DirNode {
     pending: AtomicUsize,
     /// Whether an entry was created, renamed or removed in it.
     dirty: AtomicBool,
-    /// The source's owner and group of each entry (with `owner`/`group`).
-    owners: Mutex<Vec<(Name, u32, u32)>>,
+    /// The source's entries with their owner and group (with `owner`,
+    /// `group` or `xattrs`).
+    entries: Mutex<Vec<(Name, u32, u32)>>,
     alive: Alive,
 }
 
@@ -88,8 +89,14 @@ impl Drop for Ticket {
 }
 
 async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
-    if (ctx.opts.owner || ctx.opts.group) && !ctx.opts.dry_run {
-        set_owners(ctx, node).await;
+    if (ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs) && !ctx.opts.dry_run {
+        let entries = std::mem::take(&mut *node.entries.lock().expect("entries lock"));
+        if ctx.opts.owner || ctx.opts.group {
+            set_owners(ctx, node, &entries).await;
+        }
+        if ctx.opts.xattrs && !entries.is_empty() {
+            copy_xattrs(ctx, node, &entries).await;
+        }
     }
     let Some((src, dst)) = &node.attrs else { return };
     let differ = dst.as_ref().is_none_or(|d| attrs_differ(src, d));
@@ -109,8 +116,7 @@ async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
 
 /// Gives the entries of a directory (and the top directory itself) the
 /// source's owner and group where the destination's differ.
-async fn set_owners(ctx: &Arc<Ctx>, node: &DirNode) {
-    let wanted = std::mem::take(&mut *node.owners.lock().expect("owners lock"));
+async fn set_owners(ctx: &Arc<Ctx>, node: &DirNode, wanted: &[(Name, u32, u32)]) {
     let mut changes: Vec<(RelPath, Option<u32>, Option<u32>)> = Vec::new();
     let differ = |src: (u32, u32), dst: Option<(u32, u32)>| {
         let uid = (ctx.opts.owner && dst.is_none_or(|d| d.0 != src.0)).then_some(src.0);
@@ -130,9 +136,9 @@ async fn set_owners(ctx: &Arc<Ctx>, node: &DirNode) {
         };
         for (name, uid, gid) in wanted {
             // Entries not there (failed, or hard links made later) are skipped.
-            if let Some(dst) = have.get(&name)
-                && let Some((uid, gid)) = differ((uid, gid), Some(*dst))
-                && let Ok(rel) = node.rel.join(&name)
+            if let Some(dst) = have.get(name)
+                && let Some((uid, gid)) = differ((*uid, *gid), Some(*dst))
+                && let Ok(rel) = node.rel.join(name)
             {
                 changes.push((rel, uid, gid));
             }
@@ -150,6 +156,43 @@ async fn set_owners(ctx: &Arc<Ctx>, node: &DirNode) {
                         let why = format!("owners and groups are not kept: {e} (the receiving side must run as root)");
                         ctx.reporter.problem(&rel, &Problem::Skipped(why));
                     }
+                }
+                Err(e) => ctx.fail(&rel, format!("destination: {e}")),
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Gives the entries of a directory the source's extended attributes where
+/// the destination's differ (one request per side for the directory).
+async fn copy_xattrs(ctx: &Arc<Ctx>, node: &DirNode, entries: &[(Name, u32, u32)]) {
+    let (src, dst) = tokio::join!(
+        ctx.src.tree.dir_xattrs(ctx.src.path(&node.rel)),
+        ctx.dst.tree.dir_xattrs(ctx.dst.path(&node.rel))
+    );
+    let (src, dst): (std::collections::HashMap<_, _>, std::collections::HashMap<_, _>) = match (src, dst) {
+        (Ok(src), Ok(dst)) => (src.into_iter().collect(), dst.into_iter().collect()),
+        (Err(e), _) => return ctx.fail(&node.rel, format!("source: {e}")),
+        (_, Err(e)) => return ctx.fail(&node.rel, format!("destination: {e}")),
+    };
+    let none = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, _, _) in entries {
+        let (want, have) = (src.get(name).unwrap_or(&none), dst.get(name).unwrap_or(&none));
+        let Ok(rel) = node.rel.join(name) else { continue };
+        if want == have {
+            continue;
+        }
+        let (ctx, want) = (ctx.clone(), want.clone());
+        tasks.spawn(async move {
+            match ctx.dst.tree.set_xattrs(ctx.dst.path(&rel), want).await {
+                Ok(()) => {}
+                // Not there (skipped, failed, or a hard link made later).
+                Err(e) if e.kind() == Some(pareco_proto::FailureKind::NotFound) => {}
+                Err(e) if e.kind() == Some(pareco_proto::FailureKind::PermissionDenied) => {
+                    Stats::add(&ctx.stats.warnings, 1);
+                    ctx.reporter.problem(&rel, &Problem::Skipped(format!("extended attributes not kept: {e}")));
                 }
                 Err(e) => ctx.fail(&rel, format!("destination: {e}")),
             }
@@ -221,7 +264,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
         attrs: (!single).then(|| (src_root.clone(), dst_root.clone())),
         pending: AtomicUsize::new(0),
         dirty: AtomicBool::new(false),
-        owners: Mutex::default(),
+        entries: Mutex::default(),
         alive: Alive(alive),
     });
     let (small_tx, small_rx) = mpsc::channel(1024);
@@ -290,9 +333,9 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         Ok(listing) => listing,
         Err(e) => return ctx.finish(&node.rel, 0, source_failure(e)),
     };
-    if ctx.opts.owner || ctx.opts.group {
-        let owners = src_entries.iter().map(|e| (e.name.clone(), e.stat.uid, e.stat.gid)).collect();
-        *node.owners.lock().expect("owners lock") = owners;
+    if ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs {
+        let entries = src_entries.iter().map(|e| (e.name.clone(), e.stat.uid, e.stat.gid)).collect();
+        *node.entries.lock().expect("entries lock") = entries;
     }
     let dst_entries = match dst_list.transpose() {
         Ok(listing) => listing.map(|(entries, _)| entries),
@@ -367,7 +410,7 @@ async fn dispatch(
                 attrs: Some((src, dst)),
                 pending: AtomicUsize::new(0),
                 dirty: AtomicBool::new(false),
-                owners: Mutex::default(),
+                entries: Mutex::default(),
                 alive: node.alive.clone(),
             });
             let (ticket, parent) = (Ticket::new(&child, ctx), Some(Ticket::new(node, ctx)));
