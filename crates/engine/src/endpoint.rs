@@ -123,6 +123,23 @@ impl Endpoint {
         Ok(Endpoint { tree: Tree::Remote(Arc::new(pool)), base: path.clone() })
     }
 
+    /// Keeps a local tree's digest cache in `state_dir` (a remote tree's is
+    /// its server's business).
+    pub fn keep_digests_in(&self, state_dir: &Path) -> std::io::Result<()> {
+        match &self.tree {
+            Tree::Local(t) => t.fs().keep_digests_in(state_dir),
+            Tree::Remote(_) => Ok(()),
+        }
+    }
+
+    /// Saves a local tree's digest cache, if it is kept in a state directory.
+    pub fn save_digests(&self) -> std::io::Result<()> {
+        match &self.tree {
+            Tree::Local(t) => t.fs().cache().save(),
+            Tree::Remote(_) => Ok(()),
+        }
+    }
+
     /// The path of `rel` (relative to the synced entry) inside the tree.
     pub fn path(&self, rel: &RelPath) -> RelPath {
         self.base.join_path(rel).unwrap_or_else(|_| rel.clone())

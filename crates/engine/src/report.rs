@@ -56,6 +56,9 @@ counters! {
     /// Bytes of holes in sparse source files, neither read nor sent (with
     /// `--sparse`, also all-zero pieces left as holes).
     bytes_sparse,
+    /// Bytes read on this machine to compute digests (local trees only;
+    /// digests already in the cache cost nothing).
+    bytes_hashed,
     /// Chunks found identical on both sides.
     chunks_matched,
     /// Chunks sent whole or patched.

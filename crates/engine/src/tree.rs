@@ -68,6 +68,11 @@ impl BlockingTree {
     pub fn path(&self) -> &std::path::Path {
         self.tree.path()
     }
+
+    /// The tree itself.
+    pub fn fs(&self) -> &FsTree {
+        &self.tree
+    }
 }
 
 /// A tree, here or there.
@@ -102,6 +107,15 @@ impl Tree {
         match self {
             Tree::Local(_) => (0, 0),
             Tree::Remote(pool) => pool.wire_bytes(),
+        }
+    }
+
+    /// Bytes this machine read to compute digests of a local tree (0 for a
+    /// remote one: its server counts its own).
+    pub fn bytes_hashed(&self) -> u64 {
+        match self {
+            Tree::Local(t) => t.fs().cache().hashed.load(std::sync::atomic::Ordering::Relaxed),
+            Tree::Remote(_) => 0,
         }
     }
 

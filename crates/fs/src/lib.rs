@@ -13,6 +13,7 @@
 //! Everything here is blocking; callers run it on a blocking thread pool.
 
 mod beneath;
+mod cache;
 mod error;
 mod meta;
 mod read;
@@ -21,10 +22,12 @@ mod xattr;
 
 use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use pareco_proto::{Request, Response};
 use rustix::fs::{Mode, OFlags};
 
+pub use cache::DigestCache;
 pub use error::FsError;
 pub use meta::now;
 pub use write::TEMP_PREFIX;
@@ -35,6 +38,7 @@ pub use write::TEMP_PREFIX;
 pub struct FsTree {
     root: OwnedFd,
     path: PathBuf,
+    cache: Arc<DigestCache>,
 }
 
 impl FsTree {
@@ -42,7 +46,19 @@ impl FsTree {
     /// reached through symlinks: the root is the caller's choice).
     pub fn open(path: &Path) -> std::io::Result<FsTree> {
         let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(FsTree { root, path: path.to_path_buf() })
+        Ok(FsTree { root, path: path.to_path_buf(), cache: Arc::default() })
+    }
+
+    /// The tree's digest cache.
+    pub fn cache(&self) -> &Arc<DigestCache> {
+        &self.cache
+    }
+
+    /// Keeps this tree's digest cache in `state_dir` (outside the tree),
+    /// in a file named after the root's device and inode.
+    pub fn keep_digests_in(&self, state_dir: &Path) -> std::io::Result<()> {
+        let st = rustix::fs::fstat(&self.root)?;
+        self.cache.attach(state_dir, &format!("digests-{:x}-{:x}", st.st_dev, st.st_ino))
     }
 
     /// The root directory's path, for messages.
@@ -85,13 +101,13 @@ impl FsTree {
                 Response::Listing { entries: read::list_dir(root, path)?, now, more: false }
             }
             Request::HashChunks { path, offset, len, chunk_size } => {
-                Response::Digests(read::hash_pieces(root, path, *offset, *len, *chunk_size)?)
+                Response::Digests(read::hash_pieces(root, path, *offset, *len, *chunk_size, Some(&self.cache))?)
             }
             Request::DataExtents { path, offset, len } => {
                 Response::Extents(read::data_extents(root, path, *offset, *len, pareco_proto::limits::MAX_EXTENTS)?)
             }
             Request::HashBlocks { path, offset, len, block_size } => {
-                let digests = read::hash_pieces(root, path, *offset, *len as u64, *block_size)?;
+                let digests = read::hash_pieces(root, path, *offset, *len as u64, *block_size, None)?;
                 if (digests.len() as u64) < (*len as u64).div_ceil(*block_size as u64) {
                     return Err(FsError::changed("hash blocks", "the file is shorter than the chunk"));
                 }

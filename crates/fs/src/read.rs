@@ -10,7 +10,10 @@ use pareco_proto::{Block, Digest, Entry, FileRead, Kind, Name, RelPath};
 use rustix::fs::{Dir, Mode, OFlags};
 use rustix::io::Errno;
 
+use std::sync::atomic::Ordering;
+
 use crate::beneath;
+use crate::cache::{DigestCache, Key};
 use crate::error::FsError;
 use crate::meta;
 
@@ -72,17 +75,45 @@ pub(crate) fn list_dir(root: BorrowedFd<'_>, path: &RelPath) -> Result<Vec<Entry
 }
 
 /// Digests of consecutive `piece`-byte pieces of `[offset, offset + len)`,
-/// for the pieces that lie entirely inside the file.
+/// for the pieces that lie entirely inside the file; from `cache` when it
+/// knows them for this version of the file (and the pieces are whole
+/// chunks), else read, and kept there if the file did not change meanwhile.
 pub(crate) fn hash_pieces(
     root: BorrowedFd<'_>,
     path: &RelPath,
     offset: u64,
     len: u64,
     piece: u32,
+    cache: Option<&DigestCache>,
 ) -> Result<Vec<Digest>, FsError> {
     let file = open_read(root, path)?;
-    let size = file.metadata().map_err(|e| FsError::std("stat", e))?.len();
+    let before = meta::stat_fd(file.as_fd()).map_err(|e| FsError::io("stat", e))?;
+    let size = before.size;
     let end = offset.saturating_add(len);
+    let piece64 = piece.max(1) as u64;
+    let whole_chunks = offset.is_multiple_of(piece64) && (end.is_multiple_of(piece64) || end >= size);
+    let cache = cache.filter(|_| whole_chunks);
+    let (key, first) = (Key::new(&before, piece), offset / piece64);
+    // As many as `read_pieces` gives: a short last piece only at the file's end.
+    let count =
+        if end <= size { (end - offset.min(end)).div_ceil(piece64) } else { size.saturating_sub(offset) / piece64 };
+    if let Some(hit) = cache.and_then(|c| c.get(&key, first, count)) {
+        return Ok(hit);
+    }
+    let digests = read_pieces(&file, size, offset, end, piece)?;
+    if let Some(cache) = cache {
+        let read = (digests.len() as u64 * piece64).min(size.saturating_sub(offset));
+        cache.hashed.fetch_add(read, Ordering::Relaxed);
+        let after = meta::stat_fd(file.as_fd()).map_err(|e| FsError::io("stat", e))?;
+        if before.same_version(&after) {
+            cache.put(key, first, &digests, meta::now());
+        }
+    }
+    Ok(digests)
+}
+
+fn read_pieces(file: &File, size: u64, offset: u64, end: u64, piece: u32) -> Result<Vec<Digest>, FsError> {
+    let len = end - offset;
     let mut digests = Vec::new();
     let mut buf = vec![0u8; piece.min(len.min(u32::MAX as u64) as u32) as usize];
     let mut at = offset;

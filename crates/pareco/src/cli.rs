@@ -103,6 +103,10 @@ pub struct ServeArgs {
     /// Seconds a new connection has to complete its handshake.
     #[arg(long, value_name = "SECONDS", default_value_t = 10)]
     pub handshake_timeout: u64,
+    /// Keep digests of served files here (outside --root), saved when the
+    /// server stops, so that unchanged files are not read again to hash them.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -163,6 +167,10 @@ pub struct SyncArgs {
     /// Seconds allowed to connect and authenticate.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub connect_timeout: u64,
+    /// Keep digests of local files here (outside the synced trees) so that
+    /// later runs do not read unchanged files again to hash them.
+    #[arg(long, value_name = "DIR")]
+    pub state_dir: Option<PathBuf>,
     /// Repeat rounds (for a live source) until one sends at most --converge-bytes.
     #[arg(long)]
     pub until_converged: bool,

@@ -14,6 +14,10 @@ use crate::{security, shutdown_signal, token};
 pub async fn run(args: ServeArgs) -> Result<()> {
     let token = token::for_server(args.token.token_file.as_deref())?;
     let root = pareco_fs::FsTree::open(&args.root).with_context(|| format!("cannot serve {}", args.root.display()))?;
+    if let Some(dir) = &args.state_dir {
+        root.keep_digests_in(dir).with_context(|| format!("state directory {}", dir.display()))?;
+    }
+    let digests = root.cache().clone();
     let access = match (args.read_only, args.write_only) {
         (true, _) => Access::ReadOnly,
         (_, true) => Access::WriteOnly,
@@ -38,6 +42,9 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         tracing::warn!("--insecure-no-encryption: data from and to clients travels unencrypted");
     }
     pareco_net::serve(listener, config, service, shutdown).await;
+    if let Err(e) = digests.save() {
+        tracing::warn!("cannot save the digest cache: {e}");
+    }
     tracing::info!("stopped");
     Ok(())
 }

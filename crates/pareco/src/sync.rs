@@ -34,6 +34,12 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     };
     let source = Endpoint::source(&src, &options).await.context("source")?;
     let destination = Endpoint::destination(&dst, &options).await.context("destination")?;
+    if let Some(dir) = &args.state_dir {
+        check_state_dir(dir, &[&src, &dst])?;
+        for end in [&source, &destination] {
+            end.keep_digests_in(dir).with_context(|| format!("state directory {}", dir.display()))?;
+        }
+    }
 
     let rounds = if args.until_converged { args.max_rounds } else { 1 };
     let mut summaries: Vec<Summary> = Vec::new();
@@ -47,6 +53,11 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
             bar.finish_and_clear();
         }
         let mut summary = summary?;
+        for end in [&source, &destination] {
+            if let Err(e) = end.save_digests() {
+                tracing::warn!("cannot save the digest cache: {e}");
+            }
+        }
         // The connections live across rounds: count each round's own traffic.
         let wire = (summary.wire_bytes_sent, summary.wire_bytes_received);
         summary.wire_bytes_sent -= wire_so_far.0;
@@ -88,6 +99,24 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     } else {
         0
     })
+}
+
+/// The digest cache must not be synced (or deleted) with the data.
+fn check_state_dir(dir: &std::path::Path, locations: &[&Location]) -> Result<()> {
+    let dir = std::path::absolute(dir)?;
+    let dir = dir.canonicalize().unwrap_or(dir);
+    for location in locations {
+        let Location::Local(path) = location else { continue };
+        let trees = [std::path::absolute(path).ok(), path.canonicalize().ok()];
+        if let Some(tree) = trees.into_iter().flatten().find(|tree| dir.starts_with(tree)) {
+            anyhow::bail!(
+                "the state directory {} is inside {}: keep it outside the synced trees",
+                dir.display(),
+                tree.display()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// How to reach a server, for whichever of `locations` is remote (the token

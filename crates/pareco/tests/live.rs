@@ -488,3 +488,61 @@ fn extended_attributes_are_kept_updated_and_removed_with_xattrs() {
     }
     assert_same_tree(&src, &copy);
 }
+
+#[test]
+fn the_digest_cache_spares_reading_unchanged_files_and_notices_any_change() {
+    let (tmp, src, dst) = dirs();
+    awkward_tree(&src);
+    std::fs::write(src.join("big.bin"), bytes(5, 3 << 20)).unwrap();
+    age(&src);
+    sync(&src, &dst, &["-q"]).ok();
+    let state = tmp.path().join("state");
+    let state = state.to_str().unwrap();
+    // Digests of files changed less than a second ago are not kept.
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+
+    let first = sync(&src, &dst, &["-q", "--checksum", "--state-dir", state]).ok();
+    assert!(first.stat("bytes_hashed") >= 2 * (3 << 20), "{}", first.stat("bytes_hashed"));
+    assert_eq!(first.stat("files_transferred"), 0);
+    // A new process, the cache read back from the state directory: nothing is read.
+    let second = sync(&src, &dst, &["-q", "--checksum", "--state-dir", state]).ok();
+    assert_eq!(second.stat("bytes_hashed"), 0);
+    assert_eq!(second.stat("files_transferred"), 0);
+
+    // Same size, same mtime, other content: only ctime tells, and it is enough.
+    let big = src.join("big.bin");
+    let (secs, nanos) = filetime(&std::fs::metadata(&big).unwrap());
+    let mut data = std::fs::read(&big).unwrap();
+    data[12345] ^= 0xff;
+    std::fs::write(&big, &data).unwrap();
+    set_mtime(&big, secs, nanos);
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    let third = sync(&src, &dst, &["-q", "--checksum", "--state-dir", state]).ok();
+    assert_eq!(third.stat("bytes_hashed"), 3 << 20, "only the changed source file is read");
+    assert_eq!(third.stat("files_transferred"), 1);
+    assert_same_tree(&src, &dst);
+
+    // The state directory must stay outside the trees.
+    let inside = dst.join("state");
+    let refused = sync(&src, &dst, &["-q", "--state-dir", inside.to_str().unwrap()]);
+    assert_eq!(refused.code(), 2, "{}", refused.stderr());
+    assert!(!inside.exists(), "nothing is created inside the tree");
+}
+
+#[test]
+fn a_server_keeps_its_digests_in_its_state_directory() {
+    let (tmp, src, srv) = dirs();
+    std::fs::create_dir_all(&srv).unwrap();
+    std::fs::write(src.join("f"), bytes(6, 2 << 20)).unwrap();
+    age(&src);
+    let state = tmp.path().join("server-state");
+    let server = Server::start_with(&srv, TOKEN, &["--state-dir", state.to_str().unwrap()]);
+    sync(&src, server.url("copy"), &["-q"]).ok();
+    std::thread::sleep(std::time::Duration::from_millis(1100));
+    sync(&src, server.url("copy"), &["-q", "--checksum"]).ok();
+    assert!(server.stop().success());
+    let saved: Vec<_> = std::fs::read_dir(&state).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(saved.len(), 1, "{saved:?}");
+    assert!(saved[0].to_string_lossy().starts_with("digests-"));
+    assert!(std::fs::metadata(state.join(&saved[0])).unwrap().len() > 16 + 52);
+}

@@ -239,10 +239,12 @@ pub async fn sync(
         return Err(SyncError::DestinationNotDirectory);
     }
 
+    let hashed_before = src.tree.bytes_hashed() + dst.tree.bytes_hashed();
     let ctx = Arc::new(Ctx::new(src, dst, opts, stats.clone(), reporter));
     walk::run(ctx.clone(), src_root, src_now, dst_root, single).await;
 
     let mut summary = stats.snapshot();
+    summary.bytes_hashed = (ctx.src.tree.bytes_hashed() + ctx.dst.tree.bytes_hashed()).saturating_sub(hashed_before);
     summary.duration_s = started.elapsed().as_secs_f64();
     for tree in [&ctx.src.tree, &ctx.dst.tree] {
         let (sent, received) = tree.wire_bytes();
