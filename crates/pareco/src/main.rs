@@ -92,6 +92,3 @@ pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>>
         tracing::info!("shutting down: finishing requests in progress");
     })
 }
-
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

@@ -217,7 +217,8 @@ fn a_sqlite_database_copied_while_written_then_finished_with_delete_is_intact() 
         // Rounds while live: the copy is whatever the files were, the
         // database is still changing.
         std::thread::sleep(std::time::Duration::from_millis(300));
-        let live = sync(&src, server.url("copy"), &["-q", "--until-converged", "--max-rounds", "2"]);
+        let rounds = ["-q", "--until-converged", "--converge-bytes", "0", "--max-rounds", "2"];
+        let live = sync(&src, server.url("copy"), &rounds);
         assert!([0, 24].contains(&live.code()), "attempt {attempt}: {}", live.stderr());
         // Stop the database, then the final round.
         std::fs::write(&stop, b"").unwrap();
