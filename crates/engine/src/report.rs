@@ -24,6 +24,10 @@ macro_rules! counters {
             pub wire_bytes_sent: u64,
             /// Bytes this side read from its connections.
             pub wire_bytes_received: u64,
+            /// Connections to a server re-opened after they died or stalled.
+            pub reconnects: u64,
+            /// Requests sent again because their connection died.
+            pub requests_retried: u64,
         }
 
         impl Stats {

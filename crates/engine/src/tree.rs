@@ -119,6 +119,14 @@ impl Tree {
         }
     }
 
+    /// Connections re-opened and requests sent again (remote trees).
+    pub fn recoveries(&self) -> (u64, u64) {
+        match self {
+            Tree::Local(_) => (0, 0),
+            Tree::Remote(pool) => pool.recoveries(),
+        }
+    }
+
     /// `lstat`, with the tree's clock at the time.
     pub async fn stat(&self, path: RelPath) -> Result<(Option<Stat>, Timestamp), TreeError> {
         expect!(self.call(Request::Stat { path }).await?, "stat", Response::Stat { stat, now } => (stat, now))

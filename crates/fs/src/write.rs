@@ -162,11 +162,14 @@ pub(crate) fn finish_file(
     Ok(())
 }
 
-/// Creates a directory.
+/// Creates a directory. A directory already there is fine (the request may
+/// be a retry of one whose answer was lost).
 pub(crate) fn make_dir(root: BorrowedFd<'_>, path: &RelPath, mode: u32) -> Result<(), FsError> {
     let (dir, name) = beneath::parent(root, path, "create directory")?;
-    rustix::fs::mkdirat(&dir, name.as_bytes(), Mode::from_raw_mode(mode))
-        .map_err(|e| FsError::io("create directory", e))
+    match rustix::fs::mkdirat(&dir, name.as_bytes(), Mode::from_raw_mode(mode)) {
+        Err(Errno::EXIST) if meta::stat_at(dir.as_fd(), name.as_bytes()).is_ok_and(|s| s.kind == Kind::Dir) => Ok(()),
+        other => other.map_err(|e| FsError::io("create directory", e)),
+    }
 }
 
 /// Makes sure `path` is a directory; returns what was there before (`None`

@@ -30,6 +30,9 @@ pub enum NetError {
     /// The peer did not answer in time.
     #[error("{0} timed out")]
     Timeout(&'static str),
+    /// No connection to the server could be kept or made for this long.
+    #[error("no connection to the server for {0:?}; giving up")]
+    GaveUp(std::time::Duration),
     /// The peer closed the connection.
     #[error("connection closed by the peer")]
     Closed,

@@ -1,5 +1,5 @@
 //! The client side: a pool of authenticated connections to one server, each
-//! carrying many requests at once.
+//! carrying many requests at once, each replaced when it dies or stalls.
 //!
 //! Every request gets an id and a waiter; a writer task per connection sends
 //! frames as they come (coalescing small ones), a reader task matches
@@ -8,15 +8,15 @@
 //! of them stay busy and round trips overlap instead of adding up.
 
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
 
 use pareco_proto::handshake::Session;
 use pareco_proto::{Entry, Frame, Request, Response};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::{Notify, mpsc, oneshot, watch};
 
 use crate::channel::{self, Channel, Security, TokenKey};
 use crate::framed::{self, FrameReader, FrameWriter};
@@ -25,7 +25,7 @@ use crate::{NetError, WireCounters};
 /// Most entries accepted in one (multi-page) directory listing.
 const MAX_LISTING_ENTRIES: usize = 16 << 20;
 
-/// How to connect.
+/// How to connect, and how long to keep trying.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
     /// Number of connections.
@@ -34,7 +34,29 @@ pub struct PoolOptions {
     pub connect_timeout: Duration,
     /// Encrypted (the default) or, only when the server agrees, plaintext.
     pub security: Security,
+    /// How long the pool may be without any connection (the server gone,
+    /// restarting, or the network down) before requests fail.
+    pub retry_for: Duration,
+    /// A connection with requests outstanding and nothing received for this
+    /// long is considered dead (and replaced).
+    pub stall_timeout: Duration,
 }
+
+impl PoolOptions {
+    /// `connections` connections with the default timeouts.
+    pub fn new(connections: usize) -> PoolOptions {
+        PoolOptions {
+            connections,
+            connect_timeout: Duration::from_secs(30),
+            security: Security::Encrypted,
+            retry_for: Duration::from_secs(300),
+            stall_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Attempts of one request on connections that died under it.
+const MAX_ATTEMPTS: u32 = 8;
 
 struct Waiter {
     reply: oneshot::Sender<Result<Response, NetError>>,
@@ -42,18 +64,22 @@ struct Waiter {
     pages: Vec<Entry>,
 }
 
-#[derive(Default)]
 struct Shared {
     waiters: Mutex<HashMap<u32, Waiter>>,
     /// Bytes of requests and expected responses not yet answered.
     load: AtomicU64,
-    alive: AtomicBool,
+    /// Turns false once, when the connection is gone.
+    alive: watch::Sender<bool>,
 }
 
 impl Shared {
+    fn new() -> Shared {
+        Shared { waiters: Mutex::default(), load: AtomicU64::new(0), alive: watch::Sender::new(true) }
+    }
+
     /// Fails every outstanding request (the connection is gone).
     fn fail_all(&self, err: &NetError) {
-        self.alive.store(false, Ordering::Release);
+        self.alive.send_replace(false);
         let waiters = std::mem::take(&mut *self.waiters.lock().expect("waiters lock"));
         for (_, w) in waiters {
             let _ = w.reply.send(Err(err.clone()));
@@ -110,26 +136,39 @@ fn cost(request: &Request) -> u64 {
 }
 
 impl Connection {
+    /// A connection that is already dead (a slot waiting for its first).
+    fn dead() -> Connection {
+        let shared = Arc::new(Shared::new());
+        shared.alive.send_replace(false);
+        let (frames, _) = mpsc::channel(1);
+        Connection { frames, shared, next_id: AtomicU32::new(0) }
+    }
+
+    /// Connects and authenticates, within the connect timeout.
     async fn open(
         addr: std::net::SocketAddr,
-        key: TokenKey,
-        security: Security,
+        key: &TokenKey,
+        options: &PoolOptions,
         counters: Arc<WireCounters>,
     ) -> Result<(Connection, Session), NetError> {
-        let stream = TcpStream::connect(addr)
+        let open = async {
+            let stream = TcpStream::connect(addr)
+                .await
+                .map_err(|e| NetError::Connect { addr: addr.to_string(), source: Arc::new(e) })?;
+            channel::connect(stream, key, options.security, counters).await
+        };
+        let Channel { reader, writer, session } = tokio::time::timeout(options.connect_timeout, open)
             .await
-            .map_err(|e| NetError::Connect { addr: addr.to_string(), source: Arc::new(e) })?;
-        let Channel { reader, writer, session } = channel::connect(stream, &key, security, counters).await?;
-
-        let shared = Arc::new(Shared { alive: AtomicBool::new(true), ..Shared::default() });
+            .unwrap_or(Err(NetError::Timeout("connecting and authenticating")))?;
+        let shared = Arc::new(Shared::new());
         let (frames, rx) = mpsc::channel(1024);
         tokio::spawn(write_loop(writer, rx, shared.clone()));
-        tokio::spawn(read_loop(reader, shared.clone()));
+        tokio::spawn(read_loop(reader, shared.clone(), options.stall_timeout));
         Ok((Connection { frames, shared, next_id: AtomicU32::new(0) }, session))
     }
 
     fn alive(&self) -> bool {
-        self.shared.alive.load(Ordering::Acquire)
+        *self.shared.alive.borrow()
     }
 
     async fn call(&self, request: Request) -> Result<Response, NetError> {
@@ -165,9 +204,15 @@ async fn write_loop(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Recei
     }
 }
 
-async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, shared: Arc<Shared>) {
+async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, shared: Arc<Shared>, stall: Duration) {
     let err = loop {
-        match reader.next().await {
+        // (`next` keeps what it has read when the wait is cut short.)
+        let next = match tokio::time::timeout(stall, reader.next()).await {
+            Ok(next) => next,
+            Err(_) if shared.waiters.lock().expect("waiters lock").is_empty() => continue,
+            Err(_) => break NetError::Timeout("waiting for the server (no progress)"),
+        };
+        match next {
             Ok(Some(Frame::Response { id, response })) => {
                 if let Err(e) = shared.deliver(id, response) {
                     break e;
@@ -181,16 +226,91 @@ async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, shared: Arc<Shared>) 
     shared.fail_all(&err);
 }
 
-/// N connections to one server.
+/// N connections to one server, each replaced (with backoff) when it dies;
+/// a request whose connection dies under it is sent again on another.
+/// Every request is idempotent, so sending one twice is harmless.
 pub struct Pool {
-    connections: Vec<Connection>,
-    counters: Arc<WireCounters>,
+    inner: Arc<Inner>,
     session: Session,
+}
+
+struct Inner {
+    target: std::net::SocketAddr,
+    key: TokenKey,
+    options: PoolOptions,
+    slots: Vec<Mutex<Arc<Connection>>>,
+    counters: Arc<WireCounters>,
+    /// A slot got a new connection.
+    changed: Notify,
+    /// When the last live connection died (`None` while one lives).
+    down_since: Mutex<Option<Instant>>,
+    /// Connections opened to replace dead ones.
+    reconnects: AtomicU64,
+    /// Requests sent again after their connection died.
+    retries: AtomicU64,
+}
+
+impl Inner {
+    fn pick(&self) -> Option<Arc<Connection>> {
+        self.slots
+            .iter()
+            .map(|slot| slot.lock().expect("slot lock").clone())
+            .filter(|c| c.alive())
+            .min_by_key(|c| c.shared.load.load(Ordering::Relaxed))
+    }
+
+    /// Notes that a connection died; starts the clock if none is left.
+    fn lost(&self) {
+        if self.pick().is_none() {
+            self.down_since.lock().expect("down lock").get_or_insert_with(Instant::now);
+        }
+    }
+}
+
+/// Keeps slot `i` connected: waits for its connection to die, then opens
+/// another, with exponential backoff, for as long as the pool exists.
+async fn supervise(pool: Weak<Inner>, i: usize) {
+    loop {
+        let Some(inner) = pool.upgrade() else { return };
+        let mut alive = inner.slots[i].lock().expect("slot lock").shared.alive.subscribe();
+        drop(inner);
+        if alive.wait_for(|alive| !alive).await.is_err() {
+            return;
+        }
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            let Some(inner) = pool.upgrade() else { return };
+            inner.lost();
+            match Connection::open(inner.target, &inner.key, &inner.options, inner.counters.clone()).await {
+                Ok((connection, _)) => {
+                    *inner.slots[i].lock().expect("slot lock") = Arc::new(connection);
+                    *inner.down_since.lock().expect("down lock") = None;
+                    inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                    inner.changed.notify_waiters();
+                    tracing::debug!("connection {i} to {} open again", inner.target);
+                    break;
+                }
+                Err(e) => {
+                    tracing::debug!("reconnecting to {} failed ({e}); next try in {backoff:?}", inner.target);
+                    drop(inner);
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(5));
+                }
+            }
+        }
+    }
+}
+
+/// Whether an error means the connection is gone (as opposed to the peer
+/// misbehaving), so that the request may be sent again elsewhere.
+fn lost_connection(e: &NetError) -> bool {
+    matches!(e, NetError::Io(_) | NetError::Closed | NetError::Timeout(_))
 }
 
 impl Pool {
     /// Opens `options.connections` connections to `addr` in parallel. Fails
-    /// if none can be opened; works with fewer if only some can.
+    /// if none can be opened; works with fewer if only some can (the others
+    /// keep being retried in the background).
     pub async fn connect(addr: &str, key: TokenKey, options: &PoolOptions) -> Result<Pool, NetError> {
         let target = tokio::net::lookup_host(addr)
             .await
@@ -203,13 +323,8 @@ impl Pool {
         let counters = Arc::new(WireCounters::default());
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..options.connections.max(1) {
-            let (key, counters, limit, security) =
-                (key.clone(), counters.clone(), options.connect_timeout, options.security);
-            tasks.spawn(async move {
-                tokio::time::timeout(limit, Connection::open(target, key, security, counters))
-                    .await
-                    .unwrap_or(Err(NetError::Timeout("connecting and authenticating")))
-            });
+            let (key, counters, options) = (key.clone(), counters.clone(), options.clone());
+            tasks.spawn(async move { Connection::open(target, &key, &options, counters).await });
         }
         let mut connections = Vec::new();
         let mut first_error = None;
@@ -217,7 +332,7 @@ impl Pool {
         while let Some(joined) = tasks.join_next().await {
             match joined.expect("connection task panicked") {
                 Ok((c, s)) => {
-                    connections.push(c);
+                    connections.push(Arc::new(c));
                     session = Some(s);
                 }
                 Err(e) => {
@@ -226,36 +341,79 @@ impl Pool {
                 }
             }
         }
-        match session {
-            Some(session) => {
-                if let Some(e) = first_error {
-                    tracing::warn!(
-                        "only {} of {} connections to {target} opened: {e}",
-                        connections.len(),
-                        options.connections
-                    );
-                }
-                Ok(Pool { connections, counters, session })
-            }
-            None => Err(first_error.expect("at least one connection attempted")),
+        let Some(session) = session else { return Err(first_error.expect("at least one connection attempted")) };
+        if let Some(e) = first_error {
+            tracing::warn!("only {} of {} connections to {target} opened: {e}", connections.len(), options.connections);
         }
+        // Slots that failed start with a dead connection: their supervisor
+        // keeps trying.
+        while connections.len() < options.connections.max(1) {
+            let dead = Connection::dead();
+            connections.push(Arc::new(dead));
+        }
+        let inner = Arc::new(Inner {
+            target,
+            key,
+            options: options.clone(),
+            slots: connections.into_iter().map(Mutex::new).collect(),
+            counters,
+            changed: Notify::new(),
+            down_since: Mutex::new(None),
+            reconnects: AtomicU64::new(0),
+            retries: AtomicU64::new(0),
+        });
+        for i in 0..inner.slots.len() {
+            tokio::spawn(supervise(Arc::downgrade(&inner), i));
+        }
+        Ok(Pool { inner, session })
     }
 
     /// Sends a request on the least loaded live connection and waits for its
-    /// response (all pages of a listing, merged).
+    /// response (all pages of a listing, merged). If the connection dies
+    /// first, the request goes again on another (waiting, up to
+    /// `retry_for`, for one to be back if none is).
     pub async fn call(&self, request: Request) -> Result<Response, NetError> {
-        let connection = self
-            .connections
-            .iter()
-            .filter(|c| c.alive())
-            .min_by_key(|c| c.shared.load.load(Ordering::Relaxed))
-            .ok_or(NetError::Closed)?;
-        connection.call(request).await
+        let inner = &self.inner;
+        let mut attempts = 0;
+        loop {
+            let Some(connection) = inner.pick() else {
+                self.wait_for_connection().await?;
+                continue;
+            };
+            match connection.call(request.clone()).await {
+                Err(e) if lost_connection(&e) && attempts + 1 < MAX_ATTEMPTS => {
+                    attempts += 1;
+                    inner.retries.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("a connection died under a request ({e}); sending it again");
+                }
+                other => return other,
+            }
+        }
     }
 
-    /// Number of connections open (alive or not).
+    /// Waits until some connection is alive, or fails once the pool has
+    /// been without one for `retry_for`.
+    async fn wait_for_connection(&self) -> Result<(), NetError> {
+        let inner = &self.inner;
+        loop {
+            let changed = inner.changed.notified();
+            tokio::pin!(changed);
+            changed.as_mut().enable();
+            if inner.pick().is_some() {
+                return Ok(());
+            }
+            let since = *inner.down_since.lock().expect("down lock").get_or_insert_with(Instant::now);
+            let left = inner.options.retry_for.saturating_sub(since.elapsed());
+            if left.is_zero() {
+                return Err(NetError::GaveUp(inner.options.retry_for));
+            }
+            let _ = tokio::time::timeout(left.min(Duration::from_secs(1)), changed).await;
+        }
+    }
+
+    /// Number of connections (alive or being replaced).
     pub fn size(&self) -> usize {
-        self.connections.len()
+        self.inner.slots.len()
     }
 
     /// The negotiated session.
@@ -265,6 +423,12 @@ impl Pool {
 
     /// Bytes sent and received on all connections so far.
     pub fn wire_bytes(&self) -> (u64, u64) {
-        (self.counters.sent.load(Ordering::Relaxed), self.counters.received.load(Ordering::Relaxed))
+        let c = &self.inner.counters;
+        (c.sent.load(Ordering::Relaxed), c.received.load(Ordering::Relaxed))
+    }
+
+    /// Connections opened to replace dead ones, and requests sent again.
+    pub fn recoveries(&self) -> (u64, u64) {
+        (self.inner.reconnects.load(Ordering::Relaxed), self.inner.retries.load(Ordering::Relaxed))
     }
 }

@@ -57,7 +57,14 @@ async fn start_with(
     token: &[u8],
     security: Security,
 ) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    serve_on(TcpListener::bind("127.0.0.1:0").await.unwrap(), token, security).await
+}
+
+async fn serve_on(
+    listener: TcpListener,
+    token: &[u8],
+    security: Security,
+) -> (String, tokio::sync::oneshot::Sender<()>, tokio::task::JoinHandle<()>) {
     let addr = listener.local_addr().unwrap().to_string();
     let mut config = ServerConfig::new(TokenKey::from_token(token));
     config.security = security;
@@ -72,7 +79,7 @@ async fn start_with(
 }
 
 fn options(connections: usize) -> PoolOptions {
-    PoolOptions { connections, connect_timeout: Duration::from_secs(5), security: Security::Encrypted }
+    PoolOptions { connect_timeout: Duration::from_secs(5), ..PoolOptions::new(connections) }
 }
 
 /// Completes a real handshake, then hands back the frame reader and the raw
@@ -207,12 +214,36 @@ async fn garbage_oversized_frames_and_idle_connections_do_not_stop_the_server() 
 #[tokio::test]
 async fn shutdown_drains_and_clients_see_the_connection_close() {
     let (addr, stop, server) = start(b"t").await;
-    let pool = Pool::connect(&addr, TokenKey::from_token(b"t"), &options(1)).await.unwrap();
+    let options = PoolOptions { retry_for: Duration::from_secs(1), ..options(1) };
+    let pool = Pool::connect(&addr, TokenKey::from_token(b"t"), &options).await.unwrap();
     assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
     stop.send(()).unwrap();
     server.await.unwrap();
+    let started = std::time::Instant::now();
     let err = pool.call(Request::Stat { path: RelPath::root() }).await.unwrap_err();
-    assert!(matches!(err, NetError::Closed | NetError::Io(_)), "{err}");
+    assert!(matches!(err, NetError::GaveUp(_)), "{err}");
+    assert!(started.elapsed() >= Duration::from_millis(900), "gave up before --retry-for");
+}
+
+#[tokio::test]
+async fn a_server_restarted_on_its_port_is_reconnected_and_requests_go_on() {
+    let (addr, stop, server) = start(b"t").await;
+    let pool = Arc::new(Pool::connect(&addr, TokenKey::from_token(b"t"), &options(4)).await.unwrap());
+    assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
+    stop.send(()).unwrap();
+    server.await.unwrap();
+    // Requests made while the server is down wait for it.
+    let waiting = {
+        let pool = pool.clone();
+        tokio::spawn(async move { pool.call(Request::Stat { path: RelPath::root() }).await })
+    };
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let (_addr, _stop, _server) = serve_on(TcpListener::bind(&addr).await.unwrap(), b"t", Security::Encrypted).await;
+    assert_eq!(waiting.await.unwrap().unwrap(), Response::Done);
+    for _ in 0..20 {
+        assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
+    }
+    assert!(pool.recoveries().0 >= 1, "{:?}", pool.recoveries());
 }
 
 #[tokio::test]

@@ -164,9 +164,8 @@ pub struct SyncArgs {
     /// Write statistics as JSON to FILE when done.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
-    /// Seconds allowed to connect and authenticate.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub connect_timeout: u64,
+    #[command(flatten)]
+    pub net: NetArgs,
     /// Keep digests of local files here (outside the synced trees) so that
     /// later runs do not read unchanged files again to hash them.
     #[arg(long, value_name = "DIR")]
@@ -204,11 +203,27 @@ pub struct VerifyArgs {
     /// Write the counts as JSON to FILE when done.
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
-    /// Seconds allowed to connect and authenticate.
-    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
-    pub connect_timeout: u64,
+    #[command(flatten)]
+    pub net: NetArgs,
     #[command(flatten)]
     pub token: TokenArgs,
+}
+
+/// How a client keeps its connections to a server.
+#[derive(Debug, Args)]
+pub struct NetArgs {
+    /// Seconds allowed to connect and authenticate (each attempt).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub connect_timeout: u64,
+    /// A connection with requests outstanding and nothing received for this
+    /// many seconds is dropped and replaced (its requests are sent again).
+    #[arg(long, value_name = "SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub timeout: u64,
+    /// Seconds to keep trying while no connection to the server works (it
+    /// restarts, the network is down) before the run gives up.
+    #[arg(long, value_name = "SECONDS", default_value_t = 300)]
+    pub retry_for: u64,
 }
 
 /// Parses `4096`, `4K`, `1M`, `2G`, `1MiB` (binary units).

@@ -9,7 +9,7 @@ use pareco_engine::endpoint::{Location, RemoteOptions};
 use pareco_engine::{Endpoint, Stats, Summary, SyncOptions};
 use pareco_net::{PoolOptions, TokenKey};
 
-use crate::cli::{SyncArgs, TokenArgs};
+use crate::cli::{NetArgs, SyncArgs, TokenArgs};
 use crate::{EXIT_LIVE_CHANGES, EXIT_PARTIAL, output, security, token};
 
 pub async fn run(args: SyncArgs) -> Result<u8> {
@@ -18,7 +18,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     if matches!((&src, &dst), (Location::Remote { .. }, Location::Remote { .. })) {
         anyhow::bail!("one side must be local: pareco does not relay between two servers");
     }
-    let options = remote_options(&[&src, &dst], args.connections, args.connect_timeout, &args.token)?;
+    let options = remote_options(&[&src, &dst], args.connections, &args.net, &args.token)?;
     let opts = SyncOptions {
         chunk_size: u32::try_from(args.chunk_size).context("chunk size too large")?,
         block_size: u32::try_from(args.block_size).context("block size too large")?,
@@ -124,7 +124,7 @@ fn check_state_dir(dir: &std::path::Path, locations: &[&Location]) -> Result<()>
 pub(crate) fn remote_options(
     locations: &[&Location],
     connections: u16,
-    connect_timeout: u64,
+    net: &NetArgs,
     token_args: &TokenArgs,
 ) -> Result<RemoteOptions> {
     let remote = locations.iter().any(|l| matches!(l, Location::Remote { .. }));
@@ -137,8 +137,10 @@ pub(crate) fn remote_options(
         key,
         pool: PoolOptions {
             connections: connections as usize,
-            connect_timeout: Duration::from_secs(connect_timeout),
+            connect_timeout: Duration::from_secs(net.connect_timeout),
             security: security(token_args),
+            retry_for: Duration::from_secs(net.retry_for),
+            stall_timeout: Duration::from_secs(net.timeout),
         },
     })
 }

@@ -33,7 +33,7 @@ impl Findings for Lines {
 pub async fn run(args: VerifyArgs) -> Result<u8> {
     let a = Location::parse(&args.a)?;
     let b = Location::parse(&args.b)?;
-    let options = remote_options(&[&a, &b], args.connections, args.connect_timeout, &args.token)?;
+    let options = remote_options(&[&a, &b], args.connections, &args.net, &args.token)?;
     let (ea, eb) = tokio::join!(Endpoint::source(&a, &options), Endpoint::source(&b, &options));
     let (ea, eb) = (ea.context("A")?, eb.context("B")?);
     let opts = VerifyOptions {

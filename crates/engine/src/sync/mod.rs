@@ -240,11 +240,17 @@ pub async fn sync(
     }
 
     let hashed_before = src.tree.bytes_hashed() + dst.tree.bytes_hashed();
+    let recovered_before = [src.tree.recoveries(), dst.tree.recoveries()];
     let ctx = Arc::new(Ctx::new(src, dst, opts, stats.clone(), reporter));
     walk::run(ctx.clone(), src_root, src_now, dst_root, single).await;
 
     let mut summary = stats.snapshot();
     summary.bytes_hashed = (ctx.src.tree.bytes_hashed() + ctx.dst.tree.bytes_hashed()).saturating_sub(hashed_before);
+    for (tree, before) in [&ctx.src.tree, &ctx.dst.tree].into_iter().zip(recovered_before) {
+        let (reconnects, retried) = tree.recoveries();
+        summary.reconnects += reconnects - before.0;
+        summary.requests_retried += retried - before.1;
+    }
     summary.duration_s = started.elapsed().as_secs_f64();
     for tree in [&ctx.src.tree, &ctx.dst.tree] {
         let (sent, received) = tree.wire_bytes();
