@@ -55,9 +55,6 @@ impl PoolOptions {
     }
 }
 
-/// Attempts of one request on connections that died under it.
-const MAX_ATTEMPTS: u32 = 8;
-
 struct Waiter {
     reply: oneshot::Sender<Result<Response, NetError>>,
     /// Entries of the listing pages received so far.
@@ -321,27 +318,24 @@ impl Pool {
                 source: Arc::new(std::io::Error::new(std::io::ErrorKind::NotFound, "no address found")),
             })?;
         let counters = Arc::new(WireCounters::default());
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..options.connections.max(1) {
-            let (key, counters, options) = (key.clone(), counters.clone(), options.clone());
-            tasks.spawn(async move { Connection::open(target, &key, &options, counters).await });
-        }
-        let mut connections = Vec::new();
-        let mut first_error = None;
-        let mut session = None;
-        while let Some(joined) = tasks.join_next().await {
-            match joined.expect("connection task panicked") {
-                Ok((c, s)) => {
-                    connections.push(Arc::new(c));
-                    session = Some(s);
-                }
-                Err(e) => {
-                    tracing::debug!("connection to {target} failed: {e}");
-                    first_error.get_or_insert(e);
+        // Refused or unreachable: try again (with backoff) for up to the
+        // connect timeout; an authentication failure is final at once.
+        let started = Instant::now();
+        let mut backoff = Duration::from_millis(100);
+        let (connections, session, first_error) = loop {
+            let (connections, session, first_error) = Self::open_all(target, &key, options, &counters).await;
+            match (session, first_error) {
+                (Some(session), e) => break (connections, session, e),
+                (None, Some(e)) if !lost_connection(&e) && !matches!(e, NetError::Connect { .. }) => return Err(e),
+                (None, Some(e)) if started.elapsed() + backoff >= options.connect_timeout => return Err(e),
+                (None, e) => {
+                    tracing::debug!("no connection to {target} yet ({e:?}); retrying in {backoff:?}");
+                    tokio::time::sleep(backoff).await;
+                    backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }
-        }
-        let Some(session) = session else { return Err(first_error.expect("at least one connection attempted")) };
+        };
+        let mut connections = connections;
         if let Some(e) = first_error {
             tracing::warn!("only {} of {} connections to {target} opened: {e}", connections.len(), options.connections);
         }
@@ -368,23 +362,61 @@ impl Pool {
         Ok(Pool { inner, session })
     }
 
+    /// Opens the connections in parallel: those that opened, a session, and
+    /// the first error.
+    async fn open_all(
+        target: std::net::SocketAddr,
+        key: &TokenKey,
+        options: &PoolOptions,
+        counters: &Arc<WireCounters>,
+    ) -> (Vec<Arc<Connection>>, Option<Session>, Option<NetError>) {
+        let mut tasks = tokio::task::JoinSet::new();
+        for _ in 0..options.connections.max(1) {
+            let (key, counters, options) = (key.clone(), counters.clone(), options.clone());
+            tasks.spawn(async move { Connection::open(target, &key, &options, counters).await });
+        }
+        let (mut connections, mut session, mut first_error) = (Vec::new(), None, None);
+        while let Some(joined) = tasks.join_next().await {
+            match joined.expect("connection task panicked") {
+                Ok((c, s)) => {
+                    connections.push(Arc::new(c));
+                    session = Some(s);
+                }
+                Err(e) => {
+                    tracing::debug!("connection to {target} failed: {e}");
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        (connections, session, first_error)
+    }
+
     /// Sends a request on the least loaded live connection and waits for its
     /// response (all pages of a listing, merged). If the connection dies
     /// first, the request goes again on another (waiting, up to
     /// `retry_for`, for one to be back if none is).
     pub async fn call(&self, request: Request) -> Result<Response, NetError> {
         let inner = &self.inner;
-        let mut attempts = 0;
+        // Retried for as long as `retry_for` from the first loss (requests
+        // lost together tend to move together: a fixed number of attempts
+        // would fail them on a link that cuts often), with a short pause
+        // that grows.
+        let mut first_loss: Option<Instant> = None;
+        let mut pause = Duration::from_millis(20);
         loop {
             let Some(connection) = inner.pick() else {
                 self.wait_for_connection().await?;
                 continue;
             };
             match connection.call(request.clone()).await {
-                Err(e) if lost_connection(&e) && attempts + 1 < MAX_ATTEMPTS => {
-                    attempts += 1;
+                Err(e)
+                    if lost_connection(&e)
+                        && first_loss.get_or_insert_with(Instant::now).elapsed() < inner.options.retry_for =>
+                {
                     inner.retries.fetch_add(1, Ordering::Relaxed);
                     tracing::debug!("a connection died under a request ({e}); sending it again");
+                    tokio::time::sleep(pause).await;
+                    pause = (pause * 2).min(Duration::from_secs(1));
                 }
                 other => return other,
             }

@@ -31,11 +31,17 @@ impl Server {
     }
 
     pub fn start_with(root: &Path, token: &str, extra: &[&str]) -> Server {
-        let stderr = root.with_extension(format!("serve-{}.log", std::process::id()));
+        Server::start_on(root, 0, token, extra)
+    }
+
+    /// A server on a given port (0: any free one).
+    pub fn start_on(root: &Path, port: u16, token: &str, extra: &[&str]) -> Server {
+        let stderr = root.with_extension(format!("serve-{}-{port}.log", std::process::id()));
         let mut child = Command::new(bin())
             .args(["serve", "--root"])
             .arg(root)
-            .args(["--listen", "127.0.0.1:0"])
+            .arg("--listen")
+            .arg(format!("127.0.0.1:{port}"))
             .args(extra)
             .env("PARECO_TOKEN", token)
             .stdout(Stdio::piped())
@@ -64,6 +70,12 @@ impl Server {
     /// Sends SIGTERM and waits for the server to drain and exit.
     pub fn stop(mut self) -> std::process::ExitStatus {
         terminate(&mut self.child)
+    }
+
+    /// Kills the server at once (SIGKILL), as a crash would.
+    pub fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }
 
@@ -322,6 +334,11 @@ impl Wan {
 
     pub fn url(&self, path: &str) -> String {
         format!("pareco://127.0.0.1:{}/{path}", self.port)
+    }
+
+    /// The emulator's counters (written every `--stats-interval`, and at exit).
+    pub fn stats(&self) -> serde_json::Value {
+        serde_json::from_str(&std::fs::read_to_string(&self.stats).unwrap_or_default()).unwrap_or_default()
     }
 }
 
