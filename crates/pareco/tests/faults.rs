@@ -136,3 +136,168 @@ fn a_client_killed_mid_run_resumes_without_sending_much_again() {
     assert!(arrived > total / 4, "only {arrived} bytes had arrived: the test killed too early");
     assert!(resent <= arrived / 10 + (2 << 20), "{resent} bytes sent twice of {arrived} that had arrived");
 }
+
+/// A `pareco serve` started through `sh -c PREFIX; exec pareco serve …`
+/// (for limits set by the shell); returns the child and its port.
+fn serve_via_shell(prefix: &str, root: &Path) -> (std::process::Child, u16) {
+    serve_via_shell_with(prefix, "", root)
+}
+
+/// The same, the server run through `wrapper` (e.g. setpriv).
+fn serve_via_shell_with(prefix: &str, wrapper: &str, root: &Path) -> (std::process::Child, u16) {
+    use std::io::BufRead;
+    let script = format!("{prefix}; exec {wrapper} {} serve --root '{}' --listen 127.0.0.1:0", bin(), root.display());
+    let mut child = Command::new("sh")
+        .args(["-c", &script])
+        .env("PARECO_TOKEN", TOKEN)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
+    let port = line.trim().rsplit(':').next().unwrap().parse().unwrap_or_else(|_| panic!("server said {line:?}"));
+    (child, port)
+}
+
+/// Pushes a tree with one file too big for the destination; checks the
+/// error names a path and the cause, an existing file is untouched, and the
+/// server goes on serving once space is freed. With a size limit (as
+/// opposed to a full disk) the other files must arrive too.
+fn full_destination(srv: &Path, port: u16, expect: &str, others_fit: bool) {
+    let tmp = tempfile::tempdir().unwrap();
+    let src = tmp.path().join("src");
+    std::fs::create_dir_all(src.join("small")).unwrap();
+    std::fs::write(src.join("big.bin"), bytes(1, 12 << 20)).unwrap();
+    for i in 0..20 {
+        std::fs::write(src.join(format!("small/f{i}")), bytes(i, 4096)).unwrap();
+    }
+    age(&src);
+    std::fs::create_dir_all(srv.join("copy")).unwrap();
+    std::fs::write(srv.join("copy/keep.txt"), b"precious").unwrap();
+    let url = format!("pareco://127.0.0.1:{port}/copy");
+    let run = sync(&src, &url, &[]);
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    let err = run.stderr();
+    assert!(err.contains(expect), "{err}");
+    if others_fit {
+        assert!(err.contains("big.bin"), "{err}");
+        for i in 0..20 {
+            assert_eq!(std::fs::read(srv.join(format!("copy/small/f{i}"))).unwrap(), bytes(i, 4096));
+        }
+    }
+    assert_eq!(std::fs::read(srv.join("copy/keep.txt")).unwrap(), b"precious");
+    // Space freed, the same server finishes the job.
+    let _ = std::fs::remove_file(srv.join("copy/big.bin"));
+    std::fs::remove_file(src.join("big.bin")).unwrap();
+    sync(&src, &url, &["-q"]).ok();
+    assert_eq!(std::fs::read(srv.join("copy/small/f7")).unwrap(), bytes(7, 4096));
+}
+
+#[test]
+fn a_full_destination_names_the_file_and_damages_nothing() {
+    // Without root: the file size limit stands in for a full disk.
+    let (_tmp, _src, srv) = dirs();
+    let (mut child, port) = serve_via_shell("ulimit -f 16384; trap '' XFSZ", &srv);
+    full_destination(&srv, port, "File too large", true);
+    let _ = child.kill();
+    let _ = child.wait();
+
+    // As root, a real full filesystem: a 6 MiB tmpfs.
+    if !rustix::process::geteuid().is_root() {
+        return;
+    }
+    let (_tmp, _src, mnt) = dirs();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mnt).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("cannot mount a tmpfs here; the size limit case above stands in");
+        return;
+    }
+    let (mut child, port) = serve_via_shell("true", &mnt);
+    full_destination(&mnt, port, "No space left", false);
+    let _ = child.kill();
+    let _ = child.wait();
+    let _ = Command::new("umount").arg(&mnt).status();
+}
+
+#[test]
+fn an_unreadable_source_file_is_reported_and_the_others_are_synced() {
+    use std::os::unix::fs::PermissionsExt;
+    let (tmp, src, srv) = dirs();
+    std::fs::write(src.join("ok.txt"), b"fine").unwrap();
+    std::fs::write(src.join("secret.txt"), b"no").unwrap();
+    std::fs::write(src.join("big.bin"), bytes(2, 3 << 20)).unwrap();
+    std::fs::set_permissions(src.join("secret.txt"), std::fs::Permissions::from_mode(0o000)).unwrap();
+    age(&src);
+    let server = Server::start(&srv);
+    let mut command = Command::new(bin());
+    // Root reads anything: run the client as nobody instead.
+    if rustix::process::geteuid().is_root() {
+        std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+        command = Command::new("setpriv");
+        command.args(["--reuid=65534", "--regid=65534", "--clear-groups", bin()]);
+    }
+    let out = command.arg("sync").arg(&src).arg(server.url("copy")).env("PARECO_TOKEN", TOKEN).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(err.contains("secret.txt") && err.contains("ermission denied"), "{err}");
+    assert_eq!(std::fs::read(srv.join("copy/ok.txt")).unwrap(), b"fine");
+    assert_eq!(std::fs::read(srv.join("copy/big.bin")).unwrap(), bytes(2, 3 << 20));
+    assert!(!srv.join("copy/secret.txt").exists());
+}
+
+#[test]
+fn a_destination_directory_that_cannot_be_created_is_reported() {
+    use std::os::unix::fs::PermissionsExt;
+    let (tmp, src, srv) = dirs();
+    std::fs::create_dir_all(src.join("sub")).unwrap();
+    std::fs::write(src.join("sub/a"), b"a").unwrap();
+    std::fs::write(src.join("b"), b"b").unwrap();
+    age(&src);
+    // The destination directory may not be written to: read-only for the
+    // server (run as nobody when the tests run as root, whom modes do not stop).
+    std::fs::create_dir_all(srv.join("copy")).unwrap();
+    std::fs::write(srv.join("copy/b"), b"old").unwrap();
+    std::fs::set_permissions(srv.join("copy"), std::fs::Permissions::from_mode(0o555)).unwrap();
+    std::fs::set_permissions(tmp.path(), std::fs::Permissions::from_mode(0o755)).unwrap();
+    let wrapper =
+        if rustix::process::geteuid().is_root() { "setpriv --reuid=65534 --regid=65534 --clear-groups" } else { "" };
+    let (mut child, port) = serve_via_shell_with("true", wrapper, &srv);
+    let run = sync(&src, format!("pareco://127.0.0.1:{port}/copy"), &[]);
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(run.code(), 1, "{}", run.stderr());
+    let err = run.stderr();
+    assert!(err.contains("sub") && err.contains("ermission denied"), "{err}");
+    assert_eq!(std::fs::read(srv.join("copy/b")).unwrap(), b"old", "nothing else was damaged");
+}
+
+#[test]
+fn the_server_survives_many_clients_killed_mid_transfer() {
+    let (_tmp, src, srv) = dirs();
+    tree_64m(&src);
+    let server = Server::start(&srv);
+    let fds = || std::fs::read_dir(format!("/proc/{}/fd", server.pid())).unwrap().count();
+    let baseline = fds();
+    for i in 0..20u64 {
+        let mut client = Command::new(bin())
+            .args(["sync", "-q", "-j", "8"])
+            .arg(&src)
+            .arg(server.url(&format!("c{}", i % 3)))
+            .env("PARECO_TOKEN", TOKEN)
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(20 + (i * 37) % 200));
+        let _ = client.kill();
+        let _ = client.wait();
+    }
+    // Connections close, their requests finish, their files are closed.
+    assert!(
+        wait_until(Duration::from_secs(20), || fds() <= baseline + 2),
+        "the server holds {} descriptors, {baseline} before",
+        fds()
+    );
+    sync(&src, server.url("c0"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("c0"));
+}
