@@ -12,10 +12,8 @@
 //! - [`big`]: larger files are cut into pieces and chunk groups spread over
 //!   every connection; existing ones are compared by chunk digests (both sides
 //!   hash their own copy, in parallel) and differing chunks refined to blocks.
-//!
-//! With `owner`/`group`/`xattrs`, each directory's entries get their owners
-//! and extended attributes once their names are final, from a second look
-//! at the destination directory.
+//! - [`meta`]: with `owner`/`group`/`xattrs`, each directory's entries get
+//!   their owners and extended attributes once their names are final.
 //!
 //! Every queue is bounded (files, chunk groups, bytes of data in flight), so
 //! memory depends on the work in flight, not on the size of the tree.
@@ -24,6 +22,7 @@
 
 mod big;
 mod links;
+mod meta;
 mod small;
 mod walk;
 

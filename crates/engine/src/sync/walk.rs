@@ -17,6 +17,7 @@ use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
 use pareco_proto::{Kind, Name, RelPath, Stat, Timestamp};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
+use super::meta;
 use super::small::{self, SmallFile};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
 use crate::report::{Change, Problem, Stats};
@@ -92,10 +93,10 @@ async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
     if (ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs) && !ctx.opts.dry_run {
         let entries = std::mem::take(&mut *node.entries.lock().expect("entries lock"));
         if ctx.opts.owner || ctx.opts.group {
-            set_owners(ctx, node, &entries).await;
+            meta::set_owners(ctx, &node.rel, node.attrs.as_ref(), &entries).await;
         }
         if ctx.opts.xattrs && !entries.is_empty() {
-            copy_xattrs(ctx, node, &entries).await;
+            meta::copy_xattrs(ctx, &node.rel, &entries).await;
         }
     }
     let Some((src, dst)) = &node.attrs else { return };
@@ -112,93 +113,6 @@ async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
     if let Err(e) = ctx.dst.tree.set_attrs(path, Some(src.mode), Some(src.mtime)).await {
         ctx.fail(&node.rel, format!("destination: {e}"));
     }
-}
-
-/// Gives the entries of a directory (and the top directory itself) the
-/// source's owner and group where the destination's differ.
-async fn set_owners(ctx: &Arc<Ctx>, node: &DirNode, wanted: &[(Name, u32, u32)]) {
-    let mut changes: Vec<(RelPath, Option<u32>, Option<u32>)> = Vec::new();
-    let differ = |src: (u32, u32), dst: Option<(u32, u32)>| {
-        let uid = (ctx.opts.owner && dst.is_none_or(|d| d.0 != src.0)).then_some(src.0);
-        let gid = (ctx.opts.group && dst.is_none_or(|d| d.1 != src.1)).then_some(src.1);
-        (uid.is_some() || gid.is_some()).then_some((uid, gid))
-    };
-    if node.rel.is_root()
-        && let Some((src, dst)) = &node.attrs
-        && let Some((uid, gid)) = differ((src.uid, src.gid), dst.as_ref().map(|d| (d.uid, d.gid)))
-    {
-        changes.push((node.rel.clone(), uid, gid));
-    }
-    if !wanted.is_empty() {
-        let have: std::collections::HashMap<Name, (u32, u32)> = match ctx.dst.tree.list(ctx.dst.path(&node.rel)).await {
-            Ok((entries, _)) => entries.into_iter().map(|e| (e.name, (e.stat.uid, e.stat.gid))).collect(),
-            Err(e) => return ctx.fail(&node.rel, format!("destination: {e}")),
-        };
-        for (name, uid, gid) in wanted {
-            // Entries not there (failed, or hard links made later) are skipped.
-            if let Some(dst) = have.get(name)
-                && let Some((uid, gid)) = differ((*uid, *gid), Some(*dst))
-                && let Ok(rel) = node.rel.join(name)
-            {
-                changes.push((rel, uid, gid));
-            }
-        }
-    }
-    let mut tasks = tokio::task::JoinSet::new();
-    for (rel, uid, gid) in changes {
-        let ctx = ctx.clone();
-        tasks.spawn(async move {
-            match ctx.dst.tree.set_owner(ctx.dst.path(&rel), uid, gid).await {
-                Ok(()) => {}
-                Err(e) if e.kind() == Some(pareco_proto::FailureKind::PermissionDenied) => {
-                    if !ctx.owner_refused.swap(true, Ordering::Relaxed) {
-                        Stats::add(&ctx.stats.warnings, 1);
-                        let why = format!("owners and groups are not kept: {e} (the receiving side must run as root)");
-                        ctx.reporter.problem(&rel, &Problem::Skipped(why));
-                    }
-                }
-                Err(e) => ctx.fail(&rel, format!("destination: {e}")),
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
-}
-
-/// Gives the entries of a directory the source's extended attributes where
-/// the destination's differ (one request per side for the directory).
-async fn copy_xattrs(ctx: &Arc<Ctx>, node: &DirNode, entries: &[(Name, u32, u32)]) {
-    let (src, dst) = tokio::join!(
-        ctx.src.tree.dir_xattrs(ctx.src.path(&node.rel)),
-        ctx.dst.tree.dir_xattrs(ctx.dst.path(&node.rel))
-    );
-    let (src, dst): (std::collections::HashMap<_, _>, std::collections::HashMap<_, _>) = match (src, dst) {
-        (Ok(src), Ok(dst)) => (src.into_iter().collect(), dst.into_iter().collect()),
-        (Err(e), _) => return ctx.fail(&node.rel, format!("source: {e}")),
-        (_, Err(e)) => return ctx.fail(&node.rel, format!("destination: {e}")),
-    };
-    let none = Vec::new();
-    let mut tasks = tokio::task::JoinSet::new();
-    for (name, _, _) in entries {
-        let (want, have) = (src.get(name).unwrap_or(&none), dst.get(name).unwrap_or(&none));
-        let Ok(rel) = node.rel.join(name) else { continue };
-        if want == have {
-            continue;
-        }
-        let (ctx, want) = (ctx.clone(), want.clone());
-        tasks.spawn(async move {
-            match ctx.dst.tree.set_xattrs(ctx.dst.path(&rel), want).await {
-                Ok(()) => {}
-                // Not there (skipped, failed, or a hard link made later).
-                Err(e) if e.kind() == Some(pareco_proto::FailureKind::NotFound) => {}
-                Err(e) if e.kind() == Some(pareco_proto::FailureKind::PermissionDenied) => {
-                    Stats::add(&ctx.stats.warnings, 1);
-                    ctx.reporter.problem(&rel, &Problem::Skipped(format!("extended attributes not kept: {e}")));
-                }
-                Err(e) => ctx.fail(&rel, format!("destination: {e}")),
-            }
-        });
-    }
-    while tasks.join_next().await.is_some() {}
 }
 
 /// A directory to list and plan.

@@ -1,0 +1,103 @@
+//! Owners, groups and extended attributes: set per directory once the names
+//! in it are final (so whatever wrote an entry, batch, stream or link, it
+//! exists), by comparing the source's listing with a second look at the
+//! destination directory, and changing only what differs.
+
+use std::collections::HashMap;
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use pareco_proto::{FailureKind, Name, RelPath, Stat};
+
+use super::Ctx;
+use crate::report::{Problem, Stats};
+
+/// Gives the entries of a directory (and the top directory itself) the
+/// source's owner and group where the destination's differ.
+pub(crate) async fn set_owners(
+    ctx: &Arc<Ctx>,
+    dir: &RelPath,
+    attrs: Option<&(Stat, Option<Stat>)>,
+    wanted: &[(Name, u32, u32)],
+) {
+    let mut changes: Vec<(RelPath, Option<u32>, Option<u32>)> = Vec::new();
+    let differ = |src: (u32, u32), dst: Option<(u32, u32)>| {
+        let uid = (ctx.opts.owner && dst.is_none_or(|d| d.0 != src.0)).then_some(src.0);
+        let gid = (ctx.opts.group && dst.is_none_or(|d| d.1 != src.1)).then_some(src.1);
+        (uid.is_some() || gid.is_some()).then_some((uid, gid))
+    };
+    if dir.is_root()
+        && let Some((src, dst)) = attrs
+        && let Some((uid, gid)) = differ((src.uid, src.gid), dst.as_ref().map(|d| (d.uid, d.gid)))
+    {
+        changes.push((dir.clone(), uid, gid));
+    }
+    if !wanted.is_empty() {
+        let have: HashMap<Name, (u32, u32)> = match ctx.dst.tree.list(ctx.dst.path(dir)).await {
+            Ok((entries, _)) => entries.into_iter().map(|e| (e.name, (e.stat.uid, e.stat.gid))).collect(),
+            Err(e) => return ctx.fail(dir, format!("destination: {e}")),
+        };
+        for (name, uid, gid) in wanted {
+            // Entries not there (failed, or hard links made later) are skipped.
+            if let Some(dst) = have.get(name)
+                && let Some((uid, gid)) = differ((*uid, *gid), Some(*dst))
+                && let Ok(rel) = dir.join(name)
+            {
+                changes.push((rel, uid, gid));
+            }
+        }
+    }
+    let mut tasks = tokio::task::JoinSet::new();
+    for (rel, uid, gid) in changes {
+        let ctx = ctx.clone();
+        tasks.spawn(async move {
+            match ctx.dst.tree.set_owner(ctx.dst.path(&rel), uid, gid).await {
+                Ok(()) => {}
+                Err(e) if e.kind() == Some(FailureKind::PermissionDenied) => {
+                    if !ctx.owner_refused.swap(true, Ordering::Relaxed) {
+                        Stats::add(&ctx.stats.warnings, 1);
+                        let why = format!("owners and groups are not kept: {e} (the receiving side must run as root)");
+                        ctx.reporter.problem(&rel, &Problem::Skipped(why));
+                    }
+                }
+                Err(e) => ctx.fail(&rel, format!("destination: {e}")),
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
+/// Gives the entries of a directory the source's extended attributes where
+/// the destination's differ (one request per side for the directory).
+pub(crate) async fn copy_xattrs(ctx: &Arc<Ctx>, dir: &RelPath, entries: &[(Name, u32, u32)]) {
+    let (src, dst) =
+        tokio::join!(ctx.src.tree.dir_xattrs(ctx.src.path(dir)), ctx.dst.tree.dir_xattrs(ctx.dst.path(dir)));
+    let (src, dst): (HashMap<_, _>, HashMap<_, _>) = match (src, dst) {
+        (Ok(src), Ok(dst)) => (src.into_iter().collect(), dst.into_iter().collect()),
+        (Err(e), _) => return ctx.fail(dir, format!("source: {e}")),
+        (_, Err(e)) => return ctx.fail(dir, format!("destination: {e}")),
+    };
+    let none = Vec::new();
+    let mut tasks = tokio::task::JoinSet::new();
+    for (name, _, _) in entries {
+        let (want, have) = (src.get(name).unwrap_or(&none), dst.get(name).unwrap_or(&none));
+        let Ok(rel) = dir.join(name) else { continue };
+        if want == have {
+            continue;
+        }
+        let (ctx, want) = (ctx.clone(), want.clone());
+        tasks.spawn(async move {
+            match ctx.dst.tree.set_xattrs(ctx.dst.path(&rel), want).await {
+                Ok(()) => {}
+                // Not there (skipped, failed, or a hard link made later).
+                Err(e) if e.kind() == Some(FailureKind::NotFound) => {}
+                Err(e) if e.kind() == Some(FailureKind::PermissionDenied) => {
+                    Stats::add(&ctx.stats.warnings, 1);
+                    ctx.reporter.problem(&rel, &Problem::Skipped(format!("extended attributes not kept: {e}")));
+                }
+                Err(e) => ctx.fail(&rel, format!("destination: {e}")),
+            }
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
