@@ -19,7 +19,6 @@ mod recv;
 mod send;
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -461,9 +460,4 @@ impl LinkTable {
     fn close_all(&mut self) {
         self.links.clear();
     }
-}
-
-/// The address a listening end announces.
-pub fn local_addr(listener: &TcpListener) -> std::io::Result<SocketAddr> {
-    listener.local_addr()
 }
