@@ -27,6 +27,11 @@ fn entries(data: &[u8]) -> Vec<Entry> {
                 ctime: t,
                 ino: 1,
                 dev: 1,
+                nlink: 1,
+                blocks: 0,
+                uid: 0,
+                gid: 0,
+                rdev: *c.get(5).unwrap_or(&0) as u64 % 3,
                 target: (kind == Kind::Symlink).then(|| Box::from(&c[..1])),
             };
             Some(Entry { name, stat })
@@ -40,7 +45,7 @@ fuzz_target!(|data: &[u8]| {
     }
     let half = data.len() / 2;
     let (src, dst) = (entries(&data[..half]), entries(&data[half..]));
-    let options = DirOptions { checksum: data[0] & 1 == 1, delete: data[0] & 2 == 2 };
+    let options = DirOptions { checksum: data[0] & 1 == 1, delete: data[0] & 2 == 2, specials: data[0] & 4 == 4 };
     let dst = (data[1] & 1 == 1).then_some(dst);
     let plan = plan_dir(src, Timestamp { secs: 100, nanos: 0 }, dst, options);
     let mut names: Vec<_> = plan.iter().map(|p| p.name.clone()).collect();
