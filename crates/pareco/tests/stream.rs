@@ -389,3 +389,22 @@ fn a_second_sender_cannot_join_a_stream_in_progress() {
     let chunk = text(1 << 20);
     assert!(std::fs::read(&output).unwrap().chunks(1 << 20).all(|c| c == chunk));
 }
+
+#[test]
+fn a_receiver_with_a_smaller_buffer_than_the_sender_adapts() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = mixed(tmp.path(), 64);
+    let output = tmp.path().join("output");
+    let recv =
+        End::spawn("recv", &[&LISTEN[..], &["--buffer", "2M"]].concat(), Stdio::null(), file_out(&output), TOKEN);
+    // Cuts make frames arrive far out of turn: up to the sender's window.
+    let wan = Wan::start(recv.port, &["--cut-every", "0.3", "--conn-rate", "2M", "--delay-ms", "5"]);
+    let url = format!("pareco://127.0.0.1:{}", wan.port);
+    let send =
+        End::spawn("send", &[&url, "--buffer", "64M", "--compress", "none"], file_in(&input), Stdio::null(), TOKEN);
+    let (send_status, send_err) = send.finish();
+    let (recv_status, recv_err) = recv.finish();
+    assert!(send_status.success(), "send failed: {send_err}");
+    assert!(recv_status.success(), "recv failed: {recv_err}");
+    assert_eq!(hash(&input), hash(&output));
+}

@@ -3,8 +3,8 @@
 //! frame acknowledged once the receiver has delivered it.
 //!
 //! ```text
-//! connector -> listener   Join { stream, role }        first message on every connection
-//! listener -> connector   Joined { stream }            or Abort { reason }
+//! connector -> listener   Join { stream, role, window }    first message on every connection
+//! listener -> connector   Joined { stream, window }        or Abort { reason }
 //! sender -> receiver      Data { seq, raw_len, encoding, payload }
 //! receiver -> sender      Ack { seq }                   after the frame is written out
 //! sender -> receiver      End { frames, bytes, digest } once the input has ended
@@ -54,11 +54,16 @@ pub enum StreamMessage {
         stream: StreamId,
         /// The connecting side's role.
         role: StreamRole,
+        /// A sender's window (bytes of frames it may have in flight), so that
+        /// the receiver can hold that many out of turn; 0 from a receiver.
+        window: u64,
     },
     /// The listening side accepts the connection into stream `stream`.
     Joined {
         /// The stream.
         stream: StreamId,
+        /// The listening side's window, as in `Join`.
+        window: u64,
     },
     /// One frame of the stream.
     Data {
@@ -98,17 +103,19 @@ pub enum StreamMessage {
 impl StreamMessage {
     pub(crate) fn encode(&self, w: &mut Writer<'_>) -> Option<Bytes> {
         match self {
-            StreamMessage::Join { stream, role } => {
+            StreamMessage::Join { stream, role, window } => {
                 w.u8(1);
                 w.raw16(stream);
                 w.u8(match role {
                     StreamRole::Sender => 1,
                     StreamRole::Receiver => 2,
                 });
+                w.varint(*window);
             }
-            StreamMessage::Joined { stream } => {
+            StreamMessage::Joined { stream, window } => {
                 w.u8(2);
                 w.raw16(stream);
+                w.varint(*window);
             }
             StreamMessage::Data { seq, raw_len, encoding, payload } => {
                 w.u8(3);
@@ -148,8 +155,9 @@ impl StreamMessage {
                     2 => StreamRole::Receiver,
                     _ => return Err(CodecError::Invalid("unknown stream role")),
                 },
+                window: r.varint("window")?,
             },
-            2 => StreamMessage::Joined { stream: r.raw16("stream id")? },
+            2 => StreamMessage::Joined { stream: r.raw16("stream id")?, window: r.varint("window")? },
             3 => {
                 let seq = r.varint("sequence number")?;
                 let raw_len = r.u32v("frame length")?;

@@ -202,8 +202,12 @@ fn response() -> impl Strategy<Value = Response> {
 fn stream_message() -> impl Strategy<Value = StreamMessage> {
     let role = prop_oneof![Just(StreamRole::Sender), Just(StreamRole::Receiver)];
     prop_oneof![
-        (any::<[u8; 16]>(), role).prop_map(|(stream, role)| StreamMessage::Join { stream, role }),
-        any::<[u8; 16]>().prop_map(|stream| StreamMessage::Joined { stream }),
+        (any::<[u8; 16]>(), role, any::<u64>()).prop_map(|(stream, role, window)| StreamMessage::Join {
+            stream,
+            role,
+            window
+        }),
+        (any::<[u8; 16]>(), any::<u64>()).prop_map(|(stream, window)| StreamMessage::Joined { stream, window }),
         (any::<u64>(), data(3000)).prop_map(|(seq, payload)| StreamMessage::Data {
             seq,
             raw_len: payload.len() as u32,

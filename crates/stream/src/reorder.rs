@@ -26,6 +26,11 @@ pub struct Reorder<T> {
 }
 
 impl<T> Reorder<T> {
+    /// Allows at least `limit` bytes out of turn from now on.
+    pub fn raise_limit(&mut self, limit: usize) {
+        self.limit = self.limit.max(limit);
+    }
+
     /// A buffer holding at most `limit` bytes of frames out of turn (the
     /// next frame in order is always accepted).
     pub fn new(limit: usize) -> Self {

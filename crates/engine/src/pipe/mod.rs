@@ -150,8 +150,8 @@ impl PipeStats {
 
 /// What happens on the links, as the pipe's main loop sees it.
 enum LinkEvent {
-    /// A new connection joined the stream.
-    Opened(LinkId, mpsc::UnboundedSender<Frame>),
+    /// A new connection joined the stream; the peer's announced window.
+    Opened(LinkId, mpsc::UnboundedSender<Frame>, u64),
     /// A stream message arrived on a connection.
     Message(LinkId, StreamMessage),
     /// A connection is gone.
@@ -265,13 +265,13 @@ impl Links {
                 .map_err(|e| NetError::Connect { addr: addr.to_string(), source: Arc::new(e) })?;
             let mut channel =
                 channel::connect(stream, &self.options.key, self.options.security, self.counters.clone()).await?;
-            self.join_as_connector(&mut channel).await?;
-            Ok::<_, PipeError>(channel)
+            let window = self.join_as_connector(&mut channel).await?;
+            Ok::<_, PipeError>((channel, window))
         };
-        let channel = tokio::time::timeout(self.options.connect_timeout, connect)
+        let (channel, window) = tokio::time::timeout(self.options.connect_timeout, connect)
             .await
             .map_err(|_| PipeError::Net(NetError::Timeout("connecting")))??;
-        self.start(channel);
+        self.start(channel, window);
         Ok(())
     }
 
@@ -287,7 +287,7 @@ impl Links {
             let links = links.clone();
             async move {
                 match links.join_as_listener(&mut channel).await {
-                    Ok(()) => links.start(channel),
+                    Ok(window) => links.start(channel, window),
                     Err(e) => tracing::warn!(%peer, "refused a connection: {e}"),
                 }
             }
@@ -295,14 +295,23 @@ impl Links {
         .await;
     }
 
-    /// The connecting side introduces itself and learns the stream.
-    async fn join_as_connector(&self, channel: &mut Channel) -> Result<(), PipeError> {
+    /// What this end announces as its window (a receiver holds none).
+    fn window(&self) -> u64 {
+        match self.role {
+            StreamRole::Sender => self.options.buffer as u64,
+            StreamRole::Receiver => 0,
+        }
+    }
+
+    /// The connecting side introduces itself and learns the stream, and
+    /// the peer's window.
+    async fn join_as_connector(&self, channel: &mut Channel) -> Result<u64, PipeError> {
         let known = *self.stream.lock().expect("stream lock");
-        let join = StreamMessage::Join { stream: known.unwrap_or_default(), role: self.role };
+        let join = StreamMessage::Join { stream: known.unwrap_or_default(), role: self.role, window: self.window() };
         channel.writer.write(&Frame::Stream(join)).await?;
         channel.writer.flush().await?;
         match channel.reader.next().await? {
-            Some(Frame::Stream(StreamMessage::Joined { stream })) => {
+            Some(Frame::Stream(StreamMessage::Joined { stream, window })) => {
                 let mut known = self.stream.lock().expect("stream lock");
                 match *known {
                     Some(id) if id != stream => Err(PipeError::Aborted(
@@ -310,7 +319,7 @@ impl Links {
                     )),
                     _ => {
                         *known = Some(stream);
-                        Ok(())
+                        Ok(window)
                     }
                 }
             }
@@ -320,9 +329,10 @@ impl Links {
         }
     }
 
-    /// The listening side checks a newcomer and answers.
-    async fn join_as_listener(&self, channel: &mut Channel) -> Result<(), PipeError> {
-        let Some(Frame::Stream(StreamMessage::Join { stream, role })) = channel.reader.next().await? else {
+    /// The listening side checks a newcomer and answers; the newcomer's
+    /// window.
+    async fn join_as_listener(&self, channel: &mut Channel) -> Result<u64, PipeError> {
+        let Some(Frame::Stream(StreamMessage::Join { stream, role, window })) = channel.reader.next().await? else {
             return Err(PipeError::Protocol("expected Join".into()));
         };
         let verdict = {
@@ -343,22 +353,22 @@ impl Links {
             }
         };
         let reply = match &verdict {
-            Ok(stream) => StreamMessage::Joined { stream: *stream },
+            Ok(stream) => StreamMessage::Joined { stream: *stream, window: self.window() },
             Err(reason) => StreamMessage::Abort { reason: reason.clone() },
         };
         channel.writer.write(&Frame::Stream(reply)).await?;
         channel.writer.flush().await?;
-        verdict.map(drop).map_err(PipeError::Aborted)
+        verdict.map(|_| window).map_err(PipeError::Aborted)
     }
 
     /// Runs a joined connection: a task writing what the pipe queues, a task
     /// reading what the peer sends.
-    fn start(&self, channel: Channel) {
+    fn start(&self, channel: Channel, peer_window: u64) {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (tx, mut rx) = mpsc::unbounded_channel::<Frame>();
         let Channel { mut reader, mut writer, .. } = channel;
         let events = self.events.clone();
-        if events.send(LinkEvent::Opened(id, tx)).is_err() {
+        if events.send(LinkEvent::Opened(id, tx, peer_window)).is_err() {
             return;
         }
         let closed = events.clone();
@@ -401,6 +411,15 @@ impl Links {
             let _ = events.send(LinkEvent::Closed(id));
         });
     }
+}
+
+/// Tells the peer why this end stops (unless the peer said so first), and
+/// closes the links so that the message goes out.
+fn abort(table: &mut LinkTable, e: &PipeError) {
+    if !matches!(e, PipeError::Aborted(_)) {
+        table.broadcast(&StreamMessage::Abort { reason: e.to_string() });
+    }
+    table.close_all();
 }
 
 /// The open links of one end, by id.

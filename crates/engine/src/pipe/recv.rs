@@ -15,7 +15,10 @@ use pareco_stream::reorder::{Offer, Reorder};
 use pareco_stream::{FRAME_SIZE, Tally};
 use tokio::sync::{Semaphore, mpsc};
 
-use super::{LinkEvent, LinkTable, Links, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
+use super::{LinkEvent, LinkTable, Links, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous, abort};
+
+/// The largest sender window the receiver adopts.
+const MAX_PEER_WINDOW: u64 = 16 << 30;
 
 /// How long the receiver waits, after its Done, for the sender to hang up.
 const FAREWELL: Duration = Duration::from_secs(5);
@@ -58,7 +61,13 @@ pub async fn receive(
     let result = loop {
         tokio::select! {
             Some(event) = events.recv() => match event {
-                LinkEvent::Opened(id, tx) => table.opened(id, tx),
+                LinkEvent::Opened(id, tx, window) => {
+                    // Hold as much out of turn as the sender may have in
+                    // flight, whatever this end's own --buffer says (within
+                    // reason: a peer's word is not a licence to exhaust memory).
+                    reorder.raise_limit((window.min(MAX_PEER_WINDOW) as usize).saturating_add(8 * FRAME_SIZE));
+                    table.opened(id, tx);
+                }
                 LinkEvent::Message(id, StreamMessage::Data { seq, raw_len, encoding, payload }) => {
                     stats.payload_bytes.fetch_add(payload.len() as u64, Ordering::Relaxed);
                     if reorder.delivered(seq) {
@@ -157,8 +166,10 @@ pub async fn receive(
     let tally = match result {
         Ok(tally) => tally,
         Err(e) => {
-            // Stop writing, and count what the output thread still completes,
+            // Tell the sender at once (it would otherwise wait --retry-for),
+            // stop writing, and count what the output thread still completes,
             // so that the bytes reported are exactly the bytes delivered.
+            abort(&mut table, &e);
             stop_output.store(true, Ordering::Relaxed);
             drop(write_tx);
             let _ = tokio::time::timeout(FAREWELL, async {

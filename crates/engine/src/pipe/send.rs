@@ -14,7 +14,7 @@ use pareco_stream::stripe::Stripe;
 use pareco_stream::{FRAME_SIZE, Tally};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
-use super::{LinkEvent, LinkTable, Links, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
+use super::{LinkEvent, LinkTable, Links, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous, abort};
 
 /// How often rates, the compression level and the peer's presence are checked.
 const TICK: Duration = Duration::from_millis(100);
@@ -87,7 +87,7 @@ pub async fn send(
                 }
             },
             Some(event) = events.recv() => match event {
-                LinkEvent::Opened(id, tx) => {
+                LinkEvent::Opened(id, tx, _) => {
                     table.opened(id, tx);
                     stripe.open(id);
                     if let Some(end) = &end {
@@ -145,6 +145,9 @@ pub async fn send(
         }
         dispatch(&mut out, &table, &mut stripe, &stats);
     };
+    if let Err(e) = &result {
+        abort(&mut table, e);
+    }
     table.close_all();
     result?;
     let tally = tally.expect("the stream ended before the receiver said Done");
