@@ -20,19 +20,14 @@ fn entries(data: &[u8]) -> Vec<Entry> {
             let name = Name::new(&[b'a' + c.get(1).copied().unwrap_or(0) % 8]).ok()?;
             let t = Timestamp { secs: *c.get(2).unwrap_or(&0) as i64, nanos: 0 };
             let stat = Stat {
-                kind,
-                size: *c.get(3).unwrap_or(&0) as u64,
                 mode: (*c.get(4).unwrap_or(&0) as u32) & 0o7777,
                 mtime: t,
                 ctime: t,
                 ino: 1,
                 dev: 1,
-                nlink: 1,
-                blocks: 0,
-                uid: 0,
-                gid: 0,
                 rdev: *c.get(5).unwrap_or(&0) as u64 % 3,
                 target: (kind == Kind::Symlink).then(|| Box::from(&c[..1])),
+                ..Stat::new(kind, *c.get(3).unwrap_or(&0) as u64)
             };
             Some(Entry { name, stat })
         })

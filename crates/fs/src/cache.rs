@@ -174,19 +174,11 @@ mod tests {
 
     fn stat(size: u64, ctime: i64) -> Stat {
         Stat {
-            kind: pareco_proto::Kind::File,
-            size,
-            mode: 0o644,
             mtime: Timestamp { secs: 10, nanos: 5 },
             ctime: Timestamp { secs: ctime, nanos: 7 },
             ino: 3,
             dev: 4,
-            nlink: 1,
-            blocks: 0,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
+            ..Stat::new(pareco_proto::Kind::File, size)
         }
     }
 

@@ -221,16 +221,30 @@ pub(crate) fn make_symlink(
     mtime: Option<Timestamp>,
 ) -> Result<(), FsError> {
     let (dir, name) = beneath::parent(root, path, "create symlink")?;
+    place(&dir, &name, None, mtime, |temp| {
+        rustix::fs::symlinkat(&target[..], &dir, temp).map_err(|e| FsError::io("create symlink", e))
+    })
+}
+
+/// Puts a new entry in place of `name` in `dir` atomically: `create` makes
+/// it under a temporary name, it gets `mode` and `mtime`, and it is renamed
+/// over whatever non-directory is there. The temporary name never remains.
+fn place(
+    dir: &OwnedFd,
+    name: &Name,
+    mode: Option<u32>,
+    mtime: Option<Timestamp>,
+    create: impl FnOnce(&str) -> Result<(), FsError>,
+) -> Result<(), FsError> {
     let temp = temp_name();
-    rustix::fs::symlinkat(&target[..], &dir, temp.as_str()).map_err(|e| FsError::io("create symlink", e))?;
+    create(&temp)?;
     let temp_name = Name::new(temp.as_bytes()).expect("temporary names are valid");
-    let result = meta::set_attrs_at(dir.as_fd(), &temp_name, None, mtime).and_then(|()| {
-        rustix::fs::renameat(&dir, temp.as_str(), &dir, name.as_bytes())
-            .map_err(|e| FsError::io("rename into place", e))
+    let result = meta::set_attrs_at(dir.as_fd(), &temp_name, mode, mtime).and_then(|()| {
+        rustix::fs::renameat(dir, temp.as_str(), dir, name.as_bytes()).map_err(|e| FsError::io("rename into place", e))
     });
-    if result.is_err() {
-        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-    }
+    // Gone after a rename, except when a hard link was renamed onto another
+    // link of the same file (which does nothing): remove it in every case.
+    let _ = rustix::fs::unlinkat(dir, temp.as_str(), AtFlags::empty());
     result
 }
 
@@ -251,18 +265,10 @@ pub(crate) fn make_special(
         other => return Err(FsError::bad_request("create special file", format!("cannot create a {}", other.name()))),
     };
     let (dir, name) = beneath::parent(root, path, "create special file")?;
-    let temp = temp_name();
-    rustix::fs::mknodat(&dir, temp.as_str(), file_type, Mode::from_raw_mode(mode & 0o7777), rdev)
-        .map_err(|e| FsError::io("create special file", e))?;
-    let temp_name = Name::new(temp.as_bytes()).expect("temporary names are valid");
-    let result = meta::set_attrs_at(dir.as_fd(), &temp_name, Some(mode), Some(mtime)).and_then(|()| {
-        rustix::fs::renameat(&dir, temp.as_str(), &dir, name.as_bytes())
-            .map_err(|e| FsError::io("rename into place", e))
-    });
-    if result.is_err() {
-        let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-    }
-    result
+    place(&dir, &name, Some(mode), Some(mtime), |temp| {
+        rustix::fs::mknodat(&dir, temp, file_type, Mode::from_raw_mode(mode & 0o7777), rdev)
+            .map_err(|e| FsError::io("create special file", e))
+    })
 }
 
 /// Makes `path` a hard link to `existing` (never following a symlink),
@@ -270,15 +276,10 @@ pub(crate) fn make_special(
 pub(crate) fn make_link(root: BorrowedFd<'_>, path: &RelPath, existing: &RelPath) -> Result<(), FsError> {
     let (from_dir, from) = beneath::parent(root, existing, "open the file to link")?;
     let (dir, name) = beneath::parent(root, path, "create hard link")?;
-    let temp = temp_name();
-    rustix::fs::linkat(&from_dir, from.as_bytes(), &dir, temp.as_str(), AtFlags::empty())
-        .map_err(|e| FsError::io("create hard link", e))?;
-    let result = rustix::fs::renameat(&dir, temp.as_str(), &dir, name.as_bytes())
-        .map_err(|e| FsError::io("rename into place", e));
-    // Renaming a link onto another link of the same file does nothing and
-    // leaves the temporary name: remove it in every case.
-    let _ = rustix::fs::unlinkat(&dir, temp.as_str(), AtFlags::empty());
-    result
+    place(&dir, &name, None, None, |temp| {
+        rustix::fs::linkat(&from_dir, from.as_bytes(), &dir, temp, AtFlags::empty())
+            .map_err(|e| FsError::io("create hard link", e))
+    })
 }
 
 /// Removes an entry, directories recursively, never following a symlink.

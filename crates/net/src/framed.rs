@@ -169,11 +169,39 @@ fn seal_all(sealer: &mut RecordCipher, plain: &[u8], out: &mut Vec<u8>, used: &m
     }
 }
 
+/// A queue of frames to write: a bounded or an unbounded channel.
+pub trait FrameQueue {
+    /// The next frame, waiting for it; `None` once every sender is gone.
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Frame>> + Send;
+    /// The next frame if one is already there.
+    fn try_recv(&mut self) -> Result<Frame, mpsc::error::TryRecvError>;
+}
+
+impl FrameQueue for mpsc::Receiver<Frame> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Frame>> + Send {
+        mpsc::Receiver::recv(self)
+    }
+
+    fn try_recv(&mut self) -> Result<Frame, mpsc::error::TryRecvError> {
+        mpsc::Receiver::try_recv(self)
+    }
+}
+
+impl FrameQueue for mpsc::UnboundedReceiver<Frame> {
+    fn recv(&mut self) -> impl std::future::Future<Output = Option<Frame>> + Send {
+        mpsc::UnboundedReceiver::recv(self)
+    }
+
+    fn try_recv(&mut self) -> Result<Frame, mpsc::error::TryRecvError> {
+        mpsc::UnboundedReceiver::try_recv(self)
+    }
+}
+
 /// Writes frames from `rx` as they come, flushing whenever the queue runs
 /// dry, until every sender is gone; then closes the write direction.
 pub async fn pump<W: AsyncWrite + Unpin>(
     writer: &mut FrameWriter<W>,
-    rx: &mut mpsc::Receiver<Frame>,
+    rx: &mut impl FrameQueue,
 ) -> Result<(), NetError> {
     while let Some(frame) = rx.recv().await {
         writer.write(&frame).await?;

@@ -24,21 +24,7 @@ impl Service for Echo {
                 Response::Data { digest: Digest::of(&data), data }
             }
             Request::ListDir { .. } => {
-                let stat = Stat {
-                    kind: Kind::File,
-                    size: 0,
-                    mode: 0o644,
-                    mtime: Timestamp::default(),
-                    ctime: Timestamp::default(),
-                    ino: 0,
-                    dev: 0,
-                    nlink: 1,
-                    blocks: 0,
-                    uid: 0,
-                    gid: 0,
-                    rdev: 0,
-                    target: None,
-                };
+                let stat = Stat::new(Kind::File, 0);
                 let entries = (0..50_000)
                     .map(|i| Entry { name: Name::new(format!("entry-{i:06}").as_bytes()).unwrap(), stat: stat.clone() })
                     .collect();

@@ -71,16 +71,7 @@ pub fn progress(stats: &Arc<Stats>, quiet: bool) -> Option<ProgressBar> {
 }
 
 /// `1.5 GiB`-style sizes.
-pub fn human(bytes: u64) -> String {
-    const UNITS: [&str; 5] = ["B", "KiB", "MiB", "GiB", "TiB"];
-    let mut v = bytes as f64;
-    let mut unit = 0;
-    while v >= 1024.0 && unit + 1 < UNITS.len() {
-        v /= 1024.0;
-        unit += 1;
-    }
-    if unit == 0 { format!("{bytes} B") } else { format!("{v:.1} {}", UNITS[unit]) }
-}
+pub use pareco_plan::human_size as human;
 
 /// The one-line summary printed at the end.
 pub fn summary_line(s: &Summary, dry_run: bool) -> String {

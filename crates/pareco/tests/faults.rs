@@ -10,14 +10,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, srv) = (tmp.path().join("src"), tmp.path().join("srv"));
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::create_dir_all(&srv).unwrap();
-    (tmp, src, srv)
-}
-
 /// A 64 MiB tree: two 16 MiB files and 1,000 files of 32 KiB in 10 directories.
 fn tree_64m(src: &Path) -> u64 {
     for i in 0..2 {

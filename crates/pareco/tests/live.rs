@@ -9,13 +9,6 @@ use std::process::{Child, Command, Stdio};
 
 use support::*;
 
-fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, dst) = (tmp.path().join("src"), tmp.path().join("dst"));
-    std::fs::create_dir_all(&src).unwrap();
-    (tmp, src, dst)
-}
-
 #[test]
 fn verify_finds_a_one_byte_difference_a_mode_change_and_a_missing_file() {
     let (_tmp, src, dst) = dirs();

@@ -10,14 +10,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, srv) = (tmp.path().join("src"), tmp.path().join("srv"));
-    std::fs::create_dir_all(&src).unwrap();
-    std::fs::create_dir_all(&srv).unwrap();
-    (tmp, src, srv)
-}
-
 const MARKER: &[u8] = b"CONFIDENTIAL-CUSTOMER-RECORD-4fd2a9";
 
 /// A tree whose content, names and token must not appear on the wire.

@@ -138,6 +138,11 @@ fn transfer(input: &Path, output: &Path, send_args: &[&str], recv_args: &[&str])
         let send = End::spawn("send", &send_args, file_in(input), Stdio::null(), TOKEN);
         (send, recv)
     };
+    both_succeed(send, recv, input, output)
+}
+
+/// Waits for both ends; asserts both exit 0 and the output is the input.
+fn both_succeed(send: End, recv: End, input: &Path, output: &Path) -> (String, String) {
     let (send_status, send_err) = send.finish();
     let (recv_status, recv_err) = recv.finish();
     assert!(send_status.success(), "send failed: {send_err}");
@@ -235,11 +240,7 @@ fn a_connection_cut_every_half_second_loses_nothing() {
         Stdio::null(),
         TOKEN,
     );
-    let (send_status, send_err) = send.finish();
-    let (recv_status, recv_err) = recv.finish();
-    assert!(send_status.success(), "send failed: {send_err}");
-    assert!(recv_status.success(), "recv failed: {recv_err}");
-    assert_eq!(hash(&input), hash(&output));
+    both_succeed(send, recv, &input, &output);
 
     let proxy: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(&wan.stats).unwrap()).unwrap();
     let cuts = proxy["cut"].as_u64().unwrap();
@@ -402,9 +403,5 @@ fn a_receiver_with_a_smaller_buffer_than_the_sender_adapts() {
     let url = format!("pareco://127.0.0.1:{}", wan.port);
     let send =
         End::spawn("send", &[&url, "--buffer", "64M", "--compress", "none"], file_in(&input), Stdio::null(), TOKEN);
-    let (send_status, send_err) = send.finish();
-    let (recv_status, recv_err) = recv.finish();
-    assert!(send_status.success(), "send failed: {send_err}");
-    assert!(recv_status.success(), "recv failed: {recv_err}");
-    assert_eq!(hash(&input), hash(&output));
+    both_succeed(send, recv, &input, &output);
 }

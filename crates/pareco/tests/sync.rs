@@ -8,13 +8,6 @@ use std::time::Duration;
 
 use support::*;
 
-fn dirs() -> (tempfile::TempDir, std::path::PathBuf, std::path::PathBuf) {
-    let tmp = tempfile::tempdir().unwrap();
-    let (src, srv) = (tmp.path().join("src"), tmp.path().join("srv"));
-    std::fs::create_dir_all(&srv).unwrap();
-    (tmp, src, srv)
-}
-
 #[test]
 fn initial_push_then_noop_resync_transfers_nothing() {
     let (_tmp, src, srv) = dirs();

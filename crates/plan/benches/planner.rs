@@ -9,19 +9,10 @@ use pareco_proto::{Entry, Kind, Name, Stat, Timestamp};
 
 fn entries(n: usize, seed: u64) -> Vec<Entry> {
     let stat = |i: u64| Stat {
-        kind: Kind::File,
-        size: 100 + i % 7,
-        mode: 0o644,
         mtime: Timestamp { secs: 1_700_000_000 + (i % 1000) as i64, nanos: 5 },
-        ctime: Timestamp::default(),
         ino: i,
         dev: 1,
-        nlink: 1,
-        blocks: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: None,
+        ..Stat::new(Kind::File, 100 + i % 7)
     };
     // Listing order is the filesystem's, not sorted: shuffle deterministically.
     let mut v: Vec<Entry> = (0..n as u64)

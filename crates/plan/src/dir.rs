@@ -183,19 +183,11 @@ mod tests {
 
     fn stat(kind: Kind, size: u64, mtime: i64) -> Stat {
         Stat {
-            kind,
-            size,
-            mode: 0o644,
             mtime: Timestamp { secs: mtime, nanos: 5 },
-            ctime: Timestamp::default(),
             ino: 7,
             dev: 1,
-            nlink: 1,
-            blocks: 0,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
             target: (kind == Kind::Symlink).then(|| Box::from(&b"t"[..])),
+            ..Stat::new(kind, size)
         }
     }
 

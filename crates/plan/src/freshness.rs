@@ -82,19 +82,11 @@ mod tests {
 
     fn stat_at(secs: i64, nanos: u32) -> Stat {
         Stat {
-            kind: Kind::File,
-            size: 10,
-            mode: 0o644,
             mtime: Timestamp { secs, nanos },
             ctime: Timestamp { secs, nanos },
             ino: 1,
             dev: 1,
-            nlink: 1,
-            blocks: 0,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
-            target: None,
+            ..Stat::new(Kind::File, 10)
         }
     }
 

@@ -7,6 +7,8 @@ use std::fmt;
 
 use pareco_proto::{Kind, RelPath, Stat, Timestamp};
 
+use crate::human_size;
+
 /// Which tree of the two.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -162,13 +164,13 @@ impl Usage {
             reasons.push(format!(
                 "{} file(s) allocate {} less than their size (holes, or compression by the filesystem)",
                 self.sparse_files,
-                human(self.sparse_bytes)
+                human_size(self.sparse_bytes)
             ));
         }
         if self.allocated + self.sparse_bytes > self.apparent {
             reasons.push(format!(
                 "files occupy whole blocks (and may be preallocated): {} of rounding",
-                human(self.allocated + self.sparse_bytes - self.apparent)
+                human_size(self.allocated + self.sparse_bytes - self.apparent)
             ));
         }
         reasons.join("; ")
@@ -181,30 +183,24 @@ pub fn explain_usage(a: &Usage, b: &Usage) -> Option<String> {
         return None;
     }
     let (more, less, (big, small)) = if a.allocated > b.allocated { ("A", "B", (a, b)) } else { ("B", "A", (b, a)) };
-    let mut why = format!("{more} allocates {} more than {less}", human(big.allocated - small.allocated));
+    let mut why = format!("{more} allocates {} more than {less}", human_size(big.allocated - small.allocated));
     if a.apparent != b.apparent {
-        why.push_str(&format!(" (the apparent sizes differ too: {} vs {})", human(a.apparent), human(b.apparent)));
+        why.push_str(&format!(
+            " (the apparent sizes differ too: {} vs {})",
+            human_size(a.apparent),
+            human_size(b.apparent)
+        ));
     } else if small.sparse_bytes > big.sparse_bytes {
         why.push_str(&format!(
             ": {less} has {} in holes or filesystem compression, {more} {} (a copy that filled holes, or \
              punched them, changes what du shows, not the content)",
-            human(small.sparse_bytes),
-            human(big.sparse_bytes)
+            human_size(small.sparse_bytes),
+            human_size(big.sparse_bytes)
         ));
     } else {
         why.push_str(": block rounding and preallocation differ between the filesystems");
     }
     Some(why)
-}
-
-fn human(n: u64) -> String {
-    const UNITS: [(&str, u64); 4] = [("TiB", 1 << 40), ("GiB", 1 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)];
-    for (unit, size) in UNITS {
-        if n >= size {
-            return format!("{:.1} {unit}", n as f64 / size as f64);
-        }
-    }
-    format!("{n} B")
 }
 
 #[cfg(test)]
@@ -213,19 +209,13 @@ mod tests {
 
     fn stat(kind: Kind, size: u64, mode: u32, secs: i64) -> Stat {
         Stat {
-            kind,
-            size,
             mode,
             mtime: Timestamp { secs, nanos: 5 },
-            ctime: Timestamp::default(),
             ino: 1,
             dev: 1,
-            nlink: 1,
             blocks: size.div_ceil(4096) * 8,
-            uid: 0,
-            gid: 0,
-            rdev: 0,
             target: (kind == Kind::Symlink).then(|| Box::from(&b"x"[..])),
+            ..Stat::new(kind, size)
         }
     }
 

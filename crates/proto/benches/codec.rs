@@ -21,19 +21,11 @@ fn hashing(c: &mut Criterion) {
 
 fn listing(n: usize) -> Frame {
     let stat = Stat {
-        kind: Kind::File,
-        size: 123_456,
-        mode: 0o644,
         mtime: Timestamp { secs: 1_790_000_000, nanos: 123_456_789 },
         ctime: Timestamp { secs: 1_790_000_000, nanos: 123_456_789 },
         ino: 987_654,
         dev: 2049,
-        nlink: 1,
-        blocks: 0,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: None,
+        ..Stat::new(Kind::File, 123_456)
     };
     let entries =
         (0..n).map(|i| Entry { name: Name::new(format!("file-{i:07}.dat").as_bytes()).unwrap(), stat: stat.clone() });

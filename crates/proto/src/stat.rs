@@ -90,6 +90,27 @@ pub struct Stat {
 }
 
 impl Stat {
+    /// An entry of `kind` and `size` with mode 0o644, one link and every
+    /// other field zero: a start to complete with `..Stat::new(…)` (tests,
+    /// benchmarks, tools). Real entries come from `lstat`.
+    pub fn new(kind: Kind, size: u64) -> Stat {
+        Stat {
+            kind,
+            size,
+            mode: 0o644,
+            mtime: Timestamp::default(),
+            ctime: Timestamp::default(),
+            ino: 0,
+            dev: 0,
+            nlink: 1,
+            blocks: 0,
+            uid: 0,
+            gid: 0,
+            rdev: 0,
+            target: None,
+        }
+    }
+
     /// Whether the entry is unchanged between two observations: same inode,
     /// size, mtime and ctime. A write in between moves mtime and ctime, a
     /// replacement changes the inode.

@@ -340,21 +340,7 @@ fn extents_must_be_ordered_disjoint_and_non_empty() {
 
 #[test]
 fn big_listings_are_split_into_bounded_pages() {
-    let stat = Stat {
-        kind: Kind::File,
-        size: 1,
-        mode: 0o644,
-        mtime: Timestamp::default(),
-        ctime: Timestamp::default(),
-        ino: 1,
-        dev: 1,
-        nlink: 1,
-        blocks: 8,
-        uid: 0,
-        gid: 0,
-        rdev: 0,
-        target: None,
-    };
+    let stat = Stat { ino: 1, dev: 1, blocks: 8, ..Stat::new(Kind::File, 1) };
     let entries: Vec<Entry> = (0..10_000)
         .map(|i| Entry { name: Name::new(format!("file-{i}").as_bytes()).unwrap(), stat: stat.clone() })
         .collect();

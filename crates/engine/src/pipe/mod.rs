@@ -373,18 +373,7 @@ impl Links {
         }
         let closed = events.clone();
         tokio::spawn(async move {
-            let result: Result<(), NetError> = async {
-                while let Some(frame) = rx.recv().await {
-                    writer.write(&frame).await?;
-                    while let Ok(frame) = rx.try_recv() {
-                        writer.write(&frame).await?;
-                    }
-                    writer.flush().await?;
-                }
-                writer.shutdown().await
-            }
-            .await;
-            if let Err(e) = result {
+            if let Err(e) = pareco_net::framed::pump(&mut writer, &mut rx).await {
                 tracing::debug!("link {id}: writing failed: {e}");
                 let _ = closed.send(LinkEvent::Closed(id));
             }

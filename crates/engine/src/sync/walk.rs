@@ -21,6 +21,7 @@ use super::meta;
 use super::small::{self, SmallFile};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
 use crate::report::{Change, Problem, Stats};
+use crate::tree::TreeError;
 
 /// Keeps the run going while the work holding it is in flight.
 #[derive(Clone)]
@@ -417,6 +418,23 @@ async fn copy_file(
     big::transfer(ctx, rel, basis.is_some(), change, ticket).await
 }
 
+/// Creates an entry with `make` (nothing in a dry run), first removing the
+/// destination entry if the plan says it must go.
+async fn replace(
+    ctx: &Ctx,
+    path: &RelPath,
+    remove_first: bool,
+    make: impl std::future::Future<Output = Result<(), TreeError>>,
+) -> Result<(), TreeError> {
+    if ctx.opts.dry_run {
+        return Ok(());
+    }
+    if remove_first {
+        ctx.dst.tree.remove(path.clone()).await?;
+    }
+    make.await
+}
+
 /// Everything that is not a file's content: links, permissions, deletions.
 async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome {
     let path = ctx.dst.path(rel);
@@ -444,30 +462,13 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
             let src = p.src.expect("symlink has a source");
             let target = bytes::Bytes::copy_from_slice(src.target.as_deref().unwrap_or_default());
             ticket.dir().touch();
-            let result = async {
-                if ctx.opts.dry_run {
-                    return Ok(());
-                }
-                if p.remove_first {
-                    ctx.dst.tree.remove(path.clone()).await?;
-                }
-                ctx.dst.tree.make_symlink(path, target, Some(src.mtime)).await
-            };
-            (Change::Symlink, result.await)
+            let make = ctx.dst.tree.make_symlink(path.clone(), target, Some(src.mtime));
+            (Change::Symlink, replace(ctx, &path, p.remove_first, make).await)
         }
         Action::Special => {
             let src = p.src.expect("a special file has a source");
             ticket.dir().touch();
-            let result = async {
-                if ctx.opts.dry_run {
-                    return Ok(());
-                }
-                if p.remove_first {
-                    ctx.dst.tree.remove(path.clone()).await?;
-                }
-                ctx.dst.tree.make_special(path, &src).await
-            }
-            .await;
+            let result = replace(ctx, &path, p.remove_first, ctx.dst.tree.make_special(path.clone(), &src)).await;
             if let Err(e) = &result
                 && e.kind() == Some(pareco_proto::FailureKind::PermissionDenied)
             {

@@ -354,6 +354,16 @@ impl Drop for Wan {
     }
 }
 
+/// A temporary directory holding two empty directories, `src` and `srv`
+/// (a source tree and a server root, or a local destination).
+pub fn dirs() -> (tempfile::TempDir, PathBuf, PathBuf) {
+    let tmp = tempfile::tempdir().unwrap();
+    let (src, srv) = (tmp.path().join("src"), tmp.path().join("srv"));
+    std::fs::create_dir_all(&src).unwrap();
+    std::fs::create_dir_all(&srv).unwrap();
+    (tmp, src, srv)
+}
+
 /// Waits until `cond` holds or `limit` passes.
 pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
     let deadline = std::time::Instant::now() + limit;
