@@ -29,7 +29,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARECO = ROOT / "target" / "release" / "pareco"
+PARECO = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")).resolve() / "release" / "pareco"
 WANEM = ROOT / "tools" / "wanem.py"
 TOKEN = "bench-token-0123456789abcdef"
 MiB = 1 << 20

@@ -23,7 +23,7 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARECO = ROOT / "target" / "release" / "pareco"
+PARECO = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")).resolve() / "release" / "pareco"
 WANEM = ROOT / "tools" / "wanem.py"
 TOKEN = "soak-token-0123456789abcdef"
 ENV = dict(os.environ, PARECO_TOKEN=TOKEN, PARECO_LOG="error")
