@@ -17,6 +17,7 @@ mod cache;
 mod error;
 mod meta;
 mod read;
+mod temp;
 mod write;
 mod xattr;
 
@@ -30,7 +31,6 @@ use rustix::fs::{Mode, OFlags};
 pub use cache::DigestCache;
 pub use error::FsError;
 pub use meta::now;
-pub use write::TEMP_PREFIX;
 
 /// A directory tree rooted at a directory opened once; nothing outside it is
 /// reachable through this value.

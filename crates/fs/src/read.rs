@@ -16,6 +16,7 @@ use crate::beneath;
 use crate::cache::{DigestCache, Key};
 use crate::error::FsError;
 use crate::meta;
+use crate::temp;
 
 /// Opens a file for reading (never through a symlink).
 pub(crate) fn open_read(root: BorrowedFd<'_>, path: &RelPath) -> Result<File, FsError> {
@@ -52,7 +53,8 @@ fn read_upto(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
 }
 
 /// Lists a directory, `lstat`-ing every entry. Entries that vanish between
-/// the directory read and their stat are left out.
+/// the directory read and their stat are left out, and so are pareco's own
+/// temporaries (see [`crate::temp`]).
 pub(crate) fn list_dir(root: BorrowedFd<'_>, path: &RelPath) -> Result<Vec<Entry>, FsError> {
     let fd = beneath::open(root, path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
         .map_err(|e| FsError::io("open directory", e))?;
@@ -61,7 +63,7 @@ pub(crate) fn list_dir(root: BorrowedFd<'_>, path: &RelPath) -> Result<Vec<Entry
     for item in dir {
         let item = item.map_err(|e| FsError::io("read directory", e))?;
         let raw = item.file_name().to_bytes();
-        if raw == b"." || raw == b".." {
+        if raw == b"." || raw == b".." || temp::is_temp(raw) {
             continue;
         }
         let Ok(name) = Name::new(raw) else { continue };

@@ -6,7 +6,6 @@
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
-use std::sync::atomic::{AtomicU64, Ordering};
 
 use bytes::Bytes;
 use pareco_proto::{Block, Digest, Failure, FileContent, Kind, Name, RelPath, Stat, Timestamp};
@@ -17,14 +16,7 @@ use crate::beneath;
 use crate::error::FsError;
 use crate::meta;
 use crate::read::read_range;
-
-/// Prefix of the temporary names used while a file or link is being created.
-pub const TEMP_PREFIX: &str = ".pareco-tmp.";
-
-fn temp_name() -> String {
-    static COUNTER: AtomicU64 = AtomicU64::new(0);
-    format!("{TEMP_PREFIX}{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
-}
+use crate::temp;
 
 fn check_digest(data: &[u8], digest: &Digest) -> Result<(), FsError> {
     if Digest::of(data) != *digest {
@@ -94,7 +86,7 @@ pub(crate) fn write_files(root: BorrowedFd<'_>, files: &[FileContent]) -> Vec<Re
 fn write_file(root: BorrowedFd<'_>, f: &FileContent) -> Result<(), FsError> {
     check_digest(&f.data, &f.digest)?;
     let (dir, name) = beneath::parent(root, &f.path, "create file")?;
-    let temp = temp_name();
+    let temp = temp::new_name(dir.as_fd());
     let result = (|| {
         let fd = rustix::fs::openat(
             &dir,
@@ -236,7 +228,7 @@ fn place(
     mtime: Option<Timestamp>,
     create: impl FnOnce(&str) -> Result<(), FsError>,
 ) -> Result<(), FsError> {
-    let temp = temp_name();
+    let temp = temp::new_name(dir.as_fd());
     create(&temp)?;
     let temp_name = Name::new(temp.as_bytes()).expect("temporary names are valid");
     let result = meta::set_attrs_at(dir.as_fd(), &temp_name, mode, mtime).and_then(|()| {

@@ -82,6 +82,38 @@ fn a_server_killed_and_restarted_mid_run_is_waited_for() {
     assert_same_tree(&src, &srv.join("copy"));
 }
 
+/// A process killed mid-write leaves `.pareco-tmp.<pid>.<n>` behind. Such
+/// names are never listed (so never copied, deleted by plan or verified),
+/// and the next process that writes into that directory removes those of
+/// dead processes; a live process's temporary is left alone.
+#[test]
+fn temporaries_left_by_a_killed_process_are_hidden_and_cleaned_up() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(src.join("d")).unwrap();
+    std::fs::write(src.join("d/new"), b"new").unwrap();
+    age(&src);
+    let mut gone = Command::new("true").spawn().unwrap();
+    let dead = gone.id();
+    gone.wait().unwrap();
+    let dst = srv.join("copy");
+    std::fs::create_dir_all(dst.join("d")).unwrap();
+    let stale = dst.join(format!("d/.pareco-tmp.{dead}.3"));
+    let live = dst.join(format!("d/.pareco-tmp.{}.4", std::process::id()));
+    std::fs::write(&stale, b"half a file").unwrap();
+    std::fs::write(&live, b"being written").unwrap();
+    // A source holding temporaries (it was itself a destination) does not copy them.
+    std::fs::write(src.join(format!("d/.pareco-tmp.{dead}.5")), b"partial").unwrap();
+
+    let server = Server::start(&srv);
+    let run = sync(&src, server.url("copy"), &["-q", "--delete"]).ok();
+    assert_eq!(run.stat("entries_deleted"), 0, "{:?}", run.stats);
+    assert!(!stale.exists(), "the dead process's temporary is still there");
+    assert!(live.exists(), "a live process's temporary was removed");
+    assert_eq!(std::fs::read(dst.join("d/new")).unwrap(), b"new");
+    assert!(!dst.join(format!("d/.pareco-tmp.{dead}.5")).exists());
+    verify(&src, &dst, &[]).ok();
+}
+
 /// Bytes allocated to regular files below `root` (partial and temporary
 /// ones too; what has really arrived, holes not counted).
 fn du(root: &Path) -> u64 {

@@ -1,0 +1,117 @@
+//! Temporary names. Every file, link or special file pareco creates first
+//! appears as `.pareco-tmp.<pid>.<n>` in its final directory and is then
+//! renamed into place, so nobody ever sees half of it under its real name.
+//!
+//! Such names belong to pareco: listings leave them out (they are never
+//! copied, planned for or verified). A process killed in the middle of a
+//! write leaves its temporary behind; the next process that creates one in
+//! the same directory first removes those whose process no longer exists on
+//! this host. Temporaries of live processes (a concurrent run, a recycled
+//! pid) are left alone: removing one would only make that write fail.
+
+use std::collections::HashSet;
+use std::os::fd::{AsFd, BorrowedFd};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use rustix::fs::{AtFlags, Dir, Mode, OFlags};
+use rustix::io::Errno;
+use rustix::process::Pid;
+
+/// Prefix of the temporary names used while an entry is being created.
+const TEMP_PREFIX: &str = ".pareco-tmp.";
+
+/// Directories (device, inode) this process has already cleaned. Bounded:
+/// past the limit it starts over, which only costs a directory read.
+static SWEPT: Mutex<Option<HashSet<(u64, u64)>>> = Mutex::new(None);
+const MAX_SWEPT: usize = 1 << 16;
+
+/// Whether a directory entry is one of pareco's temporaries.
+pub(crate) fn is_temp(name: &[u8]) -> bool {
+    name.starts_with(TEMP_PREFIX.as_bytes())
+}
+
+/// A fresh temporary name in `dir`, after removing (once per directory per
+/// process) the temporaries that dead processes left there.
+pub(crate) fn new_name(dir: BorrowedFd<'_>) -> String {
+    static COUNTER: AtomicU64 = AtomicU64::new(0);
+    sweep_once(dir);
+    format!("{TEMP_PREFIX}{}.{}", std::process::id(), COUNTER.fetch_add(1, Ordering::Relaxed))
+}
+
+fn sweep_once(dir: BorrowedFd<'_>) {
+    let Ok(st) = rustix::fs::fstat(dir) else { return };
+    {
+        let mut swept = SWEPT.lock().unwrap_or_else(|e| e.into_inner());
+        let swept = swept.get_or_insert_with(HashSet::new);
+        if swept.len() >= MAX_SWEPT {
+            swept.clear();
+        }
+        if !swept.insert((st.st_dev, st.st_ino)) {
+            return;
+        }
+    }
+    // Best effort: a directory that cannot be read or an entry that cannot be
+    // removed only means the litter stays (hidden from listings).
+    let Ok(readable) =
+        rustix::fs::openat(dir, ".", OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())
+    else {
+        return;
+    };
+    let Ok(entries) = Dir::read_from(&readable) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        if owner(name.to_bytes()).is_some_and(is_gone) {
+            let _ = rustix::fs::unlinkat(readable.as_fd(), name, AtFlags::empty());
+        }
+    }
+}
+
+/// The process id in a temporary name.
+fn owner(name: &[u8]) -> Option<Pid> {
+    let rest = name.strip_prefix(TEMP_PREFIX.as_bytes())?;
+    let pid = rest.split(|&b| b == b'.').next()?;
+    Pid::from_raw(std::str::from_utf8(pid).ok()?.parse().ok()?)
+}
+
+fn is_gone(pid: Pid) -> bool {
+    pid.as_raw_nonzero().get() as u32 != std::process::id()
+        && rustix::process::test_kill_process(pid) == Err(Errno::SRCH)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn temporaries_of_dead_processes_are_removed_and_others_kept() {
+        let tmp = tempfile::tempdir().unwrap();
+        let mut child = std::process::Command::new("true").spawn().unwrap();
+        let dead = child.id();
+        child.wait().unwrap();
+        let ours = std::process::id();
+        let keep = [
+            format!("{TEMP_PREFIX}{ours}.7"), // this process: maybe being written now
+            format!("{TEMP_PREFIX}1.3"),      // init is alive
+            format!("{TEMP_PREFIX}x.1"),      // not ours to judge
+            "data".to_string(),
+        ];
+        let gone = format!("{TEMP_PREFIX}{dead}.12");
+        for name in keep.iter().chain([&gone]) {
+            std::fs::write(tmp.path().join(name), b"x").unwrap();
+        }
+        let dir = rustix::fs::open(tmp.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
+        let name = new_name(dir.as_fd());
+        assert!(
+            is_temp(name.as_bytes()) && owner(name.as_bytes()).is_some_and(|p| p.as_raw_nonzero().get() as u32 == ours)
+        );
+        assert!(!tmp.path().join(&gone).exists());
+        for name in &keep {
+            assert!(tmp.path().join(name).exists(), "{name}");
+        }
+        // Once per directory: litter appearing later is left for the next process.
+        std::fs::write(tmp.path().join(&gone), b"x").unwrap();
+        new_name(dir.as_fd());
+        assert!(tmp.path().join(&gone).exists());
+    }
+}
