@@ -1,20 +1,21 @@
 //! `verify`: two trees compared entry by entry — type, size, mode, mtime,
-//! symlink target, hard links and full content — with each side hashing its
-//! own files on its own machine, many files and chunk groups at once.
+//! symlink target, hard links and full content, and on request owners,
+//! groups and extended attributes — with each side hashing its own files on
+//! its own machine, many files and chunk groups at once.
 //!
 //! Directories are listed on both sides at once; files of the same size are
 //! compared chunk group by chunk group (BLAKE3 per chunk, computed where the
 //! file is), the groups of all files sharing one pool of tasks, so a single
 //! huge file is hashed as much in parallel as many small ones.
 
-use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pareco_plan::file::Layout;
-use pareco_plan::verify::{Difference, LinkedFiles, Side, Usage, compare, link_differences};
-use pareco_proto::{Entry, Kind, RelPath, Stat};
+use pareco_plan::verify::{Checks, Difference, LinkedFiles, Side, Usage, compare, compare_xattrs, link_differences};
+use pareco_proto::{Entry, Kind, Name, RelPath, Stat, Xattrs};
 use tokio::task::JoinSet;
 
 use crate::endpoint::Endpoint;
@@ -30,6 +31,10 @@ pub struct VerifyOptions {
     pub chunk_size: u32,
     /// Requests in flight at once.
     pub parallelism: usize,
+    /// Owners and groups too.
+    pub checks: Checks,
+    /// Extended attributes too (`system.*` ones, which hold ACLs, aside).
+    pub xattrs: bool,
 }
 
 /// Receives each difference as it is found.
@@ -191,24 +196,37 @@ impl Ctx {
 
     /// Lists a directory on both sides and compares its entries.
     async fn dir(&self, rel: RelPath) -> Vec<Work> {
-        let (la, lb) = tokio::join!(self.a.tree.list(self.a.path(&rel)), self.b.tree.list(self.b.path(&rel)));
-        let (la, lb) = match (la, lb) {
-            (Ok((la, _)), Ok((lb, _))) => (la, lb),
-            (Err(e), _) => {
+        let (la, lb, xa, xb) = tokio::join!(
+            self.a.tree.list(self.a.path(&rel)),
+            self.b.tree.list(self.b.path(&rel)),
+            self.xattrs(&self.a, &rel),
+            self.xattrs(&self.b, &rel)
+        );
+        let (la, lb, xa, xb) = match (la, lb, xa, xb) {
+            (Ok((la, _)), Ok((lb, _)), Ok(xa), Ok(xb)) => (la, lb, xa, xb),
+            (Err(e), ..) | (_, _, Err(e), _) => {
                 self.failed(&rel, Side::A, &e);
                 return Vec::new();
             }
-            (_, Err(e)) => {
+            (_, Err(e), ..) | (.., Err(e)) => {
                 self.failed(&rel, Side::B, &e);
                 return Vec::new();
             }
         };
         let mut b: BTreeMap<_, Stat> = lb.into_iter().map(|Entry { name, stat }| (name, stat)).collect();
         let mut work = Vec::new();
+        let none = Xattrs::new();
         for Entry { name, stat: sa } in la {
             let Ok(path) = rel.join(&name) else { continue };
             match b.remove(&name) {
-                Some(sb) => work.extend(self.pair(path, &sa, &sb)),
+                Some(sb) => {
+                    let (x, y) = (xa.get(&name).unwrap_or(&none), xb.get(&name).unwrap_or(&none));
+                    if let Some(difference) = compare_xattrs(x, y) {
+                        let mut state = self.state.lock().expect("verify state");
+                        self.differ(&mut state.report, &path, &difference);
+                    }
+                    work.extend(self.pair(path, &sa, &sb))
+                }
                 None => self.only_in(&path, Side::A),
             }
         }
@@ -220,6 +238,15 @@ impl Ctx {
         work
     }
 
+    /// The extended attributes of a directory's entries on one side, if
+    /// they are compared (none otherwise).
+    async fn xattrs(&self, side: &Endpoint, rel: &RelPath) -> Result<HashMap<Name, Xattrs>, TreeError> {
+        if !self.opts.xattrs {
+            return Ok(HashMap::new());
+        }
+        Ok(side.tree.dir_xattrs(side.path(rel)).await?.into_iter().collect())
+    }
+
     fn only_in(&self, path: &RelPath, side: Side) {
         let mut state = self.state.lock().expect("verify state");
         self.differ(&mut state.report, path, &Difference::OnlyIn(side));
@@ -229,7 +256,7 @@ impl Ctx {
     fn pair(&self, path: RelPath, a: &Stat, b: &Stat) -> Vec<Work> {
         let mut state = self.state.lock().expect("verify state");
         state.report.entries += 1;
-        for difference in compare(a, b) {
+        for difference in compare(a, b, self.opts.checks) {
             self.differ(&mut state.report, &path, &difference);
         }
         if a.kind == Kind::File {

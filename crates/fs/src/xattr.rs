@@ -15,6 +15,7 @@ use rustix::io::Errno;
 
 use crate::beneath;
 use crate::error::FsError;
+use crate::temp;
 
 /// Names left alone: ACLs, whose values are not portable byte strings.
 fn copied(name: &[u8]) -> bool {
@@ -63,7 +64,7 @@ pub(crate) fn dir_xattrs(root: BorrowedFd<'_>, path: &RelPath) -> Result<Vec<(Na
     for entry in entries {
         let entry = entry.map_err(|e| FsError::io("read directory", e))?;
         let name = entry.file_name().to_bytes();
-        if name == b"." || name == b".." {
+        if name == b"." || name == b".." || temp::is_temp(name) {
             continue;
         }
         let xattrs = match read(&entry_path(dir.as_fd(), name)) {

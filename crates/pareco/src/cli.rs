@@ -197,6 +197,18 @@ pub struct VerifyArgs {
     /// Unit of content comparison.
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
     pub chunk_size: u64,
+    /// Compare owners and groups too (--owner --group), as kept by `sync -a`.
+    #[arg(short = 'a', long)]
+    pub archive: bool,
+    /// Compare owners (numeric user ids).
+    #[arg(short = 'o', long)]
+    pub owner: bool,
+    /// Compare groups (numeric).
+    #[arg(short = 'g', long)]
+    pub group: bool,
+    /// Compare extended attributes (all but system.*, as kept by `sync -X`).
+    #[arg(short = 'X', long)]
+    pub xattrs: bool,
     /// Print only the differences, not the summary.
     #[arg(short = 'q', long)]
     pub quiet: bool,

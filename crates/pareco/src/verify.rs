@@ -9,7 +9,7 @@ use pareco_engine::Endpoint;
 use pareco_engine::endpoint::Location;
 use pareco_engine::tree::TreeError;
 use pareco_engine::verify::{Findings, VerifyOptions, verify};
-use pareco_plan::verify::{Difference, Side, explain_usage};
+use pareco_plan::verify::{Checks, Difference, Side, explain_usage};
 use pareco_proto::RelPath;
 
 use crate::cli::VerifyArgs;
@@ -39,6 +39,8 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
     let opts = VerifyOptions {
         chunk_size: u32::try_from(args.chunk_size).context("chunk size too large")?,
         parallelism: args.connections as usize,
+        checks: Checks { owner: args.owner || args.archive, group: args.group || args.archive },
+        xattrs: args.xattrs,
     };
     let report = match verify(ea, eb, opts, Arc::new(Lines(Mutex::new(std::io::stdout())))).await {
         Ok(report) => report,

@@ -385,8 +385,12 @@ fn archive_mode_keeps_owners_groups_and_setuid_bits() {
         rustix::fs::AtFlags::empty(),
     )
     .unwrap();
+    verify(&src, server.url("copy"), &["-q"]).ok();
+    let found = verify(&src, server.url("copy"), &["-q", "-a"]);
+    assert_eq!((found.code(), found.stdout().as_str()), (1, "data/PG_VERSION: owner: 4321 vs 1234\n"));
     sync(&src, server.url("copy"), &["-q", "-a"]).ok();
     assert_eq!(owner(&srv.join("copy"), "data/PG_VERSION").0, 4321);
+    verify(&src, server.url("copy"), &["-q", "-a"]).ok();
 }
 
 #[test]
@@ -472,15 +476,24 @@ fn extended_attributes_are_kept_updated_and_removed_with_xattrs() {
     }
     assert_eq!(get(&copy, "b").len(), 2);
     assert_same_tree(&src, &copy);
+    verify(&src, server.url("copy"), &["-q", "-X"]).ok();
 
     // Changed and removed attributes follow, with nothing else to do.
     set("dir/a", "user.checksum", b"xyz").unwrap();
     rustix::fs::lremovexattr(src.join("b"), "user.other").unwrap();
+    verify(&src, server.url("copy"), &["-q"]).ok();
+    let found = verify(&src, server.url("copy"), &["-q", "-X"]);
+    let stdout = found.stdout();
+    let mut lines: Vec<&str> = stdout.lines().collect();
+    lines.sort();
+    assert_eq!(found.code(), 1);
+    assert_eq!(lines, ["b: extended attributes: user.other", "dir/a: extended attributes: user.checksum"]);
     sync(&src, server.url("copy"), &["-q", "-X"]).ok();
     for p in ["dir", "dir/a", "b"] {
         assert_eq!(get(&src, p), get(&copy, p), "{p}");
     }
     assert_same_tree(&src, &copy);
+    verify(&src, server.url("copy"), &["-q", "-X"]).ok();
 }
 
 #[test]

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap};
 use std::fmt;
 
-use pareco_proto::{Kind, RelPath, Stat, Timestamp};
+use pareco_proto::{Kind, RelPath, Stat, Timestamp, Xattrs};
 
 use crate::human_size;
 
@@ -38,6 +38,22 @@ pub enum Difference {
     /// The entry's hard links within the tree (the other paths sharing its
     /// inode, `-` for none) differ.
     Links(String, String),
+    /// Owner (user id).
+    Owner(u32, u32),
+    /// Group id.
+    Group(u32, u32),
+    /// Extended attributes with these names are missing on one side or
+    /// have other values.
+    Xattrs(String),
+}
+
+/// Which metadata beyond type, size, mode, mtime and target to compare.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Checks {
+    /// Owner user ids.
+    pub owner: bool,
+    /// Group ids.
+    pub group: bool,
 }
 
 impl fmt::Display for Difference {
@@ -55,13 +71,16 @@ impl fmt::Display for Difference {
                 write!(f, "target: {} vs {}", String::from_utf8_lossy(a), String::from_utf8_lossy(b))
             }
             Difference::Links(a, b) => write!(f, "hard links: {a} vs {b}"),
+            Difference::Owner(a, b) => write!(f, "owner: {a} vs {b}"),
+            Difference::Group(a, b) => write!(f, "group: {a} vs {b}"),
+            Difference::Xattrs(names) => write!(f, "extended attributes: {names}"),
         }
     }
 }
 
 /// How the metadata of two entries of the same path differs (content is
 /// compared separately, for regular files of the same size).
-pub fn compare(a: &Stat, b: &Stat) -> Vec<Difference> {
+pub fn compare(a: &Stat, b: &Stat, checks: Checks) -> Vec<Difference> {
     if a.kind != b.kind {
         return vec![Difference::Kind(a.kind, b.kind)];
     }
@@ -80,7 +99,28 @@ pub fn compare(a: &Stat, b: &Stat) -> Vec<Difference> {
     if a.mtime != b.mtime {
         out.push(Difference::Mtime(a.mtime, b.mtime));
     }
+    if checks.owner && a.uid != b.uid {
+        out.push(Difference::Owner(a.uid, b.uid));
+    }
+    if checks.group && a.gid != b.gid {
+        out.push(Difference::Group(a.gid, b.gid));
+    }
     out
+}
+
+/// How the extended attributes of one entry differ: the names missing on a
+/// side or holding another value, if any (both lists sorted by name).
+pub fn compare_xattrs(a: &Xattrs, b: &Xattrs) -> Option<Difference> {
+    let mut names: Vec<&[u8]> = a
+        .iter()
+        .filter(|x| !b.contains(x))
+        .chain(b.iter().filter(|x| !a.contains(x)))
+        .map(|(name, _)| &name[..])
+        .collect();
+    names.sort();
+    names.dedup();
+    let names: Vec<_> = names.iter().map(|n| String::from_utf8_lossy(n)).collect();
+    (!names.is_empty()).then(|| Difference::Xattrs(names.join(", ")))
 }
 
 /// Regular files with more than one link, by path, with their inode
@@ -230,22 +270,47 @@ mod tests {
         b.ino = 99;
         b.ctime = Timestamp { secs: 5, nanos: 0 };
         b.blocks = 0;
-        assert!(compare(&a, &b).is_empty());
+        b.uid = 7;
+        assert!(compare(&a, &b, Checks { owner: false, group: true }).is_empty());
     }
 
     #[test]
     fn every_kind_of_metadata_difference_is_named() {
         let a = stat(Kind::File, 10, 0o644, 100);
         let b = stat(Kind::File, 11, 0o600, 101);
-        let d = compare(&a, &b);
+        let d = compare(&a, &b, Checks::default());
         assert_eq!(d.len(), 3);
         assert_eq!(d[0].to_string(), "size: 10 vs 11");
         assert_eq!(d[1].to_string(), "mode: 0644 vs 0600");
         assert_eq!(d[2].to_string(), "mtime: 100.000000005 vs 101.000000005");
-        assert_eq!(compare(&a, &stat(Kind::Dir, 0, 0o755, 100)), vec![Difference::Kind(Kind::File, Kind::Dir)]);
+        assert_eq!(
+            compare(&a, &stat(Kind::Dir, 0, 0o755, 100), Checks::default()),
+            vec![Difference::Kind(Kind::File, Kind::Dir)]
+        );
         let (l1, mut l2) = (stat(Kind::Symlink, 1, 0o777, 1), stat(Kind::Symlink, 1, 0o700, 1));
         l2.target = Some(Box::from(&b"y"[..]));
-        assert_eq!(compare(&l1, &l2), vec![Difference::Target(Box::from(&b"x"[..]), Box::from(&b"y"[..]))]);
+        assert_eq!(
+            compare(&l1, &l2, Checks::default()),
+            vec![Difference::Target(Box::from(&b"x"[..]), Box::from(&b"y"[..]))]
+        );
+        let mut c = a.clone();
+        (c.uid, c.gid) = (1000, 1001);
+        let all = Checks { owner: true, group: true };
+        assert_eq!(compare(&a, &c, all), vec![Difference::Owner(0, 1000), Difference::Group(0, 1001)]);
+        assert_eq!(compare(&a, &c, all)[1].to_string(), "group: 0 vs 1001");
+    }
+
+    #[test]
+    fn extended_attributes_differ_by_missing_names_and_other_values() {
+        let x = |pairs: &[(&str, &str)]| -> Xattrs {
+            pairs.iter().map(|(n, v)| (n.as_bytes().to_vec().into(), v.as_bytes().to_vec().into())).collect()
+        };
+        let a = x(&[("user.a", "1"), ("user.b", "2"), ("user.c", "3")]);
+        assert_eq!(compare_xattrs(&a, &a.clone()), None);
+        assert_eq!(compare_xattrs(&x(&[]), &x(&[])), None);
+        let b = x(&[("user.a", "1"), ("user.b", "two"), ("user.d", "4")]);
+        let d = compare_xattrs(&a, &b).unwrap();
+        assert_eq!(d.to_string(), "extended attributes: user.b, user.c, user.d");
     }
 
     #[test]
