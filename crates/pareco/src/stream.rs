@@ -12,7 +12,7 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pareco_engine::endpoint::Location;
 use pareco_engine::pipe::{self, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
 use pareco_net::{NetError, TokenKey};
-use pareco_stream::compress::Compression;
+use pareco_compress::Compression;
 
 use crate::cli::{SendArgs, StreamArgs};
 use crate::output::human;

@@ -1,6 +1,6 @@
 //! The stream pipe's state, without I/O: what the sender has out and must
 //! be ready to send again, what the receiver holds and may write next, and
-//! how a frame is encoded.
+//! at which level frames are compressed.
 //!
 //! - [`outstanding`]: the sender's frames not yet acknowledged, and on which
 //!   connection each travels, so that a lost connection's frames are sent
@@ -9,8 +9,8 @@
 //!   connection is kept busy and none holds much of the stream back.
 //! - [`reorder`]: the receiver's frames waiting for their turn, delivered in
 //!   order exactly once, duplicates recognised.
-//! - [`compress`]: zstd per frame, raw when it does not pay, with a level
-//!   that follows whichever of the link and the CPU is the bottleneck.
+//! - [`compress`]: the zstd level of `auto` (see `pareco_compress`), following
+//!   whichever of the link and the CPU is the bottleneck.
 //! - [`Tally`]: count and digest of a stream, checked at the end.
 
 pub mod compress;

@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use bytes::Bytes;
 use pareco_proto::Digest;
 use pareco_proto::stream::{StreamMessage, StreamRole};
-use pareco_stream::compress::{DecodeError, decode};
+use pareco_compress::{DecodeError, decode};
 use pareco_stream::outstanding::LinkId;
 use pareco_stream::reorder::{Offer, Reorder};
 use pareco_stream::{FRAME_SIZE, Tally};
@@ -77,9 +77,9 @@ pub async fn receive(
                     let (decoders, decoded_tx) = (decoders.clone(), decoded_tx.clone());
                     tokio::spawn(async move {
                         let _cpu = decoders.acquire_owned().await.expect("never closed");
-                        let result = tokio::task::spawn_blocking(move || decode(seq, encoding, payload, raw_len))
+                        let result = tokio::task::spawn_blocking(move || decode(encoding, payload, raw_len))
                             .await
-                            .unwrap_or(Err(DecodeError { seq, raw_len }));
+                            .unwrap_or(Err(DecodeError { raw_len }));
                         let _ = decoded_tx.send((seq, id, result));
                     });
                 }
@@ -112,7 +112,7 @@ pub async fn receive(
                         )),
                     }
                 }
-                Err(e) => break Err(PipeError::Corrupt(e.to_string())),
+                Err(e) => break Err(PipeError::Corrupt(format!("frame {seq}: {e}"))),
             },
             Some(report) = written.recv() => match report {
                 Ok(Written::Frame(seq, link, len)) => {
