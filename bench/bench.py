@@ -531,6 +531,45 @@ def log_text(size: int, seed: int) -> bytes:
     return "".join(lines).encode()[:size]
 
 
+def text_tree(args, work: Path) -> list[Row]:
+    """Scenario 8: a tree of database text (statement logs, big and small) over the seed link:
+    pareco compresses where it pays, beside itself with --compress none and rsync with and without -z."""
+    link = ["--delay-ms", "50", "--conn-rate", "512K", "--link-rate", "8M"]
+    src = work / "s8-src"
+    big, n_small = (6 * MiB, 2000) if not args.quick else (MiB, 100)
+    (src / "log").mkdir(parents=True)
+    for i in range(8):
+        (src / "log" / f"postgresql-{i}.log").write_bytes(log_text(big, 1000 + i))
+    for i in range(n_small):
+        d = src / "small" / f"d{i // 500}"
+        d.mkdir(parents=True, exist_ok=True)
+        (d / f"{i}.log").write_bytes(log_text(8192, i))
+    age(src)
+    payload = tree_bytes(src)
+    dst = work / "s8-dst"
+    pareco, rsync = tree_copiers(src, dst, link, work)
+
+    def pareco_with(extra):
+        def go():
+            clear(dst)
+            m = run_pareco(src, dst, link, work, 32, extra)
+            same_tree(src, dst / "copy")
+            return m
+        return go
+
+    def rsync_z():
+        clear(dst)
+        m = run_rsync(src, dst, link, work, ["-z"])
+        same_tree(src, dst / "copy")
+        return m
+
+    tools = {"pareco -j 32": pareco(32), "pareco -j 32 --compress none": pareco_with(["--compress", "none"])}
+    if args.baselines:
+        tools |= {"rsync -z (daemon)": rsync_z, "rsync (daemon)": rsync()}
+    return summarize("8. text tree: 64 MiB of database logs, 8 MiB/s link, 0.5 MiB/s per conn, 100 ms RTT",
+                     interleave(tools, args.repeat if not args.baselines else 1), payload, 8 * MiB)
+
+
 def stream_input(path: Path, size: int) -> None:
     """Two thirds text, one third random, in alternating 4 MiB runs."""
     with open(path, "wb") as f:
@@ -634,7 +673,7 @@ def table(rows: list[Row]) -> str:
 
 
 SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "final": final_round, "loopback": loopback,
-             "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption}
+             "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree}
 
 
 def main() -> None:

@@ -14,6 +14,6 @@ fuzz_target!(|data: &[u8]| {
         }
     }
     if let Ok(welcome) = Welcome::decode(data) {
-        let _ = welcome.accept(&Hello::ours());
+        let _ = welcome.accept(&Hello::ours(pareco_proto::handshake::FEATURES));
     }
 });

@@ -5,9 +5,10 @@
 //! Frames are compressed independently, so many compress at once on all
 //! cores and any one decompresses alone. Under `auto`, incompressible data
 //! (random, encrypted, already compressed) is recognised by compressing a
-//! sample of each frame (a few slices spread over it, 1/16 of the frame)
-//! at the fastest level, and sent raw: it costs little CPU, and a frame of
-//! text right after one of random data is still compressed.
+//! sample of each frame (up to four 16 KiB slices spread over it, at most
+//! 1/8 of the frame) at the fastest level, and sent raw: it costs little
+//! CPU, and a frame of text right after one of random data is still
+//! compressed.
 
 use bytes::Bytes;
 use pareco_proto::stream::Encoding;
@@ -99,14 +100,17 @@ impl Encoder {
         }
     }
 
-    /// Whether a sample of `raw` compresses enough to try the whole frame.
-    fn sample_pays(&mut self, raw: &[u8]) -> bool {
-        if raw.len() <= SAMPLE_SLICES * SAMPLE_SLICE * 2 {
+    /// Whether a sample of `raw` compresses enough to try the whole frame
+    /// (always, for frames too small to sample): up to four 16 KiB
+    /// slices spread over it, one per 8 slices' worth of frame.
+    pub fn sample_pays(&mut self, raw: &[u8]) -> bool {
+        let slices = (raw.len() / (8 * SAMPLE_SLICE)).min(SAMPLE_SLICES);
+        if slices == 0 {
             return true;
         }
         self.scratch.clear();
-        let step = (raw.len() - SAMPLE_SLICE) / (SAMPLE_SLICES - 1);
-        for i in 0..SAMPLE_SLICES {
+        let step = (raw.len() - SAMPLE_SLICE) / slices.max(2).saturating_sub(1);
+        for i in 0..slices {
             self.scratch.extend_from_slice(&raw[i * step..i * step + SAMPLE_SLICE]);
         }
         let mut out = vec![0u8; zstd::zstd_safe::compress_bound(self.scratch.len())];

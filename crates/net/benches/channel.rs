@@ -6,6 +6,7 @@ use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
+use pareco_compress::Compression;
 use pareco_net::WireCounters;
 use pareco_net::channel::{self, Security, TokenKey};
 use pareco_proto::{Digest, Frame, RelPath, Request};
@@ -21,12 +22,14 @@ async fn transfer(security: Security) -> Duration {
         let key = key.clone();
         tokio::spawn(async move {
             let (stream, peer) = listener.accept().await.unwrap();
-            let mut ch = channel::accept(stream, peer, &key, security, Duration::ZERO).await.unwrap();
+            let mut ch =
+                channel::accept(stream, peer, &key, security, Compression::None, Duration::ZERO).await.unwrap();
             while ch.reader.next().await.unwrap().is_some() {}
         })
     };
     let stream = TcpStream::connect(addr).await.unwrap();
-    let mut ch = channel::connect(stream, &key, security, Arc::new(WireCounters::default())).await.unwrap();
+    let mut ch =
+        channel::connect(stream, &key, security, Compression::None, Arc::new(WireCounters::default())).await.unwrap();
     let data = Bytes::from(vec![7u8; 128 << 10]);
     let (digest, path) = (Digest::of(&data), RelPath::new(b"f").unwrap());
     let start = Instant::now();

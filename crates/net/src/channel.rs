@@ -38,7 +38,8 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use pareco_proto::handshake::{HandshakeError, Hello, Session, Welcome};
+use pareco_compress::Compression;
+use pareco_proto::handshake::{FEATURE_COMPRESSED_FRAMES, FEATURES, HandshakeError, Hello, Session, Welcome};
 use snow::StatelessTransportState;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -172,6 +173,7 @@ fn split(
     state: StatelessTransportState,
     security: Security,
     session: Session,
+    compression: Compression,
     counters: Arc<WireCounters>,
 ) -> Channel {
     let (r, w) = stream.into_split();
@@ -182,11 +184,13 @@ fn split(
         }
         Security::Plaintext => (None, None),
     };
-    Channel {
-        reader: FrameReader::new(r, counters.clone(), opener),
-        writer: FrameWriter::new(w, counters, sealer),
-        session,
+    let mut reader = FrameReader::new(r, counters.clone(), opener);
+    let mut writer = FrameWriter::new(w, counters, sealer);
+    if session.features & FEATURE_COMPRESSED_FRAMES != 0 {
+        reader.inflate();
+        writer.compress(compression);
     }
+    Channel { reader, writer, session }
 }
 
 async fn read_message(stream: &mut TcpStream, counters: &WireCounters) -> Result<Vec<u8>, NetError> {
@@ -212,16 +216,19 @@ fn opening(mode: u8, message: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Client side: opens the channel on a connected stream.
+/// Client side: opens the channel on a connected stream. Compressed frames
+/// are offered unless `compression` is none (then neither side compresses).
 pub async fn connect(
     mut stream: TcpStream,
     key: &TokenKey,
     security: Security,
+    compression: Compression,
     counters: Arc<WireCounters>,
 ) -> Result<Channel, NetError> {
     stream.set_nodelay(true)?;
     let mut hs = noise_builder(key).build_initiator().map_err(noise_bug)?;
-    let hello = Hello::ours();
+    let features = if compression == Compression::None { 0 } else { FEATURES };
+    let hello = Hello::ours(features);
     let mut message = vec![0; MAX_RECORD];
     let n = hs.write_message(&hello.encode(), &mut message).map_err(noise_bug)?;
     write_all(&mut stream, &opening(security.mode(), &message[..n]), &counters).await?;
@@ -242,18 +249,20 @@ pub async fn connect(
     let welcome = Welcome::decode(&payload[..n])?;
     let session = welcome.accept(&hello)?;
     let state = hs.into_stateless_transport_mode().map_err(noise_bug)?;
-    Ok(split(stream, state, security, session, counters))
+    Ok(split(stream, state, security, session, compression, counters))
 }
 
 /// Server side: checks the client's opening, authenticates it and answers.
 /// A client of the other mode, another version or another token gets a
 /// reason and the connection is closed; one with another token only after
-/// `refusal_delay`, to slow down guessing.
+/// `refusal_delay`, to slow down guessing. Frames to the client are
+/// compressed under `compression` if it offered compressed frames.
 pub async fn accept(
     mut stream: TcpStream,
     peer: SocketAddr,
     key: &TokenKey,
     security: Security,
+    compression: Compression,
     refusal_delay: Duration,
 ) -> Result<Channel, NetError> {
     stream.set_nodelay(true)?;
@@ -302,7 +311,7 @@ pub async fn accept(
     write_all(&mut stream, &self::opening(security.mode(), &message[..n]), &counters).await?;
     let session = welcome.accept(&hello)?;
     let state = hs.into_stateless_transport_mode().map_err(noise_bug)?;
-    Ok(split(stream, state, security, session, counters))
+    Ok(split(stream, state, security, session, compression, counters))
 }
 
 async fn refuse(stream: &mut TcpStream, reason: &str, counters: &WireCounters) {

@@ -12,6 +12,7 @@ use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 
+use pareco_compress::Compression;
 use pareco_proto::handshake::Session;
 use pareco_proto::{Entry, Frame, Request, Response};
 use tokio::net::TcpStream;
@@ -34,6 +35,9 @@ pub struct PoolOptions {
     pub connect_timeout: Duration,
     /// Encrypted (the default) or, only when the server agrees, plaintext.
     pub security: Security,
+    /// Compression of frames in both directions (none turns it off for
+    /// both; otherwise the server compresses its own way, where it pays).
+    pub compression: Compression,
     /// How long the pool may be without any connection (the server gone,
     /// restarting, or the network down) before requests fail.
     pub retry_for: Duration,
@@ -49,6 +53,7 @@ impl PoolOptions {
             connections,
             connect_timeout: Duration::from_secs(30),
             security: Security::Encrypted,
+            compression: Compression::Auto,
             retry_for: Duration::from_secs(300),
             stall_timeout: Duration::from_secs(60),
         }
@@ -152,7 +157,7 @@ impl Connection {
             let stream = TcpStream::connect(addr)
                 .await
                 .map_err(|e| NetError::Connect { addr: addr.to_string(), source: Arc::new(e) })?;
-            channel::connect(stream, key, options.security, counters).await
+            channel::connect(stream, key, options.security, options.compression, counters).await
         };
         let Channel { reader, writer, session } = tokio::time::timeout(options.connect_timeout, open)
             .await

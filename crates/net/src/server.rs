@@ -14,6 +14,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
+use pareco_compress::Compression;
 use pareco_proto::{Frame, Request, Response};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
@@ -39,6 +40,9 @@ pub struct ServerConfig {
     pub key: TokenKey,
     /// Encrypted (the default), or plaintext for clients that ask for it too.
     pub security: Security,
+    /// How frames to clients that accept compressed frames are compressed
+    /// (auto: where it pays).
+    pub compression: Compression,
     /// A connection must complete the handshake within this time.
     pub handshake_timeout: Duration,
     /// Delay before refusing a client that failed authentication.
@@ -62,6 +66,7 @@ impl ServerConfig {
         ServerConfig {
             key,
             security: Security::Encrypted,
+            compression: Compression::Auto,
             handshake_timeout: Duration::from_secs(10),
             auth_failure_delay: Duration::from_secs(1),
             max_connections: 1024,
@@ -155,7 +160,7 @@ async fn authenticate(
 ) -> Option<Channel> {
     let accepting = async {
         let _slot = handshakes.acquire().await.expect("never closed");
-        channel::accept(stream, peer, &config.key, config.security, config.auth_failure_delay).await
+        channel::accept(stream, peer, &config.key, config.security, config.compression, config.auth_failure_delay).await
     };
     match tokio::time::timeout(config.handshake_timeout, accepting).await {
         Ok(Ok(channel)) => {

@@ -4,6 +4,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use pareco_compress::Compression;
 use pareco_net::{NetError, Pool, PoolOptions, ServerConfig, Service, serve};
 use pareco_net::{Security, TokenKey};
 use pareco_proto::handshake::HandshakeError;
@@ -68,16 +69,26 @@ fn options(connections: usize) -> PoolOptions {
     PoolOptions { connect_timeout: Duration::from_secs(5), ..PoolOptions::new(connections) }
 }
 
-/// Completes a real handshake, then hands back the frame reader and the raw
+/// Completes a real handshake (offering compressed frames unless
+/// `compression` is none), then hands back the frame reader and the raw
 /// write half of the socket.
 async fn authenticated_socket(
     addr: &str,
     security: Security,
+    compression: Compression,
 ) -> (pareco_net::framed::FrameReader<tokio::net::tcp::OwnedReadHalf>, tokio::net::tcp::OwnedWriteHalf) {
     let stream = TcpStream::connect(addr).await.unwrap();
     let counters = std::sync::Arc::new(pareco_net::WireCounters::default());
-    let channel = pareco_net::channel::connect(stream, &TokenKey::from_token(b"t"), security, counters).await.unwrap();
+    let key = TokenKey::from_token(b"t");
+    let channel = pareco_net::channel::connect(stream, &key, security, compression, counters).await.unwrap();
     (channel.reader, channel.writer.into_inner())
+}
+
+/// A plaintext frame of type 9 (compressed) announcing `raw_len` bytes.
+fn compressed_frame(raw_len: u32, payload: &[u8]) -> Vec<u8> {
+    let mut out = bytes::BytesMut::new();
+    pareco_proto::codec::encode_compressed(raw_len, payload, &mut out);
+    out.to_vec()
 }
 
 /// After a genuine handshake, a peer that sends an oversized frame, garbage,
@@ -90,12 +101,23 @@ async fn authenticated_peers_that_misbehave_are_disconnected() {
         // records that fail authentication (the largest, and a small one).
         let huge_record: Vec<u8> = [&[0xff, 0xff][..], &[7; 65535]].concat();
         let small_record: Vec<u8> = [&[40, 0][..], &[7; 40]].concat();
-        let attacks: Vec<Vec<u8>> = match security {
-            Security::Plaintext => vec![u32::MAX.to_le_bytes().to_vec(), vec![8, 0, 0, 0, 99, 0, 0, 0, 0, 0, 0, 0]],
-            Security::Encrypted => vec![huge_record, small_record],
+        // Compressed frames: where none were agreed, one that does not
+        // decompress to its announced size, one announcing more than a frame.
+        let text = zstd::bulk::compress(&[b'x'; 5000], 3).unwrap();
+        let attacks: Vec<(Vec<u8>, Compression)> = match security {
+            Security::Plaintext => vec![
+                (u32::MAX.to_le_bytes().to_vec(), Compression::None),
+                (vec![8, 0, 0, 0, 99, 0, 0, 0, 0, 0, 0, 0], Compression::None),
+                (compressed_frame(5000, &text), Compression::None),
+                (compressed_frame(4000, &text), Compression::Auto),
+                (compressed_frame(6000, &text), Compression::Auto),
+                (compressed_frame(5000, b"not zstd at all"), Compression::Auto),
+                (compressed_frame(u32::MAX, &text), Compression::Auto),
+            ],
+            Security::Encrypted => vec![(huge_record, Compression::None), (small_record, Compression::Auto)],
         };
-        for attack in attacks {
-            let (mut reader, mut socket) = authenticated_socket(&addr, security).await;
+        for (attack, compression) in attacks {
+            let (mut reader, mut socket) = authenticated_socket(&addr, security, compression).await;
             socket.write_all(&attack).await.unwrap();
             let outcome = tokio::time::timeout(Duration::from_secs(5), reader.next()).await;
             let closed = matches!(outcome, Ok(Ok(None)) | Ok(Err(_)));
@@ -127,7 +149,9 @@ async fn channel_modes_must_match() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn many_concurrent_requests_over_a_pool_get_their_own_answers() {
     let (addr, stop, server) = start(b"token").await;
-    let pool = Arc::new(Pool::connect(&addr, TokenKey::from_token(b"token"), &options(8)).await.unwrap());
+    // Uncompressed, so that the wire carries every byte of the answers.
+    let options = PoolOptions { compression: Compression::None, ..options(8) };
+    let pool = Arc::new(Pool::connect(&addr, TokenKey::from_token(b"token"), &options).await.unwrap());
     assert_eq!(pool.size(), 8);
     let mut calls = tokio::task::JoinSet::new();
     for i in 0..2000u32 {
@@ -235,9 +259,60 @@ async fn a_server_restarted_on_its_port_is_reconnected_and_requests_go_on() {
 #[tokio::test]
 async fn authenticated_connections_that_stay_idle_are_closed() {
     let (addr, _stop, _server) = start(b"t").await;
-    let (mut reader, _socket) = authenticated_socket(&addr, Security::Encrypted).await;
+    let (mut reader, _socket) = authenticated_socket(&addr, Security::Encrypted, Compression::Auto).await;
     let started = std::time::Instant::now();
     let outcome = tokio::time::timeout(Duration::from_secs(10), reader.next()).await;
     assert!(matches!(outcome, Ok(Ok(None)) | Ok(Err(_))), "{outcome:?}");
     assert!(started.elapsed() >= Duration::from_secs(1), "closed before the idle timeout");
+}
+
+/// Compressed frames, where both sides agreed on them: text shrinks on the
+/// wire both ways, random data goes as it is, and `none` on the client turns
+/// compression off in both directions. What arrives is what was sent.
+#[tokio::test]
+async fn frames_are_compressed_where_it_pays_both_ways() {
+    let (addr, _stop, _server) = start(b"t").await;
+    let text = Bytes::from(b"INSERT INTO accounts VALUES (42, 'pareco', 1000);\n".repeat(20_000));
+    let mut x: u64 = 0x9e3779b97f4a7c15;
+    let noise: Bytes = (0..text.len())
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect::<Vec<u8>>()
+        .into();
+    let write = |data: &Bytes| Request::WriteData {
+        path: RelPath::new(b"f").unwrap(),
+        offset: 0,
+        digest: Digest::of(data),
+        data: data.clone(),
+    };
+    let read = Request::ReadData { path: RelPath::new(b"a").unwrap(), offset: 0, len: 1 << 20 };
+    for compression in [Compression::Auto, Compression::Zstd(9), Compression::None] {
+        let pool =
+            Pool::connect(&addr, TokenKey::from_token(b"t"), &PoolOptions { compression, ..options(1) }).await.unwrap();
+        let wire = |before: (u64, u64)| {
+            let now = pool.wire_bytes();
+            (now.0 - before.0, now.1 - before.1)
+        };
+        let start = pool.wire_bytes();
+        assert_eq!(pool.call(write(&text)).await.unwrap(), Response::Done);
+        let (text_sent, _) = wire(start);
+        let start = pool.wire_bytes();
+        assert_eq!(pool.call(write(&noise)).await.unwrap(), Response::Done);
+        let (noise_sent, _) = wire(start);
+        let start = pool.wire_bytes();
+        let Response::Data { data, digest } = pool.call(read.clone()).await.unwrap() else { panic!() };
+        assert!(data.len() == 1 << 20 && data.iter().all(|&b| b == b'a') && Digest::of(&data) == digest);
+        let (_, read_received) = wire(start);
+        assert!(noise_sent > noise.len() as u64, "{compression:?}: random data cannot shrink");
+        if compression == Compression::None {
+            assert!(text_sent > text.len() as u64 && read_received > 1 << 20, "{compression:?}");
+        } else {
+            assert!(text_sent < text.len() as u64 / 20, "{compression:?}: text sent as {text_sent} bytes");
+            assert!(read_received < 64 << 10, "{compression:?}: the answer took {read_received} bytes");
+        }
+    }
 }

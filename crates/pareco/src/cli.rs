@@ -6,6 +6,7 @@ use std::net::SocketAddr;
 use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand};
+use pareco_compress::Compression;
 
 /// PArallel REmote COpy: move live data between data centers over many
 /// connections, sending only what changed.
@@ -35,8 +36,8 @@ pub struct SendArgs {
     #[command(flatten)]
     pub stream: StreamArgs,
     /// auto (zstd where it pays, at a level that keeps up with the link), none, or zstd[:LEVEL].
-    #[arg(long, value_name = "MODE", default_value = "auto")]
-    pub compress: String,
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
+    pub compress: Compression,
 }
 
 #[derive(Debug, Args)]
@@ -107,6 +108,10 @@ pub struct ServeArgs {
     /// server stops, so that unchanged files are not read again to hash them.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Compression of what the server sends to clients that accept it: auto
+    /// (zstd where it pays), none, or zstd[:LEVEL].
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
+    pub compress: Compression,
 }
 
 #[derive(Debug, Args)]
@@ -236,6 +241,15 @@ pub struct NetArgs {
     /// restarts, the network is down) before the run gives up.
     #[arg(long, value_name = "SECONDS", default_value_t = 300)]
     pub retry_for: u64,
+    /// Compression of what crosses the wire: auto (zstd where it pays:
+    /// random or already compressed data is sent as is), none (in either
+    /// direction), or zstd[:LEVEL] (always try, at LEVEL, what this side sends).
+    #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
+    pub compress: Compression,
+}
+
+fn parse_compression(s: &str) -> Result<Compression, String> {
+    s.parse()
 }
 
 /// Parses `4096`, `4K`, `1M`, `2G`, `1MiB` (binary units).

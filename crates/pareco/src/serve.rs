@@ -37,6 +37,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     tracing::info!(root = %args.root.display(), ?access, "serving");
     let mut config = ServerConfig::new(TokenKey::from_token(token.as_bytes()));
     config.security = security(&args.token);
+    config.compression = args.compress;
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout.max(1));
     if config.security == Security::Plaintext {
         tracing::warn!("--insecure-no-encryption: data from and to clients travels unencrypted");

@@ -12,14 +12,13 @@ use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pareco_engine::endpoint::Location;
 use pareco_engine::pipe::{self, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
 use pareco_net::{NetError, TokenKey};
-use pareco_compress::Compression;
 
 use crate::cli::{SendArgs, StreamArgs};
 use crate::output::human;
 use crate::{EXIT_FATAL, EXIT_PARTIAL, security, token};
 
 pub async fn send(args: SendArgs) -> Result<u8> {
-    let compression: Compression = args.compress.parse().map_err(anyhow::Error::msg)?;
+    let compression = args.compress;
     let (rendezvous, options) = prepare(&args.stream).await?;
     let stats = Arc::new(PipeStats::default());
     let bar = progress(&stats, args.stream.quiet);

@@ -139,6 +139,7 @@ pub(crate) fn remote_options(
             connections: connections as usize,
             connect_timeout: Duration::from_secs(net.connect_timeout),
             security: security(token_args),
+            compression: net.compress,
             retry_for: Duration::from_secs(net.retry_for),
             stall_timeout: Duration::from_secs(net.timeout),
         },

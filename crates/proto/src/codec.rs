@@ -2,10 +2,15 @@
 //!
 //! ```text
 //! frame = length:u32le body[length]          length <= MAX_FRAME
-//! body  = type:u8 id:varint message
+//! body  = type:u8 id:varint message          type 6 request, 7 response
+//!       | 8 stream-message
+//!       | 9 raw_length:varint zstd(body)     raw_length <= MAX_FRAME, not nested
 //! ```
 //! Requests and responses carry the id that pairs them, so any number may be
-//! in flight on one connection and answered in any order.
+//! in flight on one connection and answered in any order. Compressed bodies
+//! (type 9) are sent only when the handshake agreed on
+//! [`FEATURE_COMPRESSED_FRAMES`](crate::handshake::FEATURE_COMPRESSED_FRAMES);
+//! this module frames them, the connection compresses and decompresses.
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -17,6 +22,22 @@ use crate::wire::{Reader, Writer};
 
 /// Length of the frame header.
 pub const HEADER_LEN: usize = 4;
+
+const COMPRESSED: u8 = 9;
+
+/// What [`split`] takes off the front of a buffer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Body {
+    /// A frame body, for [`decode_body`].
+    Plain(Bytes),
+    /// A frame body compressed with zstd, `raw_len` bytes once decompressed.
+    Compressed {
+        /// Announced size of the body (at most [`MAX_FRAME`]).
+        raw_len: u32,
+        /// The zstd frame.
+        payload: Bytes,
+    },
+}
 
 /// Everything that crosses an established connection.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -108,9 +129,24 @@ pub fn frame_len(buf: &[u8]) -> Result<Option<usize>, CodecError> {
     Ok(Some(HEADER_LEN + len as usize))
 }
 
-/// Takes one frame off the front of `buf`. `Ok(None)` means the frame is not
-/// complete yet (read more); an error means the peer is broken.
-pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+/// Appends a frame holding a compressed body (`payload`, the zstd frame of
+/// a body of `raw_len` bytes).
+pub fn encode_compressed(raw_len: u32, payload: &[u8], out: &mut BytesMut) {
+    let start = out.len();
+    out.extend_from_slice(&[0; HEADER_LEN]);
+    let mut w = Writer(out);
+    w.u8(COMPRESSED);
+    w.varint(raw_len as u64);
+    out.extend_from_slice(payload);
+    let len = out.len() - start - HEADER_LEN;
+    debug_assert!(len <= MAX_FRAME, "encoded a frame of {len} bytes");
+    out[start..start + HEADER_LEN].copy_from_slice(&(len as u32).to_le_bytes());
+}
+
+/// Takes one frame off the front of `buf`, plain or compressed. `Ok(None)`
+/// means the frame is not complete yet (read more); an error means the peer
+/// is broken.
+pub fn split(buf: &mut BytesMut) -> Result<Option<Body>, CodecError> {
     let Some(total) = frame_len(buf)? else { return Ok(None) };
     if buf.len() < total {
         buf.reserve(total - buf.len());
@@ -118,10 +154,30 @@ pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
     }
     let mut body = buf.split_to(total);
     body.advance(HEADER_LEN);
-    decode_body(body.freeze()).map(Some)
+    let body = body.freeze();
+    if body.first() != Some(&COMPRESSED) {
+        return Ok(Some(Body::Plain(body)));
+    }
+    let mut r = Reader::new(body);
+    r.u8("frame type")?;
+    let raw_len = r.u32v("compressed length")?;
+    if raw_len as usize > MAX_FRAME {
+        return Err(CodecError::TooLarge(raw_len as u64));
+    }
+    Ok(Some(Body::Compressed { raw_len, payload: r.rest() }))
 }
 
-/// Decodes one frame body (without its length prefix).
+/// Takes one plain frame off the front of `buf` (a compressed one is an
+/// error here). `Ok(None)` means the frame is not complete yet.
+pub fn decode(buf: &mut BytesMut) -> Result<Option<Frame>, CodecError> {
+    match split(buf)? {
+        None => Ok(None),
+        Some(Body::Plain(body)) => decode_body(body).map(Some),
+        Some(Body::Compressed { .. }) => Err(CodecError::Invalid("compressed frame where none was agreed")),
+    }
+}
+
+/// Decodes one plain frame body (without its length prefix).
 pub fn decode_body(body: Bytes) -> Result<Frame, CodecError> {
     let mut r = Reader::new(body);
     let frame = match r.u8("frame type")? {

@@ -13,8 +13,13 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// The oldest protocol version this build accepts.
 pub const MIN_PROTOCOL_VERSION: u16 = 3;
 
-/// Optional protocol features, negotiated as the intersection of both sides'.
-pub const FEATURES: u64 = 0;
+/// Feature: either side may send frame bodies compressed with zstd (frame
+/// type 9, see [`crate::codec`]).
+pub const FEATURE_COMPRESSED_FRAMES: u64 = 1;
+
+/// Optional protocol features this build knows, negotiated as the
+/// intersection of both sides'.
+pub const FEATURES: u64 = FEATURE_COMPRESSED_FRAMES;
 
 /// The client's offer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -66,9 +71,9 @@ pub enum HandshakeError {
 }
 
 impl Hello {
-    /// What this build offers.
-    pub fn ours() -> Hello {
-        Hello { min_version: MIN_PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, features: FEATURES }
+    /// What this build offers: `features` (among [`FEATURES`]).
+    pub fn ours(features: u64) -> Hello {
+        Hello { min_version: MIN_PROTOCOL_VERSION, max_version: PROTOCOL_VERSION, features: features & FEATURES }
     }
 
     /// The payload bytes.
@@ -139,9 +144,11 @@ mod tests {
 
     #[test]
     fn the_newest_common_version_is_chosen() {
-        let hello = Hello::ours();
+        let hello = Hello::ours(FEATURES);
         let welcome = hello.negotiate().unwrap();
         assert_eq!(welcome.accept(&hello).unwrap(), Session { version: PROTOCOL_VERSION, features: FEATURES });
+        let plain = Hello::ours(0);
+        assert_eq!(plain.negotiate().unwrap().accept(&plain).unwrap().features, 0, "a feature one side lacks is off");
         let newer = Hello { min_version: 2, max_version: 9, features: u64::MAX };
         assert_eq!(newer.negotiate().unwrap(), Welcome { version: PROTOCOL_VERSION, features: FEATURES });
     }
@@ -151,7 +158,7 @@ mod tests {
         let future = Hello { min_version: 90, max_version: 99, features: 0 };
         assert!(matches!(future.negotiate(), Err(HandshakeError::Version { .. })));
         let old_server = Welcome { version: 1, features: 0 };
-        assert!(matches!(old_server.accept(&Hello::ours()), Err(HandshakeError::Version { .. })));
+        assert!(matches!(old_server.accept(&Hello::ours(FEATURES)), Err(HandshakeError::Version { .. })));
     }
 
     #[test]

@@ -55,5 +55,4 @@ mod tests {
         }
         assert_eq!(c.level(), 9);
     }
-
 }

@@ -23,6 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use pareco_compress::Compression;
 use pareco_net::channel::{self, Channel, Security, TokenKey};
 use pareco_net::{NetError, ServerConfig, WireCounters};
 use pareco_proto::Frame;
@@ -263,8 +264,9 @@ impl Links {
             let stream = TcpStream::connect(addr)
                 .await
                 .map_err(|e| NetError::Connect { addr: addr.to_string(), source: Arc::new(e) })?;
-            let mut channel =
-                channel::connect(stream, &self.options.key, self.options.security, self.counters.clone()).await?;
+            // Stream frames are compressed one by one already: not the channel.
+            let (key, security) = (&self.options.key, self.options.security);
+            let mut channel = channel::connect(stream, key, security, Compression::None, self.counters.clone()).await?;
             let window = self.join_as_connector(&mut channel).await?;
             Ok::<_, PipeError>((channel, window))
         };
@@ -280,6 +282,7 @@ impl Links {
     async fn listen(self, listener: TcpListener) {
         let mut config = ServerConfig::new(self.options.key.clone());
         config.security = self.options.security;
+        config.compression = Compression::None;
         config.handshake_timeout = self.options.connect_timeout;
         let links = Arc::new(self);
         let events = links.events.clone();

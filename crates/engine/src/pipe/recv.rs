@@ -7,9 +7,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
+use pareco_compress::{DecodeError, decode};
 use pareco_proto::Digest;
 use pareco_proto::stream::{StreamMessage, StreamRole};
-use pareco_compress::{DecodeError, decode};
 use pareco_stream::outstanding::LinkId;
 use pareco_stream::reorder::{Offer, Reorder};
 use pareco_stream::{FRAME_SIZE, Tally};

@@ -7,8 +7,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
-use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_compress::{Compression, Encoder};
+use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_stream::compress::LevelControl;
 use pareco_stream::outstanding::Outstanding;
 use pareco_stream::stripe::Stripe;
