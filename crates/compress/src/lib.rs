@@ -5,10 +5,9 @@
 //! Frames are compressed independently, so many compress at once on all
 //! cores and any one decompresses alone. Under `auto`, incompressible data
 //! (random, encrypted, already compressed) is recognised by compressing a
-//! sample of each frame (up to four 16 KiB slices spread over it, at most
-//! 1/8 of the frame) at the fastest level, and sent raw: it costs little
-//! CPU, and a frame of text right after one of random data is still
-//! compressed.
+//! sample of each frame (4 KiB slices spread over it, 1/32 of the frame) at
+//! the fastest level, and sent raw: it costs little CPU, and a frame of text
+//! right after one of random data is still compressed.
 
 use bytes::Bytes;
 use pareco_proto::stream::Encoding;
@@ -52,9 +51,14 @@ const PAYS: f64 = 0.97;
 /// A frame's sample must shrink to this fraction for the frame to be tried.
 const SAMPLE_PAYS: f64 = 0.9;
 
-/// The sample: this many slices of this many bytes, spread over the frame.
-const SAMPLE_SLICES: usize = 4;
-const SAMPLE_SLICE: usize = 16 << 10;
+/// The sample: slices of this many bytes spread over the frame, one per
+/// [`SAMPLE_EVERY`] bytes of it (1/32), at most [`SAMPLE_SLICES`].
+const SAMPLE_SLICE: usize = 4 << 10;
+const SAMPLE_EVERY: usize = 128 << 10;
+const SAMPLE_SLICES: usize = 8;
+
+/// Frames smaller than this are tried whole.
+const SAMPLE_MIN: usize = 16 << 10;
 
 /// One compressing worker's state.
 pub struct Encoder {
@@ -101,13 +105,13 @@ impl Encoder {
     }
 
     /// Whether a sample of `raw` compresses enough to try the whole frame
-    /// (always, for frames too small to sample): up to four 16 KiB
-    /// slices spread over it, one per 8 slices' worth of frame.
+    /// (always, for frames too small to sample): 4 KiB slices spread over
+    /// it, 1/32 of it, at least one and at most eight.
     pub fn sample_pays(&mut self, raw: &[u8]) -> bool {
-        let slices = (raw.len() / (8 * SAMPLE_SLICE)).min(SAMPLE_SLICES);
-        if slices == 0 {
+        if raw.len() < SAMPLE_MIN {
             return true;
         }
+        let slices = (raw.len() / SAMPLE_EVERY).clamp(1, SAMPLE_SLICES);
         self.scratch.clear();
         let step = (raw.len() - SAMPLE_SLICE) / slices.max(2).saturating_sub(1);
         for i in 0..slices {

@@ -5,6 +5,7 @@
 //! incompressible data, such as random or already compressed file content,
 //! rules it out cheaply); compression happens before encryption.
 
+use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -145,7 +146,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// compressed frames).
     pub(crate) fn compress(&mut self, policy: Compression) {
         if policy != Compression::None {
-            self.squeeze = Some(Squeeze { policy, encoder: Encoder::default() });
+            self.squeeze = Some(Squeeze { policy });
         }
     }
 
@@ -213,7 +214,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
 /// A writer's compression.
 struct Squeeze {
     policy: Compression,
-    encoder: Encoder,
+}
+
+thread_local! {
+    /// One encoder (zstd contexts, a few MiB once used) per thread, not per
+    /// connection: a frame is compressed between two awaits, so a thread
+    /// never needs two at once, and a server with a thousand connections
+    /// holds as many encoders as it has worker threads.
+    static ENCODER: RefCell<Encoder> = RefCell::new(Encoder::default());
 }
 
 impl Squeeze {
@@ -235,19 +243,26 @@ impl Squeeze {
             Some(t) if t.len() >= head.len() => &t[..],
             _ => head,
         };
-        if self.policy == Compression::Auto && !self.encoder.sample_pays(bulk) {
-            return tail;
-        }
-        let mut raw = Vec::with_capacity(len);
-        raw.extend_from_slice(head);
-        raw.extend_from_slice(tail.as_deref().unwrap_or_default());
-        match self.encoder.encode(Bytes::from(raw), Compression::Zstd(level), level) {
-            (Encoding::Zstd, payload) => {
+        let auto = self.policy == Compression::Auto;
+        let compressed = ENCODER.with_borrow_mut(|encoder| {
+            if auto && !encoder.sample_pays(bulk) {
+                return None;
+            }
+            let mut raw = Vec::with_capacity(len);
+            raw.extend_from_slice(head);
+            raw.extend_from_slice(tail.as_deref().unwrap_or_default());
+            match encoder.encode(Bytes::from(raw), Compression::Zstd(level), level) {
+                (Encoding::Zstd, payload) => Some(payload),
+                (Encoding::Raw, _) => None,
+            }
+        });
+        match compressed {
+            Some(payload) => {
                 buf.truncate(start);
                 codec::encode_compressed(len as u32, &payload, buf);
                 None
             }
-            (Encoding::Raw, _) => tail,
+            None => tail,
         }
     }
 }
