@@ -358,3 +358,31 @@ fn big_listings_are_split_into_bounded_pages() {
     }
     assert_eq!(all, entries);
 }
+
+/// A compressed body is framed with its announced size and split off whole
+/// (the connection decompresses it); an announced size beyond a frame is
+/// refused before anything is allocated, and the plain decoder refuses a
+/// compressed frame outright.
+#[test]
+fn compressed_bodies_are_split_with_their_size_and_bounded() {
+    let mut buf = BytesMut::new();
+    codec::encode_compressed(5000, b"zstd bytes", &mut buf);
+    let tail = codec::encode_to_vec(&Frame::Request { id: 3, request: Request::Stat { path: RelPath::root() } });
+    buf.extend_from_slice(&tail);
+    let whole = buf.clone();
+    for cut in 0..whole.len() - tail.len() {
+        let mut part = BytesMut::from(&whole[..cut]);
+        assert_eq!(codec::split(&mut part).unwrap(), None, "a prefix of {cut} bytes");
+    }
+    let body = codec::Body::Compressed { raw_len: 5000, payload: Bytes::from_static(b"zstd bytes") };
+    assert_eq!(codec::split(&mut buf).unwrap(), Some(body));
+    assert!(matches!(codec::split(&mut buf).unwrap(), Some(codec::Body::Plain(_))), "the next frame is intact");
+
+    let mut huge = BytesMut::new();
+    codec::encode_compressed(MAX_FRAME as u32 + 1, b"x", &mut huge);
+    assert!(matches!(codec::split(&mut huge.clone()), Err(CodecError::TooLarge(_))));
+    assert!(codec::decode(&mut huge).is_err());
+    let mut fine = BytesMut::new();
+    codec::encode_compressed(10, b"x", &mut fine);
+    assert!(matches!(codec::decode(&mut fine), Err(CodecError::Invalid(_))), "not agreed: refused by decode");
+}
