@@ -53,13 +53,20 @@ class Tree:
         self.counter += 1
         return f"n{self.counter:05d}"
 
+    def content(self, size: int) -> bytes:
+        """Random bytes or text (half and half), so that frames go both raw and compressed."""
+        if self.rng.random() < 0.5:
+            return os.urandom(size)
+        line = f"{self.rng.randrange(10**9)}\tpareco soak\t{self.counter}\n".encode()
+        return (line * (size // len(line) + 1))[:size]
+
     def create(self) -> str:
         d = self.rng.choice(self.dirs())
         if self.rng.random() < 0.15:
             d = d / self.new_name()
             d.mkdir()
         size = self.rng.choice([0, 1, 100, 4096, 70_000, 1 << 20, 5 << 20])
-        (d / self.new_name()).write_bytes(os.urandom(size))
+        (d / self.new_name()).write_bytes(self.content(size))
         return "create"
 
     def mutate(self) -> str:
@@ -71,10 +78,10 @@ class Tree:
         if op == "edit" and f.stat().st_size > 0:
             with open(f, "r+b") as h:
                 h.seek(self.rng.randrange(f.stat().st_size))
-                h.write(os.urandom(self.rng.choice([1, 512, 4096, 100_000])))
+                h.write(self.content(self.rng.choice([1, 512, 4096, 100_000])))
         elif op == "append":
             with open(f, "ab") as h:
-                h.write(os.urandom(self.rng.choice([1, 4096, 300_000])))
+                h.write(self.content(self.rng.choice([1, 4096, 300_000])))
         elif op == "truncate":
             os.truncate(f, self.rng.randrange(f.stat().st_size + 1))
         elif op == "delete":
