@@ -3,9 +3,10 @@
 //!
 //! - [`channel`]: the secure channel every connection opens with: a Noise
 //!   handshake keyed by the shared token (mutual authentication, version
-//!   negotiation, fresh keys), then AES-GCM records.
-//! - [`framed`]: frames in and out of a channel, with coalesced writes and
-//!   large payloads sealed (or written) straight from their buffers.
+//!   and feature negotiation, fresh keys), then AES-GCM records.
+//! - [`framed`]: frames in and out of a channel, with coalesced writes,
+//!   large payloads sealed (or written) straight from their buffers, and
+//!   bodies compressed where it pays once the handshake agreed on it.
 //! - [`pool`]: the client side: N connections, each carrying many requests
 //!   at once, with each request sent on the least loaded connection.
 //! - [`server`]: the server side: accept loop with bounded connections,
