@@ -136,23 +136,11 @@ pub struct SyncArgs {
     /// Delete destination entries that are not in the source.
     #[arg(long)]
     pub delete: bool,
-    /// Archive mode: also keep owners, groups, fifos and devices (--owner
-    /// --group --specials). Always kept: permissions, mtimes, symlinks, hard
-    /// links within the tree, holes.
-    #[arg(short = 'a', long)]
-    pub archive: bool,
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
     /// Recreate fifos and device files (devices need root at the receiving side).
     #[arg(long)]
     pub specials: bool,
-    /// Give destination entries the source's owner (numeric; the receiving side must be root).
-    #[arg(short = 'o', long)]
-    pub owner: bool,
-    /// Give destination entries the source's group (numeric).
-    #[arg(short = 'g', long)]
-    pub group: bool,
-    /// Keep extended attributes (all but system.*, which holds ACLs).
-    #[arg(short = 'X', long)]
-    pub xattrs: bool,
     /// Leave all-zero runs of new content as holes, even where the source
     /// allocates them (holes of sparse source files are always kept).
     #[arg(short = 'S', long)]
@@ -202,18 +190,8 @@ pub struct VerifyArgs {
     /// Unit of content comparison.
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
     pub chunk_size: u64,
-    /// Compare owners and groups too (--owner --group), as kept by `sync -a`.
-    #[arg(short = 'a', long)]
-    pub archive: bool,
-    /// Compare owners (numeric user ids).
-    #[arg(short = 'o', long)]
-    pub owner: bool,
-    /// Compare groups (numeric).
-    #[arg(short = 'g', long)]
-    pub group: bool,
-    /// Compare extended attributes (all but system.*, as kept by `sync -X`).
-    #[arg(short = 'X', long)]
-    pub xattrs: bool,
+    #[command(flatten)]
+    pub metadata: MetadataArgs,
     /// Print only the differences, not the summary.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -224,6 +202,37 @@ pub struct VerifyArgs {
     pub net: NetArgs,
     #[command(flatten)]
     pub token: TokenArgs,
+}
+
+/// Metadata beyond permissions, mtimes, symlinks, hard links and holes
+/// (always kept): what `sync` keeps and `verify` compares.
+#[derive(Debug, Args)]
+pub struct MetadataArgs {
+    /// Archive mode: owners and groups too (-o -g); sync also recreates
+    /// fifos and devices (--specials).
+    #[arg(short = 'a', long)]
+    pub archive: bool,
+    /// Owners too (numeric; sync needs root at the receiving side).
+    #[arg(short = 'o', long)]
+    owner: bool,
+    /// Groups too (numeric).
+    #[arg(short = 'g', long)]
+    group: bool,
+    /// Extended attributes too (all but system.*, which holds ACLs).
+    #[arg(short = 'X', long)]
+    pub xattrs: bool,
+}
+
+impl MetadataArgs {
+    /// Owners, asked for alone or by -a.
+    pub fn owner(&self) -> bool {
+        self.owner || self.archive
+    }
+
+    /// Groups, asked for alone or by -a.
+    pub fn group(&self) -> bool {
+        self.group || self.archive
+    }
 }
 
 /// How a client keeps its connections to a server.

@@ -26,10 +26,10 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         delete: args.delete,
         dry_run: args.dry_run,
         sparse: args.sparse,
-        specials: args.specials || args.archive,
-        owner: args.owner || args.archive,
-        group: args.group || args.archive,
-        xattrs: args.xattrs,
+        specials: args.specials || args.metadata.archive,
+        owner: args.metadata.owner(),
+        group: args.metadata.group(),
+        xattrs: args.metadata.xattrs,
         parallelism: args.connections as usize,
     };
     let source = Endpoint::source(&src, &options).await.context("source")?;

@@ -39,8 +39,8 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
     let opts = VerifyOptions {
         chunk_size: u32::try_from(args.chunk_size).context("chunk size too large")?,
         parallelism: args.connections as usize,
-        checks: Checks { owner: args.owner || args.archive, group: args.group || args.archive },
-        xattrs: args.xattrs,
+        checks: Checks { owner: args.metadata.owner(), group: args.metadata.group() },
+        xattrs: args.metadata.xattrs,
     };
     let report = match verify(ea, eb, opts, Arc::new(Lines(Mutex::new(std::io::stdout())))).await {
         Ok(report) => report,
