@@ -39,16 +39,17 @@ fn read(path: &PathBuf) -> Result<Xattrs, Errno> {
     let len = rustix::fs::llistxattr(path, &mut list[..])?;
     list.truncate(len);
     let mut out = Vec::new();
+    // One buffer for every value; each value is copied out at its own size
+    // (a Bytes made from a truncated Vec would keep the whole buffer).
+    let mut value = vec![0u8; MAX_XATTR_VALUE];
     for name in list.split(|&b| b == 0).filter(|n| !n.is_empty() && copied(n)) {
-        let mut value = vec![0u8; MAX_XATTR_VALUE];
         let n = match rustix::fs::lgetxattr(path, name, &mut value[..]) {
             Ok(n) => n,
             // Removed meanwhile.
             Err(Errno::NODATA) => continue,
             Err(e) => return Err(e),
         };
-        value.truncate(n);
-        out.push((Bytes::copy_from_slice(name), Bytes::from(value)));
+        out.push((Bytes::copy_from_slice(name), Bytes::copy_from_slice(&value[..n])));
     }
     out.truncate(MAX_XATTRS);
     out.sort();
