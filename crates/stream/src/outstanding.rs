@@ -67,11 +67,13 @@ impl<F> Outstanding<F> {
     }
 
     /// Number of frames not yet acknowledged.
+    #[cfg(test)]
     pub fn len(&self) -> usize {
         self.frames.len()
     }
 
     /// Whether every frame was acknowledged.
+    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }

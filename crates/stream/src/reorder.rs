@@ -67,11 +67,13 @@ impl<T> Reorder<T> {
     }
 
     /// Frames handed out so far.
+    #[cfg(test)]
     pub fn next(&self) -> u64 {
         self.next
     }
 
     /// Bytes held out of turn.
+    #[cfg(test)]
     pub fn held_bytes(&self) -> usize {
         self.held_bytes
     }

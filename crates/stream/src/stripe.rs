@@ -91,6 +91,7 @@ impl Stripe {
     }
 
     /// Bytes in flight on every connection.
+    #[cfg(test)]
     pub fn in_flight(&self) -> u64 {
         self.links.values().map(|l| l.in_flight).sum()
     }
