@@ -100,3 +100,11 @@ pub fn summary_line(s: &Summary, dry_run: bool) -> String {
     }
     line
 }
+
+/// Writes `value` as pretty JSON (one trailing newline) to `path`: the
+/// `--stats-json` file of every command.
+pub fn write_json(path: &std::path::Path, value: &impl serde::Serialize) -> anyhow::Result<()> {
+    use anyhow::Context;
+    std::fs::write(path, serde_json::to_string_pretty(value)? + "\n")
+        .with_context(|| format!("writing {}", path.display()))
+}

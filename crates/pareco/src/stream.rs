@@ -105,8 +105,7 @@ fn finish(
     match result {
         Ok(summary) => {
             if let Some(path) = &args.stats_json {
-                std::fs::write(path, serde_json::to_string_pretty(&summary)? + "\n")
-                    .with_context(|| format!("writing {}", path.display()))?;
+                crate::output::write_json(path, &summary)?;
             }
             if !args.quiet {
                 let rate = summary.bytes as f64 / summary.duration_s.max(1e-9);

@@ -44,6 +44,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     let rounds = if args.until_converged { args.max_rounds } else { 1 };
     let mut summaries: Vec<Summary> = Vec::new();
     let mut wire_so_far = (0, 0);
+    let settled = |s: &Summary| s.bytes_transferred <= args.converge_bytes && s.errors == 0;
     for round in 1..=rounds {
         let stats = Arc::new(Stats::default());
         let bar = output::progress(&stats, args.quiet);
@@ -67,21 +68,20 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
             let prefix = if args.until_converged { format!("round {round}: ") } else { String::new() };
             eprintln!("pareco: {prefix}{}", output::summary_line(&summary, args.dry_run));
         }
-        let converged = summary.bytes_transferred <= args.converge_bytes && summary.errors == 0;
+        let done = !args.until_converged || settled(&summary) || args.dry_run;
         summaries.push(summary);
-        if !args.until_converged || converged || args.dry_run {
+        if done {
             break;
         }
     }
     let last = summaries.last().expect("at least one round");
-    let converged = last.bytes_transferred <= args.converge_bytes && last.errors == 0;
+    let converged = settled(last);
     if let Some(path) = &args.stats_json {
-        let json = if args.until_converged {
-            serde_json::to_string_pretty(&serde_json::json!({ "converged": converged, "rounds": summaries }))?
+        if args.until_converged {
+            output::write_json(path, &serde_json::json!({ "converged": converged, "rounds": summaries }))?;
         } else {
-            serde_json::to_string_pretty(last)?
-        };
-        std::fs::write(path, json + "\n").with_context(|| format!("writing {}", path.display()))?;
+            output::write_json(path, last)?;
+        }
     }
     if args.until_converged && !args.quiet {
         eprintln!(

@@ -13,7 +13,7 @@ use pareco_plan::verify::{Checks, Difference, Side, explain_usage};
 use pareco_proto::RelPath;
 
 use crate::cli::VerifyArgs;
-use crate::output::human;
+use crate::output::{self, human};
 use crate::sync::remote_options;
 use crate::{EXIT_FATAL, EXIT_PARTIAL};
 
@@ -50,8 +50,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         }
     };
     if let Some(path) = &args.stats_json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)? + "\n")
-            .with_context(|| format!("writing {}", path.display()))?;
+        output::write_json(path, &report)?;
     }
     if !args.quiet {
         let verdict = match (report.differences, report.errors) {

@@ -100,7 +100,7 @@ async fn try_transfer(
         sparse: before.blocks.saturating_mul(512) < before.size,
         basis,
     });
-    let copied = copy_content(ctx, &job, basis).await;
+    let copied = copy_content(ctx, &job).await;
     // The whole file is counted as processed when its outcome is.
     ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
     copied?;
@@ -142,12 +142,12 @@ async fn settled_stat(ctx: &Ctx, path: &RelPath) -> Result<(Stat, bool), Outcome
 }
 
 /// Compares what the destination has, then streams the rest.
-async fn copy_content(ctx: &Arc<Ctx>, job: &Arc<FileJob>, basis: u64) -> Result<(), Fault> {
+async fn copy_content(ctx: &Arc<Ctx>, job: &Arc<FileJob>) -> Result<(), Fault> {
     let mut tasks = JoinSet::new();
     let mut stream_from = 0;
     for group in job.layout.groups(GROUP_CHUNKS) {
         let span = job.layout.span(&group);
-        if span.start >= basis {
+        if span.start >= job.basis {
             break;
         }
         stream_from = span.end;

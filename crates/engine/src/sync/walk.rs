@@ -435,6 +435,11 @@ async fn replace(
     make.await
 }
 
+/// Sets permissions and/or mtime of a destination entry (nothing in a dry run).
+async fn set_attrs(ctx: &Ctx, path: RelPath, mode: Option<u32>, mtime: Option<Timestamp>) -> Result<(), TreeError> {
+    if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.set_attrs(path, mode, mtime).await }
+}
+
 /// Everything that is not a file's content: links, permissions, deletions.
 async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome {
     let path = ctx.dst.path(rel);
@@ -447,16 +452,10 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
             }
             (Change::Delete, result)
         }
-        Action::SetMode(mode) => (
-            Change::Attributes,
-            if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.set_attrs(path, Some(mode), None).await },
-        ),
+        Action::SetMode(mode) => (Change::Attributes, set_attrs(ctx, path, Some(mode), None).await),
         Action::SymlinkMtime => {
             let mtime = p.src.as_ref().map(|s| s.mtime);
-            (
-                Change::Attributes,
-                if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.set_attrs(path, None, mtime).await },
-            )
+            (Change::Attributes, set_attrs(ctx, path, None, mtime).await)
         }
         Action::Symlink => {
             let src = p.src.expect("symlink has a source");
@@ -481,14 +480,7 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
         }
         Action::SpecialAttrs => {
             let src = p.src.as_ref().expect("a special file has a source");
-            (
-                Change::Attributes,
-                if ctx.opts.dry_run {
-                    Ok(())
-                } else {
-                    ctx.dst.tree.set_attrs(path, Some(src.mode), Some(src.mtime)).await
-                },
-            )
+            (Change::Attributes, set_attrs(ctx, path, Some(src.mode), Some(src.mtime)).await)
         }
         Action::Nothing | Action::Skip(_) | Action::CopyFile { .. } | Action::Descend { .. } => {
             unreachable!("handled by dispatch")
