@@ -10,7 +10,7 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
 use bytes::{Buf, Bytes, BytesMut};
-use pareco_compress::{Compression, Encoder};
+use pareco_compress::{Compression, DEFAULT_LEVEL, Encoder};
 use pareco_proto::codec::{self, Body, Frame, HEADER_LEN};
 use pareco_proto::stream::Encoding;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
@@ -31,10 +31,6 @@ const RECORD_PLAIN: usize = MAX_RECORD - TAG;
 
 /// Smaller frame bodies are never compressed.
 pub const COMPRESS_MIN: usize = 1 << 10;
-
-/// The zstd level of [`Compression::Auto`] for frames: a good ratio at a
-/// few hundred MB/s per core, far more than a WAN link carries.
-const AUTO_LEVEL: i32 = 3;
 
 /// Reads frames. Cancel-safe: partial frames and records stay buffered.
 pub struct FrameReader<R> {
@@ -131,7 +127,7 @@ pub struct FrameWriter<W> {
     used: usize,
     counters: Arc<WireCounters>,
     /// How frames are compressed, once the handshake agreed on it.
-    squeeze: Option<Squeeze>,
+    compression: Option<Compression>,
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -139,14 +135,14 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// records. Sent bytes are added to `counters`.
     pub(crate) fn new(inner: W, counters: Arc<WireCounters>, sealer: Option<RecordCipher>) -> Self {
         let buf = BytesMut::with_capacity(FLUSH_AT);
-        FrameWriter { inner, buf, sealer, sealed: Vec::new(), used: 0, counters, squeeze: None }
+        FrameWriter { inner, buf, sealer, sealed: Vec::new(), used: 0, counters, compression: None }
     }
 
     /// Compresses frames under `policy` from now on (the handshake agreed on
     /// compressed frames).
     pub(crate) fn compress(&mut self, policy: Compression) {
         if policy != Compression::None {
-            self.squeeze = Some(Squeeze { policy });
+            self.compression = Some(policy);
         }
     }
 
@@ -154,8 +150,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn write(&mut self, frame: &Frame) -> Result<(), NetError> {
         let start = self.buf.len();
         let mut tail = codec::encode(frame, &mut self.buf);
-        if let Some(squeeze) = &mut self.squeeze {
-            tail = squeeze.squeeze(&mut self.buf, start, tail);
+        if let Some(policy) = self.compression {
+            tail = squeeze(policy, &mut self.buf, start, tail);
         }
         if let Some(tail) = tail {
             if tail.len() < ZERO_COPY_MIN {
@@ -211,11 +207,6 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     }
 }
 
-/// A writer's compression.
-struct Squeeze {
-    policy: Compression,
-}
-
 thread_local! {
     /// One encoder (zstd contexts, a few MiB once used) per thread, not per
     /// connection: a frame is compressed between two awaits, so a thread
@@ -224,46 +215,44 @@ thread_local! {
     static ENCODER: RefCell<Encoder> = RefCell::new(Encoder::default());
 }
 
-impl Squeeze {
-    /// Replaces the frame just encoded at `buf[start..]` (and its `tail`)
-    /// by its compressed form when that pays; returns the tail still to be
-    /// written after `buf`.
-    fn squeeze(&mut self, buf: &mut BytesMut, start: usize, tail: Option<Bytes>) -> Option<Bytes> {
-        let head = &buf[start + HEADER_LEN..];
-        let len = head.len() + tail.as_ref().map_or(0, Bytes::len);
-        if len < COMPRESS_MIN {
-            return tail;
+/// Replaces the frame just encoded at `buf[start..]` (and its `tail`) by
+/// its compressed form when that pays under `policy`; returns the tail still
+/// to be written after `buf`.
+fn squeeze(policy: Compression, buf: &mut BytesMut, start: usize, tail: Option<Bytes>) -> Option<Bytes> {
+    let head = &buf[start + HEADER_LEN..];
+    let len = head.len() + tail.as_ref().map_or(0, Bytes::len);
+    if len < COMPRESS_MIN {
+        return tail;
+    }
+    let level = match policy {
+        Compression::Zstd(level) => level,
+        _ => DEFAULT_LEVEL,
+    };
+    // Under auto, a sample of the bulk of the frame decides.
+    let bulk = match &tail {
+        Some(t) if t.len() >= head.len() => &t[..],
+        _ => head,
+    };
+    let auto = policy == Compression::Auto;
+    let compressed = ENCODER.with_borrow_mut(|encoder| {
+        if auto && !encoder.sample_pays(bulk) {
+            return None;
         }
-        let level = match self.policy {
-            Compression::Zstd(level) => level,
-            _ => AUTO_LEVEL,
-        };
-        // Under auto, a sample of the bulk of the frame decides.
-        let bulk = match &tail {
-            Some(t) if t.len() >= head.len() => &t[..],
-            _ => head,
-        };
-        let auto = self.policy == Compression::Auto;
-        let compressed = ENCODER.with_borrow_mut(|encoder| {
-            if auto && !encoder.sample_pays(bulk) {
-                return None;
-            }
-            let mut raw = Vec::with_capacity(len);
-            raw.extend_from_slice(head);
-            raw.extend_from_slice(tail.as_deref().unwrap_or_default());
-            match encoder.encode(Bytes::from(raw), Compression::Zstd(level), level) {
-                (Encoding::Zstd, payload) => Some(payload),
-                (Encoding::Raw, _) => None,
-            }
-        });
-        match compressed {
-            Some(payload) => {
-                buf.truncate(start);
-                codec::encode_compressed(len as u32, &payload, buf);
-                None
-            }
-            None => tail,
+        let mut raw = Vec::with_capacity(len);
+        raw.extend_from_slice(head);
+        raw.extend_from_slice(tail.as_deref().unwrap_or_default());
+        match encoder.encode(Bytes::from(raw), Compression::Zstd(level), level) {
+            (Encoding::Zstd, payload) => Some(payload),
+            (Encoding::Raw, _) => None,
         }
+    });
+    match compressed {
+        Some(payload) => {
+            buf.truncate(start);
+            codec::encode_compressed(len as u32, &payload, buf);
+            None
+        }
+        None => tail,
     }
 }
 

@@ -12,7 +12,7 @@ pub struct LevelControl {
 
 impl Default for LevelControl {
     fn default() -> Self {
-        LevelControl { level: 3 }
+        LevelControl { level: pareco_compress::DEFAULT_LEVEL }
     }
 }
 
