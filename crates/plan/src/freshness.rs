@@ -8,19 +8,25 @@
 //! filesystems). Git calls this the racy timestamp problem; rsync's quick
 //! check misses such changes.
 //!
-//! The rule here: a timestamp is trusted only once it is clearly older than
-//! the moment it was read, by [`SETTLE_NANOS`]. A file whose mtime is younger
-//! is *unsettled*: we wait until it settles before reading it, and if it is
-//! still moving after that we copy it but do not stamp the destination with
-//! its mtime, so the next run compares content instead of trusting metadata.
+//! The rule here: a timestamp is trusted only once it is clearly apart from
+//! the moment it was read, by [`SETTLE_NANOS`]: older, or in the future. A
+//! write stamps the file with the clock's current tick, so an mtime far from
+//! "now" cannot be the result of a write in the same tick as our read, and
+//! any later write moves it. An mtime in the future (an archive's dates, a
+//! host whose clock runs ahead, `touch -d`) is therefore as safe as an old
+//! one; only one within a window of "now", on either side, is *unsettled*:
+//! we wait until it settles before reading it, and if it is still moving
+//! after that we copy it but do not stamp the destination with its mtime, so
+//! the next run compares content instead of trusting metadata.
 
 use std::time::Duration;
 
 use pareco_proto::{Stat, Timestamp};
 
-/// How much older than "now" an mtime must be before it is trusted (1 s:
-/// coarser than any local filesystem's timestamp granularity, and than the
-/// 1-second granularity of the coarsest common network filesystems).
+/// How far from "now" (older, or in the future) an mtime must be before it
+/// is trusted (1 s: coarser than any local filesystem's timestamp
+/// granularity, and than the 1-second granularity of the coarsest common
+/// network filesystems).
 pub const SETTLE_NANOS: i128 = 1_000_000_000;
 
 /// How many times a small file that moved while it was read is read again
@@ -31,12 +37,12 @@ pub const MAX_READ_ATTEMPTS: u32 = 3;
 /// same machine's clock; `None` if it already is.
 pub fn settle_delay(stat: &Stat, now: Timestamp) -> Option<Duration> {
     let age = now.nanos_since(stat.mtime);
-    if age >= SETTLE_NANOS {
+    if age >= SETTLE_NANOS || age <= -SETTLE_NANOS {
         return None;
     }
-    // An mtime in the future (clock skew) waits the full window at most.
-    let wait = (SETTLE_NANOS - age.max(0)).min(SETTLE_NANOS);
-    Some(Duration::from_nanos(wait as u64))
+    // Within the window on either side of now: wait until the mtime is a
+    // whole window old (at most twice the window, for one just ahead).
+    Some(Duration::from_nanos((SETTLE_NANOS - age) as u64))
 }
 
 /// Whether `src` (read at `src_now`) and `dst` can be declared identical
@@ -97,8 +103,12 @@ mod tests {
         assert_eq!(settle_delay(&stat_at(999, 0), NOW), None);
         assert_eq!(settle_delay(&stat_at(999, 500_000_000), NOW), Some(Duration::from_millis(500)));
         assert_eq!(settle_delay(&stat_at(1000, 0), NOW), Some(Duration::from_secs(1)));
-        // From the future (skewed clock): wait the whole window, never more.
-        assert_eq!(settle_delay(&stat_at(5000, 0), NOW), Some(Duration::from_secs(1)));
+        // Clearly in the future (an archive's dates, a clock ahead): no
+        // write of now can produce it, and any write moves it: trusted.
+        assert_eq!(settle_delay(&stat_at(5000, 0), NOW), None);
+        assert_eq!(settle_delay(&stat_at(1001, 0), NOW), None);
+        // Just ahead: as unsettled as just behind, until a window old.
+        assert_eq!(settle_delay(&stat_at(1000, 500_000_000), NOW), Some(Duration::from_millis(1500)));
     }
 
     #[test]
@@ -113,6 +123,9 @@ mod tests {
         // tick may hide a second change, so metadata is not trusted.
         let racy = stat_at(999, 900_000_000);
         assert!(!quick_check_equal(&racy, NOW, &racy.clone()));
+        // A future mtime that both sides carry is as good as an old one.
+        let future = stat_at(4_102_444_800, 0);
+        assert!(quick_check_equal(&future, NOW, &future.clone()));
     }
 
     #[test]
@@ -125,5 +138,6 @@ mod tests {
             ReadVerdict::Retry(Duration::from_millis(250))
         );
         assert_eq!(judge_read(&stat_at(1000, 0), NOW, true, MAX_READ_ATTEMPTS), ReadVerdict::Unstamped);
+        assert_eq!(judge_read(&stat_at(4_102_444_800, 0), NOW, true, 1), ReadVerdict::Stamp);
     }
 }
