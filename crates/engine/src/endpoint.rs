@@ -53,27 +53,94 @@ pub enum LocationError {
         source: std::io::Error,
     },
     /// Connecting to the server failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Connect(#[from] NetError),
 }
 
+/// How remote locations are written, for error messages.
+const URL_FORMS: &str =
+    "expected a local path or pareco://HOST[:PORT]/PATH; write a local name with a colon as ./NAME:…";
+
 impl Location {
-    /// Parses a command-line argument.
+    /// Parses a command-line argument naming a tree (or an entry in one).
+    ///
+    /// Anything that looks like a URL or a remote path (`word://…`,
+    /// `pareco:…`, rsync's `HOST:PATH`) and is not a valid `pareco://`
+    /// location is refused rather than taken for a local name: a typo must
+    /// not create a local directory called `http:`. A `pareco://` URL must
+    /// name a path: an empty one would silently mean the server's whole
+    /// root (which `--delete` would then prune); `/.` names the root.
     pub fn parse(arg: &OsStr) -> Result<Location, LocationError> {
-        let bytes = arg.as_bytes();
-        let Some(rest) = bytes.strip_prefix(b"pareco://") else {
+        let Some((addr, path)) = split_url(arg)? else {
             return Ok(Location::Local(PathBuf::from(arg)));
         };
-        let url_error = |reason: &str| LocationError::Url { url: arg.to_string_lossy().into(), reason: reason.into() };
-        let (authority, path) = match rest.iter().position(|&b| b == b'/') {
-            Some(i) => (&rest[..i], &rest[i..]),
-            None => (rest, &b""[..]),
+        let path = match path.split(|&b| b == b'/').filter(|c| !c.is_empty()).collect::<Vec<_>>()[..] {
+            [] => return Err(url_error(arg, "no path after the server (use pareco://HOST[:PORT]/. to name its root)")),
+            [b"."] => RelPath::root(),
+            _ => RelPath::from_user(path).map_err(|e| url_error(arg, &e.to_string()))?,
         };
-        let authority = std::str::from_utf8(authority).map_err(|_| url_error("host is not UTF-8"))?;
-        let (host, port) = split_host_port(authority).ok_or_else(|| url_error("expected HOST or HOST:PORT"))?;
-        let path = RelPath::from_user(path).map_err(|e| url_error(&e.to_string()))?;
-        Ok(Location::Remote { addr: format!("{host}:{port}"), path })
+        Ok(Location::Remote { addr, path })
     }
+
+    /// Parses the other end of a stream: `pareco://HOST[:PORT]`, with no path.
+    pub fn parse_peer(arg: &OsStr) -> Result<String, LocationError> {
+        match split_url(arg)? {
+            Some((addr, path)) if path.iter().all(|&b| b == b'/') => Ok(addr),
+            Some(_) => Err(url_error(arg, "the other end of a stream is pareco://HOST:PORT, without a path")),
+            None => Err(url_error(arg, "the other end of a stream is pareco://HOST:PORT (or use --listen)")),
+        }
+    }
+}
+
+fn url_error(arg: &OsStr, reason: &str) -> LocationError {
+    LocationError::Url { url: arg.to_string_lossy().into(), reason: reason.into() }
+}
+
+/// `pareco://HOST[:PORT]/PATH` as `host:port` and the raw path; `None` for
+/// a local path; an error for anything URL-like that is not one.
+fn split_url(arg: &OsStr) -> Result<Option<(String, &[u8])>, LocationError> {
+    let bytes = arg.as_bytes();
+    // Schemes are case-insensitive.
+    let scheme = b"pareco://";
+    let rest = bytes.get(..scheme.len()).filter(|s| s.eq_ignore_ascii_case(scheme)).map(|_| &bytes[scheme.len()..]);
+    let Some(rest) = rest else {
+        return match url_like(bytes) {
+            Some(reason) => Err(url_error(arg, &format!("{reason} ({URL_FORMS})"))),
+            None => Ok(None),
+        };
+    };
+    let (authority, path) = match rest.iter().position(|&b| b == b'/') {
+        Some(i) => (&rest[..i], &rest[i..]),
+        None => (rest, &b""[..]),
+    };
+    let authority = std::str::from_utf8(authority).map_err(|_| url_error(arg, "host is not UTF-8"))?;
+    let (host, port) = split_host_port(authority)
+        .ok_or_else(|| url_error(arg, "expected pareco://HOST[:PORT]/PATH (a host name or address, a port number)"))?;
+    Ok(Some((format!("{host}:{port}"), path)))
+}
+
+/// Why an argument that is not a `pareco://` URL still cannot be a local
+/// path: it starts with `SCHEME:` (letters, digits, `+-.`, before any `/`).
+fn url_like(arg: &[u8]) -> Option<String> {
+    let colon = arg.iter().position(|&b| b == b':')?;
+    let word = &arg[..colon];
+    let schemey = |b: &u8| b.is_ascii_alphanumeric() || b"+-._[]".contains(b);
+    if word.is_empty() || !word.iter().all(schemey) {
+        return None;
+    }
+    let word = String::from_utf8_lossy(word);
+    let rest = &arg[colon + 1..];
+    Some(if word.eq_ignore_ascii_case("pareco") {
+        "malformed pareco URL: it starts with pareco:// (two slashes)".to_string()
+    } else if rest.starts_with(b"//") {
+        let hint = match word.to_ascii_lowercase().as_str() {
+            "s3" | "gs" | "az" => " (object storage is reached with pareco send / pareco recv)",
+            _ => "",
+        };
+        format!("{word}:// locations are not supported here{hint}")
+    } else {
+        format!("{word}:… looks like a remote HOST:PATH (as rsync and scp write it)")
+    })
 }
 
 fn split_host_port(authority: &str) -> Option<(&str, u16)> {
@@ -243,7 +310,6 @@ mod tests {
     fn urls_name_host_port_and_path() {
         assert_eq!(remote("pareco://h:9/a/b"), ("h:9".into(), "a/b".into()));
         assert_eq!(remote("pareco://h/a/"), ("h:7700".into(), "a".into()));
-        assert_eq!(remote("pareco://127.0.0.1:7000"), ("127.0.0.1:7000".into(), ".".into()));
         assert_eq!(remote("pareco://[::1]:8/x"), ("[::1]:8".into(), "x".into()));
         assert_eq!(remote("pareco://[::1]/x"), ("[::1]:7700".into(), "x".into()));
         assert_eq!(Location::parse(OsStr::new("/tmp/x")).unwrap(), Location::Local("/tmp/x".into()));
@@ -254,6 +320,40 @@ mod tests {
         for bad in ["pareco://", "pareco://h:port/x", "pareco://h:1/../etc", "pareco://:7/x", "pareco://h:99999/x"] {
             assert!(Location::parse(OsStr::new(bad)).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn anything_url_like_is_refused_rather_than_taken_for_a_local_name() {
+        for (bad, says) in [
+            ("http://h:7700/y", "http:// locations are not supported"),
+            ("pareco:/h:7700/y", "two slashes"),
+            ("PARECO:h/y", "two slashes"),
+            ("pareco:///x", "a host name"),
+            ("s3://bucket/x", "pareco send / pareco recv"),
+            ("host:/data", "HOST:PATH"),
+            ("backup:2024", "./NAME:"),
+        ] {
+            let err = Location::parse(OsStr::new(bad)).unwrap_err().to_string();
+            assert!(err.contains(says) && err.contains("pareco://HOST[:PORT]/PATH"), "{bad}: {err}");
+        }
+        for local in ["./host:/data", "/tmp/a:b", "dir/x:y", "plain", "../up", "a b:c"] {
+            assert_eq!(Location::parse(OsStr::new(local)).unwrap(), Location::Local(local.into()), "{local}");
+        }
+    }
+
+    #[test]
+    fn a_url_must_name_a_path_and_dot_names_the_root() {
+        for empty in ["pareco://h:7700", "pareco://h:7700/", "pareco://h//"] {
+            let err = Location::parse(OsStr::new(empty)).unwrap_err().to_string();
+            assert!(err.contains("no path after the server"), "{empty}: {err}");
+        }
+        assert_eq!(remote("pareco://h/."), ("h:7700".into(), ".".into()));
+        assert_eq!(remote("PAREco://h/x"), ("h:7700".into(), "x".into()));
+        assert_eq!(remote("pareco://h:1/./"), ("h:1".into(), ".".into()));
+        assert_eq!(Location::parse_peer(OsStr::new("pareco://h:9")).unwrap(), "h:9");
+        assert_eq!(Location::parse_peer(OsStr::new("pareco://h:9/")).unwrap(), "h:9");
+        assert!(Location::parse_peer(OsStr::new("pareco://h:9/x")).is_err());
+        assert!(Location::parse_peer(OsStr::new("h:9")).is_err());
     }
 
     #[test]

@@ -44,10 +44,9 @@ pub async fn recv(args: StreamArgs) -> Result<u8> {
 async fn prepare(args: &StreamArgs) -> Result<(Rendezvous, PipeOptions)> {
     let token_file = args.token.token_file.as_deref();
     let rendezvous = match (&args.peer, args.listen) {
-        (Some(peer), _) => match Location::parse(peer)? {
-            Location::Remote { addr, .. } => Rendezvous::Connect { addr, connections: args.connections as usize },
-            Location::Local(_) => bail!("expected pareco://HOST:PORT as the other end, or --listen"),
-        },
+        (Some(peer), _) => {
+            Rendezvous::Connect { addr: Location::parse_peer(peer)?, connections: args.connections as usize }
+        }
         (None, Some(addr)) => {
             let listener =
                 tokio::net::TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}"))?;
