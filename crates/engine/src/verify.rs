@@ -14,7 +14,10 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pareco_plan::file::Layout;
-use pareco_plan::verify::{Checks, Difference, LinkedFiles, Side, Usage, compare, compare_xattrs, link_differences};
+use pareco_plan::verify::{
+    Checks, Difference, LinkedFiles, Side, Usage, compare, compare_xattrs, first_mismatch, link_differences,
+};
+use pareco_proto::limits::MIN_BLOCK;
 use pareco_proto::{Entry, Kind, Name, RelPath, Stat, Xattrs};
 use tokio::task::JoinSet;
 
@@ -94,8 +97,9 @@ struct Ctx {
 #[derive(Default)]
 struct State {
     report: VerifyReport,
-    /// First differing offset of each file whose content differs.
-    content: BTreeMap<RelPath, u64>,
+    /// Each file whose content differs: its size and the start of the first
+    /// chunk that differs.
+    content: BTreeMap<RelPath, (u64, u64)>,
     a: SideState,
     b: SideState,
 }
@@ -125,8 +129,8 @@ impl SideState {
 enum Work {
     /// A directory present on both sides.
     Dir(RelPath),
-    /// A byte range of a file of the same size on both sides.
-    Group(RelPath, Range<u64>),
+    /// A byte range of a file of the same size (the last field) on both sides.
+    Group(RelPath, Range<u64>, u64),
 }
 
 /// Compares tree `a` with tree `b`, reporting every difference to
@@ -162,7 +166,7 @@ pub async fn verify(
     }
 
     let mut state = std::mem::take(&mut *ctx.state.lock().expect("verify state"));
-    for (path, at) in std::mem::take(&mut state.content) {
+    for (path, at) in ctx.narrow_all(std::mem::take(&mut state.content), limit).await {
         ctx.differ(&mut state.report, &path, &Difference::Content(at));
     }
     for (path, difference) in link_differences(&state.a.links, &state.b.links) {
@@ -187,8 +191,8 @@ impl Ctx {
     async fn run(&self, work: Work) -> Vec<Work> {
         match work {
             Work::Dir(rel) => self.dir(rel).await,
-            Work::Group(rel, span) => {
-                self.group(rel, span).await;
+            Work::Group(rel, span, size) => {
+                self.group(rel, span, size).await;
                 Vec::new()
             }
         }
@@ -269,14 +273,14 @@ impl Ctx {
             (Kind::Dir, Kind::Dir) => vec![Work::Dir(path)],
             (Kind::File, Kind::File) if a.size == b.size && a.size > 0 => {
                 let layout = Layout { size: a.size, chunk: self.opts.chunk_size };
-                layout.groups(GROUP_CHUNKS).map(|g| Work::Group(path.clone(), layout.span(&g))).collect()
+                layout.groups(GROUP_CHUNKS).map(|g| Work::Group(path.clone(), layout.span(&g), a.size)).collect()
             }
             _ => Vec::new(),
         }
     }
 
     /// Hashes a range of a file on both sides and compares the digests.
-    async fn group(&self, rel: RelPath, span: Range<u64>) {
+    async fn group(&self, rel: RelPath, span: Range<u64>, size: u64) {
         let (chunk, len) = (self.opts.chunk_size, span.end - span.start);
         let (da, db) = tokio::join!(
             self.a.tree.hash_chunks(self.a.path(&rel), span.start, len, chunk),
@@ -288,14 +292,70 @@ impl Ctx {
             (_, Err(e)) => return self.failed(&rel, Side::B, &e),
         };
         // A file shorter than announced (changed meanwhile) differs where it ends.
-        let first =
-            da.iter().zip(&db).position(|(x, y)| x != y).or((da.len() != db.len()).then(|| da.len().min(db.len())));
+        let first = first_mismatch(&da, &db);
         let mut state = self.state.lock().expect("verify state");
         state.report.bytes_hashed += len;
         if let Some(i) = first {
             let at = span.start + i as u64 * chunk as u64;
-            let known = state.content.entry(rel).or_insert(at);
-            *known = (*known).min(at);
+            let known = state.content.entry(rel).or_insert((size, at));
+            known.1 = known.1.min(at);
+        }
+    }
+
+    /// The first differing byte of every file whose content differs (in
+    /// path order), `limit` files at a time.
+    async fn narrow_all(
+        self: &Arc<Self>,
+        content: BTreeMap<RelPath, (u64, u64)>,
+        limit: usize,
+    ) -> Vec<(RelPath, Range<u64>)> {
+        let mut found = Vec::with_capacity(content.len());
+        let mut tasks = JoinSet::new();
+        for (path, (size, chunk_at)) in content {
+            while tasks.len() >= limit {
+                found.extend(tasks.join_next().await.map(|r| r.expect("narrowing panicked")));
+            }
+            let ctx = self.clone();
+            tasks.spawn(async move {
+                let at = ctx.first_byte(&path, size, chunk_at).await;
+                (path, at)
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            found.push(r.expect("narrowing panicked"));
+        }
+        found.sort_by(|a, b| a.0.cmp(&b.0));
+        found
+    }
+
+    /// Narrows a differing chunk down to its first differing byte: block
+    /// digests on both sides find the block, the block's bytes the byte.
+    /// Where a side cannot be read (a server that does not send content, a
+    /// file that changed meanwhile), the narrowest range known.
+    async fn first_byte(&self, rel: &RelPath, size: u64, chunk_at: u64) -> Range<u64> {
+        let len = (self.opts.chunk_size as u64).min(size - chunk_at) as u32;
+        let mut range = chunk_at..chunk_at + len as u64;
+        if len > MIN_BLOCK {
+            let (da, db) = tokio::join!(
+                self.a.tree.hash_blocks(self.a.path(rel), chunk_at, len, MIN_BLOCK),
+                self.b.tree.hash_blocks(self.b.path(rel), chunk_at, len, MIN_BLOCK)
+            );
+            let (Ok(da), Ok(db)) = (da, db) else { return range };
+            let Some(i) = first_mismatch(&da, &db) else { return range };
+            range.start = chunk_at + i as u64 * MIN_BLOCK as u64;
+            range.end = range.end.min(range.start + MIN_BLOCK as u64);
+        }
+        let n = (range.end - range.start) as u32;
+        let (ba, bb) = tokio::join!(
+            self.a.tree.read_data(self.a.path(rel), range.start, n),
+            self.b.tree.read_data(self.b.path(rel), range.start, n)
+        );
+        match (ba, bb) {
+            (Ok((_, ba)), Ok((_, bb))) => match first_mismatch(&ba, &bb) {
+                Some(i) => range.start + i as u64..range.start + i as u64 + 1,
+                None => range,
+            },
+            _ => range,
         }
     }
 }

@@ -36,7 +36,7 @@ fn verify_finds_a_one_byte_difference_a_mode_change_and_a_missing_file() {
     assert_eq!(run.code(), 1, "{}", run.stderr());
     let out = run.stdout();
     for line in [
-        "big.bin: content: differs from byte 3145728",
+        "big.bin: content: differs from byte 3145745",
         "plain.txt: mode: 0644 vs 0600",
         "empty: only in A",
         "extra: only in B",

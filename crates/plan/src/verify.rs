@@ -27,8 +27,9 @@ pub enum Difference {
     Kind(Kind, Kind),
     /// Regular files of different sizes.
     Size(u64, u64),
-    /// Same size, different bytes, first at this offset (chunk-aligned).
-    Content(u64),
+    /// Same size, different bytes: the first differing byte lies in this
+    /// range (one byte long when it is known exactly).
+    Content(std::ops::Range<u64>),
     /// Permission bits.
     Mode(u32, u32),
     /// Modification time.
@@ -45,6 +46,12 @@ pub enum Difference {
     /// Extended attributes with these names are missing on one side or
     /// have other values.
     Xattrs(String),
+}
+
+/// The index of the first item that differs between two digest (or byte)
+/// lists of the same range; a list that ends early differs where it ends.
+pub fn first_mismatch<T: PartialEq>(a: &[T], b: &[T]) -> Option<usize> {
+    a.iter().zip(b).position(|(x, y)| x != y).or((a.len() != b.len()).then(|| a.len().min(b.len())))
 }
 
 /// Which metadata beyond type, size, mode, mtime and target to compare.
@@ -64,7 +71,12 @@ impl fmt::Display for Difference {
             Difference::OnlyIn(Side::B) => write!(f, "only in B"),
             Difference::Kind(a, b) => write!(f, "type: {} vs {}", a.name(), b.name()),
             Difference::Size(a, b) => write!(f, "size: {a} vs {b}"),
-            Difference::Content(at) => write!(f, "content: differs from byte {at}"),
+            Difference::Content(at) if at.end <= at.start + 1 => write!(f, "content: differs from byte {}", at.start),
+            Difference::Content(at) => write!(
+                f,
+                "content: differs from a byte in {}..{} (a side does not send content, e.g. a --write-only server)",
+                at.start, at.end
+            ),
             Difference::Mode(a, b) => write!(f, "mode: {a:04o} vs {b:04o}"),
             Difference::Mtime(a, b) => write!(f, "mtime: {} vs {}", time(a), time(b)),
             Difference::Target(a, b) => {
@@ -311,6 +323,16 @@ mod tests {
         let b = x(&[("user.a", "1"), ("user.b", "two"), ("user.d", "4")]);
         let d = compare_xattrs(&a, &b).unwrap();
         assert_eq!(d.to_string(), "extended attributes: user.b, user.c, user.d");
+    }
+
+    #[test]
+    fn the_first_mismatch_is_found_or_where_one_side_ends() {
+        assert_eq!(first_mismatch(b"abcd", b"abcd"), None);
+        assert_eq!(first_mismatch(b"abcd", b"abXd"), Some(2));
+        assert_eq!(first_mismatch(b"abcd", b"ab"), Some(2));
+        assert_eq!(first_mismatch::<u8>(b"", b""), None);
+        assert_eq!(Difference::Content(7..8).to_string(), "content: differs from byte 7");
+        assert!(Difference::Content(512..1024).to_string().contains("512..1024"));
     }
 
     #[test]
