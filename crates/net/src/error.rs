@@ -31,7 +31,7 @@ pub enum NetError {
     #[error("{0} timed out")]
     Timeout(&'static str),
     /// No connection to the server could be kept or made for this long.
-    #[error("no connection to the server for {0:?}; giving up")]
+    #[error("no connection to the server for {} s", .0.as_secs())]
     GaveUp(std::time::Duration),
     /// The peer closed the connection.
     #[error("connection closed by the peer")]

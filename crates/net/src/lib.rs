@@ -25,7 +25,7 @@ mod error;
 
 pub use channel::{Security, TokenKey};
 pub use error::NetError;
-pub use pool::{Pool, PoolOptions};
+pub use pool::{Notices, Pool, PoolOptions};
 pub use server::{ServerConfig, Service, accept, serve};
 
 /// Byte counters of one side's connections (everything on the wire).

@@ -44,7 +44,39 @@ pub struct PoolOptions {
     /// A connection with requests outstanding and nothing received for this
     /// long is considered dead (and replaced).
     pub stall_timeout: Duration,
+    /// Told, once, when the first connections keep failing for a while (so
+    /// that a user is not left waiting in silence).
+    pub notices: Notices,
 }
+
+/// Receives a line of text for the user.
+type Tell = dyn Fn(&str) + Send + Sync;
+
+/// Where a pool says what it is waiting for: a line of text for the user.
+#[derive(Clone, Default)]
+pub struct Notices(Option<Arc<Tell>>);
+
+impl Notices {
+    /// Notices go to `tell`.
+    pub fn to(tell: impl Fn(&str) + Send + Sync + 'static) -> Notices {
+        Notices(Some(Arc::new(tell)))
+    }
+
+    fn tell(&self, line: &str) {
+        if let Some(tell) = &self.0 {
+            tell(line);
+        }
+    }
+}
+
+impl std::fmt::Debug for Notices {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(if self.0.is_some() { "Notices(on)" } else { "Notices(off)" })
+    }
+}
+
+/// How long the first connections fail before the pool says it is waiting.
+const WAITING_NOTICE_AFTER: Duration = Duration::from_secs(1);
 
 impl PoolOptions {
     /// `connections` connections with the default timeouts.
@@ -56,6 +88,7 @@ impl PoolOptions {
             compression: Compression::Auto,
             retry_for: Duration::from_secs(300),
             stall_timeout: Duration::from_secs(60),
+            notices: Notices::default(),
         }
     }
 }
@@ -324,18 +357,36 @@ impl Pool {
             })?;
         let counters = Arc::new(WireCounters::default());
         // Refused or unreachable: try again (with backoff) for up to the
-        // connect timeout; an authentication failure is final at once.
+        // connect timeout or `retry_for`, whichever is shorter (nobody
+        // listening yet is the case both bound); an authentication failure
+        // is final at once.
         let started = Instant::now();
+        let limit = options.connect_timeout.min(options.retry_for);
         let mut backoff = Duration::from_millis(100);
+        let mut told = false;
         let (connections, session, first_error) = loop {
-            let (connections, session, first_error) = Self::open_all(target, &key, options, &counters).await;
+            let attempt = limit.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
+            let attempt = PoolOptions { connect_timeout: attempt.min(options.connect_timeout), ..options.clone() };
+            let (connections, session, first_error) = Self::open_all(target, &key, &attempt, &counters).await;
             match (session, first_error) {
                 (Some(session), e) => break (connections, session, e),
                 (None, Some(e)) if !lost_connection(&e) && !matches!(e, NetError::Connect { .. }) => return Err(e),
-                (None, Some(e)) if started.elapsed() + backoff >= options.connect_timeout => return Err(e),
+                (None, Some(e)) if started.elapsed() >= limit => return Err(e),
                 (None, e) => {
                     tracing::debug!("no connection to {target} yet ({e:?}); retrying in {backoff:?}");
-                    tokio::time::sleep(backoff).await;
+                    if !told && started.elapsed() + backoff >= WAITING_NOTICE_AFTER {
+                        told = true;
+                        let why = match e {
+                            Some(NetError::Connect { source, .. }) => format!(" ({source})"),
+                            Some(e) => format!(" ({e})"),
+                            None => String::new(),
+                        };
+                        options.notices.tell(&format!(
+                            "waiting for the server at {addr}{why}; trying for up to {} s",
+                            limit.as_secs_f64().round()
+                        ));
+                    }
+                    tokio::time::sleep(backoff.min(limit.saturating_sub(started.elapsed()))).await;
                     backoff = (backoff * 2).min(Duration::from_secs(2));
                 }
             }

@@ -56,10 +56,27 @@ fn main() -> ExitCode {
     match result {
         Ok(code) => ExitCode::from(code),
         Err(e) => {
-            eprintln!("pareco: {e:#}");
+            eprintln!("pareco: {}", error_line(&e));
             ExitCode::from(EXIT_FATAL)
         }
     }
+}
+
+/// An error and its causes on one line, each cause said once: a cause whose
+/// text an outer message already includes is not repeated.
+fn error_line(e: &anyhow::Error) -> String {
+    let mut line = String::new();
+    for cause in e.chain() {
+        let text = cause.to_string();
+        if text.is_empty() || line.contains(&text) {
+            continue;
+        }
+        if !line.is_empty() {
+            line.push_str(": ");
+        }
+        line.push_str(&text);
+    }
+    line
 }
 
 pub(crate) fn security(args: &cli::TokenArgs) -> Security {
@@ -91,4 +108,15 @@ pub(crate) fn shutdown_signal() -> Result<impl std::future::Future<Output = ()>>
         }
         tracing::info!("shutting down: finishing requests in progress");
     })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn each_cause_of_an_error_is_said_once() {
+        let io = std::io::Error::from(std::io::ErrorKind::ConnectionRefused);
+        let text = io.to_string();
+        let e = anyhow::Error::new(io).context(format!("cannot connect to h:1: {text}")).context("destination");
+        assert_eq!(super::error_line(&e), format!("destination: cannot connect to h:1: {text}"));
+    }
 }

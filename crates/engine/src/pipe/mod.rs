@@ -69,10 +69,10 @@ pub struct PipeOptions {
 #[non_exhaustive]
 pub enum PipeError {
     /// No connection could be made or kept.
-    #[error("{0}")]
+    #[error(transparent)]
     Net(#[from] NetError),
     /// The peer was gone for longer than `--retry-for`.
-    #[error("the peer has been gone for {0:?}; giving up")]
+    #[error("the peer has been gone for {} s; giving up", .0.as_secs())]
     GaveUp(Duration),
     /// The peer said the stream cannot go on.
     #[error("the peer aborted the stream: {0}")]
@@ -81,7 +81,7 @@ pub enum PipeError {
     #[error("protocol violation by the peer: {0}")]
     Protocol(String),
     /// Reading the input or writing the output failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Io(#[from] std::io::Error),
     /// The data arrived but is not what was sent.
     #[error("{0}")]
