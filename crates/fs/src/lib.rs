@@ -134,9 +134,12 @@ impl FsTree {
             Request::PrepareFile { path } => {
                 Response::Stat { stat: Some(write::prepare_file(root, path)?), now: meta::now() }
             }
-            Request::FinishFile { path, size, mode, mtime } => {
-                write::finish_file(root, path, *size, *mode, *mtime)?;
+            Request::FinishFile { path, size, mode, mtime, place_at } => {
+                write::finish_file(root, path, *size, *mode, *mtime, place_at.as_ref())?;
                 Response::Done
+            }
+            Request::Unshare { path, mode, mtime } => {
+                Response::Stat { stat: Some(write::unshare(root, path, *mode, *mtime)?), now: meta::now() }
             }
             Request::MakeDir { path, mode } => {
                 write::make_dir(root, path, *mode)?;

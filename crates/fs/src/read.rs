@@ -38,7 +38,7 @@ pub(crate) fn read_range(file: &File, offset: u64, len: usize) -> Result<Vec<u8>
 /// Reads up to `len` bytes at `offset` (fewer only at the end of the file),
 /// straight into fresh memory: no zero-filling of buffers about to be
 /// overwritten.
-fn read_upto(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
+pub(crate) fn read_upto(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
     let mut buf = Vec::with_capacity(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
@@ -157,13 +157,22 @@ pub(crate) fn data_extents(
     len: u64,
     limit: usize,
 ) -> Result<Vec<std::ops::Range<u64>>, FsError> {
+    extents_of(&open_read(root, path)?, offset, len, limit)
+}
+
+/// [`data_extents`] of an open file.
+pub(crate) fn extents_of(
+    file: &File,
+    offset: u64,
+    len: u64,
+    limit: usize,
+) -> Result<Vec<std::ops::Range<u64>>, FsError> {
     use rustix::fs::{SeekFrom, seek};
-    let file = open_read(root, path)?;
     let end = offset.saturating_add(len);
     let mut extents = Vec::new();
     let mut at = offset;
     while at < end && extents.len() < limit {
-        let data = match seek(&file, SeekFrom::Data(at)) {
+        let data = match seek(file, SeekFrom::Data(at)) {
             Ok(data) => data,
             // No data from here to the end of the file.
             Err(Errno::NXIO) => break,
@@ -172,7 +181,7 @@ pub(crate) fn data_extents(
         if data >= end {
             break;
         }
-        let hole = seek(&file, SeekFrom::Hole(data)).map_err(|e| FsError::io("find hole", e))?;
+        let hole = seek(file, SeekFrom::Hole(data)).map_err(|e| FsError::io("find hole", e))?;
         extents.push(data..hole.min(end));
         at = hole;
     }

@@ -8,6 +8,11 @@
 //! the same directory first removes those whose process no longer exists on
 //! this host. Temporaries of live processes (a concurrent run, a recycled
 //! pid) are left alone: removing one would only make that write fail.
+//!
+//! Partial files (`.pareco-tmp.part.<hash of the final name>`, see
+//! `pareco_proto::path::partial_of`) hold new large files while they are
+//! written; an interrupted one is kept, as the basis of the next attempt,
+//! unless nothing has touched it for [`PARTIAL_MAX_AGE`].
 
 use std::collections::HashSet;
 use std::os::fd::{AsFd, BorrowedFd};
@@ -18,8 +23,11 @@ use rustix::fs::{AtFlags, Dir, Mode, OFlags};
 use rustix::io::Errno;
 use rustix::process::Pid;
 
-/// Prefix of the temporary names used while an entry is being created.
-const TEMP_PREFIX: &str = ".pareco-tmp.";
+use pareco_proto::path::{TEMP_PREFIX, is_partial};
+
+/// A partial file unchanged for this long is litter (its source is gone, or
+/// nobody resumed it): the sweep removes it.
+const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 24 * 3600);
 
 /// Directories (device, inode) this process has already cleaned. Bounded:
 /// past the limit it starts over, which only costs a directory read.
@@ -61,10 +69,22 @@ fn sweep_once(dir: BorrowedFd<'_>) {
     let Ok(entries) = Dir::read_from(&readable) else { return };
     for entry in entries.flatten() {
         let name = entry.file_name();
-        if owner(name.to_bytes()).is_some_and(is_gone) {
+        let litter = if is_partial(name.to_bytes()) {
+            stale(readable.as_fd(), name)
+        } else {
+            owner(name.to_bytes()).is_some_and(is_gone)
+        };
+        if litter {
             let _ = rustix::fs::unlinkat(readable.as_fd(), name, AtFlags::empty());
         }
     }
+}
+
+/// Whether a partial file has not been written for [`PARTIAL_MAX_AGE`].
+fn stale(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> bool {
+    let Ok(st) = rustix::fs::statat(dir, name, AtFlags::SYMLINK_NOFOLLOW) else { return false };
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default();
+    (now.as_secs() as i64).saturating_sub(st.st_mtime) > PARTIAL_MAX_AGE.as_secs() as i64
 }
 
 /// The process id in a temporary name.
@@ -97,16 +117,20 @@ mod tests {
             "data".to_string(),
         ];
         let gone = format!("{TEMP_PREFIX}{dead}.12");
-        for name in keep.iter().chain([&gone]) {
+        let (fresh, stale) = (format!("{TEMP_PREFIX}part.aa"), format!("{TEMP_PREFIX}part.bb"));
+        for name in keep.iter().chain([&gone, &fresh, &stale]) {
             std::fs::write(tmp.path().join(name), b"x").unwrap();
         }
+        let old = std::time::SystemTime::now() - PARTIAL_MAX_AGE - std::time::Duration::from_secs(60);
+        std::fs::File::options().write(true).open(tmp.path().join(&stale)).unwrap().set_modified(old).unwrap();
         let dir = rustix::fs::open(tmp.path(), OFlags::PATH | OFlags::DIRECTORY, Mode::empty()).unwrap();
         let name = new_name(dir.as_fd());
         assert!(
             is_temp(name.as_bytes()) && owner(name.as_bytes()).is_some_and(|p| p.as_raw_nonzero().get() as u32 == ours)
         );
         assert!(!tmp.path().join(&gone).exists());
-        for name in &keep {
+        assert!(!tmp.path().join(&stale).exists(), "a partial untouched for a week is litter");
+        for name in keep.iter().chain([&fresh]) {
             assert!(tmp.path().join(name).exists(), "{name}");
         }
         // Once per directory: litter appearing later is left for the next process.

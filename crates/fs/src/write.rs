@@ -1,7 +1,10 @@
 //! Operations that change the tree. Data is checked against its digest
 //! before it is written; small files appear atomically (a temporary file
-//! renamed over the target); large files are written in place at offsets and
-//! only get their final mode and mtime once complete.
+//! renamed over the target); large files are written at offsets, new ones
+//! under their partial name (renamed into place once complete), existing
+//! ones in place, and only get their final mode and mtime once complete.
+//! A file with other hard links is given a copy of its own before anything
+//! changes it, so that no other name (in the tree or outside it) changes.
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
@@ -15,7 +18,7 @@ use rustix::io::Errno;
 use crate::beneath;
 use crate::error::FsError;
 use crate::meta;
-use crate::read::read_range;
+use crate::read::{extents_of, read_range, read_upto};
 use crate::temp;
 
 fn check_digest(data: &[u8], digest: &Digest) -> Result<(), FsError> {
@@ -25,9 +28,16 @@ fn check_digest(data: &[u8], digest: &Digest) -> Result<(), FsError> {
     Ok(())
 }
 
-fn open_write(root: BorrowedFd<'_>, path: &RelPath) -> Result<File, FsError> {
-    let fd = beneath::open(root, path, OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o600))
-        .map_err(|e| FsError::io("open for writing", e))?;
+/// Opens a file for writing at offsets; `create` it if missing (only
+/// `PrepareFile` does: a late write to a file removed meanwhile, a partial
+/// file given up on, must fail rather than bring it back).
+fn open_write(root: BorrowedFd<'_>, path: &RelPath, create: bool) -> Result<File, FsError> {
+    // (openat2 refuses a mode without O_CREAT.)
+    let (flags, mode) = match create {
+        true => (OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o600)),
+        false => (OFlags::WRONLY, Mode::empty()),
+    };
+    let fd = beneath::open(root, path, flags, mode).map_err(|e| FsError::io("open for writing", e))?;
     Ok(File::from(fd))
 }
 
@@ -40,7 +50,7 @@ pub(crate) fn write_data(
     data: &[u8],
 ) -> Result<(), FsError> {
     check_digest(data, digest)?;
-    open_write(root, path)?.write_all_at(data, offset).map_err(|e| FsError::std("write", e))
+    open_write(root, path, false)?.write_all_at(data, offset).map_err(|e| FsError::std("write", e))
 }
 
 /// The destination half of a block delta: the patched chunk must have the
@@ -112,7 +122,7 @@ fn write_file(root: BorrowedFd<'_>, f: &FileContent) -> Result<(), FsError> {
 
 /// Makes sure `path` is a regular file that can be written at offsets.
 pub(crate) fn prepare_file(root: BorrowedFd<'_>, path: &RelPath) -> Result<Stat, FsError> {
-    let file = match open_write(root, path) {
+    let file = match open_write(root, path, true) {
         Err(e) if e.kind == pareco_proto::FailureKind::PermissionDenied => {
             // An existing read-only file we own: make it writable for now;
             // FinishFile sets the final mode.
@@ -122,7 +132,7 @@ pub(crate) fn prepare_file(root: BorrowedFd<'_>, path: &RelPath) -> Result<Stat,
                 return Err(e);
             }
             meta::set_attrs_at(dir.as_fd(), &name, Some(st.mode | 0o200), None)?;
-            open_write(root, path)?
+            open_write(root, path, true)?
         }
         other => other?,
     };
@@ -133,16 +143,21 @@ pub(crate) fn prepare_file(root: BorrowedFd<'_>, path: &RelPath) -> Result<Stat,
     Ok(stat)
 }
 
-/// Sets the final size, mode and (if given) mtime of a complete file.
+/// Sets the final size, mode and (if given) mtime of a complete file, then
+/// renames it to `place_at` if given.
 pub(crate) fn finish_file(
     root: BorrowedFd<'_>,
     path: &RelPath,
     size: u64,
     mode: u32,
     mtime: Option<Timestamp>,
+    place_at: Option<&RelPath>,
 ) -> Result<(), FsError> {
-    let fd =
-        beneath::open(root, path, OFlags::WRONLY, Mode::empty()).map_err(|e| FsError::io("open for writing", e))?;
+    let fd = match beneath::open(root, path, OFlags::WRONLY, Mode::empty()) {
+        // A retry of a finish whose answer was lost: already in place.
+        Err(Errno::NOENT) if let Some(dst) = place_at => return already_placed(root, dst, size, mtime),
+        other => other.map_err(|e| FsError::io("open for writing", e))?,
+    };
     let st = rustix::fs::fstat(&fd).map_err(|e| FsError::io("stat", e))?;
     if st.st_size as u64 != size {
         rustix::fs::ftruncate(&fd, size).map_err(|e| FsError::io("set size", e))?;
@@ -150,6 +165,88 @@ pub(crate) fn finish_file(
     rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| FsError::io("set permissions", e))?;
     if let Some(mtime) = mtime {
         meta::set_mtime_fd(fd.as_fd(), mtime)?;
+    }
+    if let Some(dst) = place_at {
+        let (from_dir, from) = beneath::parent(root, path, "put the file in place")?;
+        let (to_dir, to) = beneath::parent(root, dst, "put the file in place")?;
+        rustix::fs::renameat(&from_dir, from.as_bytes(), &to_dir, to.as_bytes())
+            .map_err(|e| FsError::io("put the file in place", e))?;
+    }
+    Ok(())
+}
+
+fn already_placed(root: BorrowedFd<'_>, dst: &RelPath, size: u64, mtime: Option<Timestamp>) -> Result<(), FsError> {
+    let (dir, name) = beneath::parent(root, dst, "put the file in place")?;
+    match meta::stat_at(dir.as_fd(), name.as_bytes()) {
+        Ok(st) if st.kind == Kind::File && st.size == size && mtime.is_none_or(|m| m == st.mtime) => Ok(()),
+        _ => Err(FsError::io("open for writing", Errno::NOENT)),
+    }
+}
+
+/// Gives `path` a copy of its own if the file has other hard links (holes
+/// kept, owner kept where permitted), renamed over it atomically; sets
+/// `mode` and `mtime` if given. Returns the entry's stat afterwards.
+pub(crate) fn unshare(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    mode: Option<u32>,
+    mtime: Option<Timestamp>,
+) -> Result<Stat, FsError> {
+    let (dir, name) = beneath::parent(root, path, "unshare")?;
+    let fd =
+        rustix::fs::openat(&dir, name.as_bytes(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| FsError::io("open to unshare", e))?;
+    let file = File::from(fd);
+    let st = meta::stat_fd(file.as_fd()).map_err(|e| FsError::io("stat", e))?;
+    if st.kind != Kind::File {
+        return Err(FsError::bad_request("unshare", format!("not a regular file but a {}", st.kind.name())));
+    }
+    if st.nlink <= 1 {
+        meta::set_attrs_at(dir.as_fd(), &name, mode, mtime)?;
+    } else {
+        place(&dir, &name, Some(mode.unwrap_or(st.mode)), Some(mtime.unwrap_or(st.mtime)), |temp| {
+            let out = rustix::fs::openat(
+                &dir,
+                temp,
+                OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC,
+                Mode::from_raw_mode(0o600),
+            )
+            .map_err(|e| FsError::io("create temporary file", e))?;
+            let out = File::from(out);
+            for extent in extents_of(&file, 0, st.size, usize::MAX)? {
+                copy_range(&file, &out, extent)?;
+            }
+            rustix::fs::ftruncate(&out, st.size).map_err(|e| FsError::io("set size", e))?;
+            // Where permitted (as root, or keeping one's own); a new file is
+            // the server's otherwise, as every file it creates.
+            let ids = (Some(rustix::fs::Uid::from_raw(st.uid)), Some(rustix::fs::Gid::from_raw(st.gid)));
+            let _ = rustix::fs::fchown(&out, ids.0, ids.1);
+            Ok(())
+        })?;
+    }
+    meta::stat_at(dir.as_fd(), name.as_bytes()).map_err(|e| FsError::io("stat", e))
+}
+
+/// Copies a range between files in the kernel where it can (reflinks on
+/// filesystems that have them), else through a buffer.
+fn copy_range(from: &File, to: &File, range: std::ops::Range<u64>) -> Result<(), FsError> {
+    let (mut src, mut dst) = (range.start, range.start);
+    while src < range.end {
+        let want = (range.end - src).min(1 << 30) as usize;
+        match rustix::fs::copy_file_range(from, Some(&mut src), to, Some(&mut dst), want) {
+            Ok(0) => break, // the file shrank meanwhile: the rest is as it is
+            Ok(_) => {}
+            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => {
+                let data = read_upto(from, src, want.min(4 << 20))?;
+                if data.is_empty() {
+                    break;
+                }
+                to.write_all_at(&data, dst).map_err(|e| FsError::std("write", e))?;
+                src += data.len() as u64;
+                dst += data.len() as u64;
+            }
+            Err(e) => return Err(FsError::io("copy", e)),
+        }
     }
     Ok(())
 }

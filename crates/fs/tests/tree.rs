@@ -165,12 +165,66 @@ fn big_files_are_prepared_written_in_place_and_finished() {
     );
     let mtime = Timestamp { secs: 1_000_000_000, nanos: 1 };
     assert_eq!(
-        tree.execute(&Request::FinishFile { path: p("f"), size: 3, mode: 0o444, mtime: Some(mtime) }),
+        tree.execute(&Request::FinishFile { path: p("f"), size: 3, mode: 0o444, mtime: Some(mtime), place_at: None }),
         Response::Done
     );
     assert_eq!(std::fs::read(&f).unwrap(), b"NEW");
     let m = std::fs::metadata(&f).unwrap();
     assert_eq!((m.mode() & 0o777, m.mtime(), m.mtime_nsec()), (0o444, 1_000_000_000, 1));
+}
+
+#[test]
+fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
+    let (dir, tree) = setup();
+    let (target, part) = (p("new.db"), pareco_proto::path::partial_of(&p("new.db")).unwrap());
+    assert!(matches!(tree.execute(&Request::PrepareFile { path: part.clone() }), Response::Stat { stat: Some(_), .. }));
+    let data = Bytes::from_static(b"complete");
+    let write = Request::WriteData { path: part.clone(), offset: 0, digest: Digest::of(&data), data };
+    assert_eq!(tree.execute(&write), Response::Done);
+    // Hidden while it is being written: not listed, not there by its name.
+    let Response::Listing { entries, .. } = tree.execute(&Request::ListDir { path: RelPath::root() }) else { panic!() };
+    assert!(entries.is_empty(), "{entries:?}");
+    assert!(!root(&dir).join("new.db").exists());
+    let mtime = Some(Timestamp { secs: 1_500_000_000, nanos: 7 });
+    let finish = Request::FinishFile { path: part, size: 8, mode: 0o640, mtime, place_at: Some(target) };
+    assert_eq!(tree.execute(&finish), Response::Done);
+    assert_eq!(std::fs::read(root(&dir).join("new.db")).unwrap(), b"complete");
+    assert_eq!(std::fs::read_dir(root(&dir)).unwrap().count(), 1, "the partial name is gone");
+    // The same finish again (its answer was lost) succeeds; a different one does not.
+    assert_eq!(tree.execute(&finish), Response::Done);
+    let Request::FinishFile { path, mode, mtime, place_at, .. } = finish else { unreachable!() };
+    let other = Request::FinishFile { path, size: 9, mode, mtime, place_at };
+    assert_eq!(failure(tree.execute(&other)), FailureKind::NotFound);
+}
+
+#[test]
+fn a_linked_file_is_given_a_copy_of_its_own_holes_and_all() {
+    use std::io::{Seek, SeekFrom, Write};
+    let (dir, tree) = setup();
+    let r = root(&dir);
+    let mut f = std::fs::File::create(r.join("a")).unwrap();
+    f.write_all(b"head").unwrap();
+    f.seek(SeekFrom::Start(8 << 20)).unwrap();
+    f.write_all(b"tail").unwrap();
+    drop(f);
+    std::fs::hard_link(r.join("a"), r.join("b")).unwrap();
+    std::fs::hard_link(r.join("a"), dir.path().join("outside")).unwrap();
+    let mtime = Timestamp { secs: 1_234_567_890, nanos: 5 };
+    let unshare = Request::Unshare { path: p("b"), mode: Some(0o600), mtime: Some(mtime) };
+    let Response::Stat { stat: Some(s), .. } = tree.execute(&unshare) else { panic!() };
+    assert_eq!((s.nlink, s.mode, s.mtime, s.size), (1, 0o600, mtime, (8 << 20) + 4));
+    assert!(s.blocks * 512 < 1 << 20, "the hole was filled: {} blocks", s.blocks);
+    assert_eq!(std::fs::read(r.join("b")).unwrap(), std::fs::read(r.join("a")).unwrap());
+    std::fs::write(r.join("b"), b"changed").unwrap();
+    assert_eq!(&std::fs::read(dir.path().join("outside")).unwrap()[..4], b"head");
+    assert_eq!(std::fs::metadata(r.join("a")).unwrap().nlink(), 2);
+    // A file with no other link only gets the mode and mtime (done again: harmless).
+    let Response::Stat { stat: Some(again), .. } = tree.execute(&unshare) else { panic!() };
+    assert_eq!((again.ino, again.mode), (std::fs::metadata(r.join("b")).unwrap().ino(), 0o600));
+    assert_eq!(
+        failure(tree.execute(&Request::Unshare { path: p("nope"), mode: None, mtime: None })),
+        FailureKind::NotFound
+    );
 }
 
 #[test]

@@ -98,8 +98,10 @@ pub enum Request {
         /// The destination's block digests of the same chunk.
         dest_blocks: Vec<Digest>,
     },
-    /// Write `data` at `offset` after checking it against `digest`; the file
-    /// is created (mode 0600) if missing. Answer: [`Response::Done`].
+    /// Write `data` at `offset` after checking it against `digest`, into a
+    /// file that exists (see [`Request::PrepareFile`]): a write that arrives
+    /// after its file was removed fails instead of bringing it back. Answer:
+    /// [`Response::Done`].
     WriteData {
         /// File to write.
         path: RelPath,
@@ -148,7 +150,12 @@ pub enum Request {
         path: RelPath,
     },
     /// The file's data is complete: set its size and mode, and its mtime if
-    /// given. Answer: [`Response::Done`].
+    /// given; then, with `place_at`, rename it there (over a non-directory).
+    /// A new file is written under its [`partial`](crate::path::partial_of)
+    /// name and placed this way, so that it never appears half-made under
+    /// its final name. Done again after success (the answer was lost), it
+    /// succeeds if the file is in place with that size (and mtime). Answer:
+    /// [`Response::Done`].
     FinishFile {
         /// File to finish.
         path: RelPath,
@@ -158,6 +165,22 @@ pub enum Request {
         mode: u32,
         /// Final mtime; `None` leaves the write time, so that the next run
         /// re-checks the file.
+        mtime: Option<Timestamp>,
+        /// Where the finished file goes.
+        place_at: Option<RelPath>,
+    },
+    /// If the regular file at `path` has other hard links, give `path` a
+    /// copy of its own (same content, owner where permitted, holes kept),
+    /// atomically, so that writing to it, or changing its mode, cannot
+    /// change another name. The copy gets `mode` and `mtime` if given (else
+    /// the file's). A file with no other link only gets them. Answer:
+    /// [`Response::Stat`] of the entry afterwards.
+    Unshare {
+        /// The file.
+        path: RelPath,
+        /// Permission bits for the copy.
+        mode: Option<u32>,
+        /// mtime for the copy.
         mtime: Option<Timestamp>,
     },
     /// Create a directory. Answer: [`Response::Done`].
@@ -461,6 +484,7 @@ impl Request {
             | Request::ApplyPatch { path, .. }
             | Request::PrepareFile { path }
             | Request::FinishFile { path, .. }
+            | Request::Unshare { path, .. }
             | Request::MakeDir { path, .. }
             | Request::EnsureDir { path, .. }
             | Request::MakeSymlink { path, .. }
@@ -568,11 +592,24 @@ impl Request {
                 w.u8(11);
                 w.path(path);
             }
-            Request::FinishFile { path, size, mode, mtime } => {
+            Request::FinishFile { path, size, mode, mtime, place_at } => {
                 w.u8(12);
                 w.path(path);
                 w.varint(*size);
                 w.varint(*mode as u64);
+                w.opt_timestamp(*mtime);
+                match place_at {
+                    Some(p) => {
+                        w.u8(1);
+                        w.path(p);
+                    }
+                    None => w.u8(0),
+                }
+            }
+            Request::Unshare { path, mode, mtime } => {
+                w.u8(24);
+                w.path(path);
+                opt_mode(w, *mode);
                 w.opt_timestamp(*mtime);
             }
             Request::MakeDir { path, mode } => {
@@ -639,13 +676,7 @@ impl Request {
             Request::SetAttrs { path, mode, mtime } => {
                 w.u8(16);
                 w.path(path);
-                match mode {
-                    Some(m) => {
-                        w.u8(1);
-                        w.varint(*m as u64);
-                    }
-                    None => w.u8(0),
-                }
+                opt_mode(w, *mode);
                 w.opt_timestamp(*mtime);
             }
         }
@@ -731,6 +762,12 @@ impl Request {
                 path: r.path()?,
                 size: r.varint("size")?,
                 mode: mode(r)?,
+                mtime: r.opt_timestamp("mtime")?,
+                place_at: if r.bool("place flag")? { Some(r.path()?) } else { None },
+            },
+            24 => Request::Unshare {
+                path: r.path()?,
+                mode: if r.bool("mode flag")? { Some(mode(r)?) } else { None },
                 mtime: r.opt_timestamp("mtime")?,
             },
             13 => Request::MakeDir { path: r.path()?, mode: mode(r)? },
@@ -1009,6 +1046,16 @@ fn block_size(r: &mut Reader, len: u32) -> Result<u32, CodecError> {
         return Err(CodecError::Invalid("block size out of range"));
     }
     Ok(v)
+}
+
+fn opt_mode(w: &mut Writer<'_>, mode: Option<u32>) {
+    match mode {
+        Some(m) => {
+            w.u8(1);
+            w.varint(m as u64);
+        }
+        None => w.u8(0),
+    }
 }
 
 fn mode(r: &mut Reader) -> Result<u32, CodecError> {

@@ -153,6 +153,34 @@ impl RelPath {
     }
 }
 
+/// Names beginning with this belong to pareco: entries being made (renamed
+/// into place when complete) and partial files. Listings leave them out.
+pub const TEMP_PREFIX: &str = ".pareco-tmp.";
+
+/// Names of partial files begin with this (after [`TEMP_PREFIX`]).
+pub const PARTIAL_MARK: &str = "part.";
+
+/// The name a new file is written under in its directory until it is
+/// complete: a function of its final name only, so that both sides (and a
+/// later run resuming an interrupted one) agree on it without asking.
+pub fn partial_name(name: &Name) -> Name {
+    let digest = blake3::hash(name.as_bytes());
+    let hex: String = digest.as_bytes()[..16].iter().map(|b| format!("{b:02x}")).collect();
+    Name(format!("{TEMP_PREFIX}{PARTIAL_MARK}{hex}").into_bytes().into())
+}
+
+/// Whether `name` is a partial file's.
+pub fn is_partial(name: &[u8]) -> bool {
+    name.strip_prefix(TEMP_PREFIX.as_bytes()).is_some_and(|rest| rest.starts_with(PARTIAL_MARK.as_bytes()))
+}
+
+/// The path of `path`'s partial file (`None` for the root, or if the path
+/// would be too long).
+pub fn partial_of(path: &RelPath) -> Option<RelPath> {
+    let (dir, name) = path.split_last()?;
+    dir.join(&partial_name(&name)).ok()
+}
+
 /// Writes raw path bytes for humans: printable ASCII and valid UTF-8 as is,
 /// control characters (a newline in a name) and invalid bytes as `\xNN`, so
 /// that one entry is always one line of output.
@@ -215,6 +243,22 @@ mod tests {
         for ok in [&b""[..], b"a", b"a/b/c", b"with space/\xff\xfe", b"line\nbreak", b"...", b".hidden/..x"] {
             assert!(RelPath::new(ok).is_ok(), "{ok:?}");
         }
+    }
+
+    #[test]
+    fn a_partial_name_depends_on_the_final_name_only_and_is_pareco_s() {
+        let (a, b) = (Name::new(b"a.db").unwrap(), Name::new(&[b'x'; 255]).unwrap());
+        assert_eq!(partial_name(&a), partial_name(&a.clone()));
+        assert_ne!(partial_name(&a), partial_name(&b));
+        for n in [&a, &b] {
+            let p = partial_name(n);
+            assert!(p.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) && is_partial(p.as_bytes()));
+            assert!(p.as_bytes().len() <= MAX_NAME);
+        }
+        assert!(!is_partial(b".pareco-tmp.123.4") && !is_partial(b"part.x"));
+        let at = partial_of(&RelPath::new(b"d/a.db").unwrap()).unwrap();
+        assert_eq!(at.split_last().unwrap(), (RelPath::new(b"d").unwrap(), partial_name(&a)));
+        assert_eq!(partial_of(&RelPath::root()), None);
     }
 
     #[test]

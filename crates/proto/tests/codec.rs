@@ -147,8 +147,10 @@ fn request() -> impl Strategy<Value = Request> {
             }
         }),
         path().prop_map(|path| Request::PrepareFile { path }),
-        (path(), any::<u64>(), 0u32..=0o7777, proptest::option::of(timestamp()))
-            .prop_map(|(path, size, mode, mtime)| Request::FinishFile { path, size, mode, mtime }),
+        (path(), any::<u64>(), 0u32..=0o7777, proptest::option::of(timestamp()), proptest::option::of(path()))
+            .prop_map(|(path, size, mode, mtime, place_at)| Request::FinishFile { path, size, mode, mtime, place_at }),
+        (path(), proptest::option::of(0u32..=0o7777), proptest::option::of(timestamp()))
+            .prop_map(|(path, mode, mtime)| Request::Unshare { path, mode, mtime }),
         (path(), 0u32..=0o7777).prop_map(|(path, mode)| Request::EnsureDir { path, mode }),
         (path(), 0u32..=0o7777, any::<bool>()).prop_map(|(path, mode, _)| Request::MakeDir { path, mode }),
         (path(), proptest::collection::vec(1u8..=255, 1..50), proptest::option::of(timestamp()))
