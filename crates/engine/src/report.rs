@@ -3,7 +3,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-use pareco_proto::RelPath;
+use pareco_proto::{RelPath, Stat};
 use serde::Serialize;
 
 macro_rules! counters {
@@ -28,6 +28,9 @@ macro_rules! counters {
             pub reconnects: u64,
             /// Requests sent again because their connection died.
             pub requests_retried: u64,
+            /// Why the run gave up on the server, if it did (the entries
+            /// not synced for that reason are `entries_abandoned`).
+            pub gave_up: Option<String>,
         }
 
         impl Stats {
@@ -77,8 +80,10 @@ counters! {
     files_changed,
     /// Source files that vanished during the run.
     files_vanished,
-    /// Paths that failed.
+    /// Paths that failed (including those abandoned).
     errors,
+    /// Entries not synced because the run gave up on the server.
+    entries_abandoned,
     /// Entries skipped with a warning.
     warnings,
 }
@@ -90,6 +95,41 @@ impl Stats {
     }
 }
 
+/// Which metadata of an entry changes, when nothing else does.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Attrs {
+    /// Permission bits.
+    pub mode: bool,
+    /// Modification time.
+    pub mtime: bool,
+    /// Owner.
+    pub owner: bool,
+    /// Group.
+    pub group: bool,
+    /// Extended attributes.
+    pub xattrs: bool,
+}
+
+impl Attrs {
+    /// What differs between a source entry and its destination counterpart
+    /// among permissions and mtime.
+    pub fn between(src: &Stat, dst: &Stat) -> Attrs {
+        Attrs { mode: src.mode != dst.mode, mtime: src.mtime != dst.mtime, ..Attrs::default() }
+    }
+
+    /// `mode, owner`-style list of what changes.
+    pub fn names(&self) -> String {
+        let all = [
+            (self.mode, "mode"),
+            (self.mtime, "mtime"),
+            (self.owner, "owner"),
+            (self.group, "group"),
+            (self.xattrs, "xattrs"),
+        ];
+        all.iter().filter(|(on, _)| *on).map(|(_, name)| *name).collect::<Vec<_>>().join(", ")
+    }
+}
+
 /// A change to the destination, for itemized output.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Change {
@@ -97,8 +137,8 @@ pub enum Change {
     NewFile,
     /// A file's content is updated.
     UpdateFile,
-    /// Only permissions or times change.
-    Attributes,
+    /// Only metadata changes: which.
+    Attributes(Attrs),
     /// A directory is created.
     NewDir,
     /// A symlink is created or re-pointed.
@@ -107,6 +147,9 @@ pub enum Change {
     Delete,
     /// A hard link to another file of the tree is made.
     HardLink,
+    /// A file linked to others at the destination (but not in the source)
+    /// gets a copy of its own.
+    Split,
     /// A fifo or device file is created.
     Special,
 }
@@ -117,12 +160,21 @@ impl Change {
         match self {
             Change::NewFile => "new",
             Change::UpdateFile => "update",
-            Change::Attributes => "attrs",
+            Change::Attributes(_) => "attrs",
             Change::NewDir => "mkdir",
             Change::Symlink => "link",
             Change::Delete => "delete",
             Change::HardLink => "hardlink",
+            Change::Split => "split",
             Change::Special => "special",
+        }
+    }
+
+    /// What an itemized line adds after the path (`" (mode, owner)"`).
+    pub fn detail(self) -> String {
+        match self {
+            Change::Attributes(attrs) if attrs != Attrs::default() => format!(" ({})", attrs.names()),
+            _ => String::new(),
         }
     }
 }

@@ -20,10 +20,10 @@ use tokio::sync::Semaphore;
 #[non_exhaustive]
 pub enum TreeError {
     /// The side that owns the files could not do it.
-    #[error("{0}")]
+    #[error(transparent)]
     Failed(#[from] Failure),
     /// The connection to the server failed.
-    #[error("{0}")]
+    #[error(transparent)]
     Net(#[from] NetError),
     /// The peer answered with the wrong kind of response.
     #[error("the peer answered {0} with an unexpected response")]
@@ -37,6 +37,12 @@ impl TreeError {
             TreeError::Failed(f) => Some(f.kind),
             _ => None,
         }
+    }
+
+    /// Whether the connection pool gave up on the server (so every other
+    /// request fails the same way).
+    pub fn gave_up(&self) -> bool {
+        matches!(self, TreeError::Net(NetError::GaveUp(_)))
     }
 }
 
@@ -246,15 +252,24 @@ impl Tree {
         expect!(self.call(Request::PrepareFile { path }).await?, "prepare", Response::Stat { stat: Some(s), .. } => s)
     }
 
-    /// Sets the final size, mode and mtime of a complete file.
+    /// Sets the final size, mode and mtime of a complete file, and puts it
+    /// at `place_at` if given (a partial file becoming the real one).
     pub async fn finish_file(
         &self,
         path: RelPath,
         size: u64,
         mode: u32,
         mtime: Option<Timestamp>,
+        place_at: Option<RelPath>,
     ) -> Result<(), TreeError> {
-        expect!(self.call(Request::FinishFile { path, size, mode, mtime }).await?, "finish", Response::Done => ())
+        let request = Request::FinishFile { path, size, mode, mtime, place_at };
+        expect!(self.call(request).await?, "finish", Response::Done => ())
+    }
+
+    /// Gives a file that has other hard links a copy of its own (with `mode`
+    /// and `mtime` if given); returns its stat afterwards.
+    pub async fn unshare(&self, path: RelPath, mode: Option<u32>, mtime: Option<Timestamp>) -> Result<Stat, TreeError> {
+        expect!(self.call(Request::Unshare { path, mode, mtime }).await?, "unshare", Response::Stat { stat: Some(s), .. } => s)
     }
 
     /// Creates a directory.

@@ -38,7 +38,7 @@ impl Reporter for Console {
     fn change(&self, path: &RelPath, change: Change) {
         if self.itemize {
             let suffix = if change == Change::NewDir { "/" } else { "" };
-            self.print(false, format!("{:<6} {path}{suffix}", change.word()));
+            self.print(false, format!("{:<6} {path}{suffix}{}", change.word(), change.detail()));
         }
     }
 

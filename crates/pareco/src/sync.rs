@@ -7,7 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use pareco_engine::endpoint::{Location, RemoteOptions};
 use pareco_engine::{Endpoint, Stats, Summary, SyncOptions};
-use pareco_net::{PoolOptions, TokenKey};
+use pareco_net::{Notices, PoolOptions, TokenKey};
 
 use crate::cli::{NetArgs, SyncArgs, TokenArgs};
 use crate::{EXIT_LIVE_CHANGES, EXIT_PARTIAL, output, security, token};
@@ -64,11 +64,16 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         summary.wire_bytes_sent -= wire_so_far.0;
         summary.wire_bytes_received -= wire_so_far.1;
         wire_so_far = wire;
+        if let Some(cause) = &summary.gave_up {
+            // Said once, not once per entry (each cause once).
+            let n = summary.entries_abandoned;
+            eprintln!("pareco: giving up: {cause}; {n} entries not synced (what was synced stays: run again)");
+        }
         if !args.quiet {
             let prefix = if args.until_converged { format!("round {round}: ") } else { String::new() };
             eprintln!("pareco: {prefix}{}", output::summary_line(&summary, args.dry_run));
         }
-        let done = !args.until_converged || settled(&summary) || args.dry_run;
+        let done = !args.until_converged || settled(&summary) || args.dry_run || summary.gave_up.is_some();
         summaries.push(summary);
         if done {
             break;
@@ -142,6 +147,7 @@ pub(crate) fn remote_options(
             compression: net.compress,
             retry_for: Duration::from_secs(net.retry_for),
             stall_timeout: Duration::from_secs(net.timeout),
+            notices: Notices::to(|line| eprintln!("pareco: {line}")),
         },
     })
 }

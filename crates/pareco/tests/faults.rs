@@ -211,8 +211,10 @@ fn full_destination(srv: &Path, port: u16, expect: &str, others_fit: bool) {
         }
     }
     assert_eq!(std::fs::read(srv.join("copy/keep.txt")).unwrap(), b"precious");
+    // What did not fit is not there half-made, and gave its space back.
+    let names: Vec<_> = std::fs::read_dir(srv.join("copy")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert!(!names.iter().any(|n| n == "big.bin" || n.to_string_lossy().contains(".pareco-tmp.")), "{names:?}");
     // Space freed, the same server finishes the job.
-    let _ = std::fs::remove_file(srv.join("copy/big.bin"));
     std::fs::remove_file(src.join("big.bin")).unwrap();
     sync(&src, &url, &["-q"]).ok();
     assert_eq!(std::fs::read(srv.join("copy/small/f7")).unwrap(), bytes(7, 4096));

@@ -32,6 +32,11 @@ pub enum Action {
     },
     /// The file's content is up to date; only its permissions differ.
     SetMode(u32),
+    /// The file's content is up to date, but at the destination it shares
+    /// its inode with other names while the source's does not: give it a
+    /// copy of its own (with the source's mode and mtime), so that writing
+    /// to one name never changes another.
+    Unshare,
     /// Descend into a directory, creating it first if `create`.
     Descend {
         /// Whether the directory must be created.
@@ -125,7 +130,13 @@ fn plan_entry(src: Option<Entry>, dst: Option<Entry>, src_now: Timestamp, opts: 
         Kind::File => match &dst {
             Some(d) if same_kind => {
                 if !opts.checksum && quick_check_equal(s, src_now, d) {
-                    if d.mode == s.mode { Action::Nothing } else { Action::SetMode(s.mode) }
+                    if d.nlink > 1 && s.nlink == 1 {
+                        Action::Unshare
+                    } else if d.mode == s.mode {
+                        Action::Nothing
+                    } else {
+                        Action::SetMode(s.mode)
+                    }
                 } else {
                     Action::CopyFile { basis: Some(d.clone()) }
                 }
@@ -232,6 +243,18 @@ mod tests {
                 ("same".into(), Action::Nothing, false),
             ]
         );
+    }
+
+    #[test]
+    fn a_destination_file_linked_where_the_source_is_not_gets_its_own_copy() {
+        let f = stat(Kind::File, 3, 1);
+        let linked = Stat { nlink: 2, ..f.clone() };
+        let both = Stat { nlink: 3, ..f.clone() };
+        let src = vec![entry("split", f.clone()), entry("still", both.clone())];
+        let dst = vec![entry("split", linked.clone()), entry("still", linked)];
+        let plan = actions(src, Some(dst), DirOptions::default());
+        // A source file that is itself linked is the hard-link pass's business.
+        assert_eq!(plan.iter().map(|p| p.1.clone()).collect::<Vec<_>>(), vec![Action::Unshare, Action::Nothing]);
     }
 
     #[test]

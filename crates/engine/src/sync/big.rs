@@ -1,5 +1,5 @@
-//! Files larger than a batch: written in place at offsets, content spread
-//! over every connection.
+//! Files larger than a batch: written at offsets (in place, or under their
+//! partial name while new), content spread over every connection.
 //!
 //! Where the destination has data, chunks are compared a group at a time:
 //! both sides hash their own copy of the group in parallel, and only the
@@ -18,12 +18,13 @@ use std::sync::atomic::{AtomicU64, Ordering};
 
 use pareco_plan::file::{ChunkPlan, Layout, diff_chunks, pieces};
 use pareco_plan::freshness::settle_delay;
+use pareco_proto::path::partial_of;
 use pareco_proto::{Digest, FailureKind, Kind, RelPath, Stat};
 use tokio::task::JoinSet;
 
 use super::walk::Ticket;
 use super::{Ctx, Outcome, destination_failure, source_failure};
-use crate::report::{Change, Stats};
+use crate::report::{Attrs, Change, Stats};
 use crate::tree::TreeError;
 
 /// Content is streamed in pieces of this size: small enough to spread a
@@ -71,50 +72,89 @@ impl FileJob {
 }
 
 /// Copies one file; `delta` if the destination's current content may serve
-/// as a basis.
-/// The file's `ticket` is released as soon as the file exists.
-pub(crate) async fn transfer(ctx: &Arc<Ctx>, rel: &RelPath, delta: bool, change: Change, ticket: Ticket) -> Outcome {
-    match try_transfer(ctx, rel, delta, change, ticket).await {
+/// as a basis (it is then updated in place; a file with other hard links
+/// first gets a copy of its own). A new file is written under its partial
+/// name, which an interrupted earlier attempt may have left (it then serves
+/// as the basis), and renamed into place once complete: it never appears
+/// half-made under its real name. The file's `ticket` is released as soon
+/// as its name is final.
+pub(crate) async fn transfer(
+    ctx: &Arc<Ctx>,
+    rel: &RelPath,
+    basis: Option<&Stat>,
+    change: Change,
+    ticket: Ticket,
+) -> Outcome {
+    let dst = ctx.dst.path(rel);
+    let partial = if basis.is_none() { partial_of(&dst) } else { None };
+    let outcome = match try_transfer(ctx, rel, basis, partial.as_ref(), change, ticket).await {
         Ok(outcome) | Err(outcome) => outcome,
+    };
+    // Kept for the next attempt to resume from, unless there is nothing left
+    // to resume.
+    if let (Some(partial), Outcome::Vanished) = (partial, &outcome) {
+        let _ = ctx.dst.tree.remove(partial).await;
     }
+    outcome
 }
 
 async fn try_transfer(
     ctx: &Arc<Ctx>,
     rel: &RelPath,
-    delta: bool,
+    basis: Option<&Stat>,
+    partial: Option<&RelPath>,
     change: Change,
     ticket: Ticket,
 ) -> Result<Outcome, Outcome> {
     let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
     let (before, settled) = settled_stat(ctx, &src).await?;
-    let existing = ctx.dst.tree.prepare_file(dst.clone()).await.map_err(destination_failure)?;
-    let _alive = ticket.release();
-    let basis = if delta { existing.size } else { 0 };
+    if basis.is_some_and(|b| b.nlink > 1) {
+        ticket.dir().touch();
+        ctx.dst.tree.unshare(dst.clone(), None, None).await.map_err(destination_failure)?;
+    }
+    let target = partial.unwrap_or(&dst).clone();
+    let existing = ctx.dst.tree.prepare_file(target.clone()).await.map_err(destination_failure)?;
+    // Updated in place, the name is final already; a partial file is not.
+    let (_alive, ticket) = if partial.is_some() { (None, Some(ticket)) } else { (Some(ticket.release()), None) };
     let job = Arc::new(FileJob {
         src: src.clone(),
-        dst: dst.clone(),
+        dst: target.clone(),
         layout: Layout { size: before.size, chunk: ctx.opts.chunk_size },
         sent: AtomicU64::new(0),
         done: AtomicU64::new(0),
         sparse: before.blocks.saturating_mul(512) < before.size,
-        basis,
+        basis: existing.size,
     });
     let copied = copy_content(ctx, &job).await;
     // The whole file is counted as processed when its outcome is.
     ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
-    copied?;
+    if let Err(fault) = copied {
+        if let (Some(partial), Fault::Destination(e)) = (partial, &fault)
+            && e.kind() == Some(FailureKind::NoSpace)
+        {
+            // It is what filled the disk: give the space back.
+            let _ = ctx.dst.tree.remove(partial.clone()).await;
+        }
+        return Err(fault.into());
+    }
 
     let (after, _) = ctx.src.tree.stat(src).await.map_err(source_failure)?;
     let stable = after.is_some_and(|after| before.same_version(&after));
     let mtime = (stable && settled).then_some(before.mtime);
-    ctx.dst.tree.finish_file(dst, before.size, before.mode, mtime).await.map_err(destination_failure)?;
+    let place_at = partial.map(|_| dst);
+    ctx.dst.tree.finish_file(target, before.size, before.mode, mtime, place_at).await.map_err(destination_failure)?;
+    if let Some(ticket) = ticket {
+        ticket.dir().touch();
+    }
     if mtime.is_none() {
         return Ok(Outcome::Changed);
     }
     let sent = job.sent.load(Ordering::Relaxed);
     let change = match change {
-        Change::UpdateFile if sent == 0 => Change::Attributes,
+        // Same size, same content: what made it differ was its mtime.
+        Change::UpdateFile if sent == 0 && existing.size == before.size => {
+            Change::Attributes(Attrs { mtime: true, mode: existing.mode != before.mode, ..Attrs::default() })
+        }
         other => other,
     };
     Ok(Outcome::Synced { transferred: sent > 0 || change == Change::NewFile, change: Some(change) })

@@ -125,6 +125,9 @@ pub(crate) struct Ctx {
     links: links::Links,
     /// Whether setting an owner was refused once already (not root).
     owner_refused: std::sync::atomic::AtomicBool,
+    /// Why the run gave up on a server, once it has: the entries that fail
+    /// for that reason are counted, not reported one by one.
+    gave_up: std::sync::OnceLock<String>,
 }
 
 /// How one entry ended.
@@ -137,6 +140,9 @@ pub(crate) enum Outcome {
     Vanished,
     /// Failed, for this reason.
     Failed(String),
+    /// Not done because the run gave up on the server (no connection for
+    /// `--retry-for`), for this reason.
+    GaveUp(String),
 }
 
 impl Ctx {
@@ -152,6 +158,7 @@ impl Ctx {
             data: Arc::new(Semaphore::new(data_kib)),
             links: links::Links::default(),
             owner_refused: Default::default(),
+            gave_up: Default::default(),
             opts,
             stats,
             reporter,
@@ -179,6 +186,11 @@ impl Ctx {
                 self.reporter.problem(rel, &Problem::Vanished);
             }
             Outcome::Failed(why) => self.fail(rel, why),
+            Outcome::GaveUp(why) => {
+                Stats::add(&self.stats.errors, 1);
+                Stats::add(&self.stats.entries_abandoned, 1);
+                self.gave_up.get_or_init(|| why);
+            }
         }
     }
 
@@ -198,12 +210,13 @@ fn source_failure(e: TreeError) -> Outcome {
     match e.kind() {
         Some(FailureKind::NotFound) => Outcome::Vanished,
         Some(FailureKind::Changed) => Outcome::Changed,
+        _ if e.gave_up() => Outcome::GaveUp(e.to_string()),
         _ => Outcome::Failed(format!("source: {e}")),
     }
 }
 
 fn destination_failure(e: TreeError) -> Outcome {
-    Outcome::Failed(format!("destination: {e}"))
+    if e.gave_up() { Outcome::GaveUp(e.to_string()) } else { Outcome::Failed(format!("destination: {e}")) }
 }
 
 /// Syncs `src` onto `dst`. Per-path problems are reported to `reporter` and
@@ -251,6 +264,7 @@ pub async fn sync(
         summary.requests_retried += retried - before.1;
     }
     summary.duration_s = started.elapsed().as_secs_f64();
+    summary.gave_up = ctx.gave_up.get().cloned();
     for tree in [&ctx.src.tree, &ctx.dst.tree] {
         let (sent, received) = tree.wire_bytes();
         summary.wire_bytes_sent += sent;

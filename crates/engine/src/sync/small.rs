@@ -28,8 +28,8 @@ pub(crate) struct SmallFile {
     pub rel: RelPath,
     /// Its stat from the listing (for sizes).
     pub src: Stat,
-    /// Whether the destination has no such file yet.
-    pub new: bool,
+    /// The destination's file before the run (`None`: a new file).
+    pub basis: Option<Stat>,
     pub ticket: Ticket,
     /// Holds the file's place among the entries in flight.
     pub _permit: OwnedSemaphorePermit,
@@ -72,7 +72,7 @@ fn written(ctx: &Ctx, file: &SmallFile, size: usize, stamped: bool, result: Resu
     if !stamped {
         return Outcome::Changed;
     }
-    let change = if file.new { Change::NewFile } else { Change::UpdateFile };
+    let change = if file.basis.is_none() { Change::NewFile } else { Change::UpdateFile };
     Outcome::Synced { transferred: true, change: Some(change) }
 }
 
@@ -165,11 +165,11 @@ pub(crate) async fn transfer_one(
     ctx: &Arc<Ctx>,
     rel: &RelPath,
     src: Stat,
-    new: bool,
+    basis: Option<Stat>,
     ticket: Ticket,
     permit: OwnedSemaphorePermit,
 ) -> Outcome {
-    let file = SmallFile { rel: rel.clone(), src, new, ticket, _permit: permit, attempt: 0 };
+    let file = SmallFile { rel: rel.clone(), src, basis, ticket, _permit: permit, attempt: 0 };
     transfer_file(ctx, file).await
 }
 
@@ -200,9 +200,6 @@ async fn transfer_file(ctx: &Arc<Ctx>, mut file: SmallFile) -> Outcome {
 
 /// A file listed as small that grew: copy it the way large files go.
 async fn as_big(ctx: &Arc<Ctx>, file: SmallFile) -> Outcome {
-    let change = if file.new { Change::NewFile } else { Change::UpdateFile };
-    if file.new {
-        file.ticket.dir().touch();
-    }
-    big::transfer(ctx, &file.rel, !file.new, change, file.ticket).await
+    let change = if file.basis.is_none() { Change::NewFile } else { Change::UpdateFile };
+    big::transfer(ctx, &file.rel, file.basis.as_ref(), change, file.ticket).await
 }

@@ -14,13 +14,13 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
-use pareco_proto::{Kind, Name, RelPath, Stat, Timestamp};
+use pareco_proto::{Kind, RelPath, Stat, Timestamp};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
 use super::meta;
 use super::small::{self, SmallFile};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
-use crate::report::{Change, Problem, Stats};
+use crate::report::{Attrs, Change, Problem, Stats};
 use crate::tree::TreeError;
 
 /// Keeps the run going while the work holding it is in flight.
@@ -38,7 +38,7 @@ pub(crate) struct DirNode {
     dirty: AtomicBool,
     /// The source's entries with their owner and group (with `owner`,
     /// `group` or `xattrs`).
-    entries: Mutex<Vec<(Name, u32, u32)>>,
+    entries: Mutex<Vec<meta::EntryMeta>>,
     alive: Alive,
 }
 
@@ -91,7 +91,9 @@ impl Drop for Ticket {
 }
 
 async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
-    if (ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs) && !ctx.opts.dry_run {
+    // (A dry run has nothing to compare in a directory it would create.)
+    let exists = node.attrs.as_ref().is_none_or(|(_, dst)| dst.is_some());
+    if (ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs) && (exists || !ctx.opts.dry_run) {
         let entries = std::mem::take(&mut *node.entries.lock().expect("entries lock"));
         if ctx.opts.owner || ctx.opts.group {
             meta::set_owners(ctx, &node.rel, node.attrs.as_ref(), &entries).await;
@@ -105,14 +107,14 @@ async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
     if let Some(d) = dst
         && attrs_differ(src, d)
     {
-        ctx.reporter.change(&node.rel, Change::Attributes);
+        ctx.reporter.change(&node.rel, Change::Attributes(Attrs::between(src, d)));
     }
     if ctx.opts.dry_run || !(differ || node.dirty.load(Ordering::Relaxed)) {
         return;
     }
     let path = ctx.dst.path(&node.rel);
     if let Err(e) = ctx.dst.tree.set_attrs(path, Some(src.mode), Some(src.mtime)).await {
-        ctx.fail(&node.rel, format!("destination: {e}"));
+        ctx.finish(&node.rel, 0, destination_failure(e));
     }
 }
 
@@ -234,7 +236,7 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         };
         if let Err(e) = prepared.await {
             // Without its directory, nothing below can be synced.
-            ctx.fail(&node.rel, format!("destination: {e}"));
+            ctx.finish(&node.rel, 0, destination_failure(e));
             return;
         }
         job.ticket.dir().touch();
@@ -248,14 +250,13 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         Ok(listing) => listing,
         Err(e) => return ctx.finish(&node.rel, 0, source_failure(e)),
     };
-    if ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs {
-        let entries = src_entries.iter().map(|e| (e.name.clone(), e.stat.uid, e.stat.gid)).collect();
-        *node.entries.lock().expect("entries lock") = entries;
-    }
     let dst_entries = match dst_list.transpose() {
         Ok(listing) => listing.map(|(entries, _)| entries),
         Err(e) => return ctx.finish(&node.rel, 0, destination_failure(e)),
     };
+    if ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs {
+        *node.entries.lock().expect("entries lock") = meta::EntryMeta::of(&src_entries, dst_entries.as_deref());
+    }
     let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
     for planned in plan_dir(src_entries, src_now, dst_entries, options) {
         let rel = match node.rel.join(&planned.name) {
@@ -337,7 +338,7 @@ async fn dispatch(
             let src = p.src.expect("copy has a source");
             let batched = src.size <= SMALL_FILE_MAX as u64 && !p.remove_first && !ctx.opts.checksum;
             if batched && !ctx.opts.dry_run {
-                let file = SmallFile { rel, src, new: basis.is_none(), ticket, _permit: permit, attempt: 0 };
+                let file = SmallFile { rel, src, basis, ticket, _permit: permit, attempt: 0 };
                 if let Err(mpsc::error::SendError(file)) = small.send(file).await {
                     ctx.fail(&file.rel, "internal error: the batcher stopped".into());
                 }
@@ -381,17 +382,26 @@ async fn copy_file(
         && ctx.opts.checksum
         && b.size == src.size
     {
+        // Linked at the destination only: the same content, but its own copy.
+        let split = b.nlink > 1 && src.nlink == 1;
         match big::same_content(ctx, rel, src.size).await {
-            Ok(true) if b.mode == src.mode && b.mtime == src.mtime => {
+            Ok(true) if !split && b.mode == src.mode && b.mtime == src.mtime => {
                 return Outcome::Synced { transferred: false, change: None };
             }
             Ok(true) => {
+                let change = Some(if split { Change::Split } else { Change::Attributes(Attrs::between(&src, b)) });
                 if ctx.opts.dry_run {
-                    return Outcome::Synced { transferred: false, change: Some(Change::Attributes) };
+                    return Outcome::Synced { transferred: false, change };
                 }
-                let path = ctx.dst.path(rel);
-                return match ctx.dst.tree.set_attrs(path, Some(src.mode), Some(src.mtime)).await {
-                    Ok(()) => Outcome::Synced { transferred: false, change: Some(Change::Attributes) },
+                let (path, mode, mtime) = (ctx.dst.path(rel), Some(src.mode), Some(src.mtime));
+                let result = if split {
+                    ticket.dir().touch();
+                    ctx.dst.tree.unshare(path, mode, mtime).await.map(drop)
+                } else {
+                    ctx.dst.tree.set_attrs(path, mode, mtime).await
+                };
+                return match result {
+                    Ok(()) => Outcome::Synced { transferred: false, change },
                     Err(e) => destination_failure(e),
                 };
             }
@@ -409,13 +419,10 @@ async fn copy_file(
         ticket.dir().touch();
     }
     if src.size <= SMALL_FILE_MAX as u64 {
-        return small::transfer_one(ctx, rel, src, basis.is_none(), ticket, permit).await;
+        return small::transfer_one(ctx, rel, src, basis, ticket, permit).await;
     }
     drop(permit);
-    if basis.is_none() {
-        ticket.dir().touch();
-    }
-    big::transfer(ctx, rel, basis.is_some(), change, ticket).await
+    big::transfer(ctx, rel, basis.as_ref(), change, ticket).await
 }
 
 /// Creates an entry with `make` (nothing in a dry run), first removing the
@@ -452,10 +459,23 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
             }
             (Change::Delete, result)
         }
-        Action::SetMode(mode) => (Change::Attributes, set_attrs(ctx, path, Some(mode), None).await),
+        Action::SetMode(mode) => {
+            let change = Change::Attributes(Attrs { mode: true, ..Attrs::default() });
+            (change, set_attrs(ctx, path, Some(mode), None).await)
+        }
+        Action::Unshare => {
+            let src = p.src.as_ref().expect("a file to unshare has a source");
+            ticket.dir().touch();
+            let result = if ctx.opts.dry_run {
+                Ok(())
+            } else {
+                ctx.dst.tree.unshare(path, Some(src.mode), Some(src.mtime)).await.map(drop)
+            };
+            (Change::Split, result)
+        }
         Action::SymlinkMtime => {
             let mtime = p.src.as_ref().map(|s| s.mtime);
-            (Change::Attributes, set_attrs(ctx, path, None, mtime).await)
+            (Change::Attributes(Attrs { mtime: true, ..Attrs::default() }), set_attrs(ctx, path, None, mtime).await)
         }
         Action::Symlink => {
             let src = p.src.expect("symlink has a source");
@@ -480,7 +500,8 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
         }
         Action::SpecialAttrs => {
             let src = p.src.as_ref().expect("a special file has a source");
-            (Change::Attributes, set_attrs(ctx, path, Some(src.mode), Some(src.mtime)).await)
+            let change = Change::Attributes(p.dst.as_ref().map(|d| Attrs::between(src, d)).unwrap_or_default());
+            (change, set_attrs(ctx, path, Some(src.mode), Some(src.mtime)).await)
         }
         Action::Nothing | Action::Skip(_) | Action::CopyFile { .. } | Action::Descend { .. } => {
             unreachable!("handled by dispatch")

@@ -427,3 +427,29 @@ impl Recorder {
         self.captured.lock().unwrap().len()
     }
 }
+
+/// The hard-link structure of a tree: the sets of paths (relative, two or
+/// more) that share an inode.
+pub fn link_groups(root: &Path) -> std::collections::BTreeSet<std::collections::BTreeSet<Vec<u8>>> {
+    let mut by_inode: BTreeMap<(u64, u64), std::collections::BTreeSet<Vec<u8>>> = BTreeMap::new();
+    for (rel, node) in snapshot(root) {
+        if let Node::File { .. } = node {
+            let m = std::fs::symlink_metadata(root.join(OsStr::from_bytes(&rel))).unwrap();
+            by_inode.entry((m.dev(), m.ino())).or_default().insert(rel);
+        }
+    }
+    by_inode.into_values().filter(|g| g.len() > 1).collect()
+}
+
+/// Asserts that two trees are identical and linked the same way.
+#[track_caller]
+pub fn assert_same_tree_and_links(src: &Path, dst: &Path) {
+    assert_same_tree(src, dst);
+    assert_eq!(link_groups(src), link_groups(dst), "hard-link structure differs");
+}
+
+/// Runs the pareco binary with arbitrary arguments and the test token.
+pub fn run_pareco(args: &[&OsStr]) -> Run {
+    let output = Command::new(bin()).args(args).env("PARECO_TOKEN", TOKEN).output().unwrap();
+    Run { output, stats: None }
+}
