@@ -70,6 +70,12 @@ counters! {
     chunks_matched,
     /// Chunks sent whole or patched.
     chunks_sent,
+    /// Bytes of rebuilt files copied from their old version at another
+    /// offset (content that moved: inserted or removed bytes before it).
+    bytes_matched_shifted,
+    /// Bytes of files copied from other files the destination already had
+    /// (renamed, moved or copied content), instead of sent.
+    bytes_reused_local,
     /// Blocks of differing chunks found identical.
     blocks_matched,
     /// Blocks of differing chunks sent.

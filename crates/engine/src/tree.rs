@@ -10,8 +10,8 @@ use bytes::Bytes;
 use pareco_fs::FsTree;
 use pareco_net::{NetError, Pool};
 use pareco_proto::{
-    Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Name, RelPath, Request, Response, Stat,
-    Timestamp, Xattrs,
+    Block, CopyRange, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Name, Piece, RelPath, Request,
+    Response, Stat, Timestamp, Xattrs,
 };
 use tokio::sync::Semaphore;
 
@@ -186,6 +186,21 @@ impl Tree {
     ) -> Result<Vec<Digest>, TreeError> {
         let request = Request::HashBlocks { path, offset, len, block_size };
         expect!(self.call(request).await?, "hash", Response::Digests(d) => d)
+    }
+
+    /// Content-defined pieces of a range (see [`Request::Pieces`]), checked
+    /// to lie within it.
+    pub async fn pieces(&self, path: RelPath, offset: u64, len: u64, avg: u32) -> Result<Vec<Piece>, TreeError> {
+        let pieces = expect!(self.call(Request::Pieces { path, offset, len, avg }).await?, "cut", Response::Pieces(p) => p)?;
+        if pieces.iter().map(|p| p.len as u64).sum::<u64>() > len {
+            return Err(TreeError::Unexpected("cut (pieces beyond the range asked)"));
+        }
+        Ok(pieces)
+    }
+
+    /// Copies ranges of `from` into the existing file `path`, on that side.
+    pub async fn copy_ranges(&self, path: RelPath, from: RelPath, ranges: Vec<CopyRange>) -> Result<(), TreeError> {
+        expect!(self.call(Request::CopyRanges { path, from, ranges }).await?, "copy", Response::Done => ())
     }
 
     /// Reads a range with its digest.

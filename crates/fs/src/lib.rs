@@ -14,8 +14,10 @@
 
 mod beneath;
 mod cache;
+mod copy;
 mod error;
 mod meta;
+mod pieces;
 mod read;
 mod temp;
 mod write;
@@ -136,6 +138,13 @@ impl FsTree {
             }
             Request::FinishFile { path, size, mode, mtime, place_at } => {
                 write::finish_file(root, path, *size, *mode, *mtime, place_at.as_ref())?;
+                Response::Done
+            }
+            Request::Pieces { path, offset, len, avg } => {
+                Response::Pieces(pieces::pieces(root, path, *offset, *len, *avg)?)
+            }
+            Request::CopyRanges { path, from, ranges } => {
+                copy::copy_ranges(root, path, from, ranges)?;
                 Response::Done
             }
             Request::Unshare { path, mode, mtime } => {

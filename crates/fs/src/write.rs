@@ -18,7 +18,8 @@ use rustix::io::Errno;
 use crate::beneath;
 use crate::error::FsError;
 use crate::meta;
-use crate::read::{extents_of, read_range, read_upto};
+use crate::copy;
+use crate::read::read_range;
 use crate::temp;
 
 fn check_digest(data: &[u8], digest: &Digest) -> Result<(), FsError> {
@@ -213,9 +214,7 @@ pub(crate) fn unshare(
             )
             .map_err(|e| FsError::io("create temporary file", e))?;
             let out = File::from(out);
-            for extent in extents_of(&file, 0, st.size, usize::MAX)? {
-                copy_range(&file, &out, extent)?;
-            }
+            copy::sparse(&file, &out, 0, 0, st.size)?;
             rustix::fs::ftruncate(&out, st.size).map_err(|e| FsError::io("set size", e))?;
             // Where permitted (as root, or keeping one's own); a new file is
             // the server's otherwise, as every file it creates.
@@ -225,30 +224,6 @@ pub(crate) fn unshare(
         })?;
     }
     meta::stat_at(dir.as_fd(), name.as_bytes()).map_err(|e| FsError::io("stat", e))
-}
-
-/// Copies a range between files in the kernel where it can (reflinks on
-/// filesystems that have them), else through a buffer.
-fn copy_range(from: &File, to: &File, range: std::ops::Range<u64>) -> Result<(), FsError> {
-    let (mut src, mut dst) = (range.start, range.start);
-    while src < range.end {
-        let want = (range.end - src).min(1 << 30) as usize;
-        match rustix::fs::copy_file_range(from, Some(&mut src), to, Some(&mut dst), want) {
-            Ok(0) => break, // the file shrank meanwhile: the rest is as it is
-            Ok(_) => {}
-            Err(Errno::XDEV | Errno::NOSYS | Errno::INVAL | Errno::OPNOTSUPP) => {
-                let data = read_upto(from, src, want.min(4 << 20))?;
-                if data.is_empty() {
-                    break;
-                }
-                to.write_all_at(&data, dst).map_err(|e| FsError::std("write", e))?;
-                src += data.len() as u64;
-                dst += data.len() as u64;
-            }
-            Err(e) => return Err(FsError::io("copy", e)),
-        }
-    }
-    Ok(())
 }
 
 /// Creates a directory. A directory already there is fine (the request may

@@ -165,6 +165,7 @@ fn cost(request: &Request) -> u64 {
         Request::ReadFiles { paths, max_size } => paths.len() as u64 * (*max_size as u64 / 2 + 64),
         Request::HashChunks { len, chunk_size, .. } => len / *chunk_size as u64 * 32,
         Request::HashBlocks { len, block_size, .. } => (*len / *block_size) as u64 * 32,
+        Request::Pieces { len, avg, .. } => len / *avg as u64 * 12,
         Request::ListDir { .. } => 64 << 10,
         _ => 0,
     }

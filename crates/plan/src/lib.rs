@@ -6,11 +6,14 @@
 //!   entry by entry, what to create, update, replace, delete or descend into.
 //! - [`file`]: cut a file into chunks and blocks and decide, from digests,
 //!   which chunks match, which to refine block by block, and which to send.
+//! - [`delta`]: rebuild a file whose content moved from pieces of its old
+//!   version cut at content-defined boundaries.
 //! - [`verify`]: how two entries differ, how hard links differ, and why the
 //!   same content takes different space on two filesystems.
 //! - [`freshness`]: when a file's metadata can be trusted — the quick check
 //!   and the "racy timestamp" rule that keeps it safe on live data.
 
+pub mod delta;
 pub mod dir;
 pub mod file;
 pub mod freshness;

@@ -42,3 +42,19 @@ pub const MAX_BATCH_BYTES: usize = 16 << 20;
 
 /// Longest human-readable message (error text, refusal reason).
 pub const MAX_MESSAGE: usize = 4096;
+
+/// Smallest average size of a content-defined piece (FastCDC's own limit).
+pub const MIN_PIECE_AVG: u32 = 256;
+
+/// Largest average size of a content-defined piece.
+pub const MAX_PIECE_AVG: u32 = 256 << 10;
+
+/// Whether `avg` is an average piece size both sides accept: a power of two
+/// in [`MIN_PIECE_AVG`]`..=`[`MAX_PIECE_AVG`]. Pieces are cut between a
+/// quarter of it and four times it.
+pub fn valid_piece_avg(avg: u32) -> bool {
+    avg.is_power_of_two() && (MIN_PIECE_AVG..=MAX_PIECE_AVG).contains(&avg)
+}
+
+/// Most ranges in one local copy request.
+pub const MAX_COPY_RANGES: usize = 1 << 16;

@@ -169,6 +169,32 @@ pub enum Request {
         /// Where the finished file goes.
         place_at: Option<RelPath>,
     },
+    /// Cut `[offset, offset + len)` of a file at content-defined boundaries
+    /// (FastCDC v2020, normalization level 1, pieces between `avg / 4` and
+    /// `avg * 4` bytes, the cut starting at `offset`), each piece with a
+    /// short digest. Answer: [`Response::Pieces`], tiling the range (shorter
+    /// if the file is).
+    Pieces {
+        /// File to cut.
+        path: RelPath,
+        /// Where to start.
+        offset: u64,
+        /// How much.
+        len: u64,
+        /// Average piece size (see [`crate::limits::valid_piece_avg`]).
+        avg: u32,
+    },
+    /// Copy ranges of the file `from` into the existing file `path`, both on
+    /// this side (holes of `from` stay holes where `path` has none). Answer:
+    /// [`Response::Done`].
+    CopyRanges {
+        /// File written.
+        path: RelPath,
+        /// File read.
+        from: RelPath,
+        /// What goes where.
+        ranges: Vec<CopyRange>,
+    },
     /// If the regular file at `path` has other hard links, give `path` a
     /// copy of its own (same content, owner where permitted, holes kept),
     /// atomically, so that writing to it, or changing its mode, cannot
@@ -277,6 +303,28 @@ pub enum Request {
     },
 }
 
+/// One content-defined piece of a file (see [`Request::Pieces`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Piece {
+    /// Its length.
+    pub len: u32,
+    /// The first 8 bytes of its BLAKE3, little-endian: enough to find
+    /// candidates, never trusted on its own (what is rebuilt from pieces is
+    /// checked against full digests).
+    pub digest: u64,
+}
+
+/// A range copied from one file to another on the same side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct CopyRange {
+    /// Offset in the file written.
+    pub to: u64,
+    /// Offset in the file read.
+    pub from: u64,
+    /// Length.
+    pub len: u64,
+}
+
 /// One block of a patch.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Block {
@@ -324,6 +372,8 @@ pub enum Response {
     },
     /// Digests, in order.
     Digests(Vec<Digest>),
+    /// Content-defined pieces of a range, in order.
+    Pieces(Vec<Piece>),
     /// Byte ranges holding data, in increasing order, not overlapping.
     Extents(Vec<std::ops::Range<u64>>),
     /// Extended attributes of the entries of a directory, by name.
@@ -485,6 +535,8 @@ impl Request {
             | Request::PrepareFile { path }
             | Request::FinishFile { path, .. }
             | Request::Unshare { path, .. }
+            | Request::Pieces { path, .. }
+            | Request::CopyRanges { path, .. }
             | Request::MakeDir { path, .. }
             | Request::EnsureDir { path, .. }
             | Request::MakeSymlink { path, .. }
@@ -510,6 +562,7 @@ impl Request {
                 | Request::DataExtents { .. }
                 | Request::DirXattrs { .. }
                 | Request::HashBlocks { .. }
+                | Request::Pieces { .. }
                 | Request::ReadData { .. }
                 | Request::ReadPatch { .. }
                 | Request::ReadFiles { .. }
@@ -611,6 +664,24 @@ impl Request {
                 w.path(path);
                 opt_mode(w, *mode);
                 w.opt_timestamp(*mtime);
+            }
+            Request::Pieces { path, offset, len, avg } => {
+                w.u8(25);
+                w.path(path);
+                w.varint(*offset);
+                w.varint(*len);
+                w.varint(*avg as u64);
+            }
+            Request::CopyRanges { path, from, ranges } => {
+                w.u8(26);
+                w.path(path);
+                w.path(from);
+                w.varint(ranges.len() as u64);
+                for r in ranges {
+                    w.varint(r.to);
+                    w.varint(r.from);
+                    w.varint(r.len);
+                }
             }
             Request::MakeDir { path, mode } => {
                 w.u8(13);
@@ -765,6 +836,30 @@ impl Request {
                 mtime: r.opt_timestamp("mtime")?,
                 place_at: if r.bool("place flag")? { Some(r.path()?) } else { None },
             },
+            25 => {
+                let (path, offset, len) = (r.path()?, r.varint("offset")?, r.varint("length")?);
+                let avg = r.u32v("average piece size")?;
+                if !crate::limits::valid_piece_avg(avg) {
+                    return Err(CodecError::Invalid("average piece size out of range"));
+                }
+                if len / (avg as u64 / 4) >= MAX_DIGESTS as u64 {
+                    return Err(CodecError::Invalid("too many pieces in one request"));
+                }
+                Request::Pieces { path, offset, len, avg }
+            }
+            26 => {
+                let (path, from) = (r.path()?, r.path()?);
+                let n = r.count(3, crate::limits::MAX_COPY_RANGES, "range count")?;
+                let mut ranges = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let range = CopyRange { to: r.varint("offset")?, from: r.varint("offset")?, len: r.varint("length")? };
+                    if range.to.checked_add(range.len).is_none() || range.from.checked_add(range.len).is_none() {
+                        return Err(CodecError::Invalid("range beyond the largest file"));
+                    }
+                    ranges.push(range);
+                }
+                Request::CopyRanges { path, from, ranges }
+            }
             24 => Request::Unshare {
                 path: r.path()?,
                 mode: if r.bool("mode flag")? { Some(mode(r)?) } else { None },
@@ -857,6 +952,14 @@ impl Response {
                 w.u8(4);
                 w.varint(digests.len() as u64);
                 digests.iter().for_each(|d| w.digest(d));
+            }
+            Response::Pieces(pieces) => {
+                w.u8(12);
+                w.varint(pieces.len() as u64);
+                for p in pieces {
+                    w.varint(p.len as u64);
+                    w.u64(p.digest);
+                }
             }
             Response::Data { digest, data } => {
                 w.u8(5);
@@ -951,6 +1054,18 @@ impl Response {
             4 => {
                 let n = r.count(32, MAX_DIGESTS, "digest count")?;
                 Response::Digests((0..n).map(|_| r.digest("digest")).collect::<Result<_, _>>()?)
+            }
+            12 => {
+                let n = r.count(9, MAX_DIGESTS, "piece count")?;
+                let mut pieces = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let len = r.u32v("piece length")?;
+                    if len == 0 || len > 4 * crate::limits::MAX_PIECE_AVG {
+                        return Err(CodecError::Invalid("piece length out of range"));
+                    }
+                    pieces.push(Piece { len, digest: r.u64("piece digest")? });
+                }
+                Response::Pieces(pieces)
             }
             5 => {
                 let digest = r.digest("digest")?;

@@ -41,6 +41,10 @@ impl Writer<'_> {
         self.0.put_slice(v);
     }
 
+    pub fn u64(&mut self, v: u64) {
+        self.0.put_u64_le(v);
+    }
+
     pub fn digest(&mut self, d: &Digest) {
         self.0.put_slice(&d.0);
     }
@@ -163,6 +167,11 @@ impl Reader {
         let mut d = [0u8; 32];
         d.copy_from_slice(b);
         Ok(Digest(d))
+    }
+
+    pub fn u64(&mut self, what: &'static str) -> Result<u64, CodecError> {
+        let b = self.take(8, what)?;
+        Ok(u64::from_le_bytes(b.try_into().expect("eight bytes")))
     }
 
     pub fn raw16(&mut self, what: &'static str) -> Result<[u8; 16], CodecError> {

@@ -1,13 +1,19 @@
 //! Files larger than a batch: written at offsets (in place, or under their
 //! partial name while new), content spread over every connection.
 //!
-//! Where the destination has data, chunks are compared a group at a time:
-//! both sides hash their own copy of the group in parallel, and only the
-//! digests cross. A chunk that differs is refined: the destination's block
-//! digests go to the source, which answers with just the differing blocks
-//! and the digest of the whole chunk; the destination applies them only if
-//! the patched chunk has that digest, else the chunk is sent whole. Beyond
-//! the destination's data, content streams in pieces.
+//! Where the destination has data, chunks are first compared (both sides
+//! hash their own copy of each group of chunks in parallel; only digests
+//! cross). Then one of two ways, decided per file from the first chunk that
+//! differs:
+//! - *in place* (content changed where it was, as database pages are): a
+//!   chunk that differs is refined: the destination's block digests go to
+//!   the source, which answers with just the differing blocks and the digest
+//!   of the whole chunk; the destination applies them only if the patched
+//!   chunk has that digest, else the chunk is sent whole;
+//! - *rebuilt* (content moved: bytes inserted or removed before it): see
+//!   [`super::rebuild`].
+//!
+//! Beyond the destination's data, content streams in pieces.
 //!
 //! The source is stat-ed before (once its mtime has settled) and after; the
 //! destination gets the source's mtime only if nothing moved in between.
@@ -23,7 +29,7 @@ use pareco_proto::{Digest, FailureKind, Kind, RelPath, Stat};
 use tokio::task::JoinSet;
 
 use super::walk::Ticket;
-use super::{Ctx, Outcome, destination_failure, source_failure};
+use super::{Ctx, Outcome, destination_failure, rebuild, source_failure};
 use crate::report::{Attrs, Change, Stats};
 use crate::tree::TreeError;
 
@@ -33,10 +39,10 @@ use crate::tree::TreeError;
 const PIECE: u32 = 128 << 10;
 
 /// Chunks compared per digest request.
-const GROUP_CHUNKS: u64 = 16;
+pub(super) const GROUP_CHUNKS: u64 = 16;
 
 /// Which side an operation failed on.
-enum Fault {
+pub(super) enum Fault {
     Source(TreeError),
     Destination(TreeError),
 }
@@ -50,34 +56,37 @@ impl From<Fault> for Outcome {
     }
 }
 
-struct FileJob {
-    src: RelPath,
-    dst: RelPath,
-    layout: Layout,
+/// One file being copied.
+pub(super) struct FileJob {
+    pub(super) src: RelPath,
+    /// What is written: the file itself, or its partial name.
+    pub(super) dst: RelPath,
+    pub(super) layout: Layout,
     /// Content bytes sent for this file.
     sent: AtomicU64,
     /// Bytes of this file already sent or found identical (for progress).
     done: AtomicU64,
     /// The source allocates less than its size: ask where its data is.
     sparse: bool,
-    /// The destination's size before: beyond it, nothing needs overwriting.
+    /// The size of what `dst` held before: beyond it, nothing needs
+    /// overwriting.
     basis: u64,
 }
 
 impl FileJob {
-    fn progress(&self, ctx: &Ctx, bytes: u64) {
+    pub(super) fn progress(&self, ctx: &Ctx, bytes: u64) {
         self.done.fetch_add(bytes, Ordering::Relaxed);
         Stats::add(&ctx.stats.bytes_in_progress, bytes);
     }
 }
 
-/// Copies one file; `delta` if the destination's current content may serve
-/// as a basis (it is then updated in place; a file with other hard links
-/// first gets a copy of its own). A new file is written under its partial
-/// name, which an interrupted earlier attempt may have left (it then serves
-/// as the basis), and renamed into place once complete: it never appears
-/// half-made under its real name. The file's `ticket` is released as soon
-/// as its name is final.
+/// Copies one file; `basis` is the destination's file, if it has one at
+/// that name. A file with other hard links is unshared before it is
+/// patched in place; a rebuilt one is assembled under its partial name. A
+/// new file is written under its partial name, which an interrupted earlier
+/// attempt may have left (it then serves as the basis), and renamed into
+/// place once complete: it never appears half-made under its real name.
+/// The file's `ticket` is released as soon as its name is final.
 pub(crate) async fn transfer(
     ctx: &Arc<Ctx>,
     rel: &RelPath,
@@ -86,16 +95,24 @@ pub(crate) async fn transfer(
     ticket: Ticket,
 ) -> Outcome {
     let dst = ctx.dst.path(rel);
-    let partial = if basis.is_none() { partial_of(&dst) } else { None };
+    let partial = partial_of(&dst);
     let outcome = match try_transfer(ctx, rel, basis, partial.as_ref(), change, ticket).await {
         Ok(outcome) | Err(outcome) => outcome,
     };
     // Kept for the next attempt to resume from, unless there is nothing left
     // to resume.
-    if let (Some(partial), Outcome::Vanished) = (partial, &outcome) {
+    if let (Some(partial), Outcome::Vanished, None) = (partial, &outcome, basis) {
         let _ = ctx.dst.tree.remove(partial).await;
     }
     outcome
+}
+
+/// How a file's content gets to the destination.
+enum Way {
+    /// Patched where it is (or written under its partial name, if new).
+    InPlace(Option<Compared>),
+    /// Rebuilt under its partial name from pieces of the old version.
+    Rebuilt(Compared),
 }
 
 async fn try_transfer(
@@ -108,32 +125,49 @@ async fn try_transfer(
 ) -> Result<Outcome, Outcome> {
     let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
     let (before, settled) = settled_stat(ctx, &src).await?;
-    if basis.is_some_and(|b| b.nlink > 1) {
+    let layout = Layout { size: before.size, chunk: ctx.opts.chunk_size };
+    let way = match basis.filter(|b| b.size > 0) {
+        Some(old) => {
+            let compared = compare(ctx, &src, &dst, layout, old.size).await?;
+            if partial.is_some() && rebuild::worth_it(ctx, &src, &dst, layout, old.size, &compared).await? {
+                Way::Rebuilt(compared)
+            } else {
+                Way::InPlace(Some(compared))
+            }
+        }
+        None => Way::InPlace(None),
+    };
+    let in_place = basis.is_some() && matches!(way, Way::InPlace(_));
+    if in_place && basis.is_some_and(|b| b.nlink > 1) {
         ticket.dir().touch();
         ctx.dst.tree.unshare(dst.clone(), None, None).await.map_err(destination_failure)?;
     }
-    let target = partial.unwrap_or(&dst).clone();
+    let target = if in_place { dst.clone() } else { partial.unwrap_or(&dst).clone() };
     let existing = ctx.dst.tree.prepare_file(target.clone()).await.map_err(destination_failure)?;
     // Updated in place, the name is final already; a partial file is not.
-    let (_alive, ticket) = if partial.is_some() { (None, Some(ticket)) } else { (Some(ticket.release()), None) };
+    let placed = target != dst;
+    let (_alive, ticket) = if placed { (None, Some(ticket)) } else { (Some(ticket.release()), None) };
     let job = Arc::new(FileJob {
         src: src.clone(),
         dst: target.clone(),
-        layout: Layout { size: before.size, chunk: ctx.opts.chunk_size },
+        layout,
         sent: AtomicU64::new(0),
         done: AtomicU64::new(0),
         sparse: before.blocks.saturating_mul(512) < before.size,
-        basis: existing.size,
+        basis: if matches!(way, Way::Rebuilt(_)) { 0 } else { existing.size },
     });
-    let copied = copy_content(ctx, &job).await;
+    let copied = match way {
+        Way::InPlace(compared) => patch(ctx, &job, compared).await,
+        Way::Rebuilt(compared) => rebuild::rebuild(ctx, &job, &dst, basis.map_or(0, |b| b.size), compared).await,
+    };
     // The whole file is counted as processed when its outcome is.
     ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
     if let Err(fault) = copied {
-        if let (Some(partial), Fault::Destination(e)) = (partial, &fault)
+        if let (true, Fault::Destination(e)) = (placed, &fault)
             && e.kind() == Some(FailureKind::NoSpace)
         {
             // It is what filled the disk: give the space back.
-            let _ = ctx.dst.tree.remove(partial.clone()).await;
+            let _ = ctx.dst.tree.remove(target.clone()).await;
         }
         return Err(fault.into());
     }
@@ -141,7 +175,7 @@ async fn try_transfer(
     let (after, _) = ctx.src.tree.stat(src).await.map_err(source_failure)?;
     let stable = after.is_some_and(|after| before.same_version(&after));
     let mtime = (stable && settled).then_some(before.mtime);
-    let place_at = partial.map(|_| dst);
+    let place_at = placed.then_some(dst);
     ctx.dst.tree.finish_file(target, before.size, before.mode, mtime, place_at).await.map_err(destination_failure)?;
     if let Some(ticket) = ticket {
         ticket.dir().touch();
@@ -150,12 +184,12 @@ async fn try_transfer(
         return Ok(Outcome::Changed);
     }
     let sent = job.sent.load(Ordering::Relaxed);
-    let change = match change {
+    let change = match (change, basis) {
         // Same size, same content: what made it differ was its mtime.
-        Change::UpdateFile if sent == 0 && existing.size == before.size => {
-            Change::Attributes(Attrs { mtime: true, mode: existing.mode != before.mode, ..Attrs::default() })
+        (Change::UpdateFile, Some(b)) if sent == 0 && b.size == before.size => {
+            Change::Attributes(Attrs { mtime: true, mode: b.mode != before.mode, ..Attrs::default() })
         }
-        other => other,
+        (other, _) => other,
     };
     Ok(Outcome::Synced { transferred: sent > 0 || change == Change::NewFile, change: Some(change) })
 }
@@ -181,32 +215,108 @@ async fn settled_stat(ctx: &Ctx, path: &RelPath) -> Result<(Stat, bool), Outcome
     }
 }
 
-/// Compares what the destination has, then streams the rest.
-async fn copy_content(ctx: &Arc<Ctx>, job: &Arc<FileJob>) -> Result<(), Fault> {
+/// What the first pass found, chunk by chunk, over the span both files
+/// have: one plan and the source's digest per chunk.
+pub(super) struct Compared {
+    pub(super) plans: Vec<ChunkPlan>,
+    pub(super) src: Vec<Digest>,
+}
+
+impl Compared {
+    /// The first chunk that differs.
+    pub(super) fn first_difference(&self) -> Option<u64> {
+        self.plans.iter().position(|p| *p != ChunkPlan::Same).map(|i| i as u64)
+    }
+}
+
+/// Compares the chunks of `src` with those of `old` (of `old_size` bytes)
+/// over the span both have, many groups at once. Nothing is written.
+async fn compare(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, layout: Layout, old_size: u64) -> Result<Compared, Fault> {
     let mut tasks = JoinSet::new();
-    let mut stream_from = 0;
-    for group in job.layout.groups(GROUP_CHUNKS) {
-        let span = job.layout.span(&group);
-        if span.start >= job.basis {
+    for group in layout.groups(GROUP_CHUNKS) {
+        if layout.span(&group).start >= old_size {
             break;
         }
-        stream_from = span.end;
         let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
-        let (ctx, job) = (ctx.clone(), job.clone());
+        let (ctx, src, old) = (ctx.clone(), src.clone(), old.clone());
         tasks.spawn(async move {
-            let result = compare_group(&ctx, &job, group).await;
+            let (s, d) = hash_both(&ctx, &src, &old, layout.span(&group)).await?;
             drop(permit);
-            result
+            Ok::<_, Fault>((group.start, diff_chunks(&layout, &group, &s, &d, ctx.opts.block_size), s))
         });
+        // Fails fast.
+        while let Some(done) = tasks.try_join_next() {
+            done.expect("compare task panicked")?;
+        }
+    }
+    let mut groups = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        groups.push(done.expect("compare task panicked")?);
+    }
+    groups.sort_by_key(|g| g.0);
+    let (mut plans, mut digests) = (Vec::new(), Vec::new());
+    for (_, p, d) in groups {
+        plans.extend(p);
+        digests.extend(d);
+    }
+    Ok(Compared { plans, src: digests })
+}
+
+/// Patches what differs in place (per `compared`), then streams the rest.
+async fn patch(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: Option<Compared>) -> Result<(), Fault> {
+    let mut tasks = JoinSet::new();
+    let compared = match compared {
+        Some(c) => c,
+        // A new file: what an interrupted attempt left under its partial name.
+        None if job.basis > 0 => compare(ctx, &job.src, &job.dst, job.layout, job.basis).await?,
+        None => Compared { plans: Vec::new(), src: Vec::new() },
+    };
+    for (i, plan) in compared.plans.iter().enumerate() {
+        let i = i as u64;
+        match plan {
+            ChunkPlan::Same => {
+                Stats::add(&ctx.stats.chunks_matched, 1);
+                let range = job.layout.chunk_range(i);
+                job.progress(ctx, range.end - range.start);
+            }
+            ChunkPlan::Refine => {
+                let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+                let (ctx, job) = (ctx.clone(), job.clone());
+                tasks.spawn(async move {
+                    let result = refine(&ctx, &job, i).await;
+                    drop(permit);
+                    result
+                });
+            }
+            ChunkPlan::Send => {
+                Stats::add(&ctx.stats.chunks_sent, 1);
+                spawn_pieces(ctx, job, job.layout.chunk_range(i), &mut tasks).await?;
+            }
+        }
         check(&mut tasks)?;
     }
-    let streamed_chunks = job.layout.chunks() - stream_from.div_ceil(job.layout.chunk as u64);
-    Stats::add(&ctx.stats.chunks_sent, streamed_chunks);
-    // Beyond the destination's old end the file is new: holes of a sparse
-    // source are neither read nor sent, and stay holes (the final size is
-    // set at the end).
-    let rest = stream_from..job.layout.size;
-    let extents = if job.sparse && !rest.is_empty() {
+    let stream_from = job.layout.chunk_range(compared.plans.len() as u64).start.min(job.layout.size);
+    stream(ctx, job, stream_from..job.layout.size, &mut tasks).await?;
+    while let Some(result) = tasks.join_next().await {
+        result.expect("chunk task panicked")?;
+    }
+    Ok(())
+}
+
+/// Streams `rest` of the file, which the destination does not have: holes
+/// of a sparse source are neither read nor sent, and stay holes (the final
+/// size is set at the end).
+pub(super) async fn stream(
+    ctx: &Arc<Ctx>,
+    job: &Arc<FileJob>,
+    rest: Range<u64>,
+    tasks: &mut JoinSet<Result<(), Fault>>,
+) -> Result<(), Fault> {
+    if rest.is_empty() {
+        return Ok(());
+    }
+    Stats::add(&ctx.stats.chunks_sent, job.layout.chunks() - rest.start.div_ceil(job.layout.chunk as u64));
+    let extents = if job.sparse {
         ctx.src.tree.data_extents(job.src.clone(), rest.clone()).await.map_err(Fault::Source)?
     } else {
         vec![rest.clone()]
@@ -215,16 +325,13 @@ async fn copy_content(ctx: &Arc<Ctx>, job: &Arc<FileJob>) -> Result<(), Fault> {
     Stats::add(&ctx.stats.bytes_sparse, holes);
     job.progress(ctx, holes);
     for extent in extents {
-        spawn_pieces(ctx, job, extent, &mut tasks).await?;
-    }
-    while let Some(result) = tasks.join_next().await {
-        result.expect("chunk task panicked")?;
+        spawn_pieces(ctx, job, extent, tasks).await?;
     }
     Ok(())
 }
 
 /// Fails fast if a finished task failed.
-fn check(tasks: &mut JoinSet<Result<(), Fault>>) -> Result<(), Fault> {
+pub(super) fn check(tasks: &mut JoinSet<Result<(), Fault>>) -> Result<(), Fault> {
     while let Some(result) = tasks.try_join_next() {
         result.expect("chunk task panicked")?;
     }
@@ -233,7 +340,7 @@ fn check(tasks: &mut JoinSet<Result<(), Fault>>) -> Result<(), Fault> {
 
 /// Starts sending `range` piece by piece, each piece waiting for its share
 /// of the data budget.
-async fn spawn_pieces(
+pub(super) async fn spawn_pieces(
     ctx: &Arc<Ctx>,
     job: &Arc<FileJob>,
     range: Range<u64>,
@@ -267,32 +374,6 @@ async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), F
     Stats::add(&ctx.stats.bytes_transferred, len as u64);
     job.sent.fetch_add(len as u64, Ordering::Relaxed);
     job.progress(ctx, len as u64);
-    Ok(())
-}
-
-async fn compare_group(ctx: &Arc<Ctx>, job: &Arc<FileJob>, group: Range<u64>) -> Result<(), Fault> {
-    let (src, dst) = hash_both(ctx, &job.src, &job.dst, job.layout.span(&group)).await?;
-    let mut tasks = JoinSet::new();
-    for (i, plan) in group.clone().zip(diff_chunks(&job.layout, &group, &src, &dst, ctx.opts.block_size)) {
-        match plan {
-            ChunkPlan::Same => {
-                Stats::add(&ctx.stats.chunks_matched, 1);
-                let range = job.layout.chunk_range(i);
-                job.progress(ctx, range.end - range.start);
-            }
-            ChunkPlan::Refine => {
-                let (ctx, job) = (ctx.clone(), job.clone());
-                tasks.spawn(async move { refine(&ctx, &job, i).await });
-            }
-            ChunkPlan::Send => {
-                Stats::add(&ctx.stats.chunks_sent, 1);
-                spawn_pieces(ctx, job, job.layout.chunk_range(i), &mut tasks).await?;
-            }
-        }
-    }
-    while let Some(result) = tasks.join_next().await {
-        result.expect("chunk task panicked")?;
-    }
     Ok(())
 }
 
@@ -351,7 +432,7 @@ pub(crate) async fn same_content(ctx: &Ctx, rel: &RelPath, size: u64) -> Result<
 }
 
 /// Chunk digests of the same range on both sides, computed at once.
-async fn hash_both(
+pub(super) async fn hash_both(
     ctx: &Ctx,
     src: &RelPath,
     dst: &RelPath,

@@ -12,6 +12,9 @@
 //! - [`big`]: larger files are cut into pieces and chunk groups spread over
 //!   every connection; existing ones are compared by chunk digests (both sides
 //!   hash their own copy, in parallel) and differing chunks refined to blocks.
+//! - [`rebuild`]: a file whose content moved (bytes inserted or removed) is
+//!   rebuilt from pieces of its old version cut at content-defined
+//!   boundaries, plus only what is new.
 //! - [`meta`]: with `owner`/`group`/`xattrs`, each directory's entries get
 //!   their owners and extended attributes once their names are final.
 //!
@@ -23,6 +26,7 @@
 mod big;
 mod links;
 mod meta;
+mod rebuild;
 mod small;
 mod walk;
 

@@ -1,0 +1,197 @@
+//! Rebuilding a file whose content moved: bytes inserted or removed before
+//! a change shift everything after it, so that no fixed-offset chunk
+//! matches any more, while the destination still holds almost all of it.
+//!
+//! The decision ([`worth_it`]) looks at the first chunk that differs: cut at
+//! content-defined boundaries, is its content in the old version nearby at
+//! another offset? Then, per `pareco_plan::delta`: chunks that matched stay
+//! copies at their offset; every region that differs is cut on both sides
+//! (each side cuts its own copy; only the old version's piece list crosses
+//! when it is remote, about 11 bytes per piece), matched, and its gaps cut
+//! again finer, many regions and gaps at once. The new version is assembled
+//! under the file's partial name: copies from the old file are made on the
+//! destination's side (`CopyRanges`, no byte on the wire), the rest travels
+//! compressed like any data. Before it replaces the old version, every
+//! chunk is checked against the source's full digest; one that differs
+//! (a short digest that lied, a side that changed meanwhile) is sent whole.
+//! A failure leaves the old version as it was.
+
+use std::ops::Range;
+use std::sync::Arc;
+
+use pareco_plan::delta::{Gap, Op, finer, first_avg, locate, match_pieces, moved_bytes, regions, shifted};
+use pareco_plan::file::{ChunkPlan, Layout};
+use pareco_proto::limits::{MAX_COPY_RANGES, MAX_DIGESTS, MIN_PIECE_AVG};
+use pareco_proto::{CopyRange, Piece, RelPath};
+use tokio::task::JoinSet;
+
+use super::big::{Compared, Fault, FileJob, GROUP_CHUNKS, check, hash_both, spawn_pieces};
+use super::Ctx;
+use crate::report::Stats;
+use crate::tree::{Tree, TreeError};
+
+/// Whether `src` is better rebuilt from `old` than patched in place: the
+/// first chunk that differs is found, cut into small pieces, mostly at other
+/// offsets in the old version around it.
+pub(super) async fn worth_it(
+    ctx: &Arc<Ctx>,
+    src: &RelPath,
+    old: &RelPath,
+    layout: Layout,
+    old_size: u64,
+    compared: &Compared,
+) -> Result<bool, Fault> {
+    let Some(i) = compared.first_difference() else { return Ok(false) };
+    let chunk = layout.chunk_range(i);
+    let len = chunk.end - chunk.start;
+    if len < 16 * MIN_PIECE_AVG as u64 {
+        return Ok(false);
+    }
+    let avg = (len / 256).next_power_of_two().clamp(MIN_PIECE_AVG as u64, 64 << 10) as u32;
+    let around = chunk.start.saturating_sub(layout.chunk as u64)..(chunk.end + layout.chunk as u64).min(old_size);
+    let (s, d) = tokio::try_join!(
+        async { pieces(&ctx.src.tree, src, chunk.clone(), avg).await.map_err(Fault::Source) },
+        async { pieces(&ctx.dst.tree, old, around.clone(), avg).await.map_err(Fault::Destination) },
+    )?;
+    Ok(shifted(&locate(chunk.start, &s), &locate(around.start, &d)))
+}
+
+/// Assembles the new version in `job.dst` from `old` (of `old_size` bytes)
+/// and the source, then checks it chunk by chunk against the source.
+pub(super) async fn rebuild(
+    ctx: &Arc<Ctx>,
+    job: &Arc<FileJob>,
+    old: &RelPath,
+    old_size: u64,
+    compared: Compared,
+) -> Result<(), Fault> {
+    let (mut ops, gaps) = regions(&compared.plans, job.layout.chunk, job.layout.size, old_size);
+    ops.extend(match_gaps(ctx, &job.src, old, gaps).await?);
+    let same = compared.plans.iter().filter(|p| **p == ChunkPlan::Same).count() as u64;
+    Stats::add(&ctx.stats.chunks_matched, same);
+    Stats::add(&ctx.stats.chunks_sent, job.layout.chunks() - same);
+    Stats::add(&ctx.stats.bytes_matched_shifted, moved_bytes(&ops));
+
+    let mut tasks = JoinSet::new();
+    let mut copies = Vec::new();
+    for op in ops {
+        match op {
+            Op::Reuse { at, from, len } => copies.push(CopyRange { to: at, from, len }),
+            Op::Literal(range) => spawn_pieces(ctx, job, range, &mut tasks).await?,
+        }
+    }
+    for batch in copies.chunks(MAX_COPY_RANGES) {
+        let reused = batch.iter().map(|c| c.len).sum();
+        ctx.dst.tree.copy_ranges(job.dst.clone(), old.clone(), batch.to_vec()).await.map_err(Fault::Destination)?;
+        job.progress(ctx, reused);
+        check(&mut tasks)?;
+    }
+    while let Some(result) = tasks.join_next().await {
+        result.expect("rebuild task panicked")?;
+    }
+    verify(ctx, job, &compared).await
+}
+
+/// Matches every gap piece by piece, finer and finer, many at once; what
+/// is found nowhere becomes literal data.
+async fn match_gaps(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, gaps: Vec<Gap>) -> Result<Vec<Op>, Fault> {
+    let limit = ctx.opts.parallelism.max(1) * 2;
+    let mut work: Vec<(Gap, u32)> = gaps.into_iter().map(|g| (g.clone(), first_avg(g.src.end - g.src.start))).collect();
+    let (mut ops, mut tasks) = (Vec::new(), JoinSet::new());
+    loop {
+        while tasks.len() < limit
+            && let Some((gap, avg)) = work.pop()
+        {
+            if gap.dst.is_empty() || gap.src.is_empty() {
+                ops.extend((!gap.src.is_empty()).then_some(Op::Literal(gap.src)));
+                continue;
+            }
+            let (ctx, src, old) = (ctx.clone(), src.clone(), old.clone());
+            tasks.spawn(async move {
+                let (s, d) = tokio::try_join!(
+                    async { pieces(&ctx.src.tree, &src, gap.src.clone(), avg).await.map_err(Fault::Source) },
+                    async { pieces(&ctx.dst.tree, &old, gap.dst.clone(), avg).await.map_err(Fault::Destination) },
+                )?;
+                let located = locate(gap.src.start, &s);
+                let (mut found, gaps) = match_pieces(&located, &locate(gap.dst.start, &d), gap.dst.clone());
+                // A source that became shorter meanwhile: the rest is checked later.
+                let covered = gap.src.start + s.iter().map(|p| p.len as u64).sum::<u64>();
+                found.extend((covered < gap.src.end).then(|| Op::Literal(covered..gap.src.end)));
+                Ok::<_, Fault>((found, gaps, avg))
+            });
+        }
+        let Some(done) = tasks.join_next().await else { break };
+        let (found, gaps, avg) = done.expect("match task panicked")?;
+        ops.extend(found);
+        for gap in gaps {
+            match finer(avg, gap.src.end - gap.src.start) {
+                Some(next) => work.push((gap, next)),
+                None => ops.push(Op::Literal(gap.src)),
+            }
+        }
+    }
+    Ok(ops)
+}
+
+/// The pieces of `range` on one side, asked in segments small enough for
+/// one answer each, all at once (the cut restarts at each segment, which
+/// costs a piece or two of matching).
+async fn pieces(tree: &Tree, path: &RelPath, range: Range<u64>, avg: u32) -> Result<Vec<Piece>, TreeError> {
+    let segment = (MAX_DIGESTS as u64 / 2) * (avg as u64 / 4);
+    let mut tasks = JoinSet::new();
+    let mut at = range.start;
+    while at < range.end {
+        let len = segment.min(range.end - at);
+        let (tree, path) = (tree.clone(), path.clone());
+        tasks.spawn(async move { (at, tree.pieces(path, at, len, avg).await) });
+        at += len;
+    }
+    let mut segments = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        let (at, pieces) = done.expect("cut task panicked");
+        segments.push((at, pieces?));
+    }
+    segments.sort_by_key(|s| s.0);
+    Ok(segments.into_iter().flat_map(|s| s.1).collect())
+}
+
+/// Checks the rebuilt file against the source, chunk by chunk (many groups
+/// at once), and sends whole the chunks that differ.
+async fn verify(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: &Compared) -> Result<(), Fault> {
+    let mut checks = JoinSet::new();
+    for group in job.layout.groups(GROUP_CHUNKS) {
+        let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+        let known = compared.src.get(group.start as usize..group.end as usize).map(<[_]>::to_vec);
+        let (ctx, job) = (ctx.clone(), job.clone());
+        checks.spawn(async move {
+            let span = job.layout.span(&group);
+            let (want, have) = match known {
+                Some(want) => {
+                    let have = ctx.dst.tree.hash_chunks(job.dst.clone(), span.start, span.end - span.start, job.layout.chunk);
+                    (want, have.await.map_err(Fault::Destination)?)
+                }
+                None => hash_both(&ctx, &job.src, &job.dst, span).await?,
+            };
+            drop(permit);
+            let first = group.start;
+            let wrong = group.filter(|i| {
+                let k = (i - first) as usize;
+                want.get(k).is_none_or(|w| have.get(k) != Some(w))
+            });
+            Ok::<_, Fault>(wrong.collect::<Vec<u64>>())
+        });
+        while let Some(done) = checks.try_join_next() {
+            done.expect("check task panicked")?;
+        }
+    }
+    let mut resend = JoinSet::new();
+    while let Some(done) = checks.join_next().await {
+        for i in done.expect("check task panicked")? {
+            spawn_pieces(ctx, job, job.layout.chunk_range(i), &mut resend).await?;
+        }
+    }
+    while let Some(result) = resend.join_next().await {
+        result.expect("resend task panicked")?;
+    }
+    Ok(())
+}
