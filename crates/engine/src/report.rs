@@ -156,6 +156,9 @@ pub enum Change {
     /// A file linked to others at the destination (but not in the source)
     /// gets a copy of its own.
     Split,
+    /// A file is made as a copy of one the destination has under another
+    /// name (renamed, moved, rotated): nothing is sent.
+    Copied,
     /// A fifo or device file is created.
     Special,
 }
@@ -172,6 +175,7 @@ impl Change {
             Change::Delete => "delete",
             Change::HardLink => "hardlink",
             Change::Split => "split",
+            Change::Copied => "copy",
             Change::Special => "special",
         }
     }

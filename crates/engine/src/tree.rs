@@ -10,8 +10,8 @@ use bytes::Bytes;
 use pareco_fs::FsTree;
 use pareco_net::{NetError, Pool};
 use pareco_proto::{
-    Block, CopyRange, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Name, Piece, RelPath, Request,
-    Response, Stat, Timestamp, Xattrs,
+    Block, CloneFile, CopyRange, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Name, Piece, RelPath,
+    Request, Response, Stat, Timestamp, Xattrs,
 };
 use tokio::sync::Semaphore;
 
@@ -191,11 +191,33 @@ impl Tree {
     /// Content-defined pieces of a range (see [`Request::Pieces`]), checked
     /// to lie within it.
     pub async fn pieces(&self, path: RelPath, offset: u64, len: u64, avg: u32) -> Result<Vec<Piece>, TreeError> {
-        let pieces = expect!(self.call(Request::Pieces { path, offset, len, avg }).await?, "cut", Response::Pieces(p) => p)?;
+        let pieces =
+            expect!(self.call(Request::Pieces { path, offset, len, avg }).await?, "cut", Response::Pieces(p) => p)?;
         if pieces.iter().map(|p| p.len as u64).sum::<u64>() > len {
             return Err(TreeError::Unexpected("cut (pieces beyond the range asked)"));
         }
         Ok(pieces)
+    }
+
+    /// Reads several ranges of a file, one after the other, with their digest.
+    pub async fn read_ranges(&self, path: RelPath, ranges: Vec<Range<u64>>) -> Result<(Digest, Bytes), TreeError> {
+        let want: u64 = ranges.iter().map(|r| r.end - r.start).sum();
+        let (digest, data) = expect!(self.call(Request::ReadRanges { path, ranges }).await?, "read", Response::Data { digest, data } => (digest, data))?;
+        if data.len() as u64 != want {
+            return Err(TreeError::Unexpected("read (not the bytes asked for)"));
+        }
+        Ok((digest, data))
+    }
+
+    /// Writes verified bytes to several ranges of a file.
+    pub async fn write_ranges(
+        &self,
+        path: RelPath,
+        ranges: Vec<Range<u64>>,
+        digest: Digest,
+        data: Bytes,
+    ) -> Result<(), TreeError> {
+        expect!(self.call(Request::WriteRanges { path, ranges, digest, data }).await?, "write", Response::Done => ())
     }
 
     /// Copies ranges of `from` into the existing file `path`, on that side.
@@ -258,6 +280,17 @@ impl Tree {
             expect!(self.call(Request::WriteFiles { files }).await?, "write files", Response::Outcomes(o) => o)?;
         if outcomes.len() != n {
             return Err(TreeError::Unexpected("write files"));
+        }
+        Ok(outcomes)
+    }
+
+    /// Makes files as copies of others on that side; one outcome per file.
+    pub async fn clone_files(&self, files: Vec<CloneFile>) -> Result<Vec<Result<(), Failure>>, TreeError> {
+        let n = files.len();
+        let outcomes =
+            expect!(self.call(Request::CloneFiles { files }).await?, "copy files", Response::Outcomes(o) => o)?;
+        if outcomes.len() != n {
+            return Err(TreeError::Unexpected("copy files"));
         }
         Ok(outcomes)
     }

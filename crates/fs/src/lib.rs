@@ -143,6 +143,15 @@ impl FsTree {
             Request::Pieces { path, offset, len, avg } => {
                 Response::Pieces(pieces::pieces(root, path, *offset, *len, *avg)?)
             }
+            Request::ReadRanges { path, ranges } => {
+                let (digest, data) = read::read_ranges(root, path, ranges)?;
+                Response::Data { digest, data }
+            }
+            Request::WriteRanges { path, ranges, digest, data } => {
+                write::write_ranges(root, path, ranges, digest, data)?;
+                Response::Done
+            }
+            Request::CloneFiles { files } => Response::Outcomes(copy::clone_files(root, files)),
             Request::CopyRanges { path, from, ranges } => {
                 copy::copy_ranges(root, path, from, ranges)?;
                 Response::Done

@@ -18,7 +18,13 @@ use crate::read::open_read;
 /// The pieces of `[offset, offset + len)` (fewer bytes if the file is
 /// shorter), cut from `offset` on with the average size `avg` (validated by
 /// the codec: a power of two in the protocol's limits).
-pub(crate) fn pieces(root: BorrowedFd<'_>, path: &RelPath, offset: u64, len: u64, avg: u32) -> Result<Vec<Piece>, FsError> {
+pub(crate) fn pieces(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    offset: u64,
+    len: u64,
+    avg: u32,
+) -> Result<Vec<Piece>, FsError> {
     let file = open_read(root, path)?;
     let (avg, reader) = (avg as usize, Range { file: &file, at: offset, end: offset.saturating_add(len) });
     let mut pieces = Vec::new();

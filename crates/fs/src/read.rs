@@ -147,6 +147,20 @@ pub(crate) fn read_data(
     Ok((Digest::of(&data), data))
 }
 
+/// Reads several ranges, one after the other, with the digest of it all.
+pub(crate) fn read_ranges(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    ranges: &[std::ops::Range<u64>],
+) -> Result<(Digest, Bytes), FsError> {
+    let file = open_read(root, path)?;
+    let mut data = Vec::with_capacity(ranges.iter().map(|r| (r.end - r.start) as usize).sum());
+    for r in ranges {
+        data.extend_from_slice(&read_range(&file, r.start, (r.end - r.start) as usize)?);
+    }
+    Ok((Digest::of(&data), Bytes::from(data)))
+}
+
 /// Where the file holds data within `[offset, offset + len)`: at most
 /// `limit` extents, from `SEEK_DATA`/`SEEK_HOLE`. A filesystem that does not
 /// track holes reports the whole file as data.

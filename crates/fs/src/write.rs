@@ -16,9 +16,9 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::beneath;
+use crate::copy;
 use crate::error::FsError;
 use crate::meta;
-use crate::copy;
 use crate::read::read_range;
 use crate::temp;
 
@@ -52,6 +52,25 @@ pub(crate) fn write_data(
 ) -> Result<(), FsError> {
     check_digest(data, digest)?;
     open_write(root, path, false)?.write_all_at(data, offset).map_err(|e| FsError::std("write", e))
+}
+
+/// Writes verified bytes to several ranges of a file.
+pub(crate) fn write_ranges(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    ranges: &[std::ops::Range<u64>],
+    digest: &Digest,
+    data: &[u8],
+) -> Result<(), FsError> {
+    check_digest(data, digest)?;
+    let file = open_write(root, path, false)?;
+    let mut at = 0;
+    for r in ranges {
+        let len = (r.end - r.start) as usize;
+        file.write_all_at(&data[at..at + len], r.start).map_err(|e| FsError::std("write", e))?;
+        at += len;
+    }
+    Ok(())
 }
 
 /// The destination half of a block delta: the patched chunk must have the

@@ -246,3 +246,109 @@ fn directories_and_links_are_created_replaced_and_removed() {
     assert!(!r.join("a").exists());
     assert_eq!(failure(tree.execute(&Request::Remove { path: RelPath::root() })), FailureKind::BadRequest);
 }
+
+fn pieces(tree: &FsTree, path: &str, offset: u64, len: u64, avg: u32) -> Vec<pareco_proto::Piece> {
+    match tree.execute(&Request::Pieces { path: p(path), offset, len, avg }) {
+        Response::Pieces(pieces) => pieces,
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
+fn content_defined_pieces_come_back_after_an_insertion_and_tile_the_range() {
+    let (dir, tree) = setup();
+    let old: Vec<u8> = (0..400_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut new = old.clone();
+    new.splice(1000..1000, b"inserted".iter().copied());
+    std::fs::write(root(&dir).join("old"), &old).unwrap();
+    std::fs::write(root(&dir).join("new"), &new).unwrap();
+    let (a, b) = (pieces(&tree, "old", 0, 1 << 30, 4096), pieces(&tree, "new", 0, 1 << 30, 4096));
+    assert_eq!(a.iter().map(|p| p.len as u64).sum::<u64>(), old.len() as u64, "the file, shorter than asked");
+    assert!(a.iter().all(|p| (1024..=16384).contains(&p.len) || p.len as usize == old.len() % 16384));
+    let old_digests: std::collections::HashSet<u64> = a.iter().map(|p| p.digest).collect();
+    let shared = b.iter().filter(|p| old_digests.contains(&p.digest)).count();
+    assert!(shared + 3 >= b.len(), "only the pieces around the insertion differ: {shared} of {}", b.len());
+    // A range: the pieces start where asked.
+    let part = pieces(&tree, "old", 100_000, 50_000, 1024);
+    assert_eq!(part.iter().map(|p| p.len as u64).sum::<u64>(), 50_000);
+    let Response::Failed(f) = tree.execute(&Request::Pieces { path: p("nope"), offset: 0, len: 10, avg: 1024 }) else {
+        panic!()
+    };
+    assert_eq!(f.kind, FailureKind::NotFound);
+}
+
+#[test]
+#[allow(clippy::single_range_in_vec_init)] // one range is a list of ranges here
+fn ranges_are_copied_between_files_read_and_written_scattered() {
+    let (dir, tree) = setup();
+    let r = root(&dir);
+    std::fs::write(r.join("old"), b"0123456789abcdefghij").unwrap();
+    std::fs::write(r.join("new"), b"").unwrap();
+    let ranges =
+        vec![pareco_proto::CopyRange { to: 0, from: 10, len: 5 }, pareco_proto::CopyRange { to: 5, from: 0, len: 3 }];
+    assert_eq!(tree.execute(&Request::CopyRanges { path: p("new"), from: p("old"), ranges }), Response::Done);
+    assert_eq!(std::fs::read(r.join("new")).unwrap(), b"abcde012");
+    let beyond = vec![pareco_proto::CopyRange { to: 0, from: 15, len: 10 }];
+    assert_eq!(
+        failure(tree.execute(&Request::CopyRanges { path: p("new"), from: p("old"), ranges: beyond })),
+        FailureKind::Changed
+    );
+    let Response::Data { digest, data } =
+        tree.execute(&Request::ReadRanges { path: p("old"), ranges: vec![2..4, 12..15] })
+    else {
+        panic!()
+    };
+    assert_eq!((&data[..], digest), (&b"23cde"[..], Digest::of(b"23cde")));
+    let write = Request::WriteRanges {
+        path: p("new"),
+        ranges: vec![1..3, 6..9],
+        digest: Digest::of(b"XYZWV"),
+        data: Bytes::from_static(b"XYZWV"),
+    };
+    assert_eq!(tree.execute(&write), Response::Done);
+    // (The failed copy wrote what it could: the file being assembled is only
+    // put in place once checked.)
+    assert_eq!(std::fs::read(r.join("new")).unwrap(), b"fXYij0ZWV");
+    let lying = Request::WriteRanges {
+        path: p("new"),
+        ranges: vec![0..2],
+        digest: Digest::of(b"no"),
+        data: Bytes::from_static(b"ok"),
+    };
+    assert_eq!(failure(tree.execute(&lying)), FailureKind::Mismatch);
+}
+
+#[test]
+fn files_are_made_from_the_candidate_holding_their_content_even_when_names_swap() {
+    let (dir, tree) = setup();
+    let r = root(&dir);
+    let (a, b) = (vec![1u8; 3000], vec![2u8; 3000]);
+    std::fs::write(r.join("a"), &a).unwrap();
+    std::fs::write(r.join("b"), &b).unwrap();
+    let want = |from: &[&str], path: &str, content: &[u8]| pareco_proto::CloneFile {
+        from: from.iter().map(|f| p(f)).collect(),
+        path: p(path),
+        size: content.len() as u64,
+        chunk_size: 1024,
+        digests: content.chunks(1024).map(Digest::of).collect(),
+        mode: 0o640,
+        mtime: Some(Timestamp { secs: 1_400_000_000, nanos: 3 }),
+    };
+    // a and b swap contents; c is a copy of b found as the second candidate;
+    // d's content is nowhere.
+    let files = vec![
+        want(&["b"], "a", &b),
+        want(&["a"], "b", &a),
+        want(&["a", "b"], "c", &b),
+        want(&["a", "b"], "d", &[3u8; 3000]),
+    ];
+    let Response::Outcomes(outcomes) = tree.execute(&Request::CloneFiles { files }) else { panic!() };
+    assert_eq!(outcomes[..3], [Ok(()), Ok(()), Ok(())]);
+    assert_eq!(outcomes[3].as_ref().unwrap_err().kind, FailureKind::Mismatch);
+    assert_eq!((std::fs::read(r.join("a")).unwrap(), std::fs::read(r.join("b")).unwrap()), (b.clone(), a));
+    assert_eq!(std::fs::read(r.join("c")).unwrap(), b);
+    assert!(!r.join("d").exists());
+    let m = std::fs::metadata(r.join("c")).unwrap();
+    assert_eq!((m.mode() & 0o777, m.mtime(), m.mtime_nsec()), (0o640, 1_400_000_000, 3));
+    assert_eq!(std::fs::read_dir(&r).unwrap().count(), 3, "no temporaries left");
+}

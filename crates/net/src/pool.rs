@@ -166,6 +166,8 @@ fn cost(request: &Request) -> u64 {
         Request::HashChunks { len, chunk_size, .. } => len / *chunk_size as u64 * 32,
         Request::HashBlocks { len, block_size, .. } => (*len / *block_size) as u64 * 32,
         Request::Pieces { len, avg, .. } => len / *avg as u64 * 12,
+        Request::ReadRanges { ranges, .. } => ranges.iter().map(|r| r.end - r.start).sum(),
+        Request::WriteRanges { data, .. } => data.len() as u64,
         Request::ListDir { .. } => 64 << 10,
         _ => 0,
     }

@@ -246,6 +246,37 @@ fn a_full_destination_names_the_file_and_damages_nothing() {
     let _ = Command::new("umount").arg(&mnt).status();
 }
 
+/// A file whose content shifted is rebuilt beside its old version; where the
+/// disk has no room for both, the old version is updated in place instead.
+#[test]
+fn a_rebuild_without_room_for_a_second_copy_updates_in_place() {
+    if !rustix::process::geteuid().is_root() {
+        eprintln!("not root: cannot mount a small filesystem; nothing to test");
+        return;
+    }
+    let (_tmp, src, mnt) = dirs();
+    let mounted = Command::new("mount").args(["-t", "tmpfs", "-o", "size=6m", "tmpfs"]).arg(&mnt).status();
+    if !mounted.is_ok_and(|s| s.success()) {
+        eprintln!("cannot mount a tmpfs here; nothing to test");
+        return;
+    }
+    let mut data = bytes(4, 3_600_000);
+    std::fs::write(src.join("dump"), &data).unwrap();
+    age(&src);
+    let server = Server::start(&mnt);
+    sync(&src, server.url("copy"), &["-q"]).ok();
+    data.splice(100_000..100_000, *b"0123456789");
+    std::fs::write(src.join("dump"), &data).unwrap();
+    age(&src);
+    let run = sync(&src, server.url("copy"), &["-q"]).ok();
+    assert_same_tree(&src, &mnt.join("copy"));
+    assert!(run.stat("bytes_transferred") > 3_000_000, "sent in place after the rebuild found no room");
+    let names: Vec<_> = std::fs::read_dir(mnt.join("copy")).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["dump"], "the partial file gave its space back");
+    drop(server);
+    let _ = Command::new("umount").arg(&mnt).status();
+}
+
 #[test]
 fn an_unreadable_source_file_is_reported_and_the_others_are_synced() {
     use std::os::unix::fs::PermissionsExt;

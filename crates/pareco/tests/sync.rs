@@ -450,6 +450,11 @@ fn unsettled_and_vanishing_files_are_reported() {
     // meanwhile.
     std::fs::write(src.join("doomed"), b"about to vanish").unwrap();
     std::fs::write(src.join("doomed-big"), bytes(1, 200_000)).unwrap();
+    // (Just under a second ahead: unsettled for the longest, two seconds.)
+    let soon = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap() + Duration::from_millis(990);
+    for name in ["doomed", "doomed-big"] {
+        set_mtime(&src.join(name), soon.as_secs() as i64, soon.subsec_nanos() as i64);
+    }
     let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
     let (writer, killer) = {
         let (busy, stop) = (src.join("busy"), stop.clone());
@@ -462,9 +467,12 @@ fn unsettled_and_vanishing_files_are_reported() {
                 std::thread::sleep(Duration::from_millis(20));
             }
         });
-        let src = src.clone();
+        let (src, started) = (src.clone(), srv.join("t"));
         let killer = std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(300));
+            // Once the sync has made its destination (it lists the source
+            // next), within the second it waits for their mtimes to settle.
+            assert!(wait_until(Duration::from_secs(30), || started.exists()));
+            std::thread::sleep(Duration::from_millis(200));
             std::fs::remove_file(src.join("doomed")).unwrap();
             std::fs::remove_file(src.join("doomed-big")).unwrap();
         });

@@ -161,9 +161,9 @@ pub fn match_pieces(src: &[Located], dst: &[Located], dst_range: Range<u64>) -> 
     let mut expected = dst_range.start;
     let mut gap_start: Option<u64> = None;
     for p in src {
-        let found = by_digest.get(&(p.digest, p.len)).and_then(|offsets| {
-            offsets.iter().copied().min_by_key(|&o| o.abs_diff(expected))
-        });
+        let found = by_digest
+            .get(&(p.digest, p.len))
+            .and_then(|offsets| offsets.iter().copied().min_by_key(|&o| o.abs_diff(expected)));
         let Some(from) = found else {
             gap_start.get_or_insert(p.offset);
             continue;
@@ -240,9 +240,12 @@ mod tests {
         let mut out = vec![0u8; new.len()];
         for op in ops {
             match op {
-                Op::Reuse { at, from, len } => out[*at as usize..(at + len) as usize]
-                    .copy_from_slice(&old[*from as usize..(from + len) as usize]),
-                Op::Literal(r) => out[r.start as usize..r.end as usize].copy_from_slice(&new[r.start as usize..r.end as usize]),
+                Op::Reuse { at, from, len } => {
+                    out[*at as usize..(at + len) as usize].copy_from_slice(&old[*from as usize..(from + len) as usize])
+                }
+                Op::Literal(r) => {
+                    out[r.start as usize..r.end as usize].copy_from_slice(&new[r.start as usize..r.end as usize])
+                }
             }
         }
         out

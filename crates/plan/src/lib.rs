@@ -8,6 +8,8 @@
 //!   which chunks match, which to refine block by block, and which to send.
 //! - [`delta`]: rebuild a file whose content moved from pieces of its old
 //!   version cut at content-defined boundaries.
+//! - [`reuse`]: which file the destination already has holds the content
+//!   of a file it lacks (renamed, moved, rotated, copied).
 //! - [`verify`]: how two entries differ, how hard links differ, and why the
 //!   same content takes different space on two filesystems.
 //! - [`freshness`]: when a file's metadata can be trusted — the quick check
@@ -17,6 +19,7 @@ pub mod delta;
 pub mod dir;
 pub mod file;
 pub mod freshness;
+pub mod reuse;
 pub mod verify;
 
 /// A byte count for people: `512 B`, `1.5 MiB` (binary units, one decimal).

@@ -32,6 +32,8 @@ pub mod stream;
 mod wire;
 
 pub use codec::{CodecError, Frame};
-pub use message::{Block, CopyRange, Failure, FailureKind, FileContent, FileRead, Piece, Request, Response, Xattrs};
+pub use message::{
+    Block, CloneFile, CopyRange, Failure, FailureKind, FileContent, FileRead, Piece, Request, Response, Xattrs,
+};
 pub use path::{Name, PathError, RelPath};
 pub use stat::{Digest, Entry, Kind, Stat, Timestamp};

@@ -58,3 +58,6 @@ pub fn valid_piece_avg(avg: u32) -> bool {
 
 /// Most ranges in one local copy request.
 pub const MAX_COPY_RANGES: usize = 1 << 16;
+
+/// Most files a copy may be made from (tried in order).
+pub const MAX_CLONE_CANDIDATES: usize = 8;

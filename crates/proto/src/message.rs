@@ -184,6 +184,29 @@ pub enum Request {
         /// Average piece size (see [`crate::limits::valid_piece_avg`]).
         avg: u32,
     },
+    /// Read several ranges of a file at once (the scattered new bytes of a
+    /// rebuilt file travel together, compressed as one). Answer:
+    /// [`Response::Data`] with the ranges' bytes one after the other and
+    /// their digest.
+    ReadRanges {
+        /// File to read.
+        path: RelPath,
+        /// The ranges (at most [`MAX_CHUNK`] bytes in all).
+        ranges: Vec<std::ops::Range<u64>>,
+    },
+    /// Write `data`, the bytes of `ranges` one after the other, after
+    /// checking it against `digest`, into a file that exists. Answer:
+    /// [`Response::Done`].
+    WriteRanges {
+        /// File to write.
+        path: RelPath,
+        /// Where the bytes go.
+        ranges: Vec<std::ops::Range<u64>>,
+        /// Digest of `data`.
+        digest: Digest,
+        /// The bytes.
+        data: Bytes,
+    },
     /// Copy ranges of the file `from` into the existing file `path`, both on
     /// this side (holes of `from` stay holes where `path` has none). Answer:
     /// [`Response::Done`].
@@ -194,6 +217,18 @@ pub enum Request {
         from: RelPath,
         /// What goes where.
         ranges: Vec<CopyRange>,
+    },
+    /// Make files as copies of others on this side (a renamed, moved or
+    /// copied file: no content on the wire): each copied, holes kept, from
+    /// the first of its candidates that holds the content wanted (by its
+    /// digests; if none does, it is not made: `Mismatch`), under a temporary
+    /// name, given its mode and mtime; then all
+    /// renamed into place, so that files whose contents swap or rotate in
+    /// one batch are each copied from the old version. Answer:
+    /// [`Response::Outcomes`], one per file.
+    CloneFiles {
+        /// The files.
+        files: Vec<CloneFile>,
     },
     /// If the regular file at `path` has other hard links, give `path` a
     /// copy of its own (same content, owner where permitted, holes kept),
@@ -323,6 +358,27 @@ pub struct CopyRange {
     pub from: u64,
     /// Length.
     pub len: u64,
+}
+
+/// A file made as a copy of another of the same side (see
+/// [`Request::CloneFiles`]), if that one holds the content wanted.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CloneFile {
+    /// The files that may hold the content, tried in order (at most
+    /// [`crate::limits::MAX_CLONE_CANDIDATES`]).
+    pub from: Vec<RelPath>,
+    /// The file made (or replaced).
+    pub path: RelPath,
+    /// The content wanted: its size...
+    pub size: u64,
+    /// ...and the digest of each chunk of this size...
+    pub chunk_size: u32,
+    /// ...in order.
+    pub digests: Vec<Digest>,
+    /// Its permission bits.
+    pub mode: u32,
+    /// Its mtime, if it is to be set.
+    pub mtime: Option<Timestamp>,
 }
 
 /// One block of a patch.
@@ -536,6 +592,8 @@ impl Request {
             | Request::FinishFile { path, .. }
             | Request::Unshare { path, .. }
             | Request::Pieces { path, .. }
+            | Request::ReadRanges { path, .. }
+            | Request::WriteRanges { path, .. }
             | Request::CopyRanges { path, .. }
             | Request::MakeDir { path, .. }
             | Request::EnsureDir { path, .. }
@@ -548,6 +606,7 @@ impl Request {
             | Request::Remove { path }
             | Request::SetAttrs { path, .. } => Some(path),
             Request::ReadFiles { paths, .. } => paths.first(),
+            Request::CloneFiles { files } => files.first().map(|f| &f.path),
             Request::WriteFiles { files } => files.first().map(|f| &f.path),
         }
     }
@@ -563,6 +622,7 @@ impl Request {
                 | Request::DirXattrs { .. }
                 | Request::HashBlocks { .. }
                 | Request::Pieces { .. }
+                | Request::ReadRanges { .. }
                 | Request::ReadData { .. }
                 | Request::ReadPatch { .. }
                 | Request::ReadFiles { .. }
@@ -665,12 +725,39 @@ impl Request {
                 opt_mode(w, *mode);
                 w.opt_timestamp(*mtime);
             }
+            Request::CloneFiles { files } => {
+                w.u8(27);
+                w.varint(files.len() as u64);
+                for f in files {
+                    w.varint(f.from.len() as u64);
+                    f.from.iter().for_each(|p| w.path(p));
+                    w.path(&f.path);
+                    w.varint(f.size);
+                    w.varint(f.chunk_size as u64);
+                    w.varint(f.digests.len() as u64);
+                    f.digests.iter().for_each(|d| w.digest(d));
+                    w.varint(f.mode as u64);
+                    w.opt_timestamp(f.mtime);
+                }
+            }
             Request::Pieces { path, offset, len, avg } => {
                 w.u8(25);
                 w.path(path);
                 w.varint(*offset);
                 w.varint(*len);
                 w.varint(*avg as u64);
+            }
+            Request::ReadRanges { path, ranges } => {
+                w.u8(28);
+                w.path(path);
+                encode_ranges(w, ranges);
+            }
+            Request::WriteRanges { path, ranges, digest, data } => {
+                w.u8(29);
+                w.path(path);
+                encode_ranges(w, ranges);
+                w.digest(digest);
+                return Some(data.clone());
             }
             Request::CopyRanges { path, from, ranges } => {
                 w.u8(26);
@@ -847,12 +934,50 @@ impl Request {
                 }
                 Request::Pieces { path, offset, len, avg }
             }
+            27 => {
+                let n = r.count(6, MAX_BATCH_FILES, "file count")?;
+                let mut files = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let candidates = r.count(1, crate::limits::MAX_CLONE_CANDIDATES, "candidate count")?;
+                    if candidates == 0 {
+                        return Err(CodecError::Invalid("a copy from nowhere"));
+                    }
+                    let from = (0..candidates).map(|_| r.path()).collect::<Result<_, _>>()?;
+                    let (path, size) = (r.path()?, r.varint("size")?);
+                    let chunk_size = chunk_size(r)?;
+                    let count = r.count(32, MAX_DIGESTS, "digest count")?;
+                    if count as u64 != size.div_ceil(chunk_size as u64) {
+                        return Err(CodecError::Invalid("not one digest per chunk"));
+                    }
+                    let digests = (0..count).map(|_| r.digest("digest")).collect::<Result<_, _>>()?;
+                    files.push(CloneFile {
+                        from,
+                        path,
+                        size,
+                        chunk_size,
+                        digests,
+                        mode: mode(r)?,
+                        mtime: r.opt_timestamp("mtime")?,
+                    });
+                }
+                Request::CloneFiles { files }
+            }
+            28 => Request::ReadRanges { path: r.path()?, ranges: decode_ranges(r)? },
+            29 => {
+                let (path, ranges, digest) = (r.path()?, decode_ranges(r)?, r.digest("digest")?);
+                let data = r.rest();
+                if data.len() as u64 != ranges.iter().map(|r| r.end - r.start).sum::<u64>() {
+                    return Err(CodecError::Invalid("data does not fill its ranges"));
+                }
+                Request::WriteRanges { path, ranges, digest, data }
+            }
             26 => {
                 let (path, from) = (r.path()?, r.path()?);
                 let n = r.count(3, crate::limits::MAX_COPY_RANGES, "range count")?;
                 let mut ranges = Vec::with_capacity(n);
                 for _ in 0..n {
-                    let range = CopyRange { to: r.varint("offset")?, from: r.varint("offset")?, len: r.varint("length")? };
+                    let range =
+                        CopyRange { to: r.varint("offset")?, from: r.varint("offset")?, len: r.varint("length")? };
                     if range.to.checked_add(range.len).is_none() || range.from.checked_add(range.len).is_none() {
                         return Err(CodecError::Invalid("range beyond the largest file"));
                     }
@@ -1161,6 +1286,29 @@ fn block_size(r: &mut Reader, len: u32) -> Result<u32, CodecError> {
         return Err(CodecError::Invalid("block size out of range"));
     }
     Ok(v)
+}
+
+fn encode_ranges(w: &mut Writer<'_>, ranges: &[std::ops::Range<u64>]) {
+    w.varint(ranges.len() as u64);
+    for r in ranges {
+        w.varint(r.start);
+        w.varint(r.end - r.start);
+    }
+}
+
+/// Ranges of one file, at most [`MAX_CHUNK`] bytes in all.
+fn decode_ranges(r: &mut Reader) -> Result<Vec<std::ops::Range<u64>>, CodecError> {
+    let n = r.count(2, crate::limits::MAX_COPY_RANGES, "range count")?;
+    let (mut ranges, mut total) = (Vec::with_capacity(n), 0u64);
+    for _ in 0..n {
+        let (start, len) = (r.varint("offset")?, r.varint("length")?);
+        total += len.min(MAX_CHUNK as u64 + 1);
+        if total > MAX_CHUNK as u64 || start.checked_add(len).is_none() {
+            return Err(CodecError::Invalid("ranges larger than the largest chunk"));
+        }
+        ranges.push(start..start + len);
+    }
+    Ok(ranges)
 }
 
 fn opt_mode(w: &mut Writer<'_>, mode: Option<u32>) {

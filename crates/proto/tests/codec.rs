@@ -151,6 +151,41 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(path, size, mode, mtime, place_at)| Request::FinishFile { path, size, mode, mtime, place_at }),
         (path(), proptest::option::of(0u32..=0o7777), proptest::option::of(timestamp()))
             .prop_map(|(path, mode, mtime)| Request::Unshare { path, mode, mtime }),
+        (path(), any::<u64>(), 0u64..65535, 8u32..=18).prop_map(|(path, offset, pieces, bits)| Request::Pieces {
+            path,
+            offset,
+            len: pieces * (1 << (bits - 2)),
+            avg: 1 << bits
+        }),
+        (path(), path(), proptest::collection::vec((0u64..1 << 40, 0u64..1 << 40, 0u64..1 << 30), 0..5)).prop_map(
+            |(path, from, r)| Request::CopyRanges {
+                path,
+                from,
+                ranges: r.into_iter().map(|(to, from, len)| pareco_proto::CopyRange { to, from, len }).collect()
+            }
+        ),
+        (path(), proptest::collection::vec((0u64..1 << 40, 0u64..4096), 0..5))
+            .prop_map(|(path, r)| Request::ReadRanges { path, ranges: r.into_iter().map(|(s, l)| s..s + l).collect() }),
+        (path(), proptest::collection::vec((0u64..1 << 40, 0u64..64), 0..5)).prop_map(|(path, r)| {
+            let ranges: Vec<_> = r.into_iter().map(|(s, l)| s..s + l).collect();
+            let data = Bytes::from(vec![7u8; ranges.iter().map(|r| (r.end - r.start) as usize).sum()]);
+            Request::WriteRanges { path, ranges, digest: Digest::of(&data), data }
+        }),
+        proptest::collection::vec((proptest::collection::vec(path(), 1..3), path(), 0u64..5000, 0u32..=0o7777), 0..3)
+            .prop_map(|files| Request::CloneFiles {
+                files: files
+                    .into_iter()
+                    .map(|(from, path, size, mode)| pareco_proto::CloneFile {
+                        from,
+                        path,
+                        size,
+                        chunk_size: 1024,
+                        digests: vec![Digest::of(b"x"); size.div_ceil(1024) as usize],
+                        mode,
+                        mtime: None,
+                    })
+                    .collect()
+            }),
         (path(), 0u32..=0o7777).prop_map(|(path, mode)| Request::EnsureDir { path, mode }),
         (path(), 0u32..=0o7777, any::<bool>()).prop_map(|(path, mode, _)| Request::MakeDir { path, mode }),
         (path(), proptest::collection::vec(1u8..=255, 1..50), proptest::option::of(timestamp()))
@@ -169,6 +204,9 @@ fn response() -> impl Strategy<Value = Response> {
             Response::Listing { entries: es.into_iter().map(|(name, stat)| Entry { name, stat }).collect(), now, more }
         }),
         proptest::collection::vec(digest(), 0..10).prop_map(Response::Digests),
+        proptest::collection::vec((1u32..1 << 20, any::<u64>()), 0..10).prop_map(|p| {
+            Response::Pieces(p.into_iter().map(|(len, digest)| pareco_proto::Piece { len, digest }).collect())
+        }),
         proptest::collection::vec((name(), xattrs()), 0..4).prop_map(Response::DirXattrs),
         proptest::collection::vec((1u64..1 << 40, 1u64..1 << 40), 0..10).prop_map(|gaps| {
             let mut at = 0;
@@ -387,4 +425,54 @@ fn compressed_bodies_are_split_with_their_size_and_bounded() {
     let mut fine = BytesMut::new();
     codec::encode_compressed(10, b"x", &mut fine);
     assert!(matches!(codec::decode(&mut fine), Err(CodecError::Invalid(_))), "not agreed: refused by decode");
+}
+
+/// The delta's requests refuse what no well-behaved peer sends: piece sizes
+/// FastCDC would choke on, more pieces than one answer holds, bytes that do
+/// not fill their ranges, a copy without one digest per chunk.
+#[test]
+#[allow(clippy::single_range_in_vec_init)] // one range is a list of ranges here
+fn delta_requests_out_of_bounds_are_refused() {
+    let refused = |request: Request| {
+        let bytes = codec::encode_to_vec(&Frame::Request { id: 1, request: request.clone() });
+        assert!(codec::decode(&mut BytesMut::from(&bytes[..])).is_err(), "{request:?} accepted");
+    };
+    let p = RelPath::new(b"f").unwrap();
+    for avg in [0, 128, 3000, 512 << 10, u32::MAX] {
+        refused(Request::Pieces { path: p.clone(), offset: 0, len: 1, avg });
+    }
+    refused(Request::Pieces { path: p.clone(), offset: 0, len: 1 << 40, avg: 1024 });
+    let data = Bytes::from_static(b"abc");
+    refused(Request::WriteRanges {
+        path: p.clone(),
+        ranges: vec![0..2],
+        digest: Digest::of(&data),
+        data: data.clone(),
+    });
+    refused(Request::ReadRanges { path: p.clone(), ranges: vec![0..(MAX_FRAME as u64)] });
+    refused(Request::CopyRanges {
+        path: p.clone(),
+        from: p.clone(),
+        ranges: vec![pareco_proto::CopyRange { to: u64::MAX, from: 0, len: 2 }],
+    });
+    let clone = |size, digests| pareco_proto::CloneFile {
+        from: vec![p.clone()],
+        path: p.clone(),
+        size,
+        chunk_size: 1024,
+        digests,
+        mode: 0o644,
+        mtime: None,
+    };
+    refused(Request::CloneFiles { files: vec![clone(3000, vec![Digest::of(b"x"); 2])] });
+    refused(Request::CloneFiles { files: vec![pareco_proto::CloneFile { from: vec![], ..clone(0, vec![]) }] });
+    let mut pieces = codec::encode_to_vec(&Frame::Response {
+        id: 1,
+        response: Response::Pieces(vec![pareco_proto::Piece { len: 0, digest: 1 }]),
+    });
+    assert!(codec::decode(&mut BytesMut::from(&pieces[..])).is_err(), "an empty piece");
+    pieces.truncate(pieces.len() - 3);
+    let len = (pieces.len() - 4) as u32;
+    pieces[..4].copy_from_slice(&len.to_le_bytes());
+    assert!(codec::decode(&mut BytesMut::from(&pieces[..])).is_err(), "a truncated piece");
 }

@@ -74,6 +74,13 @@ pub(super) struct FileJob {
 }
 
 impl FileJob {
+    /// Counts `bytes` of content sent for this file.
+    pub(super) fn sent(&self, ctx: &Ctx, bytes: u64) {
+        Stats::add(&ctx.stats.bytes_transferred, bytes);
+        self.sent.fetch_add(bytes, Ordering::Relaxed);
+        self.progress(ctx, bytes);
+    }
+
     pub(super) fn progress(&self, ctx: &Ctx, bytes: u64) {
         self.done.fetch_add(bytes, Ordering::Relaxed);
         Stats::add(&ctx.stats.bytes_in_progress, bytes);
@@ -137,40 +144,49 @@ async fn try_transfer(
         }
         None => Way::InPlace(None),
     };
-    let in_place = basis.is_some() && matches!(way, Way::InPlace(_));
-    if in_place && basis.is_some_and(|b| b.nlink > 1) {
-        ticket.dir().touch();
-        ctx.dst.tree.unshare(dst.clone(), None, None).await.map_err(destination_failure)?;
-    }
-    let target = if in_place { dst.clone() } else { partial.unwrap_or(&dst).clone() };
-    let existing = ctx.dst.tree.prepare_file(target.clone()).await.map_err(destination_failure)?;
-    // Updated in place, the name is final already; a partial file is not.
-    let placed = target != dst;
-    let (_alive, ticket) = if placed { (None, Some(ticket)) } else { (Some(ticket.release()), None) };
-    let job = Arc::new(FileJob {
-        src: src.clone(),
-        dst: target.clone(),
-        layout,
-        sent: AtomicU64::new(0),
-        done: AtomicU64::new(0),
-        sparse: before.blocks.saturating_mul(512) < before.size,
-        basis: if matches!(way, Way::Rebuilt(_)) { 0 } else { existing.size },
-    });
-    let copied = match way {
-        Way::InPlace(compared) => patch(ctx, &job, compared).await,
-        Way::Rebuilt(compared) => rebuild::rebuild(ctx, &job, &dst, basis.map_or(0, |b| b.size), compared).await,
-    };
-    // The whole file is counted as processed when its outcome is.
-    ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
-    if let Err(fault) = copied {
-        if let (true, Fault::Destination(e)) = (placed, &fault)
-            && e.kind() == Some(FailureKind::NoSpace)
-        {
-            // It is what filled the disk: give the space back.
-            let _ = ctx.dst.tree.remove(target.clone()).await;
+    let (mut way, mut ticket, mut _alive) = (way, Some(ticket), None);
+    let (job, target, placed) = loop {
+        let in_place = basis.is_some() && matches!(way, Way::InPlace(_));
+        if in_place && basis.is_some_and(|b| b.nlink > 1) {
+            ticket.as_ref().expect("ticket held until the name is final").dir().touch();
+            ctx.dst.tree.unshare(dst.clone(), None, None).await.map_err(destination_failure)?;
         }
-        return Err(fault.into());
-    }
+        let target = if in_place { dst.clone() } else { partial.unwrap_or(&dst).clone() };
+        let existing = ctx.dst.tree.prepare_file(target.clone()).await.map_err(destination_failure)?;
+        // Updated in place, the name is final already; a partial file is not.
+        let placed = target != dst;
+        if !placed {
+            _alive = ticket.take().map(Ticket::release);
+        }
+        let job = Arc::new(FileJob {
+            src: src.clone(),
+            dst: target.clone(),
+            layout,
+            sent: AtomicU64::new(0),
+            done: AtomicU64::new(0),
+            sparse: before.blocks.saturating_mul(512) < before.size,
+            basis: if matches!(way, Way::Rebuilt(_)) { 0 } else { existing.size },
+        });
+        let copied = match &way {
+            Way::InPlace(compared) => patch(ctx, &job, compared.as_ref()).await,
+            Way::Rebuilt(compared) => rebuild::rebuild(ctx, &job, &dst, basis.map_or(0, |b| b.size), compared).await,
+        };
+        // The whole file is counted as processed when its outcome is.
+        ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
+        match copied {
+            Ok(()) => break (job, target, placed),
+            Err(Fault::Destination(e)) if placed && e.kind() == Some(FailureKind::NoSpace) => {
+                // It is what filled the disk: give the space back, and
+                // update the old version in place if there is one.
+                let _ = ctx.dst.tree.remove(target.clone()).await;
+                match way {
+                    Way::Rebuilt(compared) => way = Way::InPlace(Some(compared)),
+                    Way::InPlace(_) => return Err(destination_failure(e)),
+                }
+            }
+            Err(fault) => return Err(fault.into()),
+        }
+    };
 
     let (after, _) = ctx.src.tree.stat(src).await.map_err(source_failure)?;
     let stable = after.is_some_and(|after| before.same_version(&after));
@@ -231,7 +247,13 @@ impl Compared {
 
 /// Compares the chunks of `src` with those of `old` (of `old_size` bytes)
 /// over the span both have, many groups at once. Nothing is written.
-async fn compare(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, layout: Layout, old_size: u64) -> Result<Compared, Fault> {
+async fn compare(
+    ctx: &Arc<Ctx>,
+    src: &RelPath,
+    old: &RelPath,
+    layout: Layout,
+    old_size: u64,
+) -> Result<Compared, Fault> {
     let mut tasks = JoinSet::new();
     for group in layout.groups(GROUP_CHUNKS) {
         if layout.span(&group).start >= old_size {
@@ -263,13 +285,19 @@ async fn compare(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, layout: Layout, o
 }
 
 /// Patches what differs in place (per `compared`), then streams the rest.
-async fn patch(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: Option<Compared>) -> Result<(), Fault> {
+async fn patch(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: Option<&Compared>) -> Result<(), Fault> {
     let mut tasks = JoinSet::new();
+    let resumed;
     let compared = match compared {
         Some(c) => c,
-        // A new file: what an interrupted attempt left under its partial name.
-        None if job.basis > 0 => compare(ctx, &job.src, &job.dst, job.layout, job.basis).await?,
-        None => Compared { plans: Vec::new(), src: Vec::new() },
+        None => {
+            // A new file: what an interrupted attempt left under its partial name.
+            resumed = match job.basis {
+                0 => Compared { plans: Vec::new(), src: Vec::new() },
+                basis => compare(ctx, &job.src, &job.dst, job.layout, basis).await?,
+            };
+            &resumed
+        }
     };
     for (i, plan) in compared.plans.iter().enumerate() {
         let i = i as u64;
@@ -371,9 +399,7 @@ async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), F
         return Ok(());
     }
     ctx.dst.tree.write_data(job.dst.clone(), piece.start, digest, data).await.map_err(Fault::Destination)?;
-    Stats::add(&ctx.stats.bytes_transferred, len as u64);
-    job.sent.fetch_add(len as u64, Ordering::Relaxed);
-    job.progress(ctx, len as u64);
+    job.sent(ctx, len as u64);
     Ok(())
 }
 

@@ -15,6 +15,9 @@
 //! - [`rebuild`]: a file whose content moved (bytes inserted or removed) is
 //!   rebuilt from pieces of its old version cut at content-defined
 //!   boundaries, plus only what is new.
+//! - [`reuse`]: a file the destination has under another name (renamed,
+//!   moved, rotated) is copied there instead of sent; deletions wait for the
+//!   end of the run, so that nothing is removed before it has served.
 //! - [`meta`]: with `owner`/`group`/`xattrs`, each directory's entries get
 //!   their owners and extended attributes once their names are final.
 //!
@@ -27,6 +30,7 @@ mod big;
 mod links;
 mod meta;
 mod rebuild;
+mod reuse;
 mod small;
 mod walk;
 
@@ -127,6 +131,10 @@ pub(crate) struct Ctx {
     data: Arc<Semaphore>,
     /// Paths sharing an inode.
     links: links::Links,
+    /// Destination files the source lacks: where moved content may be.
+    index: reuse::Index,
+    /// Removals put off to the end of the run.
+    deletions: reuse::Deletions,
     /// Whether setting an owner was refused once already (not root).
     owner_refused: std::sync::atomic::AtomicBool,
     /// Why the run gave up on a server, once it has: the entries that fail
@@ -161,6 +169,8 @@ impl Ctx {
             batches: Arc::new(Semaphore::new(4 * j)),
             data: Arc::new(Semaphore::new(data_kib)),
             links: links::Links::default(),
+            index: Default::default(),
+            deletions: Default::default(),
             owner_refused: Default::default(),
             gave_up: Default::default(),
             opts,

@@ -25,8 +25,8 @@ use pareco_proto::limits::{MAX_COPY_RANGES, MAX_DIGESTS, MIN_PIECE_AVG};
 use pareco_proto::{CopyRange, Piece, RelPath};
 use tokio::task::JoinSet;
 
-use super::big::{Compared, Fault, FileJob, GROUP_CHUNKS, check, hash_both, spawn_pieces};
 use super::Ctx;
+use super::big::{Compared, Fault, FileJob, GROUP_CHUNKS, check, hash_both, spawn_pieces};
 use crate::report::Stats;
 use crate::tree::{Tree, TreeError};
 
@@ -47,13 +47,17 @@ pub(super) async fn worth_it(
     if len < 16 * MIN_PIECE_AVG as u64 {
         return Ok(false);
     }
-    let avg = (len / 256).next_power_of_two().clamp(MIN_PIECE_AVG as u64, 64 << 10) as u32;
+    // Small pieces, so that changes a few KiB apart (rewritten records)
+    // still leave most pieces whole.
+    let avg = (len / 1024).next_power_of_two().clamp(MIN_PIECE_AVG as u64, 16 << 10) as u32;
     let around = chunk.start.saturating_sub(layout.chunk as u64)..(chunk.end + layout.chunk as u64).min(old_size);
     let (s, d) = tokio::try_join!(
         async { pieces(&ctx.src.tree, src, chunk.clone(), avg).await.map_err(Fault::Source) },
         async { pieces(&ctx.dst.tree, old, around.clone(), avg).await.map_err(Fault::Destination) },
     )?;
-    Ok(shifted(&locate(chunk.start, &s), &locate(around.start, &d)))
+    let verdict = shifted(&locate(chunk.start, &s), &locate(around.start, &d));
+    tracing::debug!("{src}: chunk {i} holds content of the old version at other offsets: {verdict}");
+    Ok(verdict)
 }
 
 /// Assembles the new version in `job.dst` from `old` (of `old_size` bytes)
@@ -63,7 +67,7 @@ pub(super) async fn rebuild(
     job: &Arc<FileJob>,
     old: &RelPath,
     old_size: u64,
-    compared: Compared,
+    compared: &Compared,
 ) -> Result<(), Fault> {
     let (mut ops, gaps) = regions(&compared.plans, job.layout.chunk, job.layout.size, old_size);
     ops.extend(match_gaps(ctx, &job.src, old, gaps).await?);
@@ -73,12 +77,30 @@ pub(super) async fn rebuild(
     Stats::add(&ctx.stats.bytes_matched_shifted, moved_bytes(&ops));
 
     let mut tasks = JoinSet::new();
-    let mut copies = Vec::new();
+    let (mut copies, mut scattered) = (Vec::new(), Vec::new());
     for op in ops {
         match op {
             Op::Reuse { at, from, len } => copies.push(CopyRange { to: at, from, len }),
-            Op::Literal(range) => spawn_pieces(ctx, job, range, &mut tasks).await?,
+            Op::Literal(range) if range.end - range.start >= LITERAL_BATCH / 2 => {
+                spawn_pieces(ctx, job, range, &mut tasks).await?
+            }
+            Op::Literal(range) => scattered.push(range),
         }
+    }
+    scattered.sort_by_key(|r| r.start);
+    for batch in literal_batches(scattered) {
+        let budget = ctx.data.clone().acquire_many_owned(Ctx::kib(LITERAL_BATCH)).await.expect("never closed");
+        let (ctx, job) = (ctx.clone(), job.clone());
+        tasks.spawn(async move {
+            let len = batch.iter().map(|r| r.end - r.start).sum();
+            let (digest, data) =
+                ctx.src.tree.read_ranges(job.src.clone(), batch.clone()).await.map_err(Fault::Source)?;
+            ctx.dst.tree.write_ranges(job.dst.clone(), batch, digest, data).await.map_err(Fault::Destination)?;
+            job.sent(&ctx, len);
+            drop(budget);
+            Ok(())
+        });
+        check(&mut tasks)?;
     }
     for batch in copies.chunks(MAX_COPY_RANGES) {
         let reused = batch.iter().map(|c| c.len).sum();
@@ -89,7 +111,28 @@ pub(super) async fn rebuild(
     while let Some(result) = tasks.join_next().await {
         result.expect("rebuild task panicked")?;
     }
-    verify(ctx, job, &compared).await
+    verify(ctx, job, compared).await
+}
+
+/// Scattered new bytes travel together, up to this many per request (one
+/// frame, compressed as one).
+const LITERAL_BATCH: u64 = 128 << 10;
+
+/// Groups small literal ranges, in order, into batches of at most
+/// [`LITERAL_BATCH`] bytes.
+fn literal_batches(ranges: Vec<Range<u64>>) -> Vec<Vec<Range<u64>>> {
+    let mut batches: Vec<Vec<Range<u64>>> = Vec::new();
+    let mut bytes = LITERAL_BATCH;
+    for r in ranges {
+        let len = r.end - r.start;
+        if bytes + len > LITERAL_BATCH || batches.last().is_some_and(|b| b.len() >= MAX_COPY_RANGES) {
+            batches.push(Vec::new());
+            bytes = 0;
+        }
+        bytes += len;
+        batches.last_mut().expect("a batch").push(r);
+    }
+    batches
 }
 
 /// Matches every gap piece by piece, finer and finer, many at once; what
@@ -116,7 +159,7 @@ async fn match_gaps(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, gaps: Vec<Gap>
                 let (mut found, gaps) = match_pieces(&located, &locate(gap.dst.start, &d), gap.dst.clone());
                 // A source that became shorter meanwhile: the rest is checked later.
                 let covered = gap.src.start + s.iter().map(|p| p.len as u64).sum::<u64>();
-                found.extend((covered < gap.src.end).then(|| Op::Literal(covered..gap.src.end)));
+                found.extend((covered < gap.src.end).then_some(Op::Literal(covered..gap.src.end)));
                 Ok::<_, Fault>((found, gaps, avg))
             });
         }
@@ -167,7 +210,8 @@ async fn verify(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: &Compared) -> Resu
             let span = job.layout.span(&group);
             let (want, have) = match known {
                 Some(want) => {
-                    let have = ctx.dst.tree.hash_chunks(job.dst.clone(), span.start, span.end - span.start, job.layout.chunk);
+                    let have =
+                        ctx.dst.tree.hash_chunks(job.dst.clone(), span.start, span.end - span.start, job.layout.chunk);
                     (want, have.await.map_err(Fault::Destination)?)
                 }
                 None => hash_both(&ctx, &job.src, &job.dst, span).await?,

@@ -17,9 +17,9 @@ use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
 use pareco_proto::{Kind, RelPath, Stat, Timestamp};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
-use super::meta;
 use super::small::{self, SmallFile};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
+use super::{meta, reuse};
 use crate::report::{Attrs, Change, Problem, Stats};
 use crate::tree::TreeError;
 
@@ -218,6 +218,7 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
     let _ = finished.recv().await;
     let _ = batcher.await;
     ctx.links.finish(&ctx).await;
+    ctx.deletions.run(&ctx).await;
 }
 
 fn placeholder_name() -> pareco_proto::Name {
@@ -258,7 +259,9 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         *node.entries.lock().expect("entries lock") = meta::EntryMeta::of(&src_entries, dst_entries.as_deref());
     }
     let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
-    for planned in plan_dir(src_entries, src_now, dst_entries, options) {
+    let planned = plan_dir(src_entries, src_now, dst_entries, options);
+    let planned = reuse::copy_what_is_there(ctx, &node.rel, src_now, planned, || node.touch()).await;
+    for planned in planned {
         let rel = match node.rel.join(&planned.name) {
             Ok(rel) => rel,
             Err(e) => {
@@ -299,6 +302,12 @@ async fn dispatch(
         return;
     }
     match p.action {
+        // Put off to the end of the run: it may hold content that moved.
+        Action::Delete if !ctx.opts.dry_run => {
+            if let Some((dir_src, _)) = &node.attrs {
+                ctx.deletions.defer(rel, &node.rel, dir_src);
+            }
+        }
         Action::Nothing => {
             let size = p.src.as_ref().filter(|s| s.kind == Kind::File).map_or(0, |s| s.size);
             Stats::add(&ctx.stats.bytes_processed, size);
@@ -451,13 +460,9 @@ async fn set_attrs(ctx: &Ctx, path: RelPath, mode: Option<u32>, mtime: Option<Ti
 async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome {
     let path = ctx.dst.path(rel);
     let (change, result) = match p.action {
-        Action::Delete => {
-            ticket.dir().touch();
-            let result = if ctx.opts.dry_run { Ok(()) } else { ctx.dst.tree.remove(path).await };
-            if result.is_ok() {
-                Stats::add(&ctx.stats.entries_deleted, 1);
-            }
-            (Change::Delete, result)
+        Action::Delete if ctx.opts.dry_run => {
+            Stats::add(&ctx.stats.entries_deleted, 1);
+            (Change::Delete, Ok(()))
         }
         Action::SetMode(mode) => {
             let change = Change::Attributes(Attrs { mode: true, ..Attrs::default() });
@@ -503,7 +508,7 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
             let change = Change::Attributes(p.dst.as_ref().map(|d| Attrs::between(src, d)).unwrap_or_default());
             (change, set_attrs(ctx, path, Some(src.mode), Some(src.mtime)).await)
         }
-        Action::Nothing | Action::Skip(_) | Action::CopyFile { .. } | Action::Descend { .. } => {
+        Action::Nothing | Action::Skip(_) | Action::CopyFile { .. } | Action::Descend { .. } | Action::Delete => {
             unreachable!("handled by dispatch")
         }
     };

@@ -1,0 +1,312 @@
+//! Content the destination already holds under another name, copied there
+//! instead of sent: a renamed or moved directory, rotated logs, a file
+//! copied to a new name (see `pareco_plan::reuse` for which file qualifies).
+//!
+//! Where candidates come from:
+//! - the same directory's destination listing (every file in it: a log
+//!   rotated by renames finds its old content under the previous name);
+//! - an index, built as the walk goes, of destination files the source
+//!   does not have: extraneous files, and the files inside extraneous
+//!   directories of a directory where something is created (a directory
+//!   renamed within its parent is listed once, then copied from).
+//!
+//! Copies of one directory go in one `CloneFiles` request, made before the
+//! directory's other entries are dispatched, so that a file that serves as
+//! a candidate is read before it is itself updated; the server makes all
+//! copies before renaming any, so contents that swap or rotate between
+//! names come out right. Deletions (`--delete`) wait for the end of the run
+//! ([`Deletions`]), so that nothing is removed before it has served. A file
+//! whose candidate turns out to have changed is transferred as usual.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Mutex;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use pareco_plan::dir::{Action, Planned};
+use pareco_plan::freshness::settle_delay;
+use pareco_plan::reuse::{ranked, wants_content};
+use pareco_proto::limits::{MAX_BATCH_FILES, MAX_CLONE_CANDIDATES, MAX_DIGESTS};
+use pareco_proto::{CloneFile, Kind, Name, RelPath, Stat, Timestamp};
+
+use super::{Ctx, Outcome, destination_failure};
+use crate::report::{Change, Stats};
+
+/// Most destination files remembered as candidates (about 100 bytes each).
+const MAX_INDEXED: usize = 1 << 18;
+
+/// Destination files the source does not have, by size (what a candidate
+/// must share with the file it stands for), and by size and name.
+#[derive(Default)]
+pub(crate) struct Index {
+    by_size: Mutex<HashMap<u64, Vec<(RelPath, Stat)>>>,
+    by_name: Mutex<HashMap<(u64, Name), (RelPath, Stat)>>,
+    len: AtomicUsize,
+}
+
+/// Most files remembered by size alone for one size.
+const MAX_ALIKE: usize = 16;
+
+impl Index {
+    /// Remembers a destination file (`rel` relative to the synced root).
+    fn add(&self, rel: RelPath, stat: Stat) {
+        if stat.kind != Kind::File || stat.size == 0 || self.len.fetch_add(1, Ordering::Relaxed) >= MAX_INDEXED {
+            return;
+        }
+        let Some((_, name)) = rel.split_last() else { return };
+        let mut by_size = self.by_size.lock().expect("index lock");
+        let alike = by_size.entry(stat.size).or_default();
+        if alike.len() < MAX_ALIKE {
+            alike.push((rel.clone(), stat.clone()));
+        }
+        drop(by_size);
+        self.by_name.lock().expect("index lock").insert((stat.size, name), (rel, stat));
+    }
+
+    fn full(&self) -> bool {
+        self.len.load(Ordering::Relaxed) >= MAX_INDEXED
+    }
+
+    /// The remembered files of `src`'s size, the one named `name` first.
+    fn like(&self, name: &Name, src: &Stat) -> Vec<(Name, RelPath, Stat)> {
+        let named = self.by_name.lock().expect("index lock").get(&(src.size, name.clone())).cloned();
+        let alike = self.by_size.lock().expect("index lock").get(&src.size).cloned().unwrap_or_default();
+        named.into_iter().chain(alike).filter_map(|(rel, stat)| Some((rel.split_last()?.1, rel, stat))).collect()
+    }
+}
+
+/// Deletions put off to the end of the run, with the directory holding
+/// each (its source attributes, to be set again afterwards).
+#[derive(Default)]
+pub(crate) struct Deletions(Mutex<Vec<(RelPath, RelPath, Stat)>>);
+
+impl Deletions {
+    /// Puts off removing `rel`, an entry of the directory `dir`.
+    pub(crate) fn defer(&self, rel: RelPath, dir: &RelPath, dir_src: &Stat) {
+        self.0.lock().expect("deletions lock").push((rel, dir.clone(), dir_src.clone()));
+    }
+
+    /// Removes everything put off, then gives the directories their
+    /// attributes back.
+    pub(crate) async fn run(&self, ctx: &std::sync::Arc<Ctx>) {
+        let all = std::mem::take(&mut *self.0.lock().expect("deletions lock"));
+        let mut dirs: std::collections::BTreeMap<RelPath, Stat> = Default::default();
+        let mut tasks = tokio::task::JoinSet::new();
+        for (rel, dir, dir_src) in all {
+            dirs.insert(dir, dir_src);
+            while tasks.len() >= ctx.opts.parallelism.max(1) {
+                tasks.join_next().await;
+            }
+            let ctx = ctx.clone();
+            tasks.spawn(async move {
+                let outcome = match ctx.dst.tree.remove(ctx.dst.path(&rel)).await {
+                    Ok(()) => {
+                        Stats::add(&ctx.stats.entries_deleted, 1);
+                        Outcome::Synced { transferred: false, change: Some(Change::Delete) }
+                    }
+                    Err(e) => destination_failure(e),
+                };
+                ctx.finish(&rel, 0, outcome);
+            });
+        }
+        while tasks.join_next().await.is_some() {}
+        for (dir, src) in dirs {
+            if let Err(e) = ctx.dst.tree.set_attrs(ctx.dst.path(&dir), Some(src.mode), Some(src.mtime)).await {
+                ctx.finish(&dir, 0, destination_failure(e));
+            }
+        }
+    }
+}
+
+/// Before a directory's entries are dispatched: remembers its extraneous
+/// files (and, if it creates anything, lists its extraneous directories to
+/// remember theirs), then copies from what the destination has every file
+/// that can be. Returns the entries still to be dispatched.
+pub(crate) async fn copy_what_is_there(
+    ctx: &std::sync::Arc<Ctx>,
+    dir: &RelPath,
+    src_now: Timestamp,
+    planned: Vec<Planned>,
+    mut touched: impl FnMut(),
+) -> Vec<Planned> {
+    if ctx.opts.checksum {
+        return planned;
+    }
+    let creates =
+        planned.iter().any(|p| matches!(p.action, Action::CopyFile { basis: None } | Action::Descend { create: true }));
+    let mut extraneous_dirs = Vec::new();
+    for p in planned.iter().filter(|p| p.src.is_none()) {
+        let (Some(dst), Ok(rel)) = (&p.dst, dir.join(&p.name)) else { continue };
+        match dst.kind {
+            Kind::File => ctx.index.add(rel, dst.clone()),
+            Kind::Dir if creates => extraneous_dirs.push(rel),
+            _ => {}
+        }
+    }
+    if !extraneous_dirs.is_empty() {
+        remember_below(ctx, extraneous_dirs).await;
+    }
+    // (Whether a candidate holds the content is only known by trying: a dry
+    // run lists such files as new or updated.)
+    if ctx.opts.dry_run || !planned.iter().any(wants_content) {
+        return planned;
+    }
+
+    // Candidates: this directory's destination files, then the index.
+    let mut here: HashMap<u64, Vec<(Name, Stat)>> = HashMap::new();
+    for p in &planned {
+        if let Some(d) = p.dst.as_ref().filter(|d| d.kind == Kind::File) {
+            here.entry(d.size).or_default().push((p.name.clone(), d.clone()));
+        }
+    }
+    let (mut wanted, mut rest) = (Vec::new(), Vec::new());
+    for p in planned {
+        let found = match (&p.src, dir.join(&p.name)) {
+            (Some(src), Ok(rel)) if wants_content(&p) && settle_delay(src, src_now).is_none() => {
+                Some(candidates(ctx, dir, &here, &p.name, src)).filter(|c| !c.is_empty()).map(|from| (rel, from))
+            }
+            _ => None,
+        };
+        match found {
+            Some((rel, from)) => wanted.push((rel, from, p)),
+            None => rest.push(p),
+        }
+    }
+    tracing::debug!("{dir}: {} file(s) may be copied from what the destination has", wanted.len());
+    if wanted.is_empty() {
+        return rest;
+    }
+    touched();
+    for batch in batches(wanted) {
+        rest.extend(clone_batch(ctx, batch).await);
+    }
+    rest
+}
+
+fn count_total(ctx: &Ctx, size: u64) {
+    Stats::add(&ctx.stats.files_total, 1);
+    Stats::add(&ctx.stats.bytes_total, size);
+}
+
+type Wanted = (RelPath, Vec<RelPath>, Planned);
+
+/// Groups of files for one request each (bounded in files and digests).
+fn batches(wanted: Vec<Wanted>) -> Vec<Vec<Wanted>> {
+    let mut out: Vec<Vec<Wanted>> = vec![Vec::new()];
+    let mut digests = 0u64;
+    for w in wanted {
+        let chunks = w.2.src.as_ref().map_or(0, |s| s.size.div_ceil(1 << 20));
+        let last = out.last_mut().expect("a batch");
+        if !last.is_empty() && (last.len() >= MAX_BATCH_FILES || digests + chunks > MAX_DIGESTS as u64) {
+            out.push(Vec::new());
+            digests = 0;
+        }
+        digests += chunks;
+        out.last_mut().expect("a batch").push(w);
+    }
+    out
+}
+
+/// Hashes the source files, asks for the copies; returns the entries that
+/// could not be made so (to be sent as usual).
+async fn clone_batch(ctx: &std::sync::Arc<Ctx>, batch: Vec<Wanted>) -> Vec<Planned> {
+    let chunk = ctx.opts.chunk_size;
+    let mut hashes = tokio::task::JoinSet::new();
+    for (i, (rel, _, p)) in batch.iter().enumerate() {
+        let size = p.src.as_ref().map_or(0, |s| s.size);
+        let (ctx, path) = (ctx.clone(), ctx.src.path(rel));
+        let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+        hashes.spawn(async move {
+            let digests = ctx.src.tree.hash_chunks(path, 0, size, chunk).await;
+            drop(permit);
+            (i, digests.ok().filter(|d| d.len() as u64 == size.div_ceil(chunk as u64)))
+        });
+    }
+    let mut digests: Vec<Option<Vec<pareco_proto::Digest>>> = vec![None; batch.len()];
+    while let Some(done) = hashes.join_next().await {
+        let (i, d) = done.expect("hash task panicked");
+        digests[i] = d;
+    }
+    let (mut files, mut asked, mut rest) = (Vec::new(), Vec::new(), Vec::new());
+    for ((rel, from, p), digests) in batch.into_iter().zip(digests) {
+        let (Some(src), Some(digests)) = (p.src.clone(), digests) else {
+            rest.push(p);
+            continue;
+        };
+        files.push(CloneFile {
+            from: from.iter().map(|f| ctx.dst.path(f)).collect(),
+            path: ctx.dst.path(&rel),
+            size: src.size,
+            chunk_size: chunk,
+            digests,
+            mode: src.mode,
+            mtime: Some(src.mtime),
+        });
+        asked.push((rel, p));
+    }
+    let outcomes = if files.is_empty() { Ok(Vec::new()) } else { ctx.dst.tree.clone_files(files).await };
+    for (i, (rel, p)) in asked.into_iter().enumerate() {
+        let size = p.src.as_ref().map_or(0, |s| s.size);
+        match outcomes.as_ref().map(|o| o.get(i)) {
+            Ok(Some(Ok(()))) => {
+                count_total(ctx, size);
+                Stats::add(&ctx.stats.bytes_reused_local, size);
+                ctx.finish(&rel, size, Outcome::Synced { transferred: false, change: Some(Change::Copied) });
+            }
+            // Other content there after all, or gone: sent as usual.
+            other => {
+                tracing::debug!("{rel}: not copied from what the destination has: {other:?}");
+                rest.push(p)
+            }
+        }
+    }
+    rest
+}
+
+/// The destination files that may hold `src`'s content, most likely first:
+/// the directory's own files (`here`, by size), then files remembered
+/// elsewhere; which one does is checked where the copy is made.
+fn candidates(
+    ctx: &Ctx,
+    dir: &RelPath,
+    here: &HashMap<u64, Vec<(Name, Stat)>>,
+    name: &Name,
+    src: &Stat,
+) -> Vec<RelPath> {
+    let same_dir: Vec<&(Name, Stat)> =
+        here.get(&src.size).map(|v| v.iter().filter(|(n, _)| n != name).collect()).unwrap_or_default();
+    let elsewhere = ctx.index.like(name, src);
+    let near = ranked(name, src, same_dir.iter().map(|(n, s)| (n, s)))
+        .into_iter()
+        .filter_map(|i| dir.join(&same_dir[i].0).ok());
+    let far = ranked(name, src, elsewhere.iter().map(|(n, _, s)| (n, s))).into_iter().map(|i| elsewhere[i].1.clone());
+    let mut all: Vec<RelPath> = Vec::new();
+    for rel in near.chain(far) {
+        if all.len() == MAX_CLONE_CANDIDATES {
+            break;
+        }
+        if !all.contains(&rel) {
+            all.push(rel);
+        }
+    }
+    all
+}
+
+/// Lists extraneous destination directories (breadth first) into the
+/// index, until it is full.
+async fn remember_below(ctx: &std::sync::Arc<Ctx>, dirs: Vec<RelPath>) {
+    let mut queue: VecDeque<RelPath> = dirs.into();
+    while let Some(dir) = queue.pop_front() {
+        if ctx.index.full() {
+            return;
+        }
+        let Ok((entries, _)) = ctx.dst.tree.list(ctx.dst.path(&dir)).await else { continue };
+        for e in entries {
+            let Ok(rel) = dir.join(&e.name) else { continue };
+            match e.stat.kind {
+                Kind::File => ctx.index.add(rel, e.stat),
+                Kind::Dir => queue.push_back(rel),
+                _ => {}
+            }
+        }
+    }
+}
