@@ -238,14 +238,15 @@ def same_tree(a: Path, b: Path) -> None:
 # ---------------------------------------------------------------- tools
 
 def run_pareco(src: Path, dst_root: Path, link: list[str] | None, work: Path, jobs: int,
-               extra: list[str] = ()) -> tuple[float, int, int | None, int]:
-    """One pareco sync into a fresh server. Returns (s, client RSS, server RSS, wire bytes)."""
+               extra: list[str] = (), sync_only: list[str] = ()) -> tuple[float, int, int | None, int]:
+    """One pareco sync into a fresh server (`extra` for both ends, `sync_only` for the client).
+    Returns (s, client RSS, server RSS, wire bytes)."""
     server = ParecoServer(dst_root, extra)
     wan = Wan(server.port, link, work) if link is not None else None
     port = wan.port if wan else server.port
     url = f"pareco://127.0.0.1:{port}/copy"
     try:
-        m = timed([str(PARECO), "sync", "-q", "-j", str(jobs), *extra, str(src), url], env=pareco_env())
+        m = timed([str(PARECO), "sync", "-q", "-j", str(jobs), *extra, *sync_only, str(src), url], env=pareco_env())
     finally:
         m_wire = wan.stop() if wan else 0
         m_server = server.stop()
@@ -413,6 +414,118 @@ def delta(args, work: Path) -> list[Row]:
     measure("pareco", lambda: run_pareco(src, dst, link, work, 16))
     if args.baselines:
         measure("rsync (daemon)", lambda: run_rsync(src, dst, link, work, ["--no-whole-file"]))
+    return rows
+
+
+def resync_rows(scenario: str, src: Path, dst: Path, seed, edit, tools: dict, size: int, check=None) -> list[Row]:
+    """For each tool: a fresh copy of the old version at the destination (seed), the source
+    edited (edit), one resync measured (wire bytes above all); the copy must equal the source."""
+    rows = []
+    for tool, resync in tools.items():
+        clear(dst)
+        seed()
+        edit()
+        m = resync()
+        (check or same_tree)(src, dst / "copy")
+        rows.append(Row(scenario, tool, m.seconds, size, wire_bytes=m.wire, rss_client_kb=m.rss,
+                        rss_server_kb=m.server_rss, cpu_client_s=m.cpu, cpu_server_s=m.server_cpu,
+                        note=f"{100 * m.wire / size:.3f} % of the data on the wire"))
+    return rows
+
+
+def shifted(args, work: Path) -> list[Row]:
+    """Scenario 9: one byte inserted 1 MiB into a 256 MiB file: content shifted (wire bytes of the resync)."""
+    size = 256 * MiB if not args.quick else 16 * MiB
+    old, src, dst = work / "s9-old", work / "s9-src", work / "s9-dst"
+    random_file(old / "dump.bin", size)
+    age(old)
+    link = ["--delay-ms", "50", "--conn-rate", "1M", "--link-rate", "16M"]
+
+    def edit():
+        clear(src)
+        data = (old / "dump.bin").read_bytes()
+        (src / "dump.bin").write_bytes(data[:MiB] + b"!" + data[MiB:])
+        subprocess.run(["touch", "-d", "30 minutes ago", str(src / "dump.bin")], check=True)
+
+    tools = {"pareco": lambda: run_pareco(src, dst, link, work, 16)}
+    if args.baselines:
+        tools["rsync (daemon)"] = lambda: run_rsync(src, dst, link, work, ["--no-whole-file"])
+    return resync_rows("9. shifted: 1 byte inserted 1 MiB into a 256 MiB file (wire bytes of the resync)", src, dst,
+                       lambda: shutil.copytree(old, dst / "copy"), edit, tools, size)
+
+
+def dump_records(n: int, changed) -> bytes:
+    """A text dump of `n` records (tab-separated, 80-200 bytes each); `changed(i)` records rewritten
+    with other lengths."""
+    import random
+    out = []
+    for i in range(n):
+        rng = random.Random(i)
+        words = " ".join(rng.choice(["alpha", "replica", "tenant", "order", "invoice", "shipped", "pending", "refund",
+                                     "customer", "warehouse", "priority", "archived"]) for _ in range(rng.randint(8, 24)))
+        if changed(i):
+            words = f"UPDATED {random.Random(-i).randint(0, 10**9)} " + words[: rng.randint(10, len(words))]
+        out.append(f"{i:09d}\t{rng.randint(0, 10**9)}\t{words}\n")
+    return "".join(out).encode()
+
+
+def dump(args, work: Path) -> list[Row]:
+    """Scenario 10: a dump of 300,000 records rewritten whole after 1 % of them changed (with other
+    lengths, so content shifts): pareco beside rsync -z in delta mode."""
+    n = 300_000 if not args.quick else 20_000
+    old, src, dst = work / "s10-old", work / "s10-src", work / "s10-dst"
+    old.mkdir(parents=True)
+    (old / "table.dump").write_bytes(dump_records(n, lambda i: False))
+    age(old)
+    new = dump_records(n, lambda i: i % 100 == 42)
+    link = ["--delay-ms", "50", "--conn-rate", "1M", "--link-rate", "16M"]
+
+    def edit():
+        clear(src)
+        (src / "table.dump").write_bytes(new)
+        subprocess.run(["touch", "-d", "30 minutes ago", str(src / "table.dump")], check=True)
+
+    tools = {"pareco": lambda: run_pareco(src, dst, link, work, 16)}
+    if args.baselines:
+        tools["rsync -z (daemon)"] = lambda: run_rsync(src, dst, link, work, ["--no-whole-file", "-z"])
+    return resync_rows(f"10. dump: {n:,} records rewritten, 1 % changed in length (wire bytes of the resync)", src, dst,
+                       lambda: shutil.copytree(old, dst / "copy"), edit, tools, len(new))
+
+
+def moves(args, work: Path) -> list[Row]:
+    """Scenario 11: a renamed 1 GiB directory and rotated logs (a.log -> a.log.1 -> ... and a new
+    a.log), resynced with --delete: what is on the wire beside what was renamed."""
+    size, files = (1024 * MiB, 512) if not args.quick else (32 * MiB, 64)
+    old, src, dst = work / "s11-old", work / "s11-src", work / "s11-dst"
+    for i in range(files):
+        random_file(old / "index" / f"segment-{i:04d}", size // files)
+    for i, name in enumerate(["app.log", "app.log.1", "app.log.2", "app.log.3"]):
+        (old / "log").mkdir(parents=True, exist_ok=True)
+        (old / "log" / name).write_bytes(log_text(4 * MiB + i, 77 + i))
+    age(old)
+    renamed = tree_bytes(old)
+    new_log = log_text(MiB, 999)
+    link = ["--delay-ms", "50", "--conn-rate", "1M", "--link-rate", "16M"]
+
+    def edit():
+        clear(src)
+        shutil.rmtree(src)
+        shutil.copytree(old, src)
+        (src / "index").rename(src / "index.old")
+        logs = src / "log"
+        for a, b in [("app.log.3", "app.log.4"), ("app.log.2", "app.log.3"), ("app.log.1", "app.log.2"),
+                     ("app.log", "app.log.1")]:
+            (logs / a).rename(logs / b)
+        (logs / "app.log").write_bytes(new_log)
+        subprocess.run(["touch", "-d", "30 minutes ago", str(logs / "app.log"), str(logs), str(src)], check=True)
+
+    tools = {"pareco --delete": lambda: run_pareco(src, dst, link, work, 16, sync_only=["--delete"])}
+    if args.baselines:
+        tools["rsync --delete (daemon)"] = lambda: run_rsync(src, dst, link, work, ["--delete", "--no-whole-file"])
+    rows = resync_rows("11. moves: a 1 GiB directory renamed, 4 logs rotated, 1 MiB new (wire bytes of the resync)",
+                       src, dst, lambda: shutil.copytree(old, dst / "copy"), edit, tools, renamed + len(new_log))
+    for r in rows:
+        r.note = f"{100 * r.wire_bytes / renamed:.2f} % of what was renamed; new data {fmt_bytes(len(new_log))}"
     return rows
 
 
@@ -673,7 +786,8 @@ def table(rows: list[Row]) -> str:
 
 
 SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "final": final_round, "loopback": loopback,
-             "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree}
+             "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree,
+             "shifted": shifted, "dump": dump, "moves": moves}
 
 
 def main() -> None:

@@ -138,7 +138,9 @@ fn literal_batches(ranges: Vec<Range<u64>>) -> Vec<Vec<Range<u64>>> {
 /// Matches every gap piece by piece, finer and finer, many at once; what
 /// is found nowhere becomes literal data.
 async fn match_gaps(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, gaps: Vec<Gap>) -> Result<Vec<Op>, Fault> {
-    let limit = ctx.opts.parallelism.max(1) * 2;
+    // Gaps are many and their requests small: keep plenty in flight, so
+    // that round trips overlap.
+    let limit = (ctx.opts.parallelism * 16).max(256);
     let mut work: Vec<(Gap, u32)> = gaps.into_iter().map(|g| (g.clone(), first_avg(g.src.end - g.src.start))).collect();
     let (mut ops, mut tasks) = (Vec::new(), JoinSet::new());
     loop {
@@ -176,11 +178,15 @@ async fn match_gaps(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, gaps: Vec<Gap>
     Ok(ops)
 }
 
+/// Bytes cut per request at most: a big region is cut by many requests at
+/// once (on as many cores as the side has).
+const SEGMENT: u64 = 16 << 20;
+
 /// The pieces of `range` on one side, asked in segments small enough for
 /// one answer each, all at once (the cut restarts at each segment, which
-/// costs a piece or two of matching).
+/// costs a piece or two of matching, recovered by the finer cut of gaps).
 async fn pieces(tree: &Tree, path: &RelPath, range: Range<u64>, avg: u32) -> Result<Vec<Piece>, TreeError> {
-    let segment = (MAX_DIGESTS as u64 / 2) * (avg as u64 / 4);
+    let segment = ((MAX_DIGESTS as u64 / 2) * (avg as u64 / 4)).min(SEGMENT);
     let mut tasks = JoinSet::new();
     let mut at = range.start;
     while at < range.end {
