@@ -30,9 +30,12 @@ use super::big::{Compared, Fault, FileJob, GROUP_CHUNKS, check, hash_both, spawn
 use crate::report::Stats;
 use crate::tree::{Tree, TreeError};
 
-/// Whether `src` is better rebuilt from `old` than patched in place: the
-/// first chunk that differs is found, cut into small pieces, mostly at other
-/// offsets in the old version around it.
+/// Whether `src` is better rebuilt from `old` than patched in place, from
+/// the first chunk that differs: not if most of its blocks match where they
+/// are (pages changed in place, the block patch's case); if, cut into small
+/// pieces, it is mostly found at other offsets in the old version around
+/// it (content that moved); not otherwise (content rewritten where it was:
+/// a rebuild would gain nothing and copy the whole file).
 pub(super) async fn worth_it(
     ctx: &Arc<Ctx>,
     src: &RelPath,
@@ -44,12 +47,20 @@ pub(super) async fn worth_it(
     let Some(i) = compared.first_difference() else { return Ok(false) };
     let chunk = layout.chunk_range(i);
     let len = chunk.end - chunk.start;
-    if len < 16 * MIN_PIECE_AVG as u64 {
+    if len < 16 * MIN_PIECE_AVG as u64 || chunk.end > old_size {
+        return Ok(false);
+    }
+    let block = ctx.opts.block_size;
+    let (s, d) = tokio::try_join!(
+        async { ctx.src.tree.hash_blocks(src.clone(), chunk.start, len as u32, block).await.map_err(Fault::Source) },
+        async { ctx.dst.tree.hash_blocks(old.clone(), chunk.start, len as u32, block).await.map_err(Fault::Destination) },
+    )?;
+    if s.iter().zip(&d).filter(|(a, b)| a == b).count() * 2 >= s.len() {
         return Ok(false);
     }
     // Small pieces, so that changes a few KiB apart (rewritten records)
     // still leave most pieces whole.
-    let avg = (len / 1024).next_power_of_two().clamp(MIN_PIECE_AVG as u64, 16 << 10) as u32;
+    let avg = (len / 512).next_power_of_two().clamp(MIN_PIECE_AVG as u64, 16 << 10) as u32;
     let around = chunk.start.saturating_sub(layout.chunk as u64)..(chunk.end + layout.chunk as u64).min(old_size);
     let (s, d) = tokio::try_join!(
         async { pieces(&ctx.src.tree, src, chunk.clone(), avg).await.map_err(Fault::Source) },
