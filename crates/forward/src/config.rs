@@ -342,7 +342,8 @@ pub fn parse(
                     })
                     .map_err(fail)?;
                 }
-                if let Some(first) = config.rules.iter().find(|r| r.listen == rule.listen) {
+                // (Port 0 picks a new port for each rule.)
+                if let Some(first) = config.rules.iter().find(|r| r.listen == rule.listen && r.listen.port != 0) {
                     return Err(fail(Problem::DuplicateListen { listen: rule.listen, first: first.line }));
                 }
                 config.rules.push(rule);
@@ -648,6 +649,10 @@ pidlogfile /run/forward.pid
                 "/etc/rinetd.conf:1: option full: \"maybe\" is neither wait nor refuse",
             ),
             ("0.0.0.0 80 a 1\n\n0.0.0.0 80 b 2\n", "/etc/rinetd.conf:3: 0.0.0.0:80 is already forwarded by line 1"),
+            (
+                "0.0.0.0 0 a 1\n0.0.0.0 0 b 2\n0.0.0.0 80 b 2\n0.0.0.0 0x a 1\n",
+                "/etc/rinetd.conf:4: unknown service name \"0x\" (not in /etc/services; use a port number)",
+            ),
             ("allow 10.* [x]\n", "/etc/rinetd.conf:1: options go between [ and ] at the end of the rule"),
         ];
         for (text, expected) in cases {

@@ -9,8 +9,9 @@
 //!   targets and options apply to new connections), binds new ones, and
 //!   closes removed ones; connections in progress are never touched, and a
 //!   removed rule's counters stay visible until its last connection ends.
-//! - A drain closes every listener, then waits for connections to end (or
-//!   resets those left when the drain timeout runs out).
+//! - A drain closes every listener ([`Forwarder::stop_accepting`]), then
+//!   waits for connections to end ([`Forwarder::closed`]), or resets those
+//!   left when the caller's drain timeout runs out ([`Forwarder::cut`]).
 //!
 //! Never blocks a runtime thread (names are resolved by tokio's resolver
 //! pool, log files take one short write per connection) and never gives a
@@ -192,6 +193,7 @@ impl Forwarder {
             report.stopped.push(listener.rule.listen.clone());
             self.retired.push(listener);
         }
+        self.retired.retain(|l| l.state.stats.active() > 0);
         let mut kept: Vec<Option<Listener>> = kept.into_iter().map(Some).collect();
         for rule in config.rules {
             let slot = kept.iter_mut().find(|l| l.as_ref().is_some_and(|l| l.rule.listen == rule.listen));
@@ -218,40 +220,47 @@ impl Forwarder {
                 },
             }
         }
+        // Rules on port 0 pair up in order; one left over was removed.
+        for mut listener in kept.into_iter().flatten() {
+            listener.accept.abort();
+            let _ = (&mut listener.accept).await;
+            report.stopped.push(listener.rule.listen.clone());
+            self.retired.push(listener);
+        }
         report
     }
 
     /// Every rule's counters now.
-    pub fn snapshot(&mut self) -> ForwardSnapshot {
-        self.retired.retain(|l| l.state.stats.active() > 0);
+    pub fn snapshot(&self) -> ForwardSnapshot {
         let row = |l: &Listener, removed| {
             l.state.stats.snapshot(l.rule.listen.to_string(), l.local.to_string(), l.rule.targets_text(), removed)
         };
         let mut rules: Vec<_> = self.listeners.iter().map(|l| row(l, false)).collect();
-        rules.extend(self.retired.iter().map(|l| row(l, true)));
+        rules.extend(self.retired.iter().filter(|l| l.state.stats.active() > 0).map(|l| row(l, true)));
         ForwardSnapshot { active: self.shared.active.load(Relaxed), connections: self.shared.peak.load(Relaxed), rules }
     }
 
-    /// Stops accepting on every rule, then waits until every connection has
-    /// ended, or until `timeout` and then resets those left. Returns how
-    /// many were cut that way.
-    pub async fn drain(mut self, timeout: Option<Duration>) -> u64 {
-        for listener in self.listeners.drain(..) {
+    /// Closes every listener (new connections are refused by the kernel);
+    /// connections in progress go on. The first step of a drain.
+    pub async fn stop_accepting(&mut self) {
+        for mut listener in self.listeners.drain(..) {
             listener.accept.abort();
-            let _ = listener.accept.await;
+            let _ = (&mut listener.accept).await;
+            self.retired.push(listener);
         }
-        let shared = self.shared.clone();
-        let Some(timeout) = timeout else {
-            shared.all_closed().await;
-            return 0;
-        };
-        if tokio::time::timeout(timeout, shared.all_closed()).await.is_ok() {
-            return 0;
-        }
-        let cut = shared.active.load(Relaxed);
-        shared.abort.send_replace(true);
-        shared.all_closed().await;
-        cut
+    }
+
+    /// Completes when no connection is open.
+    pub async fn closed(&self) {
+        self.shared.all_closed().await
+    }
+
+    /// Resets every open connection (the drain timeout ran out); returns
+    /// how many there were. They are gone soon after: see [`Forwarder::closed`].
+    pub fn cut(&self) -> u64 {
+        let open = self.shared.active.load(Relaxed);
+        self.shared.abort.send_replace(true);
+        open
     }
 
     async fn listen(&self, rule: Rule, global: &AccessList) -> Result<Listener, StartError> {
@@ -261,7 +270,7 @@ impl Forwarder {
         let settings = Arc::new(Settings { rule: rule.clone(), global: global.clone() });
         let (sender, receiver) = watch::channel(settings);
         let state = Arc::new(RuleState::default());
-        let accept = tokio::spawn(accept_loop(socket, receiver, state.clone(), self.shared.clone()));
+        let accept = tokio::spawn(accept_loop(socket, local, receiver, state.clone(), self.shared.clone()));
         Ok(Listener { rule, local, settings: sender, state, accept })
     }
 }
@@ -308,7 +317,7 @@ impl Shared {
         }
     }
 
-    fn log(&self, record: &ConnectionRecord<'_>) {
+    fn log(&self, record: &ConnectionRecord) {
         if record.ending.is_failure() {
             tracing::warn!("{record}");
         } else {
@@ -353,6 +362,7 @@ impl Drop for Admission {
 
 async fn accept_loop(
     listener: TcpListener,
+    local: SocketAddr,
     mut settings: watch::Receiver<Arc<Settings>>,
     state: Arc<RuleState>,
     shared: Arc<Shared>,
@@ -376,7 +386,7 @@ async fn accept_loop(
                     // Out of descriptors or memory: say so now and then, and
                     // let connections close before trying again.
                     if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
-                        tracing::warn!("{}: cannot accept connections: {e}", current.rule.listen);
+                        tracing::warn!("{local}: cannot accept connections: {e}");
                         warned = Some(Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
@@ -387,27 +397,26 @@ async fn accept_loop(
             changed = settings.changed() => if changed.is_err() { return } else { continue },
         };
         let admission = Admission::new(state.clone(), shared.clone());
-        tokio::spawn(forward(socket, client, current, admission));
+        tokio::spawn(forward(socket, client, local, current, admission));
     }
 }
 
 /// One connection from accept to close.
-async fn forward(client: TcpStream, peer: SocketAddr, settings: Arc<Settings>, admission: Admission) {
+async fn forward(
+    client: TcpStream,
+    peer: SocketAddr,
+    listen: SocketAddr,
+    settings: Arc<Settings>,
+    admission: Admission,
+) {
     let started = Instant::now();
     let peer = SocketAddr::new(peer.ip().to_canonical(), peer.port());
     let rule = &settings.rule;
     let stats = &admission.state.stats;
     let shared = &admission.shared;
     let log = |target, up, down, ending| {
-        let record = ConnectionRecord {
-            rule: &rule.listen,
-            client: peer,
-            target,
-            up,
-            down,
-            duration: started.elapsed(),
-            ending,
-        };
+        let record =
+            ConnectionRecord { rule: listen, client: peer, target, up, down, duration: started.elapsed(), ending };
         shared.log(&record);
     };
     let full = rule.options.max_connections.is_some_and(|max| admission.open > u64::from(max));

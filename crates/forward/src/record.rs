@@ -10,8 +10,6 @@ use std::io;
 use std::net::SocketAddr;
 use std::time::{Duration, SystemTime};
 
-use crate::config::Endpoint;
-
 /// Which end of a forwarded connection.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Side {
@@ -112,9 +110,9 @@ impl fmt::Display for Ending {
 
 /// The facts of one finished connection.
 #[derive(Debug)]
-pub struct ConnectionRecord<'a> {
-    /// The rule's listen address as configured.
-    pub rule: &'a Endpoint,
+pub struct ConnectionRecord {
+    /// The rule's listen address (as bound: the port chosen for port 0).
+    pub rule: SocketAddr,
     /// The client.
     pub client: SocketAddr,
     /// The target address that accepted, if one did.
@@ -129,7 +127,7 @@ pub struct ConnectionRecord<'a> {
     pub ending: Ending,
 }
 
-impl ConnectionRecord<'_> {
+impl ConnectionRecord {
     /// A line of rinetd's log file, for a connection that ended at `now`.
     pub fn rinetd_line(&self, common: bool, now: SystemTime) -> String {
         let client = self.client.ip().to_canonical();
@@ -137,7 +135,7 @@ impl ConnectionRecord<'_> {
             Some(t) => (t.ip().to_canonical().to_string(), t.port()),
             None => ("-".to_owned(), 0),
         };
-        let (host, port, word) = (&self.rule.host, self.rule.port, self.ending.rinetd_word());
+        let (host, port, word) = (self.rule.ip(), self.rule.port(), self.ending.rinetd_word());
         let stamp = common_log_time(now);
         if common {
             format!(
@@ -151,7 +149,7 @@ impl ConnectionRecord<'_> {
     }
 }
 
-impl fmt::Display for ConnectionRecord<'_> {
+impl fmt::Display for ConnectionRecord {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let target = self.target.map_or_else(|| "-".to_owned(), |t| t.to_string());
         write!(
@@ -201,18 +199,16 @@ fn civil_from_days(days: i64) -> (i64, u32, u32) {
 mod tests {
     use super::*;
 
-    fn record(ending: Ending) -> (Endpoint, ConnectionRecord<'static>) {
-        let rule = Box::leak(Box::new(Endpoint { host: "0.0.0.0".into(), port: 80 }));
-        let r = ConnectionRecord {
-            rule,
+    fn record(ending: Ending) -> ConnectionRecord {
+        ConnectionRecord {
+            rule: "0.0.0.0:80".parse().unwrap(),
             client: "[::ffff:203.0.113.7]:51000".parse().unwrap(),
             target: Some("10.1.1.2:8080".parse().unwrap()),
             up: 120,
             down: 4567,
             duration: Duration::from_millis(1500),
             ending,
-        };
-        (rule.clone(), r)
+        }
     }
 
     // 2026-12-01 08:41:47 UTC.
@@ -230,7 +226,7 @@ mod tests {
 
     #[test]
     fn rinetd_formats() {
-        let (_, r) = record(Ending::Closed { first: Side::Target });
+        let r = record(Ending::Closed { first: Side::Target });
         assert_eq!(
             r.rinetd_line(false, when()),
             "01/Dec/2026:08:41:47\t203.0.113.7\t0.0.0.0\t80\t10.1.1.2\t8080\t120\t4567\tdone-remote-closed\n"
@@ -244,13 +240,13 @@ mod tests {
 
     #[test]
     fn the_log_line_says_how_it_ended() {
-        let (_, r) = record(Ending::Broken { side: Side::Client, error: io::ErrorKind::ConnectionReset.into() });
+        let r = record(Ending::Broken { side: Side::Client, error: io::ErrorKind::ConnectionReset.into() });
         assert_eq!(
             r.to_string(),
             "client=[::ffff:203.0.113.7]:51000 rule=0.0.0.0:80 target=10.1.1.2:8080 up=120 down=4567 duration=1.500s \
              end=\"reset by client\""
         );
-        let (_, mut r) = record(Ending::ConnectFailed("10.1.1.2:8080: connection refused".into()));
+        let mut r = record(Ending::ConnectFailed("10.1.1.2:8080: connection refused".into()));
         r.target = None;
         assert!(r.to_string().contains("target=- "));
         assert!(r.to_string().ends_with("end=\"no target reachable: 10.1.1.2:8080: connection refused\""));
