@@ -23,7 +23,9 @@
 //! `max=N` (connections at once), `full=wait|refuse` (what happens past
 //! `max`), `idle=DURATION|off`, `connect-timeout=DURATION`, `src=ADDRESS`
 //! (source address of connections to the targets, as in rinetd);
-//! `timeout=` (rinetd's UDP timeout) is accepted and ignored with a warning.
+//! `timeout=` (rinetd's UDP timeout) is accepted and ignored with a warning,
+//! and UDP rules (`53/udp`) are skipped with a warning, with their
+//! allow/deny lines.
 //! Durations are `500ms`, `30s`, `5m`, `8h`, `2d` or plain seconds.
 //!
 //! Pure: text in, a [`Config`] or an error naming file, line and reason
@@ -244,7 +246,8 @@ pub enum Problem {
     /// A service name that the services database does not know.
     #[error("unknown service name {0:?} (not in /etc/services; use a port number)")]
     UnknownService(String),
-    /// rinetd forwards UDP too; this forwarder does not.
+    /// rinetd forwards UDP too; this forwarder does not (such rules are
+    /// skipped with a warning).
     #[error("{0}: UDP is not forwarded (TCP only)")]
     Udp(String),
     /// A bad allow or deny pattern.
@@ -289,6 +292,8 @@ pub fn parse(
     services: &dyn Fn(&str) -> Option<u16>,
 ) -> Result<Config, ConfigError> {
     let mut config = Config::default();
+    // After a rule that is skipped, its allow and deny lines are skipped too.
+    let mut skipping = false;
     for (index, raw) in text.lines().enumerate() {
         let line = index + 1;
         let fail = |problem| ConfigError { file: file.to_owned(), line, problem };
@@ -307,13 +312,18 @@ pub fn parse(
                 if rest.is_empty() {
                     return Err(fail(Problem::MissingArgument(name)));
                 }
-                let scope = match config.rules.last_mut() {
-                    Some(rule) => &mut rule.access,
-                    None => &mut config.access,
+                let mut scope = match (config.rules.last_mut(), skipping) {
+                    (_, true) => None, // the patterns of a skipped (UDP) rule
+                    (Some(rule), false) => Some(&mut rule.access),
+                    (None, false) => Some(&mut config.access),
                 };
                 for word in rest {
                     let pattern = Pattern::parse(word).map_err(|e| fail(e.into()))?;
-                    if name == "allow" { scope.allow.push(pattern) } else { scope.deny.push(pattern) }
+                    match scope.as_deref_mut() {
+                        Some(scope) if name == "allow" => scope.allow.push(pattern),
+                        Some(scope) => scope.deny.push(pattern),
+                        None => {}
+                    }
                 }
             }
             "logfile" | "pidlogfile" => {
@@ -334,7 +344,17 @@ pub fn parse(
                 config.log_common = true;
             }
             _ => {
-                let mut rule = parse_rule(&words, defaults, services).map_err(fail)?;
+                let mut rule = match parse_rule(&words, defaults, services) {
+                    Err(Problem::Udp(port)) => {
+                        config
+                            .warnings
+                            .push(format!("{}:{line}: {port}: UDP is not forwarded, rule skipped", file.display()));
+                        skipping = true;
+                        continue;
+                    }
+                    parsed => parsed.map_err(fail)?,
+                };
+                skipping = false;
                 rule.line = line;
                 if let Some(options) = options {
                     apply_options(options, &mut rule.options, |w| {
@@ -584,6 +604,23 @@ pidlogfile /run/forward.pid
     }
 
     #[test]
+    fn udp_rules_are_skipped_with_their_patterns() {
+        let text = "0.0.0.0 80 10.0.0.1 80\n0.0.0.0 53/udp 10.0.0.1 53\nallow 10.*\n0.0.0.0 81/tcp 10.0.0.1 8000/udp\n\
+                    0.0.0.0 82 a 1\ndeny 1.2.3.4\n";
+        let c = load(text).unwrap();
+        assert_eq!(c.rules.len(), 2);
+        assert!(c.rules[0].access.is_empty(), "the skipped rule's allow is not the one before's");
+        assert_eq!(c.rules[1].access.deny.len(), 1);
+        assert_eq!(
+            c.warnings,
+            vec![
+                "/etc/rinetd.conf:2: 53/udp: UDP is not forwarded, rule skipped",
+                "/etc/rinetd.conf:4: 8000/udp: UDP is not forwarded, rule skipped"
+            ]
+        );
+    }
+
+    #[test]
     fn malformed_lines_name_file_line_and_reason() {
         let cases = [
             (
@@ -600,7 +637,6 @@ pidlogfile /run/forward.pid
                 "0.0.0.0 gopher 10.0.0.1 80\n",
                 "/etc/rinetd.conf:1: unknown service name \"gopher\" (not in /etc/services; use a port number)",
             ),
-            ("0.0.0.0 53/udp 10.0.0.1 53/udp\n", "/etc/rinetd.conf:1: 53/udp: UDP is not forwarded (TCP only)"),
             (
                 "0.0.0.0 80/sctp 10.0.0.1 80\n",
                 "/etc/rinetd.conf:1: bad port \"80/sctp\" (a number, a service name, or either with /tcp)",

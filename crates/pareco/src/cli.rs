@@ -79,6 +79,9 @@ pub struct ForwardArgs {
     /// Copy bytes through user memory instead of splice(2).
     #[arg(long)]
     pub no_splice: bool,
+    /// Check the rules and print them, one line each; listen nowhere.
+    #[arg(long)]
+    pub check: bool,
 }
 
 /// A duration that may be off.

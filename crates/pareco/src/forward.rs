@@ -33,6 +33,12 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
         Ok(config)
     };
     let config = load()?;
+    if args.check {
+        for rule in &config.rules {
+            println!("{} -> {}", rule.listen, rule.targets_text());
+        }
+        return Ok(0);
+    }
     // Handlers first: a signal right after the announcement must be handled, not kill us.
     let (mut hup, mut usr1) = (signal(SignalKind::hangup())?, signal(SignalKind::user_defined1())?);
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
