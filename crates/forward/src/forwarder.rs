@@ -187,11 +187,9 @@ impl Forwarder {
         let (kept, removed): (Vec<_>, Vec<_>) = std::mem::take(&mut self.listeners)
             .into_iter()
             .partition(|l| config.rules.iter().any(|r| r.listen == l.rule.listen));
-        for mut listener in removed {
-            listener.accept.abort();
-            let _ = (&mut listener.accept).await;
+        for listener in removed {
             report.stopped.push(listener.rule.listen.clone());
-            self.retired.push(listener);
+            self.retire(listener).await;
         }
         self.retired.retain(|l| l.state.stats.active() > 0);
         let mut kept: Vec<Option<Listener>> = kept.into_iter().map(Some).collect();
@@ -221,11 +219,9 @@ impl Forwarder {
             }
         }
         // Rules on port 0 pair up in order; one left over was removed.
-        for mut listener in kept.into_iter().flatten() {
-            listener.accept.abort();
-            let _ = (&mut listener.accept).await;
+        for listener in kept.into_iter().flatten() {
             report.stopped.push(listener.rule.listen.clone());
-            self.retired.push(listener);
+            self.retire(listener).await;
         }
         report
     }
@@ -243,11 +239,17 @@ impl Forwarder {
     /// Closes every listener (new connections are refused by the kernel);
     /// connections in progress go on. The first step of a drain.
     pub async fn stop_accepting(&mut self) {
-        for mut listener in self.listeners.drain(..) {
-            listener.accept.abort();
-            let _ = (&mut listener.accept).await;
-            self.retired.push(listener);
+        for listener in std::mem::take(&mut self.listeners) {
+            self.retire(listener).await;
         }
+    }
+
+    /// Closes a listener (its socket is gone when this returns, so that
+    /// its port is free) and keeps its counters while its connections last.
+    async fn retire(&mut self, mut listener: Listener) {
+        listener.accept.abort();
+        let _ = (&mut listener.accept).await;
+        self.retired.push(listener);
     }
 
     /// Completes when no connection is open.

@@ -123,8 +123,8 @@ fn echo_server() -> SocketAddr {
     echo_server_on("127.0.0.1:0")
 }
 
-/// A port nothing listens on (it did a moment ago).
-fn dead_port() -> u16 {
+/// A port nothing listens on (something did a moment ago).
+fn free_port() -> u16 {
     TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
@@ -171,10 +171,6 @@ fn write_file(dir: &Path, name: &str, text: &str) -> PathBuf {
     let path = dir.join(name);
     std::fs::write(&path, text).unwrap();
     path
-}
-
-fn free_port() -> u16 {
-    dead_port()
 }
 
 /// Raises this process's descriptor limit to at least `want` (the hard
@@ -567,7 +563,7 @@ fn a_reset_is_passed_on_as_a_reset() {
 #[test]
 fn a_refused_target_resets_the_client_and_the_next_target_is_tried() {
     let echo = echo_server();
-    let dead = dead_port();
+    let dead = free_port();
     let forward = Forward::start(
         &["127.0.0.1:0", &format!("127.0.0.1:{dead}"), "127.0.0.1:0", &format!("127.0.0.1:{dead},{echo}")],
         2,
