@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 
 use crate::access::{self, AccessList, Verdict};
 use crate::config::{Config, Endpoint, Rule, WhenFull};
-use crate::pipes::PipePool;
+use crate::pipes::{BufferPool, PipePool};
 use crate::proxy_header;
 use crate::record::{ConnectionRecord, Ending, Side};
 use crate::relay::{self, RelayContext};
@@ -133,6 +133,7 @@ struct RuleState {
 /// What every connection shares.
 struct Shared {
     pipes: Option<PipePool>,
+    buffers: BufferPool,
     log: Mutex<Option<LogFile>>,
     abort: watch::Sender<bool>,
     active: AtomicU64,
@@ -155,6 +156,7 @@ impl Forwarder {
         }
         let shared = Arc::new(Shared {
             pipes: options.splice.then(PipePool::default),
+            buffers: BufferPool::default(),
             log: Mutex::new(open_log(&config)?),
             abort: watch::channel(false).0,
             active: AtomicU64::new(0),
@@ -421,7 +423,9 @@ async fn forward(
             ConnectionRecord { rule: listen, client: peer, target, up, down, duration: started.elapsed(), ending };
         shared.log(&record);
     };
-    let full = rule.options.max_connections.is_some_and(|max| admission.open > u64::from(max));
+    // (With full=wait the accept loop keeps within max.)
+    let full = rule.options.when_full == WhenFull::Refuse
+        && rule.options.max_connections.is_some_and(|max| admission.open > u64::from(max));
     let refusal = match access::check(&settings.global, &rule.access, peer.ip()) {
         Verdict::NotAllowed => Some(Ending::NotAllowed),
         Verdict::Denied => Some(Ending::Denied),
@@ -457,6 +461,7 @@ async fn forward(
     let cx = RelayContext {
         stats,
         pipes: shared.pipes.as_ref(),
+        buffers: &shared.buffers,
         idle_timeout: rule.options.idle_timeout,
         abort: shared.abort.subscribe(),
     };

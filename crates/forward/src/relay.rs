@@ -2,8 +2,8 @@
 //! until both are done, exactly as they came.
 //!
 //! - Bytes move with `splice(2)` through a pipe lent for the burst (see
-//!   `pipes`), or through a 256 KiB buffer where no pipe can be had or
-//!   splicing is turned off.
+//!   `pipes`), or through a 256 KiB buffer lent the same way where no pipe
+//!   can be had or splicing is turned off.
 //! - Half-close is kept: when one side finishes sending (EOF), the other
 //!   gets `shutdown(SHUT_WR)` (a FIN) and the opposite direction keeps
 //!   flowing until it finishes too.
@@ -13,8 +13,9 @@
 //! - An idle timeout closes both sides after nothing moved either way for
 //!   that long; an abort (the drain timeout ran out) resets both.
 //!
-//! Never spawns a thread or a task per connection and never buffers more
-//! than one burst: a slow reader holds its writer back through TCP.
+//! Never spawns a thread or a task per connection, never holds a pipe or
+//! a buffer between bursts, and never buffers more than one burst: a slow
+//! reader holds its writer back through TCP.
 
 use std::io;
 use std::sync::atomic::{AtomicU64, Ordering::Relaxed};
@@ -24,12 +25,9 @@ use tokio::io::Interest;
 use tokio::net::TcpStream;
 use tokio::sync::watch;
 
-use crate::pipes::PipePool;
+use crate::pipes::{BufferPool, PipePool};
 use crate::record::{Ending, Side};
 use crate::stats::RuleStats;
-
-/// Bytes of the user-memory copy (where no pipe can be had).
-const COPY_BUFFER: usize = 256 << 10;
 
 /// Splices in one burst before letting other connections run.
 const BURST_SPLICES: usize = 64;
@@ -40,6 +38,8 @@ pub(crate) struct RelayContext<'a> {
     pub(crate) stats: &'a RuleStats,
     /// Pipes to splice through; `None`: copy through user memory.
     pub(crate) pipes: Option<&'a PipePool>,
+    /// Buffers to copy through.
+    pub(crate) buffers: &'a BufferPool,
     /// Close after this long with nothing moving.
     pub(crate) idle_timeout: Option<Duration>,
     /// Becomes true when connections must be cut (drain timeout).
@@ -94,9 +94,9 @@ pub(crate) async fn relay(client: &TcpStream, target: &TcpStream, cx: RelayConte
         }
         last_moved.store(started.elapsed().as_millis() as u64, Relaxed);
     };
-    let pipes = cx.pipes;
-    let up = pump(client, target, pipes, |n| moved(Direction::Up, n));
-    let down = pump(target, client, pipes, |n| moved(Direction::Down, n));
+    let (pipes, buffers) = (cx.pipes, cx.buffers);
+    let up = pump(client, target, pipes, buffers, |n| moved(Direction::Up, n));
+    let down = pump(target, client, pipes, buffers, |n| moved(Direction::Down, n));
     let idle = async {
         let Some(limit) = cx.idle_timeout else { return std::future::pending().await };
         loop {
@@ -159,8 +159,13 @@ pub(crate) fn reset(socket: &TcpStream) {
 
 /// Moves bytes from `from` to `to` until `from` ends (then sends `to` a
 /// FIN) or a side fails; reports each write through `moved`.
-async fn pump(from: &TcpStream, to: &TcpStream, pipes: Option<&PipePool>, moved: impl Fn(usize)) -> Result<(), Fault> {
-    let mut buffer = Vec::new();
+async fn pump(
+    from: &TcpStream,
+    to: &TcpStream,
+    pipes: Option<&PipePool>,
+    buffers: &BufferPool,
+    moved: impl Fn(usize),
+) -> Result<(), Fault> {
     let mut splicing = pipes.is_some();
     loop {
         from.readable().await.map_err(Fault::Read)?;
@@ -168,10 +173,10 @@ async fn pump(from: &TcpStream, to: &TcpStream, pipes: Option<&PipePool>, moved:
         let burst = match (pipe, pipes) {
             (Some(pipe), Some(pool)) => splice_burst(from, to, pipe, pool, &moved).await?,
             _ => {
-                if buffer.is_empty() {
-                    buffer = vec![0; COPY_BUFFER];
-                }
-                copy_burst(from, to, &mut buffer, &moved).await?
+                let mut buffer = buffers.take();
+                let burst = copy_burst(from, to, &mut buffer, &moved).await?;
+                buffers.give(buffer);
+                burst
             }
         };
         match burst {

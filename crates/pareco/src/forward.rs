@@ -88,7 +88,7 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
     forwarder.stop_accepting().await;
     let open = forwarder.snapshot().active;
     tracing::info!("draining: listeners closed, waiting for {open} open connections to finish");
-    let deadline = args.drain_timeout.0.map(|t| tokio::time::Instant::now() + t);
+    let mut deadline = args.drain_timeout.0.map(|t| tokio::time::Instant::now() + t);
     let cut_now = |forwarder: &Forwarder, why: &str| {
         let n = forwarder.cut();
         if n > 0 {
@@ -98,7 +98,10 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
     loop {
         tokio::select! {
             () = forwarder.closed() => break,
-            () = sleep_until(deadline) => cut_now(&forwarder, "drain timeout"),
+            () = sleep_until(deadline) => {
+                cut_now(&forwarder, "drain timeout");
+                deadline = None;
+            }
             _ = term.recv() => cut_now(&forwarder, "second signal"),
             _ = int.recv() => cut_now(&forwarder, "second signal"),
             _ = hup.recv() => tracing::info!("SIGHUP while draining: not reloading"),
