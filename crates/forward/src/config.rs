@@ -110,7 +110,14 @@ fn parse_host(text: &str) -> Result<String, Problem> {
         return bare.parse::<Ipv6Addr>().map(|_| bare.to_owned()).map_err(|_| Problem::BadAddress(text.to_owned()));
     }
     let name_char = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_');
-    if bare.is_empty() || bare.len() > 253 || !bare.chars().all(name_char) || bare.starts_with(['.', '-']) {
+    // Digits and dots only: an IPv4 address, or a mistake (not a name).
+    let dotted = bare.chars().all(|c| c.is_ascii_digit() || c == '.');
+    if bare.is_empty()
+        || bare.len() > 253
+        || !bare.chars().all(name_char)
+        || bare.starts_with(['.', '-'])
+        || (dotted && bare.parse::<std::net::Ipv4Addr>().is_err())
+    {
         return Err(Problem::BadAddress(text.to_owned()));
     }
     Ok(bare.to_owned())
@@ -716,7 +723,25 @@ pidlogfile /run/forward.pid
         assert_eq!(Endpoint::parse_target("db:0"), Err(Problem::BadPort("0 (a target needs a port)".into())));
         assert_eq!(Endpoint::parse_target("db:x"), Err(Problem::BadPort("x".into())));
         assert_eq!(parse_targets("a:1, b:2").unwrap(), vec![ep("a", 1), ep("b", 2)]);
+        assert_eq!(Endpoint::parse_listen("999.1.1.1:80"), Err(Problem::BadAddress("999.1.1.1".into())));
+        assert_eq!(Endpoint::parse_target("10.0.0:80"), Err(Problem::BadAddress("10.0.0".into())));
+        assert_eq!(Endpoint::parse_target("web-1.new_site:80"), Ok(ep("web-1.new_site", 80)));
         assert!(parse_targets("a:1,").is_err());
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn no_text_makes_the_parser_panic(text in r"(?s)[ -~\t\n\[\]#/:.*?,=0-9a-fA-F\u{e9}]{0,200}") {
+            let _ = load(&text);
+        }
+
+        #[test]
+        fn rule_like_lines_parse_or_name_line_one(words in proptest::collection::vec(r"[0-9a-z.:\[\]*/=,-]{1,12}", 0..8)) {
+            let line = words.join(" ");
+            if let Err(e) = load(&line) {
+                proptest::prop_assert_eq!(e.line, 1);
+            }
+        }
     }
 
     #[test]

@@ -593,10 +593,17 @@ fn an_unreachable_target_times_out_into_a_reset() {
         queued.push(s);
         assert!(queued.len() < 64, "the listen queue never filled");
     }
-    let forward = Forward::start(&["127.0.0.1:0", &addr.to_string(), "--connect-timeout", "300ms"], 1);
+    let forward = Forward::start(
+        &["127.0.0.1:0", &addr.to_string(), "127.0.0.1:0", "nowhere.invalid:80", "--connect-timeout", "300ms"],
+        2,
+    );
     let mut client = connect(forward.addrs[0]);
     assert_reset(&mut client);
     forward.expect_log(&format!("end=\"no target reachable: {addr}: no answer in 300ms\""));
+    // A name that does not resolve (at once, or not within the connect timeout).
+    let mut client = connect(forward.addrs[1]);
+    assert_reset(&mut client);
+    forward.expect_log("end=\"no target reachable: nowhere.invalid:80: ");
     assert!(forward.stop().success());
 }
 
@@ -786,6 +793,31 @@ fn a_malformed_configuration_names_its_line_and_nothing_starts() {
     assert_eq!(
         String::from_utf8_lossy(&out.stderr),
         "pareco: bad TARGET: \"nowhere\" is not HOST:PORT ([ADDRESS]:PORT for IPv6)\n"
+    );
+}
+
+#[test]
+fn a_bad_or_foreign_address_is_one_clear_error() {
+    let out = forward_output(&["999.1.1.1:80", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "pareco: bad LISTEN: \"999.1.1.1\" is not an IP address or a host name\n"
+    );
+    // 192.0.2.1 (TEST-NET-1) is nobody's address here: binding it fails, no packet leaves.
+    let out = forward_output(&["192.0.2.1:8080", "127.0.0.1:1"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        "pareco: cannot listen on 192.0.2.1:8080: Cannot assign requested address (os error 99)\n"
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let config = write_file(dir.path(), "f.conf", "# targets\n127.0.0.1 0 10.0.0.256 80\n");
+    let out = forward_output(&["-c", config.to_str().unwrap()]);
+    assert_eq!(out.status.code(), Some(2));
+    assert_eq!(
+        String::from_utf8_lossy(&out.stderr),
+        format!("pareco: {}:2: \"10.0.0.256\" is not an IP address or a host name\n", config.display())
     );
 }
 
