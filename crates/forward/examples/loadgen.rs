@@ -23,6 +23,10 @@ use tokio::net::{TcpListener, TcpStream};
 /// The first byte of a bulk connection (an echo connection starts with anything else).
 const BULK: u8 = b'B';
 
+/// `hold` stops opening connections after this many failed (a forwarder
+/// that broke need not be shown ten thousand times).
+const GIVE_UP_AFTER: u64 = 100;
+
 fn main() {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().unwrap();
@@ -238,7 +242,11 @@ async fn hold(addr: SocketAddr, connections: usize) -> String {
             let (opened, failed) = (opened.clone(), failed.clone());
             tokio::spawn(async move {
                 let permit = opening.acquire_owned().await.unwrap();
-                let attempt = tokio::time::timeout(Duration::from_secs(20), async {
+                if failed.load(Relaxed) >= GIVE_UP_AFTER {
+                    failed.fetch_add(1, Relaxed);
+                    return Err("not tried (too many failures)".to_owned());
+                }
+                let attempt = tokio::time::timeout(Duration::from_secs(10), async {
                     let mut stream = TcpStream::connect(addr).await?;
                     stream.write_all(b"h").await?;
                     let mut back = [0u8];
@@ -255,7 +263,7 @@ async fn hold(addr: SocketAddr, connections: usize) -> String {
                     }
                     Err(_) => {
                         failed.fetch_add(1, Relaxed);
-                        return Err("no echo in 20 s".to_owned());
+                        return Err("no echo in 10 s".to_owned());
                     }
                 };
                 opened.fetch_add(1, Relaxed);

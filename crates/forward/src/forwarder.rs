@@ -373,8 +373,11 @@ async fn accept_loop(
 ) {
     let mut warned: Option<Instant> = None;
     loop {
-        let current = settings.borrow_and_update().clone();
-        if let (Some(max), WhenFull::Wait) = (current.rule.options.max_connections, current.rule.options.when_full)
+        let limit = {
+            let now = settings.borrow_and_update();
+            (now.rule.options.max_connections, now.rule.options.when_full)
+        };
+        if let (Some(max), WhenFull::Wait) = limit
             && state.stats.active() >= u64::from(max)
         {
             tokio::select! {
@@ -397,9 +400,11 @@ async fn accept_loop(
                     continue;
                 }
             },
-            // A reload may have raised `max` or changed the rule.
+            // A reload may have lowered `max`: look again.
             changed = settings.changed() => if changed.is_err() { return } else { continue },
         };
+        // The rule as it is now: a reload may have come while this waited.
+        let current = settings.borrow_and_update().clone();
         let admission = Admission::new(state.clone(), shared.clone());
         tokio::spawn(forward(socket, client, local, current, admission));
     }
