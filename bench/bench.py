@@ -737,15 +737,14 @@ def forward(args, work: Path) -> list[Row]:
                         cpu = fw.cpu()
                         r = loadgen("bulk", addr, bulk_bytes, conns)
                         runs[tool].append(Measured(r["seconds"], None, None, server_cpu=fw.cpu() - cpu))
-                    if rep == 0:
-                        o = other[tool]
-                        cpu = fw.cpu()
-                        o["rr"] = loadgen("rr", addr, 100, 1024, rr_ms) | {"cpu": fw.cpu() - cpu}
-                        o["latency"] = loadgen("rr", addr, 1, 1024, latency_ms)
-                        cpu = fw.cpu()
-                        o["connect"] = loadgen("connect", addr, 8, connect_ms) | {"cpu": fw.cpu() - cpu}
-                        if tool != "socat":  # a process per connection: not at these counts
-                            o["hold"] = loadgen("hold", addr, held_target)
+                    o = other[tool]
+                    cpu = fw.cpu()
+                    o.setdefault("rr", []).append(loadgen("rr", addr, 100, 1024, rr_ms) | {"cpu": fw.cpu() - cpu})
+                    o.setdefault("latency", []).append(loadgen("rr", addr, 1, 1024, latency_ms))
+                    cpu = fw.cpu()
+                    o.setdefault("connect", []).append(loadgen("connect", addr, 8, connect_ms) | {"cpu": fw.cpu() - cpu})
+                    if rep == 0 and tool != "socat":  # socat: a process per connection, not at these counts
+                        o["hold"] = loadgen("hold", addr, held_target)
                 finally:
                     rss[tool] = max(rss.get(tool) or 0, fw.stop() or 0) or None
     finally:
@@ -763,24 +762,28 @@ def forward(args, work: Path) -> list[Row]:
             rows.append(Row(name, tool, med, bulk_bytes, rss_server_kb=rss[tool], cpu_server_s=cpu,
                             runs=[round(s, 3) for s in secs],
                             note="the reference" if tool == "direct" else f"{direct / med:.0%} of direct"))
+    # Medians over the runs, field by field.
+    for o in other.values():
+        for k in ("rr", "latency", "connect"):
+            o[k] = {f: statistics.median(run[f] for run in o[k]) for f in o[k][0]}
     d = other["direct"]
-    plus = lambda tool, value, base: "" if tool == "direct" else f" ({value - base:+} µs)"
+    plus = lambda tool, value, base: "" if tool == "direct" else f" ({value - base:+.0f} µs)"
     for tool in tools:
         rr = other[tool]["rr"]
         rows.append(Row("forward 3: 1 KiB request/response, 100 held connections", tool, 0, 0,
                         rss_server_kb=rss[tool], cpu_server_s=rr["cpu"] if tool != "direct" else None,
-                        note=f"{rr['rps']:,.0f} req/s; p50 {rr['p50_us']} µs{plus(tool, rr['p50_us'], d['rr']['p50_us'])}, "
-                             f"p99 {rr['p99_us']} µs{plus(tool, rr['p99_us'], d['rr']['p99_us'])}"))
+                        note=f"{rr['rps']:,.0f} req/s; p50 {rr['p50_us']:.0f} µs{plus(tool, rr['p50_us'], d['rr']['p50_us'])}, "
+                             f"p99 {rr['p99_us']:.0f} µs{plus(tool, rr['p99_us'], d['rr']['p99_us'])}"))
     for tool in tools:
         lat = other[tool]["latency"]
         rows.append(Row("forward 4: 1 KiB request/response, one connection (latency)", tool, 0, 0,
-                        note=f"{lat['rps']:,.0f} req/s; p50 {lat['p50_us']} µs{plus(tool, lat['p50_us'], d['latency']['p50_us'])}, "
-                             f"p99 {lat['p99_us']} µs{plus(tool, lat['p99_us'], d['latency']['p99_us'])}"))
+                        note=f"{lat['rps']:,.0f} req/s; p50 {lat['p50_us']:.0f} µs{plus(tool, lat['p50_us'], d['latency']['p50_us'])}, "
+                             f"p99 {lat['p99_us']:.0f} µs{plus(tool, lat['p99_us'], d['latency']['p99_us'])}"))
     for tool in tools:
         conn = other[tool]["connect"]
         rows.append(Row("forward 5: new connections (8 at a time, a byte there and back)", tool, 0, 0,
                         cpu_server_s=conn["cpu"] if tool != "direct" else None,
-                        note=f"{conn['per_second']:,.0f} connections/s, {conn['failed']} failed"))
+                        note=f"{conn['per_second']:,.0f} connections/s, {conn['failed']:.0f} failed"))
     for tool in tools:
         name = f"forward 6: {held_target:,} connections open at once"
         if "hold" not in other[tool]:

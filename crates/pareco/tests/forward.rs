@@ -417,7 +417,10 @@ fn five_thousand_connections_open_at_once_each_echo_exactly() {
     raise_fd_limit(2 * N as u64 + 1000);
     let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
     let echo = runtime.block_on(async {
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        // A listen queue as long as the forwarder's: 5,000 connects arrive at once.
+        let socket = tokio::net::TcpSocket::new_v4().unwrap();
+        socket.bind("127.0.0.1:0".parse().unwrap()).unwrap();
+        let listener = socket.listen(4096).unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move {
             while let Ok((mut stream, _)) = listener.accept().await {
@@ -456,16 +459,35 @@ fn five_thousand_connections_open_at_once_each_echo_exactly() {
             .map(|(i, mut stream)| {
                 tokio::spawn(async move {
                     let message = format!("connection {i}: {}\n", "x".repeat(i % 997)).into_bytes();
-                    stream.write_all(&message).await.unwrap();
-                    stream.shutdown().await.unwrap();
                     let mut back = Vec::new();
-                    stream.read_to_end(&mut back).await.unwrap();
-                    assert_eq!(back, message, "connection {i}");
+                    let exchange = async {
+                        stream.write_all(&message).await?;
+                        stream.shutdown().await?;
+                        stream.read_to_end(&mut back).await
+                    };
+                    match exchange.await {
+                        Ok(_) if back == message => Ok(()),
+                        Ok(_) => Err(format!("connection {i}: {} bytes back, not its {}", back.len(), message.len())),
+                        Err(e) => Err(format!("connection {i} (local {:?}): {e}", stream.local_addr())),
+                    }
                 })
             })
             .collect();
+        let mut failures = Vec::new();
         for task in tasks {
-            tokio::time::timeout(WAIT, task).await.expect("an echo hung").unwrap();
+            if let Err(e) = tokio::time::timeout(WAIT, task).await.expect("an echo hung").unwrap() {
+                failures.push(e);
+            }
+        }
+        if !failures.is_empty() {
+            let log = forward.log();
+            let unusual: Vec<&str> = log.lines().filter(|l| !l.contains("end=\"closed by")).take(20).collect();
+            panic!(
+                "{} echoes failed, first {:?}; unusual log lines:\n{}",
+                failures.len(),
+                &failures[..failures.len().min(5)],
+                unusual.join("\n")
+            );
         }
     });
     assert!(wait_until(WAIT, || stats(&stats_path)["active"].as_u64() == Some(0)));
