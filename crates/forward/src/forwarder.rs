@@ -389,14 +389,19 @@ async fn accept_loop(
         let (socket, client) = tokio::select! {
             accepted = listener.accept() => match accepted {
                 Ok(accepted) => accepted,
-                Err(e) => {
-                    // Out of descriptors or memory: say so now and then, and
-                    // let connections close before trying again.
+                Err(e) if out_of_resources(&e) => {
+                    // Say so now and then, and let connections close before
+                    // trying again (the kernel keeps the new ones queued).
                     if warned.is_none_or(|t| t.elapsed() > Duration::from_secs(10)) {
                         tracing::warn!("{local}: cannot accept connections: {e}");
                         warned = Some(Instant::now());
                     }
                     tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+                Err(e) => {
+                    // A client that gave up while queued, and the like.
+                    tracing::debug!("{local}: accept: {e}");
                     continue;
                 }
             },
@@ -408,6 +413,13 @@ async fn accept_loop(
         let admission = Admission::new(state.clone(), shared.clone());
         tokio::spawn(forward(socket, client, local, current, admission));
     }
+}
+
+/// Out of descriptors or memory: waiting helps, retrying at once does not.
+fn out_of_resources(e: &io::Error) -> bool {
+    use rustix::io::Errno;
+    let resource = [Errno::MFILE, Errno::NFILE, Errno::NOBUFS, Errno::NOMEM].map(|e| e.raw_os_error());
+    e.raw_os_error().is_some_and(|code| resource.contains(&code))
 }
 
 /// One connection from accept to close.
@@ -524,4 +536,19 @@ async fn write_all(socket: &TcpStream, mut bytes: &[u8]) -> io::Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn only_a_lack_of_resources_makes_accept_back_off() {
+        use rustix::io::Errno;
+        let error = |e: Errno| io::Error::from_raw_os_error(e.raw_os_error());
+        assert!(out_of_resources(&error(Errno::MFILE)));
+        assert!(out_of_resources(&error(Errno::NOBUFS)));
+        assert!(!out_of_resources(&error(Errno::CONNABORTED)));
+        assert!(!out_of_resources(&io::Error::other("no code")));
+    }
 }

@@ -59,15 +59,15 @@ pub struct ForwardArgs {
     #[arg(long, value_name = "wait|refuse", default_value = "wait")]
     pub when_full: pareco_forward::WhenFull,
     /// Close a connection after DURATION with nothing moving either way
-    /// (500ms, 30s, 5m, 8h, 2d, or seconds; default off: database
-    /// connections idle for hours are normal).
+    /// (500ms, 30s, 5m, 8h, 2d, or seconds; database connections idle for
+    /// hours are normal).
     #[arg(long, value_name = "DURATION", default_value = "off", value_parser = parse_maybe_duration)]
     pub idle_timeout: MaybeDuration,
     /// How long one attempt to reach one target address may take before the next is tried.
     #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
     pub connect_timeout: Duration,
     /// On SIGTERM, how long established connections may take to finish
-    /// before they are reset (default: until they close).
+    /// before they are reset (none: until they close).
     #[arg(long, value_name = "DURATION", default_value = "none", value_parser = parse_maybe_duration)]
     pub drain_timeout: MaybeDuration,
     /// Write per-rule counters as JSON to FILE every --stats-interval, and at exit.
