@@ -756,6 +756,164 @@ def stream_loopback(args, work: Path) -> list[Row]:
     return summarize("7. stream over loopback: 1 GiB, incompressible", interleave(tools, args.repeat), size, None)
 
 
+# ---------------------------------------------------------------- the cutover forwarder
+
+LOADGEN = PARECO.parent / "examples" / "loadgen"
+
+
+def loadgen(*args) -> dict:
+    """One client run of the load generator (crates/forward/examples/loadgen.rs); its JSON report."""
+    r = subprocess.run([str(LOADGEN), *map(str, args)], capture_output=True, text=True, timeout=600)
+    if r.returncode != 0:
+        raise RuntimeError(f"loadgen {args} failed ({r.returncode}): {r.stderr[-2000:]}")
+    return json.loads(r.stdout)
+
+
+class Forwarder:
+    """A TCP forwarder in front of `target` (a port on 127.0.0.1), or none (`direct`)."""
+
+    def __init__(self, tool: str, target: int, work: Path):
+        self.tool, self.proc = tool, None
+        port = free_port()
+        if tool == "direct":
+            self.port = target
+            return
+        if tool == "pareco forward":
+            self.proc = subprocess.Popen([str(PARECO), "forward", "127.0.0.1:0", f"127.0.0.1:{target}"],
+                                         stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+            port = int(self.proc.stdout.readline().split(" -> ")[0].rsplit(":", 1)[1])
+        elif tool == "rinetd":
+            conf = work / f"rinetd-{port}.conf"
+            conf.write_text(f"127.0.0.1 {port} 127.0.0.1 {target}\n")
+            self.proc = subprocess.Popen(["rinetd", "-f", "-c", str(conf)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        elif tool == "socat":
+            self.proc = subprocess.Popen(["socat", f"TCP-LISTEN:{port},bind=127.0.0.1,reuseaddr,fork,backlog=4096",
+                                          f"TCP:127.0.0.1:{target}"], stderr=subprocess.DEVNULL)
+        elif tool.startswith("haproxy"):
+            conf = work / f"haproxy-{port}.cfg"
+            splice = "    option splice-request\n    option splice-response\n" if "splice" in tool else ""
+            conf.write_text("global\n    log stderr local0 emerg\ndefaults\n    mode tcp\n    timeout connect 10s\n"
+                            f"    timeout client 1h\n    timeout server 1h\n{splice}"
+                            f"listen fwd\n    bind 127.0.0.1:{port}\n    server target 127.0.0.1:{target}\n")
+            self.proc = subprocess.Popen(["haproxy", "-db", "-f", str(conf)], stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.DEVNULL)
+        else:
+            raise ValueError(tool)
+        self.port = port
+        wait_port(port)
+
+    def cpu(self) -> float:
+        """CPU seconds the forwarder has used so far (0 for a direct connection)."""
+        return (cpu_seconds(self.proc.pid) or 0.0) if self.proc else 0.0
+
+    def stop(self) -> int | None:
+        """Stops it; returns its peak RSS in KiB."""
+        if not self.proc:
+            return None
+        rss = peak_rss_kb(self.proc.pid)
+        self.proc.terminate()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return rss
+
+
+def forward(args, work: Path) -> list[Row]:
+    """The cutover forwarder beside rinetd, socat and haproxy (with splice forced), and a direct
+    connection as the reference: bulk throughput, request/response rate and latency, connection
+    rate, and connections held at once. The load generator is a Rust program (tokio), so that the
+    clients are not what is measured; everything shares the machine's cores."""
+    import resource
+    soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
+    resource.setrlimit(resource.RLIMIT_NOFILE, (hard, hard))  # every child inherits it
+    quick = args.quick
+    bulk_bytes = (768 if not quick else 16) * MiB
+    rr_ms, latency_ms, connect_ms = (5000, 3000, 3000) if not quick else (300, 300, 300)
+    # A forwarder holds two descriptors per connection: 20,000 need 40,000.
+    want = 20_000 if not quick else 200
+    held_target = min(want, (hard - 200) // 2)
+    tools = ["direct", "pareco forward", "haproxy (splice)", "rinetd", "socat"]
+    server = subprocess.Popen([str(LOADGEN), "server"], stdout=subprocess.PIPE, text=True)
+    target = int(server.stdout.readline().rsplit(":", 1)[1])
+    bulk1 = {t: [] for t in tools}
+    bulk64 = {t: [] for t in tools}
+    other: dict[str, dict] = {t: {} for t in tools}
+    rss: dict[str, int | None] = {}
+    try:
+        for rep in range(args.repeat):
+            for tool in tools:
+                fw = Forwarder(tool, target, work)
+                addr = f"127.0.0.1:{fw.port}"
+                try:
+                    for runs, conns in ((bulk1, 1), (bulk64, 64)):
+                        cpu = fw.cpu()
+                        r = loadgen("bulk", addr, bulk_bytes, conns)
+                        runs[tool].append(Measured(r["seconds"], None, None, server_cpu=fw.cpu() - cpu))
+                    o = other[tool]
+                    cpu = fw.cpu()
+                    o.setdefault("rr", []).append(loadgen("rr", addr, 100, 1024, rr_ms) | {"cpu": fw.cpu() - cpu})
+                    o.setdefault("latency", []).append(loadgen("rr", addr, 1, 1024, latency_ms))
+                    cpu = fw.cpu()
+                    o.setdefault("connect", []).append(loadgen("connect", addr, 8, connect_ms) | {"cpu": fw.cpu() - cpu})
+                    if rep == 0 and tool != "socat":  # socat: a process per connection, not at these counts
+                        o["hold"] = loadgen("hold", addr, held_target)
+                finally:
+                    rss[tool] = max(rss.get(tool) or 0, fw.stop() or 0) or None
+    finally:
+        server.terminate()
+        server.wait()
+
+    rows = []
+    for name, runs in ((f"forward 1: bulk, one connection, {fmt_bytes(bulk_bytes)} over loopback", bulk1),
+                       (f"forward 2: bulk, 64 connections, {fmt_bytes(bulk_bytes)} in all", bulk64)):
+        direct = statistics.median(m.seconds for m in runs["direct"])
+        for tool in tools:
+            secs = [m.seconds for m in runs[tool]]
+            med = statistics.median(secs)
+            cpu = statistics.median(m.server_cpu for m in runs[tool]) if tool != "direct" else None
+            rows.append(Row(name, tool, med, bulk_bytes, rss_server_kb=rss[tool], cpu_server_s=cpu,
+                            runs=[round(s, 3) for s in secs],
+                            note="the reference" if tool == "direct" else f"{direct / med:.0%} of direct"))
+    # Medians over the runs, field by field.
+    for o in other.values():
+        for k in ("rr", "latency", "connect"):
+            o[k] = {f: statistics.median(run[f] for run in o[k]) for f in o[k][0]}
+    d = other["direct"]
+    plus = lambda tool, value, base: "" if tool == "direct" else f" ({value - base:+.0f} µs)"
+    for tool in tools:
+        rr = other[tool]["rr"]
+        rows.append(Row("forward 3: 1 KiB request/response, 100 held connections", tool, 0, 0,
+                        rss_server_kb=rss[tool], cpu_server_s=rr["cpu"] if tool != "direct" else None,
+                        note=f"{rr['rps']:,.0f} req/s; p50 {rr['p50_us']:.0f} µs{plus(tool, rr['p50_us'], d['rr']['p50_us'])}, "
+                             f"p99 {rr['p99_us']:.0f} µs{plus(tool, rr['p99_us'], d['rr']['p99_us'])}"))
+    for tool in tools:
+        lat = other[tool]["latency"]
+        rows.append(Row("forward 4: 1 KiB request/response, one connection (latency)", tool, 0, 0,
+                        note=f"{lat['rps']:,.0f} req/s; p50 {lat['p50_us']:.0f} µs{plus(tool, lat['p50_us'], d['latency']['p50_us'])}, "
+                             f"p99 {lat['p99_us']:.0f} µs{plus(tool, lat['p99_us'], d['latency']['p99_us'])}"))
+    for tool in tools:
+        conn = other[tool]["connect"]
+        rows.append(Row("forward 5: new connections (8 at a time, a byte there and back)", tool, 0, 0,
+                        cpu_server_s=conn["cpu"] if tool != "direct" else None,
+                        note=f"{conn['per_second']:,.0f} connections/s, {conn['failed']:.0f} failed"))
+    for tool in tools:
+        name = f"forward 6: {held_target:,} connections open at once"
+        if "hold" not in other[tool]:
+            rows.append(Row(name, tool, 0, 0, note="not run: a process per connection"))
+            continue
+        h = other[tool]["hold"]
+        failures = ", ".join(f"{n} {k}" for k, n in h["failures"].items()) or "none failed"
+        rows.append(Row(name, tool, 0, 0, rss_server_kb=rss[tool],
+                        note=f"{h['held']:,} open, {h['still_working']:,} still working once all were; {failures}"))
+    if held_target < want:
+        print(f"note: {want:,} connections need {2 * want:,} descriptors in a forwarder; the hard limit here is "
+              f"{hard:,}, so {held_target:,} were held", file=sys.stderr)
+    return rows
+
+
 # ---------------------------------------------------------------- output
 
 def fmt_bytes(n: int | None) -> str:
@@ -789,7 +947,7 @@ def table(rows: list[Row]) -> str:
 
 SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "final": final_round, "loopback": loopback,
              "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree,
-             "shifted": shifted, "dump": dump, "moves": moves}
+             "shifted": shifted, "dump": dump, "moves": moves, "forward": forward}
 
 
 def main() -> None:

@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Benchmarks pareco beside rsync, tar|nc, mbuffer|nc and cp on the same data and the same
-# emulated links, in one run. Prints a Markdown table; writes bench/out/results.json.
+# emulated links, and pareco forward beside rinetd, socat and haproxy, in one run.
+# Prints a Markdown table; writes bench/out/results.json.
 #   bench/run.sh --quick                 # tiny sizes, under a minute: checks the script
 #   bench/run.sh                         # pareco's scenarios, 3 interleaved runs each
 #   bench/run.sh --baselines             # also rsync and tar|nc (several minutes on the slow links)
@@ -8,10 +9,15 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for tool in rsync nc mbuffer zstd python3 /usr/bin/time; do command -v "$tool" >/dev/null || missing+=("$tool"); done
+for tool in rsync nc mbuffer zstd python3 /usr/bin/time rinetd socat haproxy; do
+    command -v "$tool" >/dev/null || missing+=("$tool")
+done
 if ((${#missing[@]})); then
     sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
-    $sudo apt-get update -qq && $sudo apt-get install -y -qq rsync netcat-openbsd mbuffer zstd python3 time
+    $sudo apt-get update -qq
+    $sudo apt-get install -y -qq rsync netcat-openbsd mbuffer zstd python3 time rinetd socat haproxy
 fi
 cargo build --release --quiet
+# The forwarder scenario's load generator (a client and server in Rust).
+cargo build --release --quiet -p pareco-forward --example loadgen
 exec python3 bench/bench.py "$@"

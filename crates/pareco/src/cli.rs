@@ -4,6 +4,7 @@
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::PathBuf;
+use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pareco_compress::Compression;
@@ -29,6 +30,70 @@ pub enum Command {
     Recv(StreamArgs),
     /// Compare two trees entry by entry, content included; exit 1 if they differ.
     Verify(VerifyArgs),
+    /// Forward TCP connections (the cutover night): LISTEN TARGET pairs, or a rinetd.conf.
+    Forward(ForwardArgs),
+}
+
+/// `pareco forward`: its command-line options are the defaults of every
+/// rule; a configuration file's `[...]` options override them per rule.
+#[derive(Debug, Args)]
+pub struct ForwardArgs {
+    /// LISTEN TARGET pairs. LISTEN: HOST:PORT, [IPV6]:PORT, or PORT (all
+    /// IPv4 addresses); port 0 picks one. TARGET: HOST:PORT, or several
+    /// separated by commas, tried in order until one accepts.
+    #[arg(value_name = "LISTEN TARGET", required_unless_present = "config", conflicts_with = "config")]
+    pub rules: Vec<String>,
+    /// Read the rules from FILE, in rinetd's format (plus CIDR allow/deny
+    /// and [options]); SIGHUP reads it again.
+    #[arg(short = 'c', long, value_name = "FILE")]
+    pub config: Option<PathBuf>,
+    /// Send a PROXY protocol header to targets first (v1: text, v2: binary),
+    /// so that they see the client's address.
+    #[arg(long, value_name = "v1|v2")]
+    pub proxy_protocol: Option<pareco_forward::ProxyVersion>,
+    /// Connections at once per rule (default: bounded by the descriptor limit only).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub max_connections: Option<u32>,
+    /// Past --max-connections: wait (not accepted until one closes; clients
+    /// wait in the listen queue) or refuse (accepted and reset at once).
+    #[arg(long, value_name = "wait|refuse", default_value = "wait")]
+    pub when_full: pareco_forward::WhenFull,
+    /// Close a connection after DURATION with nothing moving either way
+    /// (500ms, 30s, 5m, 8h, 2d, or seconds; database connections idle for
+    /// hours are normal).
+    #[arg(long, value_name = "DURATION", default_value = "off", value_parser = parse_maybe_duration)]
+    pub idle_timeout: MaybeDuration,
+    /// How long one attempt to reach one target address may take before the next is tried.
+    #[arg(long, value_name = "DURATION", default_value = "10s", value_parser = parse_positive_duration)]
+    pub connect_timeout: Duration,
+    /// On SIGTERM, how long established connections may take to finish
+    /// before they are reset (none: until they close).
+    #[arg(long, value_name = "DURATION", default_value = "none", value_parser = parse_maybe_duration)]
+    pub drain_timeout: MaybeDuration,
+    /// Write per-rule counters as JSON to FILE every --stats-interval, and at exit.
+    #[arg(long, value_name = "FILE")]
+    pub stats_json: Option<PathBuf>,
+    /// How often --stats-json is written.
+    #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_positive_duration)]
+    pub stats_interval: Duration,
+    /// Copy bytes through user memory instead of splice(2).
+    #[arg(long)]
+    pub no_splice: bool,
+    /// Check the rules and print them, one line each; listen nowhere.
+    #[arg(long)]
+    pub check: bool,
+}
+
+/// A duration that may be off.
+#[derive(Debug, Clone, Copy)]
+pub struct MaybeDuration(pub Option<Duration>);
+
+fn parse_maybe_duration(s: &str) -> Result<MaybeDuration, String> {
+    pareco_forward::config::parse_optional_duration(s).map(MaybeDuration)
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    pareco_forward::config::parse_duration(s)?.filter(|d| !d.is_zero()).ok_or_else(|| "must be positive".to_owned())
 }
 
 #[derive(Debug, Args)]

@@ -6,8 +6,11 @@
 //! 2 when nothing could be done (bad arguments, no connection, refused).
 //! For `send` and `recv`: 0 only when the whole stream arrived and was
 //! verified, 1 when it did not (the receiver says how much was delivered).
+//! For `forward`: 0 after a drain (SIGTERM), 2 when nothing could start
+//! (bad configuration, listen address in use).
 
 mod cli;
+mod forward;
 mod output;
 mod serve;
 mod stream;
@@ -30,11 +33,12 @@ pub(crate) const EXIT_LIVE_CHANGES: u8 = 24;
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let default_level = match &cli.command {
-        Command::Serve(_) => "info",
+        Command::Serve(_) | Command::Forward(_) => "info",
         Command::Sync(_) | Command::Send(_) | Command::Recv(_) | Command::Verify(_) => "warn",
     };
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_env("PARECO_LOG")
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
@@ -49,6 +53,7 @@ fn main() -> ExitCode {
             Command::Send(args) => stream::send(args).await,
             Command::Recv(args) => stream::recv(args).await,
             Command::Verify(args) => verify::run(args).await,
+            Command::Forward(args) => forward::run(args).await,
         }
     });
     // A stream that failed may leave a thread blocked on its input: do not wait for it.

@@ -1,0 +1,171 @@
+//! `pareco forward`: the command line and the signals around the
+//! forwarder (pareco-forward): SIGHUP reloads, SIGUSR1 prints the
+//! counters, SIGTERM or SIGINT drains (a second one cuts what is left).
+
+use std::io::Write;
+use std::path::Path;
+
+use anyhow::{Context, Result, bail};
+use pareco_forward::config::{self, Endpoint};
+use pareco_forward::{Config, Forwarder, ForwarderOptions, Listening, RuleOptions};
+use tokio::signal::unix::{SignalKind, signal};
+
+use crate::cli::ForwardArgs;
+use crate::output::write_json;
+
+pub async fn run(args: ForwardArgs) -> Result<u8> {
+    let defaults = RuleOptions {
+        proxy: args.proxy_protocol,
+        max_connections: args.max_connections,
+        when_full: args.when_full,
+        idle_timeout: args.idle_timeout.0,
+        connect_timeout: args.connect_timeout,
+        source: None,
+    };
+    let load = || -> Result<Config> {
+        let config = match &args.config {
+            Some(path) => pareco_forward::load(path, &defaults)?,
+            None => rules_from_args(&args.rules, &defaults)?,
+        };
+        for warning in &config.warnings {
+            tracing::warn!("{warning}");
+        }
+        Ok(config)
+    };
+    let config = load()?;
+    if args.check {
+        for rule in &config.rules {
+            println!("{} -> {}", rule.listen, rule.targets_text());
+        }
+        return Ok(0);
+    }
+    // Handlers first: a signal right after the announcement must be handled, not kill us.
+    let (mut hup, mut usr1) = (signal(SignalKind::hangup())?, signal(SignalKind::user_defined1())?);
+    let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
+    let pid_file = config.pid_file.clone();
+    let mut forwarder = Forwarder::start(config, ForwarderOptions { splice: !args.no_splice }).await?;
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
+    }
+    announce(&forwarder.listening())?;
+    let mut stats_tick = tokio::time::interval(args.stats_interval);
+    let write_stats = |forwarder: &Forwarder| {
+        if let Some(path) = &args.stats_json
+            && let Err(e) = write_json_atomically(path, &forwarder.snapshot())
+        {
+            tracing::warn!("{e:#}");
+        }
+    };
+    loop {
+        tokio::select! {
+            _ = hup.recv() => match &args.config {
+                None => tracing::info!("SIGHUP: no --config file, nothing to reload"),
+                Some(path) => match load() {
+                    Err(e) => tracing::error!("reload failed, the running rules stay: {e:#}"),
+                    Ok(config) => {
+                        let report = forwarder.reload(config).await;
+                        announce(&report.started)?;
+                        for listen in &report.changed {
+                            tracing::info!("{listen}: rule changed; new connections follow it");
+                        }
+                        for listen in &report.stopped {
+                            tracing::info!("{listen}: rule removed; no new connections, open ones go on");
+                        }
+                        for e in &report.failed {
+                            tracing::error!("{e}");
+                        }
+                        tracing::info!("reloaded {}", path.display());
+                    }
+                },
+            },
+            _ = usr1.recv() => print_stats(&forwarder),
+            _ = stats_tick.tick(), if args.stats_json.is_some() => write_stats(&forwarder),
+            _ = term.recv() => break,
+            _ = int.recv() => break,
+        }
+    }
+    forwarder.stop_accepting().await;
+    let open = forwarder.snapshot().active;
+    tracing::info!("draining: listeners closed, waiting for {open} open connections to finish");
+    let mut deadline = args.drain_timeout.0.map(|t| tokio::time::Instant::now() + t);
+    let cut_now = |forwarder: &Forwarder, why: &str| {
+        let n = forwarder.cut();
+        if n > 0 {
+            tracing::warn!("{why}: resetting {n} connections still open");
+        }
+    };
+    loop {
+        tokio::select! {
+            () = forwarder.closed() => break,
+            () = sleep_until(deadline) => {
+                cut_now(&forwarder, "drain timeout");
+                deadline = None;
+            }
+            _ = term.recv() => cut_now(&forwarder, "second signal"),
+            _ = int.recv() => cut_now(&forwarder, "second signal"),
+            _ = hup.recv() => tracing::info!("SIGHUP while draining: not reloading"),
+            _ = usr1.recv() => print_stats(&forwarder),
+            _ = stats_tick.tick(), if args.stats_json.is_some() => write_stats(&forwarder),
+        }
+    }
+    write_stats(&forwarder);
+    if let Some(path) = &pid_file {
+        let _ = std::fs::remove_file(path);
+    }
+    tracing::info!("stopped: every connection closed");
+    Ok(0)
+}
+
+async fn sleep_until(deadline: Option<tokio::time::Instant>) {
+    match deadline {
+        Some(t) => tokio::time::sleep_until(t).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// The rules of the command line: LISTEN TARGET[,TARGET…] pairs.
+fn rules_from_args(words: &[String], defaults: &RuleOptions) -> Result<Config> {
+    if words.len() % 2 == 1 {
+        bail!("{:?} has no TARGET (rules are LISTEN TARGET pairs)", words[words.len() - 1]);
+    }
+    let mut config = Config::default();
+    for pair in words.chunks(2) {
+        let listen = Endpoint::parse_listen(&pair[0]).context("bad LISTEN")?;
+        let targets = config::parse_targets(&pair[1]).context("bad TARGET")?;
+        if listen.port != 0 && config.rules.iter().any(|r| r.listen == listen) {
+            bail!("{listen} is given twice");
+        }
+        let access = Default::default();
+        config.rules.push(pareco_forward::Rule { listen, targets, access, options: defaults.clone(), line: 0 });
+    }
+    Ok(config)
+}
+
+/// `listening on HOST:PORT -> TARGET`, one line per rule, on stdout.
+fn announce(rules: &[Listening]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    for l in rules {
+        writeln!(out, "listening on {} -> {}", l.local, l.rule.targets_text())?;
+    }
+    out.flush()?;
+    Ok(())
+}
+
+/// The counters on stderr (SIGUSR1), whatever the log level.
+fn print_stats(forwarder: &Forwarder) {
+    let s = forwarder.snapshot();
+    let mut err = std::io::stderr().lock();
+    let _ = writeln!(err, "pareco forward: {} connections open, at most {} at once", s.active, s.connections);
+    for rule in &s.rules {
+        let _ = writeln!(err, "pareco forward: {rule}");
+    }
+}
+
+/// Written whole then renamed, so that a reader never sees half a file.
+fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    let mut temporary = path.as_os_str().to_owned();
+    temporary.push(".tmp");
+    write_json(Path::new(&temporary), value)?;
+    std::fs::rename(&temporary, path).with_context(|| format!("writing {}", path.display()))
+}
