@@ -362,6 +362,11 @@ impl Tree {
         expect!(self.call(Request::MakeLink { path, existing }).await?, "link", Response::Done => ())
     }
 
+    /// Removes an entry unless it is a directory.
+    pub async fn unlink(&self, path: RelPath) -> Result<(), TreeError> {
+        expect!(self.call(Request::Unlink { path }).await?, "remove", Response::Done => ())
+    }
+
     /// Removes an entry (recursively).
     pub async fn remove(&self, path: RelPath) -> Result<(), TreeError> {
         expect!(self.call(Request::Remove { path }).await?, "remove", Response::Done => ())

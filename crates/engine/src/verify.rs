@@ -14,6 +14,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use pareco_plan::file::Layout;
+use pareco_plan::shard::Shard;
 use pareco_plan::verify::{
     Checks, Difference, LinkedFiles, Side, Usage, compare, compare_xattrs, first_mismatch, link_differences,
 };
@@ -38,6 +39,8 @@ pub struct VerifyOptions {
     pub checks: Checks,
     /// Extended attributes too (`system.*` ones, which hold ACLs, aside).
     pub xattrs: bool,
+    /// Which part of the trees to compare (`--shard I/N`, as sync divides them).
+    pub shard: Shard,
 }
 
 /// Receives each difference as it is found.
@@ -223,6 +226,13 @@ impl Ctx {
         for Entry { name, stat: sa } in la {
             let Ok(path) = rel.join(&name) else { continue };
             match b.remove(&name) {
+                // Another shard's: only its directories are walked.
+                Some(sb) if !self.opts.shard.owns(&path, &sa) => {
+                    if (sa.kind, sb.kind) == (Kind::Dir, Kind::Dir) {
+                        work.push(Work::Dir(path));
+                    }
+                }
+                None if !self.opts.shard.owns(&path, &sa) => {}
                 Some(sb) => {
                     let (x, y) = (xa.get(&name).unwrap_or(&none), xb.get(&name).unwrap_or(&none));
                     if let Some(difference) = compare_xattrs(x, y) {
@@ -234,8 +244,10 @@ impl Ctx {
                 None => self.only_in(&path, Side::A),
             }
         }
-        for name in b.into_keys() {
-            if let Ok(path) = rel.join(&name) {
+        for (name, sb) in b {
+            if let Ok(path) = rel.join(&name)
+                && self.opts.shard.owns(&path, &sb)
+            {
                 self.only_in(&path, Side::B);
             }
         }

@@ -188,6 +188,10 @@ impl FsTree {
                 write::make_link(root, path, existing)?;
                 Response::Done
             }
+            Request::Unlink { path } => {
+                write::unlink(root, path)?;
+                Response::Done
+            }
             Request::Remove { path } => {
                 write::remove(root, path)?;
                 Response::Done

@@ -365,6 +365,15 @@ pub(crate) fn make_link(root: BorrowedFd<'_>, path: &RelPath, existing: &RelPath
     })
 }
 
+/// Removes an entry unless it is a directory.
+pub(crate) fn unlink(root: BorrowedFd<'_>, path: &RelPath) -> Result<(), FsError> {
+    let (dir, name) = beneath::parent(root, path, "remove")?;
+    match rustix::fs::unlinkat(&dir, name.as_bytes(), AtFlags::empty()) {
+        Ok(()) | Err(Errno::NOENT | Errno::ISDIR) => Ok(()),
+        Err(e) => Err(FsError::io("remove", e)),
+    }
+}
+
 /// Removes an entry, directories recursively, never following a symlink.
 pub(crate) fn remove(root: BorrowedFd<'_>, path: &RelPath) -> Result<(), FsError> {
     let (dir, name) = beneath::parent(root, path, "remove")?;

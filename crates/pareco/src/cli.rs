@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use clap::{Args, Parser, Subcommand};
 use pareco_compress::Compression;
+use pareco_plan::shard::Shard;
 
 /// PArallel REmote COpy: move live data between data centers over many
 /// connections, sending only what changed.
@@ -228,6 +229,10 @@ pub struct SyncArgs {
     /// later runs do not read unchanged files again to hash them.
     #[arg(long, value_name = "DIR")]
     pub state_dir: Option<PathBuf>,
+    /// Do part I of N of the tree (I from 0): N processes, on one host or
+    /// many, each with its own I, together do it all, each file once.
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
     /// Repeat rounds (for a live source) until one sends at most --converge-bytes.
     #[arg(long)]
     pub until_converged: bool,
@@ -257,6 +262,9 @@ pub struct VerifyArgs {
     pub chunk_size: u64,
     #[command(flatten)]
     pub metadata: MetadataArgs,
+    /// Compare part I of N of the trees (as `sync --shard I/N` divides them).
+    #[arg(long, value_name = "I/N", value_parser = parse_shard)]
+    pub shard: Option<Shard>,
     /// Print only the differences, not the summary.
     #[arg(short = 'q', long)]
     pub quiet: bool,
@@ -320,6 +328,10 @@ pub struct NetArgs {
     /// direction), or zstd[:LEVEL] (always try, at LEVEL, what this side sends).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
     pub compress: Compression,
+}
+
+fn parse_shard(s: &str) -> Result<Shard, String> {
+    Shard::parse(s)
 }
 
 fn parse_compression(s: &str) -> Result<Compression, String> {

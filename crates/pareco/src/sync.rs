@@ -8,6 +8,7 @@ use anyhow::{Context, Result};
 use pareco_engine::endpoint::{Location, RemoteOptions};
 use pareco_engine::{Endpoint, Stats, Summary, SyncOptions};
 use pareco_net::{Notices, PoolOptions, TokenKey};
+use pareco_plan::shard::Shard;
 
 use crate::cli::{NetArgs, SyncArgs, TokenArgs};
 use crate::{EXIT_LIVE_CHANGES, EXIT_PARTIAL, output, security, token};
@@ -31,6 +32,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         group: args.metadata.group(),
         xattrs: args.metadata.xattrs,
         parallelism: args.connections as usize,
+        shard: args.shard.unwrap_or(Shard::ALL),
     };
     let source = Endpoint::source(&src, &options).await.context("source")?;
     let destination = Endpoint::destination(&dst, &options).await.context("destination")?;

@@ -41,6 +41,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         parallelism: args.connections as usize,
         checks: Checks { owner: args.metadata.owner(), group: args.metadata.group() },
         xattrs: args.metadata.xattrs,
+        shard: args.shard.unwrap_or(pareco_plan::shard::Shard::ALL),
     };
     let report = match verify(ea, eb, opts, Arc::new(Lines(Mutex::new(std::io::stdout())))).await {
         Ok(report) => report,

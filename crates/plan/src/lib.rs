@@ -10,6 +10,7 @@
 //!   version cut at content-defined boundaries.
 //! - [`reuse`]: which file the destination already has holds the content
 //!   of a file it lacks (renamed, moved, rotated, copied).
+//! - [`shard`]: which part of a tree one of N processes does (`--shard`).
 //! - [`verify`]: how two entries differ, how hard links differ, and why the
 //!   same content takes different space on two filesystems.
 //! - [`freshness`]: when a file's metadata can be trusted — the quick check
@@ -20,6 +21,7 @@ pub mod dir;
 pub mod file;
 pub mod freshness;
 pub mod reuse;
+pub mod shard;
 pub mod verify;
 
 /// A byte count for people: `512 B`, `1.5 MiB` (binary units, one decimal).

@@ -184,6 +184,12 @@ pub enum Request {
         /// Average piece size (see [`crate::limits::valid_piece_avg`]).
         avg: u32,
     },
+    /// Remove `path` if it is not a directory (a directory there is left
+    /// alone; nothing there is fine). Answer: [`Response::Done`].
+    Unlink {
+        /// Entry to remove.
+        path: RelPath,
+    },
     /// Read several ranges of a file at once (the scattered new bytes of a
     /// rebuilt file travel together, compressed as one). Answer:
     /// [`Response::Data`] with the ranges' bytes one after the other and
@@ -593,6 +599,7 @@ impl Request {
             | Request::Unshare { path, .. }
             | Request::Pieces { path, .. }
             | Request::ReadRanges { path, .. }
+            | Request::Unlink { path }
             | Request::WriteRanges { path, .. }
             | Request::CopyRanges { path, .. }
             | Request::MakeDir { path, .. }
@@ -746,6 +753,10 @@ impl Request {
                 w.varint(*offset);
                 w.varint(*len);
                 w.varint(*avg as u64);
+            }
+            Request::Unlink { path } => {
+                w.u8(30);
+                w.path(path);
             }
             Request::ReadRanges { path, ranges } => {
                 w.u8(28);
@@ -963,6 +974,7 @@ impl Request {
                 Request::CloneFiles { files }
             }
             28 => Request::ReadRanges { path: r.path()?, ranges: decode_ranges(r)? },
+            30 => Request::Unlink { path: r.path()? },
             29 => {
                 let (path, ranges, digest) = (r.path()?, decode_ranges(r)?, r.digest("digest")?);
                 let data = r.rest();

@@ -191,6 +191,7 @@ fn request() -> impl Strategy<Value = Request> {
         (path(), proptest::collection::vec(1u8..=255, 1..50), proptest::option::of(timestamp()))
             .prop_map(|(path, t, mtime)| Request::MakeSymlink { path, target: t.into(), mtime }),
         path().prop_map(|path| Request::Remove { path }),
+        path().prop_map(|path| Request::Unlink { path }),
         (path(), proptest::option::of(0u32..=0o7777), proptest::option::of(timestamp()))
             .prop_map(|(path, mode, mtime)| Request::SetAttrs { path, mode, mtime }),
     ]

@@ -9,6 +9,7 @@ use std::collections::{HashMap, HashSet};
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
+use pareco_plan::shard::Shard;
 use pareco_proto::{Entry, FailureKind, Name, RelPath, Stat};
 
 use super::{Ctx, destination_failure, source_failure};
@@ -25,10 +26,12 @@ pub(crate) struct EntryMeta {
 }
 
 impl EntryMeta {
-    /// The source entries of a directory, given the destination's listing.
-    pub(crate) fn of(src: &[Entry], dst: Option<&[Entry]>) -> Vec<EntryMeta> {
+    /// The source entries of directory `dir` that are `shard`'s, given the
+    /// destination's listing.
+    pub(crate) fn of(dir: &RelPath, src: &[Entry], dst: Option<&[Entry]>, shard: Shard) -> Vec<EntryMeta> {
         let there: HashSet<&Name> = dst.unwrap_or_default().iter().map(|e| &e.name).collect();
         src.iter()
+            .filter(|e| dir.join(&e.name).is_ok_and(|rel| shard.owns(&rel, &e.stat)))
             .map(|e| EntryMeta {
                 name: e.name.clone(),
                 uid: e.stat.uid,
@@ -54,6 +57,7 @@ pub(crate) async fn set_owners(
         (uid.is_some() || gid.is_some()).then_some((uid, gid))
     };
     if dir.is_root()
+        && ctx.opts.shard.owns_path(dir)
         && let Some((src, dst)) = attrs
         && let Some((uid, gid)) = differ((src.uid, src.gid), dst.as_ref().map(|d| (d.uid, d.gid)))
     {

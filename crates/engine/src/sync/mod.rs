@@ -37,6 +37,7 @@ mod walk;
 use std::sync::Arc;
 use std::time::Instant;
 
+use pareco_plan::shard::Shard;
 use pareco_proto::{FailureKind, Kind, RelPath, Stat};
 use tokio::sync::Semaphore;
 
@@ -73,6 +74,8 @@ pub struct SyncOptions {
     pub xattrs: bool,
     /// How much to do at once (normally the number of connections).
     pub parallelism: usize,
+    /// Which part of the tree this process does (`--shard I/N`).
+    pub shard: Shard,
 }
 
 impl Default for SyncOptions {
@@ -89,6 +92,7 @@ impl Default for SyncOptions {
             group: false,
             xattrs: false,
             parallelism: 16,
+            shard: Shard::ALL,
         }
     }
 }
@@ -205,6 +209,15 @@ impl Ctx {
                 Stats::add(&self.stats.entries_abandoned, 1);
                 self.gave_up.get_or_init(|| why);
             }
+        }
+    }
+
+    /// Whether a planned entry is this shard's to do (a directory is
+    /// walked by every shard whatever the answer).
+    fn owns(&self, rel: &RelPath, p: &pareco_plan::dir::Planned) -> bool {
+        match &p.src {
+            Some(src) => self.opts.shard.owns(rel, src),
+            None => self.opts.shard.owns_path(rel),
         }
     }
 

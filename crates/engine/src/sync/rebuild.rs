@@ -53,7 +53,9 @@ pub(super) async fn worth_it(
     let block = ctx.opts.block_size;
     let (s, d) = tokio::try_join!(
         async { ctx.src.tree.hash_blocks(src.clone(), chunk.start, len as u32, block).await.map_err(Fault::Source) },
-        async { ctx.dst.tree.hash_blocks(old.clone(), chunk.start, len as u32, block).await.map_err(Fault::Destination) },
+        async {
+            ctx.dst.tree.hash_blocks(old.clone(), chunk.start, len as u32, block).await.map_err(Fault::Destination)
+        },
     )?;
     if s.iter().zip(&d).filter(|(a, b)| a == b).count() * 2 >= s.len() {
         return Ok(false);

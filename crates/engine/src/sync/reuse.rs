@@ -161,7 +161,9 @@ pub(crate) async fn copy_what_is_there(
     let (mut wanted, mut rest) = (Vec::new(), Vec::new());
     for p in planned {
         let found = match (&p.src, dir.join(&p.name)) {
-            (Some(src), Ok(rel)) if wants_content(&p) && settle_delay(src, src_now).is_none() => {
+            (Some(src), Ok(rel))
+                if wants_content(&p) && settle_delay(src, src_now).is_none() && ctx.opts.shard.owns(&rel, src) =>
+            {
                 Some(candidates(ctx, dir, &here, &p.name, src)).filter(|c| !c.is_empty()).map(|from| (rel, from))
             }
             _ => None,

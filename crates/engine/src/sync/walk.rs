@@ -103,8 +103,12 @@ async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
         }
     }
     let Some((src, dst)) = &node.attrs else { return };
-    let differ = dst.as_ref().is_none_or(|d| attrs_differ(src, d));
+    // The directory's own shard sets what differs; any shard that wrote in
+    // it sets it again after its writes (so the last one leaves it right).
+    let owned = ctx.opts.shard.owns_path(&node.rel);
+    let differ = owned && dst.as_ref().is_none_or(|d| attrs_differ(src, d));
     if let Some(d) = dst
+        && owned
         && attrs_differ(src, d)
     {
         ctx.reporter.change(&node.rel, Change::Attributes(Attrs::between(src, d)));
@@ -230,8 +234,10 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
     let (src_path, dst_path) = (ctx.src.path(&node.rel), ctx.dst.path(&node.rel));
     if !ctx.opts.dry_run && (job.remove_first || job.create) {
         let prepared = async {
+            // Only what is not a directory gives way (another shard may
+            // have made the directory meanwhile).
             if job.remove_first {
-                ctx.dst.tree.remove(dst_path.clone()).await?;
+                ctx.dst.tree.unlink(dst_path.clone()).await?;
             }
             ctx.dst.tree.make_dir(dst_path.clone(), 0o700).await
         };
@@ -256,7 +262,8 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         Err(e) => return ctx.finish(&node.rel, 0, destination_failure(e)),
     };
     if ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs {
-        *node.entries.lock().expect("entries lock") = meta::EntryMeta::of(&src_entries, dst_entries.as_deref());
+        let entries = meta::EntryMeta::of(&node.rel, &src_entries, dst_entries.as_deref(), ctx.opts.shard);
+        *node.entries.lock().expect("entries lock") = entries;
     }
     let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
     let planned = plan_dir(src_entries, src_now, dst_entries, options);
@@ -283,7 +290,13 @@ async fn dispatch(
     rel: RelPath,
     p: Planned,
 ) {
-    if let Some(src) = &p.src {
+    let owned = ctx.owns(&rel, &p);
+    if !owned && !matches!(p.action, Action::Descend { .. }) {
+        // Another shard's: every shard walks every directory, but does
+        // only its own entries.
+        return;
+    }
+    if let Some(src) = p.src.as_ref().filter(|_| owned) {
         match src.kind {
             Kind::File => {
                 Stats::add(&ctx.stats.files_total, 1);
@@ -327,7 +340,7 @@ async fn dispatch(
         }
         Action::Descend { create } => {
             let (src, dst) = (p.src.expect("descend has a source"), if create { None } else { p.dst });
-            if create {
+            if create && owned {
                 ctx.reporter.change(&rel, Change::NewDir);
             }
             let child = Arc::new(DirNode {
