@@ -186,8 +186,11 @@ impl Endpoint {
     }
 
     async fn remote(addr: &str, path: &RelPath, options: &RemoteOptions) -> Result<Endpoint, LocationError> {
-        let pool = Pool::connect(addr, options.key.clone(), &options.pool).await?;
-        Ok(Endpoint { tree: Tree::Remote(Arc::new(pool)), base: path.clone() })
+        let pool = Arc::new(Pool::connect(addr, options.key.clone(), &options.pool).await?);
+        if let Some(tuning) = &options.tuning {
+            crate::tuning::spawn(&pool, tuning.clone());
+        }
+        Ok(Endpoint { tree: Tree::Remote(pool), base: path.clone() })
     }
 
     /// Keeps a local tree's digest cache in `state_dir` (a remote tree's is
@@ -220,6 +223,9 @@ pub struct RemoteOptions {
     pub key: TokenKey,
     /// Connections and timeouts.
     pub pool: PoolOptions,
+    /// The connection count follows the throughput (`-j auto`), if set;
+    /// else it stays `pool.connections`.
+    pub tuning: Option<crate::tuning::Tuning>,
 }
 
 fn local_error(path: &Path) -> impl FnOnce(std::io::Error) -> LocationError + '_ {

@@ -16,6 +16,7 @@ pub mod report;
 pub mod serve;
 pub mod sync;
 pub mod tree;
+pub mod tuning;
 pub mod verify;
 
 pub use endpoint::{Endpoint, Location, LocationError, RemoteOptions};

@@ -28,6 +28,9 @@ macro_rules! counters {
             pub reconnects: u64,
             /// Requests sent again because their connection died.
             pub requests_retried: u64,
+            /// The most connections open at once to the server (0 when
+            /// both trees are local).
+            pub connections: u64,
             /// Why the run gave up on the server, if it did (the entries
             /// not synced for that reason are `entries_abandoned`).
             pub gave_up: Option<String>,

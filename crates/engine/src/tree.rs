@@ -125,6 +125,14 @@ impl Tree {
         }
     }
 
+    /// The most connections that were open at once (0 for a local tree).
+    pub fn peak_connections(&self) -> u64 {
+        match self {
+            Tree::Local(_) => 0,
+            Tree::Remote(pool) => pool.open_connections().1,
+        }
+    }
+
     /// Connections re-opened and requests sent again (remote trees).
     pub fn recoveries(&self) -> (u64, u64) {
         match self {

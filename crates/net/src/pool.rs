@@ -29,8 +29,10 @@ const MAX_LISTING_ENTRIES: usize = 16 << 20;
 /// How to connect, and how long to keep trying.
 #[derive(Debug, Clone)]
 pub struct PoolOptions {
-    /// Number of connections.
+    /// Number of connections to open first.
     pub connections: usize,
+    /// Most connections the pool may be resized to (see [`Pool::resize`]).
+    pub max_connections: usize,
     /// Limit for TCP connect plus handshake, per connection.
     pub connect_timeout: Duration,
     /// Encrypted (the default) or, only when the server agrees, plaintext.
@@ -62,7 +64,8 @@ impl Notices {
         Notices(Some(Arc::new(tell)))
     }
 
-    fn tell(&self, line: &str) {
+    /// Tells `line`, if anyone listens.
+    pub fn tell(&self, line: &str) {
         if let Some(tell) = &self.0 {
             tell(line);
         }
@@ -83,6 +86,7 @@ impl PoolOptions {
     pub fn new(connections: usize) -> PoolOptions {
         PoolOptions {
             connections,
+            max_connections: connections,
             connect_timeout: Duration::from_secs(30),
             security: Security::Encrypted,
             compression: Compression::Auto,
@@ -103,13 +107,47 @@ struct Shared {
     waiters: Mutex<HashMap<u32, Waiter>>,
     /// Bytes of requests and expected responses not yet answered.
     load: AtomicU64,
+    /// What this connection carries per second, lately (see `room`).
+    pace: Mutex<Pace>,
     /// Turns false once, when the connection is gone.
     alive: watch::Sender<bool>,
 }
 
+/// A connection's recent throughput: the work answered in the last whole
+/// second, and in the current one.
+struct Pace {
+    since: Instant,
+    current: u64,
+    last: u64,
+}
+
 impl Shared {
     fn new() -> Shared {
-        Shared { waiters: Mutex::default(), load: AtomicU64::new(0), alive: watch::Sender::new(true) }
+        Shared {
+            waiters: Mutex::default(),
+            load: AtomicU64::new(0),
+            pace: Mutex::new(Pace { since: Instant::now(), current: 0, last: 0 }),
+            alive: watch::Sender::new(true),
+        }
+    }
+
+    /// Counts `cost` of answered work.
+    fn answered(&self, cost: u64) {
+        let mut pace = self.pace.lock().expect("pace lock");
+        if pace.since.elapsed() >= Duration::from_secs(1) {
+            pace.last = std::mem::take(&mut pace.current);
+            pace.since = Instant::now();
+        }
+        pace.current += cost;
+    }
+
+    /// Bytes that may wait on this connection: about [`QUEUE_TIME`] of what
+    /// it carries (at least [`MIN_LOAD`]), so that a slow connection does
+    /// not hoard work a new or faster one could carry.
+    fn room(&self) -> u64 {
+        let pace = self.pace.lock().expect("pace lock");
+        let rate = pace.last.max(pace.current);
+        (rate as f64 * QUEUE_TIME.as_secs_f64()) as u64
     }
 
     /// Fails every outstanding request (the connection is gone).
@@ -213,9 +251,6 @@ impl Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.shared.waiters.lock().expect("waiters lock").insert(id, Waiter { reply, pages: Vec::new() });
-        let cost = cost(&request);
-        self.shared.load.fetch_add(cost, Ordering::Relaxed);
-        let _load = LoadGuard { shared: &self.shared, cost };
         if self.frames.send(Frame::Request { id, request }).await.is_err() {
             self.shared.waiters.lock().expect("waiters lock").remove(&id);
             return Err(NetError::Closed);
@@ -224,16 +259,29 @@ impl Connection {
     }
 }
 
+/// A request's share of its connection's load, given back when it ends;
+/// a request waiting for room is then woken.
 struct LoadGuard<'a> {
     shared: &'a Shared,
     cost: u64,
+    drained: &'a Notify,
 }
 
 impl Drop for LoadGuard<'_> {
     fn drop(&mut self) {
         self.shared.load.fetch_sub(self.cost, Ordering::Relaxed);
+        self.shared.answered(self.cost);
+        self.drained.notify_one();
     }
 }
+
+/// Work waiting on one connection, in seconds of what it carries: enough to
+/// keep it busy, not so much that new connections (`-j auto` growing the
+/// pool, a replacement) or faster ones find nothing left to carry.
+const QUEUE_TIME: Duration = Duration::from_secs(2);
+
+/// Work that may always wait on a connection (a new one proves its pace).
+const MIN_LOAD: u64 = 512 << 10;
 
 async fn write_loop(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Receiver<Frame>, shared: Arc<Shared>) {
     // Ends when the pool is dropped: the server then sees EOF.
@@ -276,21 +324,34 @@ struct Inner {
     target: std::net::SocketAddr,
     key: TokenKey,
     options: PoolOptions,
+    /// Room for the most connections; the first `active` are in use.
     slots: Vec<Mutex<Arc<Connection>>>,
+    /// How many slots are in use (their supervisors keep them connected;
+    /// the others close once idle).
+    active: watch::Sender<usize>,
+    /// Connections open now, and the most open at once.
+    open: AtomicU64,
+    peak: AtomicU64,
     counters: Arc<WireCounters>,
     /// A slot got a new connection.
     changed: Notify,
+    /// A connection's load went down (room for a request that waits).
+    drained: Notify,
     /// When the last live connection died (`None` while one lives).
     down_since: Mutex<Option<Instant>>,
     /// Connections opened to replace dead ones.
     reconnects: AtomicU64,
     /// Requests sent again after their connection died.
     retries: AtomicU64,
+    /// What the answered requests moved (their cost, see `cost`): the
+    /// pool's throughput, counted as work completes.
+    completed: AtomicU64,
 }
 
 impl Inner {
     fn pick(&self) -> Option<Arc<Connection>> {
-        self.slots
+        let active = *self.active.borrow();
+        self.slots[..active.min(self.slots.len())]
             .iter()
             .map(|slot| slot.lock().expect("slot lock").clone())
             .filter(|c| c.alive())
@@ -305,37 +366,97 @@ impl Inner {
     }
 }
 
-/// Keeps slot `i` connected: waits for its connection to die, then opens
-/// another, with exponential backoff, for as long as the pool exists.
-async fn supervise(pool: Weak<Inner>, i: usize) {
+impl Inner {
+    fn opened(&self) {
+        let open = self.open.fetch_add(1, Ordering::Relaxed) + 1;
+        self.peak.fetch_max(open, Ordering::Relaxed);
+    }
+
+    fn closed(&self) {
+        self.open.fetch_sub(1, Ordering::Relaxed);
+    }
+}
+
+/// Keeps slot `i` connected while it is in use: waits for its connection to
+/// die, then opens another, with exponential backoff; once the slot is no
+/// longer in use (the pool shrank), closes its connection as soon as no
+/// request is waiting on it.
+async fn supervise(pool: Weak<Inner>, i: usize, mut active: watch::Receiver<usize>) {
+    // Whether the slot's last connection died (its next one is a reconnect).
+    let mut lost = false;
     loop {
-        let Some(inner) = pool.upgrade() else { return };
-        let mut alive = inner.slots[i].lock().expect("slot lock").shared.alive.subscribe();
-        drop(inner);
-        if alive.wait_for(|alive| !alive).await.is_err() {
+        if active.wait_for(|&n| i < n).await.map(drop).is_err() {
             return;
+        }
+        let Some(inner) = pool.upgrade() else { return };
+        let connection = inner.slots[i].lock().expect("slot lock").clone();
+        drop(inner);
+        if connection.alive() {
+            let mut alive = connection.shared.alive.subscribe();
+            let died = async { alive.wait_for(|alive| !alive).await.map(drop) };
+            let unwanted = async { active.wait_for(|&n| i >= n).await.map(drop) };
+            let retired = tokio::select! {
+                _ = died => false,
+                unwanted = unwanted => match unwanted {
+                    Ok(()) => true,
+                    Err(_) => return,
+                },
+            };
+            if retired {
+                retire(&pool, i, &connection).await;
+                lost = false;
+                continue;
+            }
+            lost = true;
+            if let Some(inner) = pool.upgrade() {
+                inner.closed();
+            }
         }
         let mut backoff = Duration::from_millis(100);
         loop {
+            if *active.borrow() <= i {
+                break;
+            }
             let Some(inner) = pool.upgrade() else { return };
-            inner.lost();
+            if lost {
+                inner.lost();
+            }
             match Connection::open(inner.target, &inner.key, &inner.options, inner.counters.clone()).await {
                 Ok((connection, _)) => {
                     *inner.slots[i].lock().expect("slot lock") = Arc::new(connection);
                     *inner.down_since.lock().expect("down lock") = None;
-                    inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                    inner.opened();
+                    if lost {
+                        inner.reconnects.fetch_add(1, Ordering::Relaxed);
+                        tracing::debug!("connection {i} to {} open again", inner.target);
+                    }
                     inner.changed.notify_waiters();
-                    tracing::debug!("connection {i} to {} open again", inner.target);
+                    inner.drained.notify_waiters();
                     break;
                 }
                 Err(e) => {
-                    tracing::debug!("reconnecting to {} failed ({e}); next try in {backoff:?}", inner.target);
+                    tracing::debug!("connecting to {} failed ({e}); next try in {backoff:?}", inner.target);
                     drop(inner);
                     tokio::time::sleep(backoff).await;
                     backoff = (backoff * 2).min(Duration::from_secs(5));
                 }
             }
         }
+    }
+}
+
+/// Closes slot `i`'s connection once no request waits on it (new requests
+/// already go elsewhere), unless it dies first.
+async fn retire(pool: &Weak<Inner>, i: usize, connection: &Arc<Connection>) {
+    while connection.alive() && !connection.shared.waiters.lock().expect("waiters lock").is_empty() {
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let Some(inner) = pool.upgrade() else { return };
+    let mut slot = inner.slots[i].lock().expect("slot lock");
+    if Arc::ptr_eq(&slot, connection) {
+        // Dropping the last handle ends its writer: the server sees EOF.
+        *slot = Arc::new(Connection::dead());
+        inner.closed();
     }
 }
 
@@ -398,9 +519,11 @@ impl Pool {
         if let Some(e) = first_error {
             tracing::warn!("only {} of {} connections to {target} opened: {e}", connections.len(), options.connections);
         }
+        let first = options.connections.max(1);
+        let opened = connections.len() as u64;
         // Slots that failed start with a dead connection: their supervisor
-        // keeps trying.
-        while connections.len() < options.connections.max(1) {
+        // keeps trying; the slots beyond the first count wait to be used.
+        while connections.len() < options.max_connections.max(first) {
             let dead = Connection::dead();
             connections.push(Arc::new(dead));
         }
@@ -409,14 +532,19 @@ impl Pool {
             key,
             options: options.clone(),
             slots: connections.into_iter().map(Mutex::new).collect(),
+            active: watch::Sender::new(first),
+            open: AtomicU64::new(opened),
+            peak: AtomicU64::new(opened),
             counters,
             changed: Notify::new(),
+            drained: Notify::new(),
             down_since: Mutex::new(None),
             reconnects: AtomicU64::new(0),
             retries: AtomicU64::new(0),
+            completed: AtomicU64::new(0),
         });
         for i in 0..inner.slots.len() {
-            tokio::spawn(supervise(Arc::downgrade(&inner), i));
+            tokio::spawn(supervise(Arc::downgrade(&inner), i, inner.active.subscribe()));
         }
         Ok(Pool { inner, session })
     }
@@ -462,12 +590,28 @@ impl Pool {
         // that grows.
         let mut first_loss: Option<Instant> = None;
         let mut pause = Duration::from_millis(20);
+        let work = cost(&request);
         loop {
+            let drained = inner.drained.notified();
+            tokio::pin!(drained);
+            drained.as_mut().enable();
             let Some(connection) = inner.pick() else {
                 self.wait_for_connection().await?;
                 continue;
             };
-            match connection.call(request.clone()).await {
+            let load = connection.shared.load.load(Ordering::Relaxed);
+            if load > 0 && load + work > connection.shared.room().max(MIN_LOAD) {
+                // Every connection has enough waiting on it: wait for room
+                // (an answer, or a new connection). The timeout only guards
+                // against a wake-up that went to a request that left.
+                let _ = tokio::time::timeout(Duration::from_millis(50), drained).await;
+                continue;
+            }
+            connection.shared.load.fetch_add(work, Ordering::Relaxed);
+            let guard = LoadGuard { shared: &connection.shared, cost: work, drained: &inner.drained };
+            let answer = connection.call(request.clone()).await;
+            drop(guard);
+            match answer {
                 Err(e)
                     if lost_connection(&e)
                         && first_loss.get_or_insert_with(Instant::now).elapsed() < inner.options.retry_for =>
@@ -477,9 +621,21 @@ impl Pool {
                     tokio::time::sleep(pause).await;
                     pause = (pause * 2).min(Duration::from_secs(1));
                 }
-                other => return other,
+                other => {
+                    if other.is_ok() {
+                        inner.completed.fetch_add(work, Ordering::Relaxed);
+                    }
+                    return other;
+                }
             }
         }
+    }
+
+    /// Bytes the answered requests moved so far, both ways (payloads and a
+    /// little for each request): the pool's throughput, counted as work
+    /// completes, not as buffers drain.
+    pub fn completed(&self) -> u64 {
+        self.inner.completed.load(Ordering::Relaxed)
     }
 
     /// Waits until some connection is alive, or fails once the pool has
@@ -502,9 +658,28 @@ impl Pool {
         }
     }
 
-    /// Number of connections (alive or being replaced).
+    /// Number of connections in use (alive or being replaced).
     pub fn size(&self) -> usize {
-        self.inner.slots.len()
+        *self.inner.active.borrow()
+    }
+
+    /// Uses `n` connections from now on (between 1 and the maximum): new
+    /// ones are opened at once; those beyond `n` take no new requests and
+    /// close once their requests are answered.
+    pub fn resize(&self, n: usize) {
+        let n = n.clamp(1, self.inner.slots.len());
+        self.inner.active.send_replace(n);
+    }
+
+    /// Connections open now, and the most that were open at once.
+    pub fn open_connections(&self) -> (u64, u64) {
+        (self.inner.open.load(Ordering::Relaxed), self.inner.peak.load(Ordering::Relaxed))
+    }
+
+    /// Bytes of requests (and expected answers) not yet answered, over all
+    /// connections: how much the transfer has waiting on the network.
+    pub fn outstanding(&self) -> u64 {
+        self.inner.slots.iter().map(|s| s.lock().expect("slot lock").shared.load.load(Ordering::Relaxed)).sum()
     }
 
     /// The negotiated session.

@@ -316,3 +316,43 @@ async fn frames_are_compressed_where_it_pays_both_ways() {
         }
     }
 }
+
+/// A pool grows and shrinks while it works: new connections open at once,
+/// those no longer wanted close once their requests are answered, and
+/// nothing fails meanwhile.
+#[tokio::test]
+async fn a_pool_is_resized_while_requests_flow() {
+    let (addr, _stop, _server) = start(b"t").await;
+    let options = PoolOptions { max_connections: 16, ..options(2) };
+    let pool = Arc::new(Pool::connect(&addr, TokenKey::from_token(b"t"), &options).await.unwrap());
+    assert_eq!((pool.size(), pool.open_connections()), (2, (2, 2)));
+    let traffic = {
+        let pool = pool.clone();
+        tokio::spawn(async move {
+            for _ in 0..400 {
+                let reply = pool.call(Request::Stat { path: RelPath::root() }).await;
+                assert_eq!(reply.unwrap(), Response::Done);
+                tokio::time::sleep(Duration::from_millis(2)).await;
+            }
+        })
+    };
+    pool.resize(12);
+    let opened = async {
+        while pool.open_connections().0 < 12 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), opened).await.expect("grown");
+    pool.resize(3);
+    let closed = async {
+        while pool.open_connections().0 > 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), closed).await.expect("shrunk");
+    traffic.await.unwrap();
+    assert_eq!(pool.open_connections(), (3, 12));
+    assert_eq!(pool.recoveries(), (0, 0), "growing is not reconnecting, and nothing was lost");
+    pool.resize(1000);
+    assert_eq!(pool.size(), 16, "never beyond the maximum");
+}

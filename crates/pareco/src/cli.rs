@@ -186,10 +186,6 @@ pub struct SyncArgs {
     pub src: OsString,
     /// Destination: a local path or pareco://HOST[:PORT]/PATH.
     pub dst: OsString,
-    /// Number of parallel connections.
-    #[arg(short = 'j', long = "connections", value_name = "N", default_value_t = 16,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub connections: u16,
     /// Chunk size: the unit compared by digest and spread over connections.
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
     pub chunk_size: u64,
@@ -253,10 +249,6 @@ pub struct VerifyArgs {
     pub a: OsString,
     /// The other tree: a local path or pareco://HOST[:PORT]/PATH.
     pub b: OsString,
-    /// Number of parallel connections (and requests in flight per side).
-    #[arg(short = 'j', long = "connections", value_name = "N", default_value_t = 16,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub connections: u16,
     /// Unit of content comparison.
     #[arg(long, value_name = "SIZE", default_value = "1M", value_parser = parse_size)]
     pub chunk_size: u64,
@@ -311,6 +303,13 @@ impl MetadataArgs {
 /// How a client keeps its connections to a server.
 #[derive(Debug, Args)]
 pub struct NetArgs {
+    /// Parallel connections: auto (as many as keep adding throughput,
+    /// adjusted during the run) or a number.
+    #[arg(short = 'j', long = "connections", value_name = "N|auto", default_value = "auto", value_parser = parse_connections)]
+    pub connections: Connections,
+    /// Most connections `-j auto` may open.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_connections: u16,
     /// Seconds allowed to connect and authenticate (each attempt).
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub connect_timeout: u64,
@@ -328,6 +327,25 @@ pub struct NetArgs {
     /// direction), or zstd[:LEVEL] (always try, at LEVEL, what this side sends).
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
     pub compress: Compression,
+}
+
+/// A connection count: chosen as the run goes, or fixed.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Connections {
+    /// As many as keep adding throughput.
+    Auto,
+    /// This many.
+    Fixed(u16),
+}
+
+fn parse_connections(s: &str) -> Result<Connections, String> {
+    if s.eq_ignore_ascii_case("auto") {
+        return Ok(Connections::Auto);
+    }
+    match s.parse::<u16>() {
+        Ok(n @ 1..=1024) => Ok(Connections::Fixed(n)),
+        _ => Err(format!("expected auto or a number from 1 to 1024, not {s:?}")),
+    }
 }
 
 fn parse_shard(s: &str) -> Result<Shard, String> {

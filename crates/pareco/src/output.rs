@@ -76,8 +76,13 @@ pub use pareco_plan::human_size as human;
 /// The one-line summary printed at the end.
 pub fn summary_line(s: &Summary, dry_run: bool) -> String {
     let rate = s.bytes_transferred as f64 / s.duration_s.max(1e-9);
+    let over = match s.connections {
+        0 => String::new(),
+        1 => " over 1 connection".to_string(),
+        n => format!(" over {n} connections"),
+    };
     let mut line = format!(
-        "{} {} of {} files ({} of {} sent, {} on the wire) in {:.1} s, {}/s",
+        "{} {} of {} files ({} of {} sent, {} on the wire{over}) in {:.1} s, {}/s",
         if dry_run { "would sync" } else { "synced" },
         s.files_transferred,
         s.files_total,

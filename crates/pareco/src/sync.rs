@@ -6,11 +6,12 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use pareco_engine::endpoint::{Location, RemoteOptions};
+use pareco_engine::tuning::Tuning;
 use pareco_engine::{Endpoint, Stats, Summary, SyncOptions};
 use pareco_net::{Notices, PoolOptions, TokenKey};
 use pareco_plan::shard::Shard;
 
-use crate::cli::{NetArgs, SyncArgs, TokenArgs};
+use crate::cli::{Connections, NetArgs, SyncArgs, TokenArgs};
 use crate::{EXIT_LIVE_CHANGES, EXIT_PARTIAL, output, security, token};
 
 pub async fn run(args: SyncArgs) -> Result<u8> {
@@ -19,7 +20,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     if matches!((&src, &dst), (Location::Remote { .. }, Location::Remote { .. })) {
         anyhow::bail!("one side must be local: pareco does not relay between two servers");
     }
-    let options = remote_options(&[&src, &dst], args.connections, &args.net, &args.token)?;
+    let options = remote_options(&[&src, &dst], &args.net, &args.token, args.verbose)?;
     let opts = SyncOptions {
         chunk_size: u32::try_from(args.chunk_size).context("chunk size too large")?,
         block_size: u32::try_from(args.block_size).context("block size too large")?,
@@ -31,7 +32,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         owner: args.metadata.owner(),
         group: args.metadata.group(),
         xattrs: args.metadata.xattrs,
-        parallelism: args.connections as usize,
+        parallelism: parallelism(args.net.connections),
         shard: args.shard.unwrap_or(Shard::ALL),
     };
     let source = Endpoint::source(&src, &options).await.context("source")?;
@@ -126,13 +127,28 @@ fn check_state_dir(dir: &std::path::Path, locations: &[&Location]) -> Result<()>
     Ok(())
 }
 
+/// How much the engine does at once: as many requests as connections (with
+/// `-j auto`, as for 32, which a long fat link may well use; queues are
+/// bounded by bytes too).
+pub(crate) fn parallelism(connections: Connections) -> usize {
+    match connections {
+        Connections::Auto => AUTO_PARALLELISM,
+        Connections::Fixed(n) => n as usize,
+    }
+}
+
+const AUTO_PARALLELISM: usize = 32;
+
+/// Connections `-j auto` starts with, and never goes below.
+const AUTO_START: usize = 4;
+
 /// How to reach a server, for whichever of `locations` is remote (the token
-/// is required only then).
+/// is required only then); `verbose` tells how `-j auto` moves the count.
 pub(crate) fn remote_options(
     locations: &[&Location],
-    connections: u16,
     net: &NetArgs,
     token_args: &TokenArgs,
+    verbose: bool,
 ) -> Result<RemoteOptions> {
     let remote = locations.iter().any(|l| matches!(l, Location::Remote { .. }));
     let key = if remote {
@@ -140,10 +156,20 @@ pub(crate) fn remote_options(
     } else {
         TokenKey::from_token(b"")
     };
+    let max = net.max_connections as usize;
+    let (connections, tuning) = match net.connections {
+        Connections::Fixed(n) => (n as usize, None),
+        Connections::Auto => {
+            let notices = if verbose { Notices::to(|line| eprintln!("pareco: {line}")) } else { Notices::default() };
+            let start = AUTO_START.min(max);
+            (start, Some(Tuning { start, min: start, max, notices }))
+        }
+    };
     Ok(RemoteOptions {
         key,
         pool: PoolOptions {
-            connections: connections as usize,
+            connections,
+            max_connections: max.max(connections),
             connect_timeout: Duration::from_secs(net.connect_timeout),
             security: security(token_args),
             compression: net.compress,
@@ -151,5 +177,6 @@ pub(crate) fn remote_options(
             stall_timeout: Duration::from_secs(net.timeout),
             notices: Notices::to(|line| eprintln!("pareco: {line}")),
         },
+        tuning,
     })
 }

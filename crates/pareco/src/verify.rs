@@ -33,12 +33,14 @@ impl Findings for Lines {
 pub async fn run(args: VerifyArgs) -> Result<u8> {
     let a = Location::parse(&args.a)?;
     let b = Location::parse(&args.b)?;
-    let options = remote_options(&[&a, &b], args.connections, &args.net, &args.token)?;
+    // Verify moves digests, not content: auto keeps a fixed count.
+    let net = crate::cli::NetArgs { connections: verify_connections(args.net.connections), ..args.net };
+    let options = remote_options(&[&a, &b], &net, &args.token, false)?;
     let (ea, eb) = tokio::join!(Endpoint::source(&a, &options), Endpoint::source(&b, &options));
     let (ea, eb) = (ea.context("A")?, eb.context("B")?);
     let opts = VerifyOptions {
         chunk_size: u32::try_from(args.chunk_size).context("chunk size too large")?,
-        parallelism: args.connections as usize,
+        parallelism: crate::sync::parallelism(net.connections),
         checks: Checks { owner: args.metadata.owner(), group: args.metadata.group() },
         xattrs: args.metadata.xattrs,
         shard: args.shard.unwrap_or(pareco_plan::shard::Shard::ALL),
@@ -79,4 +81,13 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         }
     }
     Ok(if report.differences + report.errors > 0 { EXIT_PARTIAL } else { 0 })
+}
+
+/// Verify's traffic is digests and listings, whose pace the hashing on each
+/// side sets, not the link: `auto` is a fixed 16 there.
+fn verify_connections(connections: crate::cli::Connections) -> crate::cli::Connections {
+    match connections {
+        crate::cli::Connections::Auto => crate::cli::Connections::Fixed(16),
+        fixed => fixed,
+    }
 }

@@ -11,11 +11,14 @@
 //! - [`reuse`]: which file the destination already has holds the content
 //!   of a file it lacks (renamed, moved, rotated, copied).
 //! - [`shard`]: which part of a tree one of N processes does (`--shard`).
+//! - [`connections`]: how many connections a transfer keeps open
+//!   (`-j auto`), from the throughput it measures.
 //! - [`verify`]: how two entries differ, how hard links differ, and why the
 //!   same content takes different space on two filesystems.
 //! - [`freshness`]: when a file's metadata can be trusted — the quick check
 //!   and the "racy timestamp" rule that keeps it safe on live data.
 
+pub mod connections;
 pub mod delta;
 pub mod dir;
 pub mod file;

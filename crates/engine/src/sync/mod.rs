@@ -292,6 +292,7 @@ pub async fn sync(
     }
     summary.duration_s = started.elapsed().as_secs_f64();
     summary.gave_up = ctx.gave_up.get().cloned();
+    summary.connections = ctx.src.tree.peak_connections().max(ctx.dst.tree.peak_connections());
     for tree in [&ctx.src.tree, &ctx.dst.tree] {
         let (sent, received) = tree.wire_bytes();
         summary.wire_bytes_sent += sent;
