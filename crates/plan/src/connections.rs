@@ -142,7 +142,7 @@ impl Tuner {
     /// transfer was busy since the last observation. Returns the change to
     /// make, if any.
     pub fn observe(&mut self, now: Duration, total: u64, busy: bool) -> Option<Step> {
-        let Some((then, before)) = self.last.replace((now, total)) else { return None };
+        let (then, before) = self.last.replace((now, total))?;
         let (elapsed, moved) = (now.saturating_sub(then), total.saturating_sub(before));
         if !busy {
             return None;
