@@ -20,6 +20,12 @@ use pareco_proto::stream::Encoding;
 
 use super::Layout;
 
+/// Bytes of a data object's plaintext before its frames.
+pub const OBJECT_OVERHEAD: usize = 32 + 32 + 4;
+
+/// Bytes of a frame's framing in a data object.
+pub const FRAME_OVERHEAD: usize = 1 + 4 + 4;
+
 /// Why an opened object's content is not what its kind must hold. (Its tag
 /// checked, so the sender wrote it: a bug or another format, not an attack.)
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -96,7 +102,7 @@ impl ObjectBody {
 
     /// The plaintext of an object made of `frames`.
     pub fn encode(before: &Digest, after: &Digest, frames: &[EncodedFrame]) -> Vec<u8> {
-        let len = 68 + frames.iter().map(|f| 9 + f.payload.len()).sum::<usize>();
+        let len = OBJECT_OVERHEAD + frames.iter().map(|f| FRAME_OVERHEAD + f.payload.len()).sum::<usize>();
         let mut out = Vec::with_capacity(len);
         out.extend_from_slice(&before.0);
         out.extend_from_slice(&after.0);

@@ -92,7 +92,18 @@ impl Layout {
     pub fn objects_for(&self, bytes: u64) -> u64 {
         bytes.div_ceil(self.object_size)
     }
+
+    /// The most bytes a sealed data object can take: every frame stored
+    /// raw (compressed ones are smaller), its framing, envelope and tag.
+    pub fn sealed_limit(&self) -> u64 {
+        let per_frame = manifest::FRAME_OVERHEAD as u64 + self.frame_size() as u64;
+        (seal::ENVELOPE_LEN + seal::TAG_LEN + manifest::OBJECT_OVERHEAD) as u64 + self.frames_per_object() * per_frame
+    }
 }
+
+/// The most bytes a sealed header or end object takes (far more than they
+/// need: room for later formats to say more).
+pub const SMALL_OBJECT_LIMIT: u64 = 4096;
 
 #[cfg(test)]
 mod tests {
@@ -113,5 +124,6 @@ mod tests {
         assert_eq!(big.position((16 << 20) * 3 + 5), (3, 5));
         assert_eq!((big.objects_for(0), big.objects_for(1), big.objects_for(16 << 20)), (0, 1, 1));
         assert_eq!(big.objects_for((16 << 20) + 1), 2);
+        assert!(big.sealed_limit() > 16 << 20 && big.sealed_limit() < (16 << 20) + 4096);
     }
 }
