@@ -5,10 +5,12 @@
 //! files that changed or vanished while being copied (live data: run again);
 //! 2 when nothing could be done (bad arguments, no connection, refused).
 //! For `send` and `recv`: 0 only when the whole stream arrived and was
-//! verified, 1 when it did not (the receiver says how much was delivered).
+//! verified, 1 when it did not (the receiver says how much was delivered),
+//! 2 when it could not start (no bucket, wrong token, prefix in use…).
 
 mod cli;
 mod output;
+mod relay;
 mod serve;
 mod stream;
 mod sync;

@@ -109,8 +109,12 @@ fn classify(e: object_store::Error) -> StoreError {
                 }
                 // object_store keeps the status to itself but for its text.
                 if let Some(status) = status_in(&e.to_string()) {
+                    if status == 404 {
+                        // (Objects not found are told apart before: this is a listing.)
+                        return StoreError::NoBucket;
+                    }
                     let transient = status >= 500 || status == 408 || status == 429;
-                    let message = format!("the server answered {status}: {message}");
+                    let message = format!("the server answered {status}{}", s3_error(&message));
                     return if transient { StoreError::Transient(message) } else { StoreError::Failed(message) };
                 }
                 cause = e.source();
@@ -125,6 +129,20 @@ fn classify(e: object_store::Error) -> StoreError {
 fn status_in(text: &str) -> Option<u16> {
     let (_, rest) = text.split_once("status code: ")?;
     rest.get(..3)?.parse().ok().filter(|s| (100..600).contains(s))
+}
+
+/// What an S3 error document says: ` SlowDown: Please reduce your request
+/// rate`, or the text as it is if it is not one.
+fn s3_error(text: &str) -> String {
+    let field = |tag: &str| {
+        let (_, rest) = text.split_once(&format!("<{tag}>"))?;
+        Some(rest.split_once(&format!("</{tag}>"))?.0.to_string())
+    };
+    match (field("Code"), field("Message")) {
+        (Some(code), Some(message)) => format!(" {code}: {message}"),
+        (Some(code), None) => format!(" {code}"),
+        _ => format!(": {text}"),
+    }
 }
 
 /// The most specific cause in a chain ("Connection refused (os error 111)"
