@@ -52,8 +52,9 @@ struct Fetched {
 
 /// What the fetchers and the end's poller report.
 enum Event {
-    /// Object `index`, holding its memory slot.
-    Fetched(u64, Fetched, OwnedSemaphorePermit),
+    /// Object `index`, holding its memory slot, or why it cannot be had
+    /// (reported in its turn, after the objects before it are written).
+    Fetched(u64, Result<Fetched, RelayError>, OwnedSemaphorePermit),
     /// Past the end: nothing there to fetch.
     Beyond,
     /// The end object, checked.
@@ -94,7 +95,7 @@ pub async fn receive<B: Bucket>(
     let slots = Arc::new(Semaphore::new((options.buffer / layout.object_size() as usize).max(2)));
     let mut output = OutputSide::<(u64, bool)>::start(output);
 
-    let mut reorder: Reorder<(Fetched, OwnedSemaphorePermit)> = Reorder::new(usize::MAX);
+    let mut reorder: Reorder<(Result<Fetched, RelayError>, OwnedSemaphorePermit)> = Reorder::new(usize::MAX);
     let mut queued: VecDeque<((u64, bool), Bytes)> = VecDeque::new();
     let mut writing: HashMap<u64, OwnedSemaphorePermit> = HashMap::new();
     let (mut next_fetch, mut fetching, mut written) = (first, 0usize, first);
@@ -103,18 +104,20 @@ pub async fn receive<B: Bucket>(
     let mut last_after: Option<Digest> = None;
     let mut short: Option<u64> = None;
     let mut flushing = false;
+    // An object that cannot be had, once every object before it is out.
+    let mut failure: Option<RelayError> = None;
     let mut last_progress = Instant::now();
     let mut tick = tokio::time::interval(Duration::from_millis(200));
     let result = 'main: loop {
-        while fetching < options.requests.max(1) && end.is_none_or(|e| next_fetch < e.objects) {
+        while failure.is_none() && fetching < options.requests.max(1) && end.is_none_or(|e| next_fetch < e.objects) {
             let Ok(slot) = slots.clone().try_acquire_owned() else { break };
             let (fetch, events, stats) = (fetch.clone(), events_tx.clone(), stats.clone());
             let index = next_fetch;
             tokio::spawn(async move {
                 let _ = events.send(match fetch.object(index, &stats).await {
-                    Ok(Some(fetched)) => Event::Fetched(index, fetched, slot),
+                    Ok(Some(fetched)) => Event::Fetched(index, Ok(fetched), slot),
                     Ok(None) => Event::Beyond,
-                    Err(e) => Event::Failed(e),
+                    Err(e) => Event::Fetched(index, Err(e), slot),
                 });
             });
             next_fetch += 1;
@@ -147,7 +150,10 @@ pub async fn receive<B: Bucket>(
                     }
                 }
                 Ok(Written::Flushed(tally)) => {
-                    let end = end.expect("flushed only once the end is known");
+                    if let Some(e) = failure.take() {
+                        break Err(e);
+                    }
+                    let end = end.expect("flushed only once the end is known or an object failed");
                     break verify(&tally, &end, plan.skip, last_after).map(|()| end);
                 }
                 Err(e) => break Err(RelayError::Io(e)),
@@ -160,17 +166,25 @@ pub async fn receive<B: Bucket>(
             }
         }
         // Into the output, in order, as far as it takes.
-        loop {
+        while failure.is_none() || !queued.is_empty() {
             while let Some((tag, data)) = queued.pop_front() {
                 if let Err(back) = output.try_write(tag, data) {
                     queued.push_front(back);
                     break;
                 }
             }
-            if !queued.is_empty() {
+            if !queued.is_empty() || failure.is_some() {
                 break;
             }
             let Some((seq, (fetched, slot))) = reorder.pop() else { break };
+            let fetched = match fetched {
+                Ok(fetched) => fetched,
+                Err(e) => {
+                    // Everything before it is good: let it out first.
+                    failure = Some(e);
+                    break;
+                }
+            };
             let index = first + seq;
             let url = || bucket.url(&names.data(index));
             if expected_before.is_some_and(|d| d != fetched.before) || short.is_some() {
@@ -201,11 +215,8 @@ pub async fn receive<B: Bucket>(
             queued.extend(frames.into_iter().enumerate().map(|(i, data)| ((index, i + 1 == count), data)));
             writing.insert(index, slot);
         }
-        if let Some(e) = end
-            && written.max(first) >= e.objects
-            && queued.is_empty()
-            && !flushing
-        {
+        let complete = end.is_some_and(|e| written.max(first) >= e.objects) || failure.is_some();
+        if complete && queued.is_empty() && !flushing {
             flushing = true;
             output.flush().await;
         }
