@@ -317,7 +317,7 @@ def summarize(scenario: str, results: dict[str, list], payload: int, link_rate: 
                         rss_server_kb=max((r.server_rss for r in runs if r.server_rss), default=None),
                         cpu_client_s=statistics.median(r.cpu for r in runs),
                         cpu_server_s=statistics.median(server_cpu) if server_cpu else None,
-                        runs=[round(s, 3) for s in secs], note=(notes or {}).get(tool, "")))
+                        runs=[round(s, 3) for s in secs], note=(notes or {}).get(tool, getattr(pick, "note", ""))))
     return rows
 
 
@@ -641,6 +641,124 @@ def stream_loopback(args, work: Path) -> list[Row]:
     return summarize("7. stream over loopback: 1 GiB, incompressible", interleave(tools, args.repeat), size, None)
 
 
+class S3Server:
+    """moto's S3 API server on 127.0.0.1, with one bucket; what clients need to reach it."""
+
+    def __init__(self, bucket: str):
+        self.port, self.bucket = free_port(), bucket
+        self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, 30)
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        conn.request("PUT", f"/{bucket}")  # moto checks no signature
+        if conn.getresponse().status != 200:
+            raise RuntimeError(f"cannot create bucket {bucket}")
+
+    @staticmethod
+    def env(port: int) -> dict:
+        endpoint = f"http://127.0.0.1:{port}"
+        return dict(pareco_env(), AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+                    AWS_ENDPOINT_URL=endpoint, RCLONE_CONFIG_S3_TYPE="s3", RCLONE_CONFIG_S3_PROVIDER="Other",
+                    RCLONE_CONFIG_S3_ENDPOINT=endpoint, RCLONE_CONFIG_S3_ACCESS_KEY_ID="bench",
+                    RCLONE_CONFIG_S3_SECRET_ACCESS_KEY="bench", RCLONE_CONFIG_S3_REGION="us-east-1")
+
+    def stop(self) -> tuple[int | None, float | None]:
+        rss, cpu = peak_rss_kb(self.proc.pid), cpu_seconds(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait()
+        return rss, cpu
+
+
+RELAY_ARGS = os.environ.get("PARECO_RELAY_ARGS", "--object-size 2M -j 24")
+
+
+def run_relay(s3: S3Server, src: Path, out: Path, link: list[str] | None, work: Path, prefix: str,
+              together: bool = True) -> Measured:
+    """pareco send s3://… and pareco recv s3://… (at once, or one after the other), through
+    the emulator if `link`; timed from the sender's start to the receiver's verified end."""
+    flush()
+    wan = Wan(s3.port, link, work) if link is not None else None
+    env = S3Server.env(wan.port if wan else s3.port)
+    url = f"s3://{s3.bucket}/{prefix}"
+    usage = work / "relay-recv.time"
+    recv_cmd = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(usage), str(PARECO), "recv", "-q", *RELAY_ARGS.split(), url]
+    start = time.perf_counter()
+    try:
+        if together:
+            with open(out, "wb") as f:
+                receiver = subprocess.Popen(recv_cmd, env=env, stdout=f, stderr=subprocess.PIPE, text=True)
+            m = timed(f"{PARECO} send -q {RELAY_ARGS} {url} < {src}", env=env, shell=True)
+        else:
+            m = timed(f"{PARECO} send -q {RELAY_ARGS} {url} < {src}", env=env, shell=True)
+            with open(out, "wb") as f:
+                receiver = subprocess.Popen(recv_cmd, env=env, stdout=f, stderr=subprocess.PIPE, text=True)
+        if receiver.wait(timeout=1800) != 0:
+            raise RuntimeError(f"pareco recv failed: {receiver.stderr.read()[-2000:]}")
+        m.seconds = time.perf_counter() - start
+    finally:
+        m_wire = wan.stop() if wan else 0
+    m.wire = m_wire
+    rss, user, system = usage.read_text().strip().splitlines()[-1].split()
+    m.server_rss, m.server_cpu = int(rss), float(user) + float(system)
+    if not filecmp.cmp(src, out, shallow=False):
+        raise RuntimeError("the relayed stream arrived altered")
+    out.unlink()
+    return m
+
+
+def run_rclone(s3: S3Server, src: Path, out: Path, link: list[str], work: Path, key: str) -> Measured:
+    """rclone rcat (a streaming multipart upload) then rclone cat, through the same link."""
+    flush()
+    wan = Wan(s3.port, link, work)
+    env = S3Server.env(wan.port)
+    start = time.perf_counter()
+    try:
+        up = timed(f"rclone rcat s3:{s3.bucket}/{key} < {src}", env=env, shell=True)
+        down = timed(f"rclone cat s3:{s3.bucket}/{key} > {out}", env=env, shell=True)
+        seconds = time.perf_counter() - start
+    finally:
+        wire = wan.stop()
+    if not filecmp.cmp(src, out, shallow=False):
+        raise RuntimeError("rclone's copy arrived altered")
+    out.unlink()
+    m = Measured(seconds, up.rss, up.cpu, down.rss, down.cpu, wire)
+    m.note = f"rcat {up.seconds:.1f} s, then cat {down.seconds:.1f} s"
+    return m
+
+
+def relay(args, work: Path) -> list[Row]:
+    """Scenario 9: a stream relayed through object storage (moto's S3 server behind the
+    emulator), send and recv at once, beside rclone rcat then rclone cat; a compressible
+    stream; and moto alone over loopback (its own ceiling)."""
+    size = 256 * MiB if not args.quick else 8 * MiB
+    link = ["--delay-ms", "20", "--conn-rate", "1M", "--link-rate", "16M"]
+    src, out, text_src = work / "s9-random", work / "s9-out", work / "s9-text"
+    random_file(src, size)
+    stream_input(text_src, size)
+    s3 = S3Server("bench")
+    rows = []
+    try:
+        n = iter(range(1_000_000))
+        tools = {"pareco send \\| recv s3:// (at once)":
+                 lambda: run_relay(s3, src, out, link, work, f"r{next(n)}")}
+        if args.baselines:
+            tools["rclone rcat, then rclone cat"] = lambda: run_rclone(s3, src, out, link, work, f"rc{next(n)}")
+        rows += summarize(f"9. relay through S3: {size // MiB} MiB random, 16 MiB/s link, 1 MiB/s per conn, 40 ms RTT",
+                          interleave(tools, 1 if args.baselines else args.repeat), size, 16 * MiB)
+        rows += summarize(f"9. relay through S3: {size // MiB} MiB, two thirds text, same link",
+                          interleave({"pareco send \\| recv s3:// (at once)":
+                                      lambda: run_relay(s3, text_src, out, link, work, f"t{next(n)}")}, 1),
+                          size, 16 * MiB)
+        rows += summarize(f"9. relay: moto alone over loopback, {size // MiB} MiB random (send, then recv)",
+                          interleave({"pareco send, then recv s3:// (no emulator)":
+                                      lambda: run_relay(s3, src, out, None, work, f"l{next(n)}", together=False)}, 1),
+                          size, None)
+    finally:
+        s3.stop()
+    return rows
+
+
 # ---------------------------------------------------------------- output
 
 def fmt_bytes(n: int | None) -> str:
@@ -673,7 +791,8 @@ def table(rows: list[Row]) -> str:
 
 
 SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "final": final_round, "loopback": loopback,
-             "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree}
+             "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree,
+             "relay": relay}
 
 
 def main() -> None:
