@@ -340,3 +340,105 @@ fn open_data(
     let plain = key.open(Kind::Data, index, &sealed).map_err(|e| RelayError::unsealed(url.clone(), e))?;
     ObjectBody::decode(Bytes::from(plain), layout).map_err(|source| RelayError::Malformed { url, source })
 }
+
+#[cfg(test)]
+mod tests {
+    use std::io::{Cursor, Read, Write};
+    use std::sync::{Arc, Mutex};
+
+    use pareco_compress::Compression;
+    use pareco_stream::relay::naming::Names;
+
+    use super::*;
+
+    /// An input that fails after `fail_at` bytes once the gate opens, as a
+    /// dying sender's input does.
+    struct FailingAfter(Cursor<Vec<u8>>, u64, Arc<std::sync::atomic::AtomicBool>);
+
+    impl Read for FailingAfter {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            if self.0.position() >= self.1 {
+                while !self.2.load(Ordering::Relaxed) {
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+                return Err(std::io::Error::other("the input broke"));
+            }
+            let room = (self.1 - self.0.position()).min(buf.len() as u64) as usize;
+            self.0.read(&mut buf[..room])
+        }
+    }
+
+    #[derive(Clone, Default)]
+    struct Output(Arc<Mutex<Vec<u8>>>);
+
+    impl Write for Output {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(buf);
+            Ok(buf.len())
+        }
+
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    fn options() -> RelayOptions {
+        RelayOptions { token: b"token".to_vec(), requests: 4, buffer: 1 << 20, retry_for: Duration::from_secs(5) }
+    }
+
+    fn plan(resume: bool) -> SendPlan {
+        SendPlan { layout: Layout::new(16 << 10).unwrap(), compression: Compression::Auto, resume }
+    }
+
+    fn content() -> Vec<u8> {
+        let text = b"segment vacuum checkpoint page 0042 ".repeat(4000);
+        let noise: Vec<u8> = (0..150_000u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+        [text, noise].concat()
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_stream_through_a_directory_survives_a_dead_sender_and_a_skipping_receiver() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bucket = Arc::new(DirBucket::new(tmp.path()));
+        let (names, data) = (Names::new("s"), content());
+        let stats = || Arc::new(RelayStats::default());
+
+        let gate = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let broken = FailingAfter(Cursor::new(data.clone()), 100_000, gate.clone());
+        let dying = tokio::spawn(send(broken, bucket.clone(), names.clone(), plan(false), options(), stats()));
+        let data_prefix = names.data_prefix();
+        while names.contiguous(bucket.list(&data_prefix, None).await.unwrap().iter().map(String::as_str)) < 3 {
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+        gate.store(true, Ordering::Relaxed);
+        let died = dying.await.unwrap();
+        assert!(matches!(died, Err(RelayError::Io(_))), "{died:?}");
+        let again =
+            send(Cursor::new(data.clone()), bucket.clone(), names.clone(), plan(false), options(), stats()).await;
+        assert!(matches!(again, Err(RelayError::CannotStart(e)) if matches!(*e, RelayError::InUse { .. })));
+        let other =
+            send(Cursor::new(vec![1; data.len()]), bucket.clone(), names.clone(), plan(true), options(), stats());
+        assert!(matches!(other.await, Err(RelayError::InputChanged { .. })));
+
+        let sent = send(Cursor::new(data.clone()), bucket.clone(), names.clone(), plan(true), options(), stats());
+        let sent = sent.await.unwrap();
+        assert!(sent.skipped_bytes >= 16 << 10, "{sent:?}");
+        assert_eq!(sent.digest, blake3::hash(&data).to_hex().as_str());
+
+        let whole = Output::default();
+        let keep = ReceivePlan { skip: 0, keep: true };
+        let got = receive(whole.clone(), bucket.clone(), names.clone(), keep, options(), stats()).await.unwrap();
+        assert_eq!(*whole.0.lock().unwrap(), data);
+        assert_eq!(
+            (got.objects_got, got.objects_removed),
+            (Layout::new(16 << 10).unwrap().objects_for(data.len() as u64), 0)
+        );
+
+        let rest = Output::default();
+        let skip = ReceivePlan { skip: 50_001, keep: false };
+        let got = receive(rest.clone(), bucket.clone(), names.clone(), skip, options(), stats()).await.unwrap();
+        assert_eq!(*rest.0.lock().unwrap(), data[50_001..]);
+        assert!(got.objects_removed > 0);
+        assert!(bucket.list("s/", None).await.unwrap().is_empty(), "the verified stream's objects are removed");
+    }
+}

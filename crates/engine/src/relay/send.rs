@@ -17,7 +17,8 @@ use pareco_stream::relay::manifest::{EncodedFrame, ObjectBody, StreamEnd, Stream
 use pareco_stream::relay::naming::Names;
 use pareco_stream::relay::seal::{Kind, ObjectKey, StreamId};
 use pareco_stream::relay::{Layout, SMALL_OBJECT_LIMIT};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+use tokio::task::JoinSet;
 
 use super::{Bucket, RelayError, RelayOptions, RelayStats, RelaySummary, nonce, open_data, open_header, retrying};
 use crate::frames::{Cut, Input, InputSide, Pending};
@@ -69,13 +70,13 @@ pub async fn send<B: Bucket>(
     let buffer = options.buffer.max(2 * layout.object_size() as usize);
     let mut input = InputSide::start(input, cut, plan.compression, buffer, stats.clone());
     let requests = Arc::new(Semaphore::new(options.requests.max(1)));
-    let (done_tx, mut done) = mpsc::unbounded_channel::<Result<u64, RelayError>>();
+    // (Dropped on failure: uploads in flight stop with the sender.)
+    let mut uploads: JoinSet<Result<u64, RelayError>> = JoinSet::new();
 
     let mut objects: BTreeMap<u64, Assembly> = BTreeMap::new();
     let mut before = Tally::default().digest();
     let mut checked = start.check.is_none();
     let mut end: Option<StreamEnd> = None;
-    let mut in_flight = 0usize;
     let mut tick = tokio::time::interval(Duration::from_millis(100));
     let header_url = || bucket.url(&names.header());
     loop {
@@ -103,11 +104,16 @@ pub async fn send<B: Bucket>(
                     let objects = layout.objects_for(tally.bytes());
                     end = Some(StreamEnd { objects, bytes: tally.bytes(), digest: tally.digest() });
                 }
-                Input::Failed(e) => return Err(RelayError::Io(e)),
+                Input::Failed(e) => {
+                    // What is on its way is kept for a resume.
+                    while let Some(done) = uploads.join_next().await {
+                        done.map_err(|e| std::io::Error::other(e.to_string()))??;
+                    }
+                    return Err(RelayError::Io(e));
+                }
             },
-            Some(result) = done.recv() => {
-                result?;
-                in_flight -= 1;
+            Some(done) = uploads.join_next(), if !uploads.is_empty() => {
+                done.map_err(|e| std::io::Error::other(e.to_string()))??;
             }
             _ = tick.tick() => input.observe(),
         }
@@ -118,15 +124,11 @@ pub async fn send<B: Bucket>(
             .collect();
         for index in ready {
             let assembly = objects.remove(&index).expect("listed");
-            in_flight += 1;
             let upload = Upload { index, bucket: bucket.clone(), names: names.clone(), key: start.key.clone() };
-            let (requests, stats, done_tx, retry_for) =
-                (requests.clone(), stats.clone(), done_tx.clone(), options.retry_for);
-            tokio::spawn(async move {
-                let _ = done_tx.send(upload.run(assembly, requests, retry_for, &stats).await);
-            });
+            let (requests, stats, retry_for) = (requests.clone(), stats.clone(), options.retry_for);
+            uploads.spawn(async move { upload.run(assembly, requests, retry_for, &stats).await });
         }
-        if let Some(end) = end.filter(|_| objects.is_empty() && in_flight == 0) {
+        if let Some(end) = end.filter(|_| objects.is_empty() && uploads.is_empty()) {
             let sealed = Bytes::from(start.key.seal(Kind::End, 0, nonce()?, &end.encode()));
             let name = names.end();
             retrying(|| bucket.url(&name), options.retry_for, &stats, || bucket.put(&name, sealed.clone())).await?;
