@@ -387,7 +387,8 @@ fn bad_locations_credentials_and_endpoints_are_one_clear_line_and_exit_2() {
     let unreachable = Moto::env("http://127.0.0.1:1");
     let mut no_keys = relay.env.clone();
     no_keys.retain(|(k, _)| !k.starts_with("AWS_ACCESS"));
-    let cases: [(&str, &[&str], &[(&str, String)], &str); 7] = [
+    type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, String)], &'a str);
+    let cases: [Case; 7] = [
         ("recv", &["s3:/errors/x"], &relay.env, "malformed URL \"s3:/errors/x\": write s3://BUCKET/PREFIX"),
         ("send", &["s3://"], &relay.env, "no bucket in \"s3://\""),
         ("recv", &["s3://Bad_Name/x"], &relay.env, "is not a bucket name"),

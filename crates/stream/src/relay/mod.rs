@@ -60,7 +60,7 @@ impl Layout {
     /// is whole frames).
     pub fn new(object_size: u64) -> Result<Layout, String> {
         let unit = if object_size < FRAME_SIZE as u64 { MIN_OBJECT_SIZE } else { FRAME_SIZE as u64 };
-        if !(MIN_OBJECT_SIZE..=MAX_OBJECT_SIZE).contains(&object_size) || object_size % unit != 0 {
+        if !(MIN_OBJECT_SIZE..=MAX_OBJECT_SIZE).contains(&object_size) || !object_size.is_multiple_of(unit) {
             return Err(format!(
                 "object size {object_size} is not one of 4K, 8K, … 1020K (multiples of 4 KiB) or 1M, 2M, … 1G (multiples of 1 MiB)"
             ));
