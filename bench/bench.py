@@ -670,7 +670,8 @@ class S3Server:
         return rss, cpu
 
 
-RELAY_ARGS = os.environ.get("PARECO_RELAY_ARGS", "--object-size 2M -j 24")
+RELAY_ARGS = os.environ.get("PARECO_RELAY_ARGS", "-j 24")
+RELAY_SEND_ARGS = os.environ.get("PARECO_RELAY_SEND_ARGS", "--object-size 2M")
 
 
 def run_relay(s3: S3Server, src: Path, out: Path, link: list[str] | None, work: Path, prefix: str,
@@ -688,9 +689,9 @@ def run_relay(s3: S3Server, src: Path, out: Path, link: list[str] | None, work: 
         if together:
             with open(out, "wb") as f:
                 receiver = subprocess.Popen(recv_cmd, env=env, stdout=f, stderr=subprocess.PIPE, text=True)
-            m = timed(f"{PARECO} send -q {RELAY_ARGS} {url} < {src}", env=env, shell=True)
+            m = timed(f"{PARECO} send -q {RELAY_ARGS} {RELAY_SEND_ARGS} {url} < {src}", env=env, shell=True)
         else:
-            m = timed(f"{PARECO} send -q {RELAY_ARGS} {url} < {src}", env=env, shell=True)
+            m = timed(f"{PARECO} send -q {RELAY_ARGS} {RELAY_SEND_ARGS} {url} < {src}", env=env, shell=True)
             with open(out, "wb") as f:
                 receiver = subprocess.Popen(recv_cmd, env=env, stdout=f, stderr=subprocess.PIPE, text=True)
         if receiver.wait(timeout=1800) != 0:
