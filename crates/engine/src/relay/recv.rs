@@ -36,6 +36,10 @@ pub struct ReceivePlan {
 const FIRST_POLL: Duration = Duration::from_millis(50);
 const MAX_POLL: Duration = Duration::from_secs(1);
 
+/// Polling for the end: often, since the receiver cannot finish before it
+/// sees it (one small GET per interval).
+const END_POLL: Duration = Duration::from_millis(250);
+
 /// Polling for the header of a stream not started yet.
 const MAX_HEADER_POLL: Duration = Duration::from_secs(2);
 
@@ -314,7 +318,6 @@ async fn poll_end<B: Bucket>(
 ) {
     let name = names.end();
     let url = || bucket.url(&name);
-    let mut poll = FIRST_POLL * 4;
     while !events.is_closed() {
         let event = match retrying(url, retry_for, &stats, || bucket.get(&name, SMALL_OBJECT_LIMIT)).await {
             Ok(Some(sealed)) => match key.open(Kind::End, 0, &sealed) {
@@ -325,8 +328,7 @@ async fn poll_end<B: Bucket>(
                 Err(e) => Event::Failed(RelayError::unsealed(url(), e)),
             },
             Ok(None) => {
-                tokio::time::sleep(poll).await;
-                poll = (poll * 2).min(MAX_POLL * 2);
+                tokio::time::sleep(END_POLL).await;
                 continue;
             }
             Err(e) => Event::Failed(e),
