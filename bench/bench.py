@@ -670,8 +670,8 @@ class S3Server:
         return rss, cpu
 
 
-RELAY_ARGS = os.environ.get("PARECO_RELAY_ARGS", "-j 24")
-RELAY_SEND_ARGS = os.environ.get("PARECO_RELAY_SEND_ARGS", "--object-size 2M")
+RELAY_ARGS = os.environ.get("PARECO_RELAY_ARGS", "-j 32")
+RELAY_SEND_ARGS = os.environ.get("PARECO_RELAY_SEND_ARGS", "--object-size 512K")
 
 
 def run_relay(s3: S3Server, src: Path, out: Path, link: list[str] | None, work: Path, prefix: str,
