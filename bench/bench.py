@@ -713,6 +713,7 @@ def run_rclone(s3: S3Server, src: Path, out: Path, link: list[str], work: Path, 
     flush()
     wan = Wan(s3.port, link, work)
     env = S3Server.env(wan.port)
+    env.pop("AWS_CA_BUNDLE", None)  # (rclone 1.60 fails on one with a plain-http endpoint)
     start = time.perf_counter()
     try:
         up = timed(f"rclone rcat s3:{s3.bucket}/{key} < {src}", env=env, shell=True)
