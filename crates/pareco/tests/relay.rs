@@ -405,3 +405,22 @@ fn bad_locations_credentials_and_endpoints_are_one_clear_line_and_exit_2() {
         assert_eq!(stderr.trim().lines().count(), 1, "{command} {args:?}: one line: {stderr}");
     }
 }
+
+#[test]
+fn a_slow_consumer_is_waited_for_not_taken_for_a_stopped_sender() {
+    let relay = Relay::new("slow");
+    let tmp = tempfile::tempdir().unwrap();
+    let input = mixed(tmp.path(), 8);
+    send_all(&relay, "s", &input, &["--object-size", "1M"]);
+    let args = [relay.url("s"), "--retry-for".into(), "1".into(), "--buffer".into(), "2M".into()];
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    let mut recv = relay.spawn("recv", &args, Stdio::null(), Stdio::piped());
+    let mut consumer = recv.child.stdout.take().unwrap();
+    // Nothing is read for three times --retry-for: the receiver must wait.
+    std::thread::sleep(Duration::from_secs(3));
+    let mut out = Vec::new();
+    consumer.read_to_end(&mut out).unwrap();
+    let (status, stderr) = recv.finish();
+    assert!(status.success(), "{stderr}");
+    assert_eq!(blake3::hash(&out), hash(&input));
+}

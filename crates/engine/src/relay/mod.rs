@@ -441,4 +441,22 @@ mod tests {
         assert!(got.objects_removed > 0);
         assert!(bucket.list("s/", None).await.unwrap().is_empty(), "the verified stream's objects are removed");
     }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn empty_streams_and_streams_of_whole_objects_arrive_whole() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bucket = Arc::new(DirBucket::new(tmp.path()));
+        for (prefix, len) in [("empty", 0usize), ("one", 1), ("whole", 3 * (16 << 10)), ("whole+1", 3 * (16 << 10) + 1)]
+        {
+            let data = content()[..len].to_vec();
+            let names = Names::new(prefix);
+            let stats = || Arc::new(RelayStats::default());
+            let sent = send(Cursor::new(data.clone()), bucket.clone(), names.clone(), plan(false), options(), stats());
+            assert_eq!(sent.await.unwrap().objects_put, Layout::new(16 << 10).unwrap().objects_for(len as u64));
+            let out = Output::default();
+            let plan = ReceivePlan { skip: 0, keep: false };
+            receive(out.clone(), bucket.clone(), names, plan, options(), stats()).await.unwrap();
+            assert_eq!(*out.0.lock().unwrap(), data, "{prefix}");
+        }
+    }
 }

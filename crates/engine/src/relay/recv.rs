@@ -163,6 +163,11 @@ pub async fn receive<B: Bucket>(
                 Err(e) => break Err(RelayError::Io(e)),
             },
             _ = tick.tick() => {
+                // Only a fetch still out waits on the sender (a slow consumer
+                // leaves none out: every slot holds an object to write).
+                if fetching == 0 {
+                    last_progress = Instant::now();
+                }
                 if last_progress.elapsed() > options.retry_for && !flushing {
                     let url = bucket.url(&names.data(written));
                     break Err(RelayError::GaveUp { url, waited: options.retry_for });
