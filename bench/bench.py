@@ -318,7 +318,7 @@ def summarize(scenario: str, results: dict[str, list], payload: int, link_rate: 
                         rss_server_kb=max((r.server_rss for r in runs if r.server_rss), default=None),
                         cpu_client_s=statistics.median(r.cpu for r in runs),
                         cpu_server_s=statistics.median(server_cpu) if server_cpu else None,
-                        runs=[round(s, 3) for s in secs], note=(notes or {}).get(tool, "")))
+                        runs=[round(s, 3) for s in secs], note=(notes or {}).get(tool, getattr(pick, "note", ""))))
     return rows
 
 
@@ -450,7 +450,7 @@ def shifted(args, work: Path) -> list[Row]:
     tools = {"pareco": lambda: run_pareco(src, dst, link, work, 16)}
     if args.baselines:
         tools["rsync (daemon)"] = lambda: run_rsync(src, dst, link, work, ["--no-whole-file"])
-    return resync_rows("9. shifted: 1 byte inserted 1 MiB into a 256 MiB file (wire bytes of the resync)", src, dst,
+    return resync_rows("12. shifted: 1 byte inserted 1 MiB into a 256 MiB file (wire bytes of the resync)", src, dst,
                        lambda: shutil.copytree(old, dst / "copy"), edit, tools, size)
 
 
@@ -488,7 +488,7 @@ def dump(args, work: Path) -> list[Row]:
     tools = {"pareco": lambda: run_pareco(src, dst, link, work, 16)}
     if args.baselines:
         tools["rsync -z (daemon)"] = lambda: run_rsync(src, dst, link, work, ["--no-whole-file", "-z"])
-    return resync_rows(f"10. dump: {n:,} records rewritten, 1 % changed in length (wire bytes of the resync)", src, dst,
+    return resync_rows(f"13. dump: {n:,} records rewritten, 1 % changed in length (wire bytes of the resync)", src, dst,
                        lambda: shutil.copytree(old, dst / "copy"), edit, tools, len(new))
 
 
@@ -524,7 +524,7 @@ def moves(args, work: Path) -> list[Row]:
     tools = {"pareco --delete": lambda: run_pareco(src, dst, link, work, 16, sync_only=["--delete"])}
     if args.baselines:
         tools["rsync --delete (daemon)"] = lambda: run_rsync(src, dst, link, work, ["--delete", "--no-whole-file"])
-    rows = resync_rows("11. moves: a 1 GiB directory renamed, 4 logs rotated, 1 MiB new, 64 MiB/s link (wire bytes)",
+    rows = resync_rows("14. moves: a 1 GiB directory renamed, 4 logs rotated, 1 MiB new, 64 MiB/s link (wire bytes)",
                        src, dst, lambda: shutil.copytree(old, dst / "copy"), edit, tools, renamed + len(new_log))
     for r in rows:
         r.note = f"{100 * r.wire_bytes / renamed:.2f} % of what was renamed; new data {fmt_bytes(len(new_log))}"
@@ -914,6 +914,135 @@ def forward(args, work: Path) -> list[Row]:
     return rows
 
 
+class S3Server:
+    """moto's S3 API server on 127.0.0.1, with one bucket; what clients need to reach it."""
+
+    def __init__(self, bucket: str):
+        self.port, self.bucket = free_port(), bucket
+        self.proc = subprocess.Popen(["moto_server", "-H", "127.0.0.1", "-p", str(self.port)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, 30)
+        import http.client
+        conn = http.client.HTTPConnection("127.0.0.1", self.port)
+        conn.request("PUT", f"/{bucket}")  # moto checks no signature
+        if conn.getresponse().status != 200:
+            raise RuntimeError(f"cannot create bucket {bucket}")
+
+    @staticmethod
+    def env(port: int) -> dict:
+        endpoint = f"http://127.0.0.1:{port}"
+        return dict(pareco_env(), AWS_ACCESS_KEY_ID="bench", AWS_SECRET_ACCESS_KEY="bench", AWS_REGION="us-east-1",
+                    AWS_DEFAULT_REGION="us-east-1", AWS_ENDPOINT_URL=endpoint)
+
+    def stop(self) -> tuple[int | None, float | None]:
+        rss, cpu = peak_rss_kb(self.proc.pid), cpu_seconds(self.proc.pid)
+        self.proc.terminate()
+        self.proc.wait()
+        return rss, cpu
+
+
+RELAY_ARGS = os.environ.get("PARECO_RELAY_ARGS", "-j 32")
+RELAY_SEND_ARGS = os.environ.get("PARECO_RELAY_SEND_ARGS", "--object-size 512K")
+
+
+def run_relay(s3: S3Server, src: Path, out: Path, link: list[str] | None, work: Path, prefix: str,
+              together: bool = True) -> Measured:
+    """pareco send s3://… and pareco recv s3://… (at once, or one after the other), through
+    the emulator if `link`; timed from the sender's start to the receiver's verified end."""
+    flush()
+    wan = Wan(s3.port, link, work) if link is not None else None
+    env = S3Server.env(wan.port if wan else s3.port)
+    url = f"s3://{s3.bucket}/{prefix}"
+    usage = work / "relay-recv.time"
+    recv_cmd = ["/usr/bin/time", "-f", "%M %U %S", "-o", str(usage), str(PARECO), "recv", "-q", *RELAY_ARGS.split(), url]
+    start = time.perf_counter()
+    try:
+        if together:
+            with open(out, "wb") as f:
+                receiver = subprocess.Popen(recv_cmd, env=env, stdout=f, stderr=subprocess.PIPE, text=True)
+            m = timed(f"{PARECO} send -q {RELAY_ARGS} {RELAY_SEND_ARGS} {url} < {src}", env=env, shell=True)
+        else:
+            m = timed(f"{PARECO} send -q {RELAY_ARGS} {RELAY_SEND_ARGS} {url} < {src}", env=env, shell=True)
+            with open(out, "wb") as f:
+                receiver = subprocess.Popen(recv_cmd, env=env, stdout=f, stderr=subprocess.PIPE, text=True)
+        if receiver.wait(timeout=1800) != 0:
+            raise RuntimeError(f"pareco recv failed: {receiver.stderr.read()[-2000:]}")
+        m.seconds = time.perf_counter() - start
+    finally:
+        m_wire = wan.stop() if wan else 0
+    m.wire = m_wire
+    rss, user, system = usage.read_text().strip().splitlines()[-1].split()
+    m.server_rss, m.server_cpu = int(rss), float(user) + float(system)
+    if not filecmp.cmp(src, out, shallow=False):
+        raise RuntimeError("the relayed stream arrived altered")
+    out.unlink()
+    return m
+
+
+def run_upload_download(s3: S3Server, up: str, down: str, src: Path, out: Path, link: list[str], work: Path,
+                        key: str) -> Measured:
+    """A one-object tool: upload `src` (`up`), then download it (`down`), through the same link.
+    {url}, {src}, {out} and {endpoint} are filled in."""
+    flush()
+    wan = Wan(s3.port, link, work)
+    env = S3Server.env(wan.port)
+    env.pop("AWS_CA_BUNDLE", None)  # (no TLS here; some clients refuse a bundle with an http endpoint)
+    fill = dict(url=f"s3://{s3.bucket}/{key}", src=src, out=out, endpoint=f"http://127.0.0.1:{wan.port}")
+    start = time.perf_counter()
+    try:
+        m_up = timed(up.format(**fill), env=env, shell=True)
+        m_down = timed(down.format(**fill), env=env, shell=True)
+        seconds = time.perf_counter() - start
+    finally:
+        wire = wan.stop()
+    if not filecmp.cmp(src, out, shallow=False):
+        raise RuntimeError(f"{up!r} then {down!r}: the copy arrived altered")
+    out.unlink()
+    m = Measured(seconds, m_up.rss, m_up.cpu, m_down.rss, m_down.cpu, wire)
+    m.note = f"upload {m_up.seconds:.1f} s, then download {m_down.seconds:.1f} s"
+    return m
+
+
+# rclone rcat's streaming (multipart) upload fails against moto 5.2.1 (400 Bad Request when it
+# completes the upload, with Debian's rclone 1.60.1), so the baseline is the AWS CLI's streaming
+# `aws s3 cp -`, itself a multipart upload, visible only once complete.
+AWS_UP = "aws s3 cp --only-show-errors --endpoint-url {endpoint} - {url} < {src}"
+AWS_DOWN = "aws s3 cp --only-show-errors --endpoint-url {endpoint} {url} - > {out}"
+
+
+def relay(args, work: Path) -> list[Row]:
+    """Scenario 9: a stream relayed through object storage (moto's S3 server behind the
+    emulator), send and recv at once, beside `aws s3 cp -` then `aws s3 cp … -`; a compressible
+    stream; and moto alone over loopback (its own ceiling)."""
+    size = 256 * MiB if not args.quick else 8 * MiB
+    link = ["--delay-ms", "20", "--conn-rate", "1M", "--link-rate", "16M"]
+    src, out, text_src = work / "s9-random", work / "s9-out", work / "s9-text"
+    random_file(src, size)
+    stream_input(text_src, size)
+    s3 = S3Server("bench")
+    rows = []
+    try:
+        n = iter(range(1_000_000))
+        tools = {"pareco send \\| recv s3:// (at once)":
+                 lambda: run_relay(s3, src, out, link, work, f"r{next(n)}")}
+        if args.baselines:
+            tools["aws s3 cp -, then aws s3 cp … -"] = lambda: run_upload_download(
+                s3, AWS_UP, AWS_DOWN, src, out, link, work, f"aws{next(n)}")
+        rows += summarize(f"9. relay through S3: {size // MiB} MiB random, 16 MiB/s link, 1 MiB/s per conn, 40 ms RTT",
+                          interleave(tools, 1 if args.baselines else args.repeat), size, 16 * MiB)
+        rows += summarize(f"9. relay through S3: {size // MiB} MiB, two thirds text, same link",
+                          interleave({"pareco send \\| recv s3:// (at once)":
+                                      lambda: run_relay(s3, text_src, out, link, work, f"t{next(n)}")}, 1),
+                          size, 16 * MiB)
+        rows += summarize(f"9. relay: moto alone over loopback, {size // MiB} MiB random (send, then recv)",
+                          interleave({"pareco send, then recv s3:// (no emulator)":
+                                      lambda: run_relay(s3, src, out, None, work, f"l{next(n)}", together=False)}, 1),
+                          size, None)
+    finally:
+        s3.stop()
+    return rows
+
+
 # ---------------------------------------------------------------- output
 
 def fmt_bytes(n: int | None) -> str:
@@ -947,7 +1076,7 @@ def table(rows: list[Row]) -> str:
 
 SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "final": final_round, "loopback": loopback,
              "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree,
-             "shifted": shifted, "dump": dump, "moves": moves, "forward": forward}
+             "shifted": shifted, "dump": dump, "moves": moves, "relay": relay, "forward": forward}
 
 
 def main() -> None:

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks pareco beside rsync, tar|nc, mbuffer|nc and cp on the same data and the same
+# Benchmarks pareco beside rsync, tar|nc, mbuffer|nc, cp and the AWS CLI on the same data and the same
 # emulated links, and pareco forward beside rinetd, socat and haproxy, in one run.
 # Prints a Markdown table; writes bench/out/results.json.
 #   bench/run.sh --quick                 # tiny sizes, under a minute: checks the script
@@ -16,6 +16,12 @@ if ((${#missing[@]})); then
     sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
     $sudo apt-get update -qq
     $sudo apt-get install -y -qq rsync netcat-openbsd mbuffer zstd python3 time rinetd socat haproxy
+fi
+# The relay's scenario: moto's S3 server (as scripts/test installs it), and
+# the AWS CLI for its baseline (rclone rcat's upload fails against moto).
+command -v moto_server >/dev/null || python3 -m pip install --quiet "moto[server]==5.2.1"
+if [[ " $* " == *" --baselines "* ]] && ! command -v aws >/dev/null; then
+    python3 -m pip install --quiet "awscli==1.45.11"
 fi
 cargo build --release --quiet
 # The forwarder scenario's load generator (a client and server in Rust).

@@ -7,11 +7,16 @@
 //!   sends only what differs.
 //! - [`verify`]: two trees compared entry by entry, content included.
 //! - [`serve`]: the server side: a tree answering remote requests.
-//! - [`pipe`]: the stream pipe (`pareco send` / `pareco recv`).
+//! - [`pipe`]: the stream pipe (`pareco send` / `pareco recv`) over TCP links.
+//! - [`relay`]: the same stream through object storage (`s3://`).
+//! - `frames`: both ends of any stream: the input cut, hashed and
+//!   compressed; the output written in order.
 //! - [`report`]: counters and events for the caller to display.
 
 pub mod endpoint;
+mod frames;
 pub mod pipe;
+pub mod relay;
 pub mod report;
 pub mod serve;
 pub mod sync;

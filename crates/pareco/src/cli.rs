@@ -25,10 +25,11 @@ pub enum Command {
     Serve(ServeArgs),
     /// Make DST an exact copy of SRC (one side may be pareco://HOST[:PORT]/PATH).
     Sync(SyncArgs),
-    /// Send standard input as a stream to `pareco recv` (striped, compressed, resumable).
+    /// Send standard input as a stream to `pareco recv` (striped, compressed,
+    /// resumable), or into a bucket (s3://BUCKET/PREFIX) as sealed objects.
     Send(SendArgs),
-    /// Receive a stream from `pareco send` on standard output.
-    Recv(StreamArgs),
+    /// Receive a stream from `pareco send` (or from a bucket) on standard output.
+    Recv(RecvArgs),
     /// Compare two trees entry by entry, content included; exit 1 if they differ.
     Verify(VerifyArgs),
     /// Forward TCP connections (the cutover night): LISTEN TARGET pairs, or a rinetd.conf.
@@ -104,29 +105,57 @@ pub struct SendArgs {
     /// auto (zstd where it pays, at a level that keeps up with the link), none, or zstd[:LEVEL].
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
     pub compress: Compression,
+    /// (s3://) Bytes of the stream per object (4K to 1G; multiples of 1M from 1M on).
+    #[arg(long, value_name = "SIZE", default_value = "16M", value_parser = parse_size)]
+    pub object_size: u64,
+    /// (s3://) Continue the interrupted upload of the same input: what is
+    /// already stored is checked against the input's first bytes, not sent again.
+    #[arg(long)]
+    pub resume: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct RecvArgs {
+    #[command(flatten)]
+    pub stream: StreamArgs,
+    /// (s3://) Do not write the stream's first SIZE bytes: the consumer
+    /// already has them (a receiver restarted after it died).
+    #[arg(long, value_name = "SIZE", default_value = "0", value_parser = parse_size)]
+    pub skip: u64,
+    /// (s3://) Leave the objects in the bucket once the stream is verified.
+    #[arg(long)]
+    pub keep: bool,
 }
 
 #[derive(Debug, Args)]
 pub struct StreamArgs {
-    /// The other end: pareco://HOST:PORT (or use --listen and let it connect).
+    /// The other end: pareco://HOST:PORT (or use --listen and let it
+    /// connect), or a bucket: s3://BUCKET/PREFIX.
     #[arg(required_unless_present = "listen", conflicts_with = "listen")]
     pub peer: Option<OsString>,
     /// Wait for the other end to connect, on HOST:PORT (port 0 picks one;
     /// `listening on HOST:PORT` is printed on stderr).
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
-    /// Number of parallel connections (when connecting).
+    /// Number of parallel connections (when connecting); with s3://, of
+    /// requests (PUTs or GETs) in flight.
     #[arg(short = 'j', long = "connections", value_name = "N", default_value_t = 16,
           value_parser = clap::value_parser!(u16).range(1..=256))]
     pub connections: u16,
     /// Bytes in flight: the sender's window, the receiver's reorder buffer
-    /// (like mbuffer -m). It bounds the rate to SIZE per round trip: raise it
-    /// on fast, long links (10 Gbit/s at 100 ms needs about 128M).
-    #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size)]
-    pub buffer: u64,
-    /// Seconds to wait for a lost peer to come back before giving up.
+    /// (like mbuffer -m); default 64M. It bounds the rate to SIZE per round
+    /// trip: raise it on fast, long links (10 Gbit/s at 100 ms needs about
+    /// 128M). With s3://, the objects held in memory; default -j objects.
+    #[arg(long, value_name = "SIZE", value_parser = parse_size)]
+    pub buffer: Option<u64>,
+    /// Seconds to wait for a lost peer to come back before giving up; with
+    /// s3://, to retry a failing request, and for the next object to appear.
     #[arg(long, value_name = "SECONDS", default_value_t = 120)]
     pub retry_for: u64,
+    /// (s3://) An S3-compatible server's URL (http:// accepted); else
+    /// AWS_ENDPOINT_URL, else AWS itself.
+    #[arg(long, value_name = "URL")]
+    pub endpoint: Option<String>,
     /// Seconds allowed to connect and authenticate.
     #[arg(long, value_name = "SECONDS", default_value_t = 30)]
     pub connect_timeout: u64,

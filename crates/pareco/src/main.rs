@@ -5,13 +5,15 @@
 //! files that changed or vanished while being copied (live data: run again);
 //! 2 when nothing could be done (bad arguments, no connection, refused).
 //! For `send` and `recv`: 0 only when the whole stream arrived and was
-//! verified, 1 when it did not (the receiver says how much was delivered).
+//! verified, 1 when it did not (the receiver says how much was delivered),
+//! 2 when it could not start (no bucket, wrong token, prefix in use…).
 //! For `forward`: 0 after a drain (SIGTERM), 2 when nothing could start
 //! (bad configuration, listen address in use).
 
 mod cli;
 mod forward;
 mod output;
+mod relay;
 mod serve;
 mod stream;
 mod sync;

@@ -1,5 +1,6 @@
 //! `pareco send` / `pareco recv`: a byte stream from one host's standard
-//! input to another's standard output.
+//! input to another's standard output, over TCP links, or through a bucket
+//! (`s3://…`, see [`crate::relay`]): this module dispatches on the scheme.
 
 use std::io::IsTerminal;
 use std::os::fd::AsFd;
@@ -13,11 +14,21 @@ use pareco_engine::endpoint::Location;
 use pareco_engine::pipe::{self, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
 use pareco_net::{NetError, TokenKey};
 
-use crate::cli::{SendArgs, StreamArgs};
+use crate::cli::{RecvArgs, SendArgs, StreamArgs};
 use crate::output::human;
 use crate::{EXIT_FATAL, EXIT_PARTIAL, security, token};
 
+/// The window of a TCP stream without --buffer.
+pub const DEFAULT_BUFFER: u64 = 64 << 20;
+
 pub async fn send(args: SendArgs) -> Result<u8> {
+    if let Some(url) = crate::relay::url(&args.stream)? {
+        return crate::relay::send(args, url).await;
+    }
+    crate::relay::refuse_relay_options(
+        &args.stream,
+        [("--object-size", args.object_size != 16 << 20), ("--resume", args.resume)],
+    )?;
     let compression = args.compress;
     let (rendezvous, options) = prepare(&args.stream).await?;
     let stats = Arc::new(PipeStats::default());
@@ -27,10 +38,15 @@ pub async fn send(args: SendArgs) -> Result<u8> {
     finish(result, &stats, bar, &args.stream, "sent")
 }
 
-pub async fn recv(args: StreamArgs) -> Result<u8> {
+pub async fn recv(args: RecvArgs) -> Result<u8> {
     if std::io::stdout().is_terminal() {
         bail!("standard output is a terminal: send the stream to a file or a command (pareco recv … > FILE)");
     }
+    if let Some(url) = crate::relay::url(&args.stream)? {
+        return crate::relay::recv(args, url).await;
+    }
+    crate::relay::refuse_relay_options(&args.stream, [("--skip", args.skip != 0), ("--keep", args.keep)])?;
+    let args = args.stream;
     let (rendezvous, options) = prepare(&args).await?;
     let stats = Arc::new(PipeStats::default());
     let bar = progress(&stats, args.quiet);
@@ -62,7 +78,7 @@ async fn prepare(args: &StreamArgs) -> Result<(Rendezvous, PipeOptions)> {
     let options = PipeOptions {
         key: TokenKey::from_token(token.as_bytes()),
         security: security(&args.token),
-        buffer: usize::try_from(args.buffer).context("--buffer too large")?,
+        buffer: usize::try_from(args.buffer.unwrap_or(DEFAULT_BUFFER)).context("--buffer too large")?,
         retry_for: Duration::from_secs(args.retry_for),
         connect_timeout: Duration::from_secs(args.connect_timeout),
     };
@@ -71,19 +87,29 @@ async fn prepare(args: &StreamArgs) -> Result<(Rendezvous, PipeOptions)> {
 
 /// A pv-like line on stderr, if it is a terminal.
 fn progress(stats: &Arc<PipeStats>, quiet: bool) -> Option<ProgressBar> {
+    let stats = stats.clone();
+    progress_line(quiet, move || {
+        let (bytes, payload) = (stats.bytes.load(Ordering::Relaxed), stats.payload_bytes.load(Ordering::Relaxed));
+        let ratio = if payload == 0 { 1.0 } else { bytes as f64 / payload as f64 };
+        let retries = stats.resent_frames.load(Ordering::Relaxed);
+        (bytes, format!("compression {ratio:.2}:1, {retries} frames resent"))
+    })
+}
+
+/// A pv-like line on stderr, if it is a terminal and not `quiet`: bytes,
+/// rate, and what `status` says beside its byte count.
+pub fn progress_line(quiet: bool, status: impl Fn() -> (u64, String) + Send + 'static) -> Option<ProgressBar> {
     if quiet || !std::io::stderr().is_terminal() {
         return None;
     }
     let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
     bar.set_style(ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}").expect("valid template"));
-    let (bar2, stats) = (bar.clone(), stats.clone());
+    let bar2 = bar.clone();
     tokio::spawn(async move {
         while !bar2.is_finished() {
-            let (bytes, payload) = (stats.bytes.load(Ordering::Relaxed), stats.payload_bytes.load(Ordering::Relaxed));
+            let (bytes, message) = status();
             bar2.set_position(bytes);
-            let ratio = if payload == 0 { 1.0 } else { bytes as f64 / payload as f64 };
-            let retries = stats.resent_frames.load(Ordering::Relaxed);
-            bar2.set_message(format!("compression {ratio:.2}:1, {retries} frames resent"));
+            bar2.set_message(message);
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
     });

@@ -147,12 +147,13 @@ fn a_shard_killed_mid_run_and_run_again_alone_finishes_its_part() {
     let (_tmp, src, srv) = dirs();
     tree(&src);
     let server = Server::start(&srv);
-    let wan = Wan::start(server.port, &["--link-rate", "4M"]);
+    let wan = Wan::start(server.port, &["--link-rate", "1M"]);
     let (from, slow) = (src.to_str().unwrap().to_string(), wan.url("copy"));
     let tmp = tempfile::tempdir().unwrap();
     let mut children: Vec<Child> =
         (0..N).map(|i| shard_cmd("sync", &from, &slow, i, &[], &tmp.path().join(format!("{i}.json")))).collect();
-    std::thread::sleep(Duration::from_millis(700));
+    // Once something has arrived, well before all of it can (about 10 s).
+    assert!(wait_until(Duration::from_secs(30), || snapshot(&srv).len() > 200));
     children[2].kill().unwrap();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();

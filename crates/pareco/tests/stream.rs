@@ -4,123 +4,14 @@
 
 mod support;
 
-use std::io::{BufRead, BufReader, Read, Write};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitStatus, Stdio};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::Stdio;
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, mpsc};
+use std::sync::{Arc, mpsc};
 use std::time::Duration;
 
 use support::*;
-
-/// One end of a stream, as a child process whose stderr is collected.
-struct End {
-    child: Child,
-    stderr: Arc<Mutex<String>>,
-    /// The port it listens on (listening ends only).
-    port: u16,
-}
-
-impl End {
-    /// `pareco send|recv ARGS`, with the given standard input and output.
-    fn spawn(command: &str, args: &[&str], stdin: Stdio, stdout: Stdio, token: &str) -> End {
-        let mut child = Command::new(bin())
-            .arg(command)
-            .args(args)
-            .env("PARECO_TOKEN", token)
-            .stdin(stdin)
-            .stdout(stdout)
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("start pareco");
-        let stderr = Arc::new(Mutex::new(String::new()));
-        let mut lines = BufReader::new(child.stderr.take().unwrap());
-        let mut port = 0;
-        if args.contains(&"--listen") {
-            let mut line = String::new();
-            lines.read_line(&mut line).unwrap();
-            port = line
-                .trim()
-                .strip_prefix("listening on 127.0.0.1:")
-                .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
-                .parse()
-                .unwrap();
-        }
-        let sink = stderr.clone();
-        std::thread::spawn(move || {
-            let mut rest = String::new();
-            let _ = lines.read_to_string(&mut rest);
-            sink.lock().unwrap().push_str(&rest);
-        });
-        End { child, stderr, port }
-    }
-
-    fn url(&self) -> String {
-        format!("pareco://127.0.0.1:{}", self.port)
-    }
-
-    /// Waits for the exit; returns the status and everything said on stderr.
-    fn finish(mut self) -> (ExitStatus, String) {
-        let status = self.child.wait().unwrap();
-        // The reader thread ends with the pipe; give it a moment to store.
-        wait_until(Duration::from_secs(5), || Arc::strong_count(&self.stderr) == 1);
-        let stderr = self.stderr.lock().unwrap().clone();
-        (status, stderr)
-    }
-
-    fn kill(&mut self) {
-        let _ = self.child.kill();
-    }
-}
-
-impl Drop for End {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
-
-fn file_in(path: &Path) -> Stdio {
-    Stdio::from(std::fs::File::open(path).unwrap())
-}
-
-fn file_out(path: &Path) -> Stdio {
-    Stdio::from(std::fs::File::create(path).unwrap())
-}
-
-fn hash(path: &Path) -> blake3::Hash {
-    let mut hasher = blake3::Hasher::new();
-    hasher.update_reader(std::fs::File::open(path).unwrap()).unwrap();
-    hasher.finalize()
-}
-
-/// Text that compresses well (a log-like mix of words and numbers).
-fn text(len: usize) -> Vec<u8> {
-    const WORDS: [&str; 8] = ["checkpoint", "replica", "segment", "vacuum", "page", "wal", "commit", "index"];
-    let mut out = Vec::with_capacity(len + 64);
-    let mut i = 0u64;
-    while out.len() < len {
-        let word = WORDS[(i.wrapping_mul(2654435761) >> 7) as usize % WORDS.len()];
-        out.extend_from_slice(format!("{i:08} {word} lsn={:x}\n", i * 8192).as_bytes());
-        i += 1;
-    }
-    out.truncate(len);
-    out
-}
-
-/// A stream of `mib` MiB: two thirds text, one third random, interleaved in
-/// 4 MiB runs so that every part of the stream mixes both.
-fn mixed(dir: &Path, mib: usize) -> PathBuf {
-    let path = dir.join("input");
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    for run in 0..mib / 4 {
-        let part = if run % 3 == 2 { bytes(run as u64, 4 << 20) } else { text(4 << 20) };
-        file.write_all(&part).unwrap();
-    }
-    file.write_all(&bytes(99, 12345)).unwrap();
-    file.flush().unwrap();
-    path
-}
 
 /// Sends `input` from `send` to `recv` (already listening), or the reverse
 /// when the sender listens; asserts both exit 0 and the output is identical.
@@ -152,10 +43,6 @@ fn both_succeed(send: End, recv: End, input: &Path, output: &Path) -> (String, S
 }
 
 const LISTEN: [&str; 2] = ["--listen", "127.0.0.1:0"];
-
-fn stats(path: &Path) -> serde_json::Value {
-    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
-}
 
 #[test]
 fn a_256_mib_mixed_stream_arrives_identical_and_the_text_compresses() {

@@ -1,6 +1,7 @@
-//! The stream pipe's state, without I/O: what the sender has out and must
-//! be ready to send again, what the receiver holds and may write next, and
-//! at which level frames are compressed.
+//! The stream's state, without I/O, over TCP links or through object
+//! storage: what the sender has out and must be ready to send again, what
+//! the receiver holds and may write next, at which level frames are
+//! compressed, and how a relayed stream's objects are named and sealed.
 //!
 //! - [`outstanding`]: the sender's frames not yet acknowledged, and on which
 //!   connection each travels, so that a lost connection's frames are sent
@@ -12,9 +13,12 @@
 //! - [`compress`]: the zstd level of `auto` (see `pareco_compress`), following
 //!   whichever of the link and the CPU is the bottleneck.
 //! - [`Tally`]: count and digest of a stream, checked at the end.
+//! - [`relay`]: a stream relayed through object storage: how it is cut into
+//!   objects, how they are named, sealed and described.
 
 pub mod compress;
 pub mod outstanding;
+pub mod relay;
 pub mod reorder;
 pub mod stripe;
 

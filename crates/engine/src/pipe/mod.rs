@@ -130,6 +130,13 @@ pub struct PipeSummary {
     pub duration_s: f64,
 }
 
+impl crate::frames::InputCounter for PipeStats {
+    fn frame_read(&self, len: usize) {
+        self.bytes.fetch_add(len as u64, Ordering::Relaxed);
+        self.frames.fetch_add(1, Ordering::Relaxed);
+    }
+}
+
 impl PipeStats {
     fn summary(&self, wire: &WireCounters, digest: &pareco_proto::Digest, started: std::time::Instant) -> PipeSummary {
         let load = |c: &AtomicU64| c.load(Ordering::Relaxed);

@@ -3,38 +3,26 @@
 
 use std::io::Write;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use pareco_compress::{DecodeError, decode};
 use pareco_proto::Digest;
 use pareco_proto::stream::{StreamMessage, StreamRole};
+use pareco_stream::FRAME_SIZE;
 use pareco_stream::outstanding::LinkId;
 use pareco_stream::reorder::{Offer, Reorder};
-use pareco_stream::{FRAME_SIZE, Tally};
 use tokio::sync::{Semaphore, mpsc};
 
 use super::{LinkEvent, LinkTable, Links, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous, abort};
+use crate::frames::{OutputSide, Written};
 
 /// The largest sender window the receiver adopts.
 const MAX_PEER_WINDOW: u64 = 16 << 30;
 
 /// How long the receiver waits, after its Done, for the sender to hang up.
 const FAREWELL: Duration = Duration::from_secs(5);
-
-/// Work for the output thread.
-enum Write_ {
-    Frame(u64, LinkId, Bytes),
-    Flush,
-}
-
-/// What the output thread reports.
-enum Written {
-    Frame(u64, LinkId, usize),
-    /// Everything is written; the count and digest of all of it.
-    Flushed(Box<Tally>),
-}
 
 /// Receives a stream into `output`; returns once all of it is written and
 /// verified. On failure, what was written stays written (the stats say how
@@ -47,7 +35,7 @@ pub async fn receive(
 ) -> Result<PipeSummary, PipeError> {
     let started = Instant::now();
     let (links, mut events) = Links::open(StreamRole::Receiver, None, rendezvous, options.clone());
-    let (write_tx, mut written, stop_output) = start_output(output);
+    let mut output = OutputSide::<(u64, LinkId)>::start(output);
     let decoders = Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
     let (decoded_tx, mut decoded) = mpsc::unbounded_channel::<(u64, LinkId, Result<Bytes, DecodeError>)>();
 
@@ -114,8 +102,8 @@ pub async fn receive(
                 }
                 Err(e) => break Err(PipeError::Corrupt(format!("frame {seq}: {e}"))),
             },
-            Some(report) = written.recv() => match report {
-                Ok(Written::Frame(seq, link, len)) => {
+            Some(report) = output.written.recv() => match report {
+                Ok(Written::Frame((seq, link), len)) => {
                     written_frames += 1;
                     stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
                     stats.frames.fetch_add(1, Ordering::Relaxed);
@@ -151,16 +139,16 @@ pub async fn receive(
             }
         }
         // Feed the output, in order, as far as it takes.
-        while let Ok(slot) = write_tx.try_reserve() {
+        while output.has_room() {
             let Some((seq, (data, link))) = reorder.pop() else { break };
-            slot.send(Write_::Frame(seq, link, data));
+            let _ = output.try_write((seq, link), data);
         }
         if let Some((frames, _, _)) = end
             && written_frames == frames
             && !flushing
         {
             flushing = true;
-            let _ = write_tx.send(Write_::Flush).await;
+            output.flush().await;
         }
     };
     let tally = match result {
@@ -170,14 +158,7 @@ pub async fn receive(
             // stop writing, and count what the output thread still completes,
             // so that the bytes reported are exactly the bytes delivered.
             abort(&mut table, &e);
-            stop_output.store(true, Ordering::Relaxed);
-            drop(write_tx);
-            let _ = tokio::time::timeout(FAREWELL, async {
-                while let Some(Ok(Written::Frame(_, _, len))) = written.recv().await {
-                    stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
-                }
-            })
-            .await;
+            output.stop(&stats.bytes, FAREWELL).await;
             return Err(e);
         }
     };
@@ -195,36 +176,4 @@ pub async fn receive(
     })
     .await;
     Ok(stats.summary(&links.counters, &tally.digest(), started))
-}
-
-/// The output thread: hashes and writes frames in the order given, reports
-/// each, and stops at once when told to.
-fn start_output(
-    mut output: impl Write + Send + 'static,
-) -> (mpsc::Sender<Write_>, mpsc::UnboundedReceiver<std::io::Result<Written>>, Arc<AtomicBool>) {
-    let (tx, mut rx) = mpsc::channel::<Write_>(8);
-    let (report, reports) = mpsc::unbounded_channel();
-    let stop = Arc::new(AtomicBool::new(false));
-    let stopped = stop.clone();
-    tokio::task::spawn_blocking(move || {
-        let mut tally = Tally::default();
-        while let Some(work) = rx.blocking_recv() {
-            if stopped.load(Ordering::Relaxed) {
-                return;
-            }
-            let done = match work {
-                Write_::Frame(seq, link, data) => {
-                    // Hashed first: the write then copies from the cache.
-                    tally.add(&data);
-                    output.write_all(&data).map(|()| Written::Frame(seq, link, data.len()))
-                }
-                Write_::Flush => output.flush().map(|()| Written::Flushed(Box::new(std::mem::take(&mut tally)))),
-            };
-            let failed = done.is_err();
-            if report.send(done).is_err() || failed {
-                return;
-            }
-        }
-    });
-    (tx, reports, stop)
 }

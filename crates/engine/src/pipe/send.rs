@@ -2,48 +2,21 @@
 //! frame kept until the receiver has written it.
 
 use std::io::Read;
-use std::sync::atomic::{AtomicI32, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
 use std::time::{Duration, Instant};
 
-use bytes::Bytes;
-use pareco_compress::{Compression, Encoder};
+use pareco_compress::Compression;
 use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
-use pareco_stream::compress::LevelControl;
 use pareco_stream::outstanding::Outstanding;
 use pareco_stream::stripe::Stripe;
 use pareco_stream::{FRAME_SIZE, Tally};
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::{LinkEvent, LinkTable, Links, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous, abort};
+use crate::frames::{Cut, Input, InputSide, Pending};
 
 /// How often rates, the compression level and the peer's presence are checked.
 const TICK: Duration = Duration::from_millis(100);
-
-/// The window is counted in KiB of input.
-const KIB_PER_FRAME: u32 = (FRAME_SIZE / 1024) as u32;
-
-/// A frame read and numbered, on its way to a compressor.
-struct Job {
-    seq: u64,
-    raw: Bytes,
-    window: OwnedSemaphorePermit,
-}
-
-/// What the input side reports to the main loop.
-enum Input {
-    Frame(u64, Pending),
-    End(Box<Tally>),
-    Failed(std::io::Error),
-}
-
-/// A frame not yet acknowledged; its window share is released with it.
-struct Pending {
-    raw_len: u32,
-    encoding: Encoding,
-    payload: Bytes,
-    _window: OwnedSemaphorePermit,
-}
 
 /// Sends `input` as a stream; returns once the receiver has written and
 /// verified all of it.
@@ -59,11 +32,8 @@ pub async fn send(
     getrandom::fill(&mut id).map_err(|e| std::io::Error::other(format!("no randomness for a stream id: {e}")))?;
     let (links, mut events) = Links::open(StreamRole::Sender, Some(id), rendezvous, options.clone());
 
-    let window_kib = (options.buffer / 1024).max(KIB_PER_FRAME as usize * 2);
-    let window = Arc::new(Semaphore::new(window_kib));
-    let level = Arc::new(AtomicI32::new(LevelControl::default().level()));
-    let queued = Arc::new(AtomicU64::new(0));
-    let mut inputs = start_input(input, compression, window.clone(), level.clone(), queued.clone(), stats.clone());
+    let cut = Cut { frame_size: FRAME_SIZE, mark_every: 0, skip_frames: 0 };
+    let mut inputs = InputSide::start(input, cut, compression, options.buffer, stats.clone());
 
     let mut out: Outstanding<Pending> = Outstanding::default();
     let mut table = LinkTable::new(stats.clone());
@@ -71,16 +41,16 @@ pub async fn send(
     let mut end: Option<StreamMessage> = None;
     let mut tally: Option<Tally> = None;
     let mut received = 0u64;
-    let mut control = LevelControl::default();
     let mut tick = tokio::time::interval(TICK);
     let mut last_tick = Instant::now();
     let result = loop {
         tokio::select! {
-            Some(input) = inputs.recv() => match input {
+            Some(input) = inputs.events.recv() => match input {
                 Input::Frame(seq, pending) => {
                     out.add(seq, pending);
                     received += 1;
                 }
+                Input::Mark { .. } => {}
                 Input::End(t) => tally = Some(*t),
                 Input::Failed(e) => {
                     table.broadcast(&StreamMessage::Abort { reason: format!("the sender's input failed: {e}") });
@@ -129,12 +99,7 @@ pub async fn send(
                 if let Err(e) = table.check_alive(options.retry_for) {
                     break Err(e);
                 }
-                if compression == Compression::Auto {
-                    let free = window.available_permits() as f64 / window_kib as f64;
-                    let link_bound = free < 0.25;
-                    let cpu_bound = free > 0.5 && queued.load(Ordering::Relaxed) > 0;
-                    level.store(control.observe(link_bound, cpu_bound), Ordering::Relaxed);
-                }
+                inputs.observe();
             }
         }
         if end.is_none()
@@ -177,77 +142,4 @@ fn dispatch(out: &mut Outstanding<Pending>, table: &LinkTable, stripe: &mut Stri
             stats.compressed_frames.fetch_add(1, Ordering::Relaxed);
         }
     }
-}
-
-/// Starts the reader (one thread: reads, numbers and hashes frames in
-/// order, within the window) and the compressors (one per core).
-fn start_input(
-    mut input: impl Read + Send + 'static,
-    compression: Compression,
-    window: Arc<Semaphore>,
-    level: Arc<AtomicI32>,
-    queued: Arc<AtomicU64>,
-    stats: Arc<PipeStats>,
-) -> mpsc::UnboundedReceiver<Input> {
-    let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
-    let (jobs_tx, jobs_rx) = std::sync::mpsc::sync_channel::<Job>(workers * 2);
-    let (out_tx, out_rx) = mpsc::unbounded_channel();
-    let runtime = tokio::runtime::Handle::current();
-    let (reader_out, reader_queued) = (out_tx.clone(), queued.clone());
-    tokio::task::spawn_blocking(move || {
-        let mut tally = Tally::default();
-        for seq in 0.. {
-            let Ok(permit) = runtime.block_on(window.clone().acquire_many_owned(KIB_PER_FRAME)) else { return };
-            let raw = match read_frame(&mut input) {
-                Ok(raw) => raw,
-                Err(e) => {
-                    let _ = reader_out.send(Input::Failed(e));
-                    return;
-                }
-            };
-            if raw.is_empty() {
-                break;
-            }
-            let last = raw.len() < FRAME_SIZE;
-            tally.add(&raw);
-            stats.bytes.fetch_add(raw.len() as u64, Ordering::Relaxed);
-            stats.frames.fetch_add(1, Ordering::Relaxed);
-            reader_queued.fetch_add(1, Ordering::Relaxed);
-            if jobs_tx.send(Job { seq, raw: Bytes::from(raw), window: permit }).is_err() {
-                return;
-            }
-            if last {
-                break;
-            }
-        }
-        // Compressors may still be at work: the main loop holds the end
-        // until it has received as many frames as it announces.
-        let _ = reader_out.send(Input::End(Box::new(tally)));
-    });
-    let jobs = Arc::new(Mutex::new(jobs_rx));
-    for _ in 0..workers {
-        let (jobs, done, level, queued) = (jobs.clone(), out_tx.clone(), level.clone(), queued.clone());
-        tokio::task::spawn_blocking(move || {
-            let mut encoder = Encoder::default();
-            loop {
-                let job = jobs.lock().expect("jobs lock").recv();
-                let Ok(job) = job else { return };
-                queued.fetch_sub(1, Ordering::Relaxed);
-                let raw_len = job.raw.len() as u32;
-                let (encoding, payload) = encoder.encode(job.raw, compression, level.load(Ordering::Relaxed));
-                let pending = Pending { raw_len, encoding, payload, _window: job.window };
-                if done.send(Input::Frame(job.seq, pending)).is_err() {
-                    return;
-                }
-            }
-        });
-    }
-    out_rx
-}
-
-/// Reads up to one frame, fewer bytes only at the end of the input.
-fn read_frame(input: &mut impl Read) -> std::io::Result<Vec<u8>> {
-    let mut buf = Vec::with_capacity(FRAME_SIZE);
-    input.take(FRAME_SIZE as u64).read_to_end(&mut buf)?;
-    Ok(buf)
 }

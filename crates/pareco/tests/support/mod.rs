@@ -6,10 +6,12 @@
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
+use std::io::{Read, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::{MetadataExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub const TOKEN: &str = "e2e-test-token-5d41402abc4b2a76";
@@ -452,4 +454,207 @@ pub fn assert_same_tree_and_links(src: &Path, dst: &Path) {
 pub fn run_pareco(args: &[&OsStr]) -> Run {
     let output = Command::new(bin()).args(args).env("PARECO_TOKEN", TOKEN).output().unwrap();
     Run { output, stats: None }
+}
+
+/// One end of a stream, as a child process whose stderr is collected.
+pub struct End {
+    pub child: Child,
+    stderr: Arc<Mutex<String>>,
+    /// The port it listens on (listening ends only).
+    pub port: u16,
+}
+
+impl End {
+    /// `pareco send|recv ARGS`, with the given standard input and output.
+    pub fn spawn(command: &str, args: &[&str], stdin: Stdio, stdout: Stdio, token: &str) -> End {
+        End::spawn_with(command, args, stdin, stdout, token, &[])
+    }
+
+    /// The same, with more environment variables.
+    pub fn spawn_with(
+        command: &str,
+        args: &[&str],
+        stdin: Stdio,
+        stdout: Stdio,
+        token: &str,
+        env: &[(&str, String)],
+    ) -> End {
+        let mut child = Command::new(bin())
+            .arg(command)
+            .args(args)
+            .env("PARECO_TOKEN", token)
+            .envs(env.iter().map(|(k, v)| (k, v)))
+            .stdin(stdin)
+            .stdout(stdout)
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("start pareco");
+        let stderr = Arc::new(Mutex::new(String::new()));
+        let mut lines = BufReader::new(child.stderr.take().unwrap());
+        let mut port = 0;
+        if args.contains(&"--listen") {
+            let mut line = String::new();
+            lines.read_line(&mut line).unwrap();
+            port = line
+                .trim()
+                .strip_prefix("listening on 127.0.0.1:")
+                .unwrap_or_else(|| panic!("unexpected first line {line:?}"))
+                .parse()
+                .unwrap();
+        }
+        let sink = stderr.clone();
+        std::thread::spawn(move || {
+            let mut rest = String::new();
+            let _ = lines.read_to_string(&mut rest);
+            sink.lock().unwrap().push_str(&rest);
+        });
+        End { child, stderr, port }
+    }
+
+    pub fn url(&self) -> String {
+        format!("pareco://127.0.0.1:{}", self.port)
+    }
+
+    /// Waits for the exit; returns the status and everything said on stderr.
+    pub fn finish(mut self) -> (ExitStatus, String) {
+        let status = self.child.wait().unwrap();
+        // The reader thread ends with the pipe; give it a moment to store.
+        wait_until(Duration::from_secs(5), || Arc::strong_count(&self.stderr) == 1);
+        let stderr = self.stderr.lock().unwrap().clone();
+        (status, stderr)
+    }
+
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+    }
+}
+
+impl Drop for End {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+pub fn file_in(path: &Path) -> Stdio {
+    Stdio::from(std::fs::File::open(path).unwrap())
+}
+
+pub fn file_out(path: &Path) -> Stdio {
+    Stdio::from(std::fs::File::create(path).unwrap())
+}
+
+pub fn hash(path: &Path) -> blake3::Hash {
+    let mut hasher = blake3::Hasher::new();
+    hasher.update_reader(std::fs::File::open(path).unwrap()).unwrap();
+    hasher.finalize()
+}
+
+/// Text that compresses well (a log-like mix of words and numbers).
+pub fn text(len: usize) -> Vec<u8> {
+    const WORDS: [&str; 8] = ["checkpoint", "replica", "segment", "vacuum", "page", "wal", "commit", "index"];
+    let mut out = Vec::with_capacity(len + 64);
+    let mut i = 0u64;
+    while out.len() < len {
+        let word = WORDS[(i.wrapping_mul(2654435761) >> 7) as usize % WORDS.len()];
+        out.extend_from_slice(format!("{i:08} {word} lsn={:x}\n", i * 8192).as_bytes());
+        i += 1;
+    }
+    out.truncate(len);
+    out
+}
+
+/// A stream of `mib` MiB: two thirds text, one third random, interleaved in
+/// 4 MiB runs so that every part of the stream mixes both.
+pub fn mixed(dir: &Path, mib: usize) -> PathBuf {
+    let path = dir.join("input");
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    for run in 0..mib / 4 {
+        let part = if run % 3 == 2 { bytes(run as u64, 4 << 20) } else { text(4 << 20) };
+        file.write_all(&part).unwrap();
+    }
+    file.write_all(&bytes(99, 12345)).unwrap();
+    file.flush().unwrap();
+    path
+}
+
+/// The JSON a run wrote with --stats-json.
+pub fn stats(path: &Path) -> serde_json::Value {
+    serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap()
+}
+
+/// A real S3 API server (moto's, from PyPI `moto[server]`, which
+/// scripts/test installs) on 127.0.0.1; killed on drop.
+pub struct Moto {
+    child: Child,
+    pub port: u16,
+}
+
+impl Moto {
+    pub fn start() -> Moto {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = Command::new("moto_server")
+            .args(["-H", "127.0.0.1", "-p", &port.to_string()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap_or_else(|e| {
+                panic!("cannot start moto_server ({e}): scripts/test installs it (pip install 'moto[server]')")
+            });
+        let moto = Moto { child, port };
+        assert!(
+            wait_until(Duration::from_secs(30), || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()),
+            "moto_server did not start listening on port {port}"
+        );
+        moto
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://127.0.0.1:{}", self.port)
+    }
+
+    /// Creates a bucket (moto does not check signatures: a bare PUT does).
+    pub fn bucket(&self, name: &str) {
+        let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
+        write!(
+            conn,
+            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            self.port
+        )
+        .unwrap();
+        let mut answer = String::new();
+        conn.read_to_string(&mut answer).unwrap();
+        assert!(answer.starts_with("HTTP/1.1 200"), "creating bucket {name}: {answer}");
+    }
+
+    /// The environment a client needs (AWS_ENDPOINT_URL may be another
+    /// address, such as the WAN emulator's in front of this server).
+    pub fn env(endpoint: &str) -> Vec<(&'static str, String)> {
+        vec![
+            ("AWS_ACCESS_KEY_ID", "test-key".into()),
+            ("AWS_SECRET_ACCESS_KEY", "test-secret".into()),
+            ("AWS_REGION", "us-east-1".into()),
+            ("AWS_ENDPOINT_URL", endpoint.into()),
+        ]
+    }
+
+    /// An S3 client of its own, to look at and tamper with the bucket.
+    pub fn client(&self, bucket: &str) -> object_store::aws::AmazonS3 {
+        object_store::aws::AmazonS3Builder::new()
+            .with_bucket_name(bucket)
+            .with_region("us-east-1")
+            .with_access_key_id("test-key")
+            .with_secret_access_key("test-secret")
+            .with_endpoint(self.endpoint())
+            .with_allow_http(true)
+            .build()
+            .unwrap()
+    }
+}
+
+impl Drop for Moto {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
 }
