@@ -137,11 +137,14 @@ pub struct StreamArgs {
     /// `listening on HOST:PORT` is printed on stderr).
     #[arg(long, value_name = "HOST:PORT")]
     pub listen: Option<SocketAddr>,
-    /// Number of parallel connections (when connecting); with s3://, of
-    /// requests (PUTs or GETs) in flight.
-    #[arg(short = 'j', long = "connections", value_name = "N", default_value_t = 16,
-          value_parser = clap::value_parser!(u16).range(1..=256))]
-    pub connections: u16,
+    /// Parallel connections (when connecting): auto (as many as keep adding
+    /// throughput, adjusted during the run) or a number; with s3://, the
+    /// requests (PUTs or GETs) in flight (auto: 16).
+    #[arg(short = 'j', long = "connections", value_name = "N|auto", default_value = "auto", value_parser = parse_connections)]
+    pub connections: Connections,
+    /// Most connections `-j auto` may open.
+    #[arg(long, value_name = "N", default_value_t = 256, value_parser = clap::value_parser!(u16).range(1..=1024))]
+    pub max_connections: u16,
     /// Bytes in flight: the sender's window, the receiver's reorder buffer
     /// (like mbuffer -m); default 64M. It bounds the rate to SIZE per round
     /// trip: raise it on fast, long links (10 Gbit/s at 100 ms needs about

@@ -13,10 +13,13 @@ use pareco_engine::relay::{self, RelayError, RelayOptions, RelayStats, RelaySumm
 use pareco_stream::relay::naming::{Names, RelayUrl};
 use pareco_stream::relay::{DEFAULT_OBJECT_SIZE, Layout};
 
-use crate::cli::{RecvArgs, SendArgs, StreamArgs};
+use crate::cli::{Connections, RecvArgs, SendArgs, StreamArgs};
 use crate::output::human;
 use crate::stream::{DEFAULT_BUFFER, progress_line};
 use crate::{EXIT_FATAL, EXIT_PARTIAL, token};
+
+/// Requests in flight with `-j auto` (not tuned: the count is fixed).
+const AUTO_REQUESTS: usize = 16;
 
 /// Longest one request (a whole object's PUT or GET) may take.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(300);
@@ -70,7 +73,10 @@ fn prepare(args: &StreamArgs, url: &RelayUrl, object_size: u64) -> Result<(Arc<S
     let token = token::require(args.token.token_file.as_deref())?;
     let config = s3_config(&url.bucket, args.endpoint.as_deref())?;
     let bucket = S3Bucket::open(&config).with_context(|| format!("cannot use {url}"))?;
-    let requests = args.connections as usize;
+    let requests = match args.connections {
+        Connections::Fixed(n) => n as usize,
+        Connections::Auto => AUTO_REQUESTS,
+    };
     let buffer = args.buffer.unwrap_or((requests as u64 * object_size).max(DEFAULT_BUFFER));
     let options = RelayOptions {
         token: token.into_bytes(),

@@ -12,7 +12,7 @@ use anyhow::{Context, Result, bail};
 use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pareco_engine::endpoint::Location;
 use pareco_engine::pipe::{self, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
-use pareco_net::{NetError, TokenKey};
+use pareco_net::{NetError, Notices, TokenKey};
 
 use crate::cli::{RecvArgs, SendArgs, StreamArgs};
 use crate::output::human;
@@ -61,7 +61,11 @@ async fn prepare(args: &StreamArgs) -> Result<(Rendezvous, PipeOptions)> {
     let token_file = args.token.token_file.as_deref();
     let rendezvous = match (&args.peer, args.listen) {
         (Some(peer), _) => {
-            Rendezvous::Connect { addr: Location::parse_peer(peer)?, connections: args.connections as usize }
+            // (-j auto's changes are logged: PARECO_LOG=info shows them.)
+            let notices = Notices::to(|line| tracing::info!("{line}"));
+            let (connections, tuning) =
+                crate::sync::connection_count(args.connections, args.max_connections as usize, notices);
+            Rendezvous::Connect { addr: Location::parse_peer(peer)?, connections, tuning }
         }
         (None, Some(addr)) => {
             let listener =
@@ -135,10 +139,11 @@ fn finish(
             if !args.quiet {
                 let rate = summary.bytes as f64 / summary.duration_s.max(1e-9);
                 eprintln!(
-                    "pareco: {verb} {} in {:.1} s ({}/s), compression {:.2}:1, {} frames resent, {} reconnects, verified",
+                    "pareco: {verb} {} in {:.1} s ({}/s) over {} connections, compression {:.2}:1, {} frames resent, {} reconnects, verified",
                     human(summary.bytes),
                     summary.duration_s,
                     human(rate as u64),
+                    summary.connections,
                     summary.compression_ratio,
                     summary.resent_frames,
                     summary.reconnects,

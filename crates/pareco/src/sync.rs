@@ -142,6 +142,18 @@ const AUTO_PARALLELISM: usize = 32;
 /// Connections `-j auto` starts with, and never goes below.
 const AUTO_START: usize = 4;
 
+/// The connections to open first, and with `-j auto` how the count moves
+/// (up to `max`; `notices` hear of every change).
+pub(crate) fn connection_count(connections: Connections, max: usize, notices: Notices) -> (usize, Option<Tuning>) {
+    match connections {
+        Connections::Fixed(n) => (n as usize, None),
+        Connections::Auto => {
+            let start = AUTO_START.min(max);
+            (start, Some(Tuning { start, min: start, max, notices }))
+        }
+    }
+}
+
 /// How to reach a server, for whichever of `locations` is remote (the token
 /// is required only then); `verbose` tells how `-j auto` moves the count.
 pub(crate) fn remote_options(
@@ -157,14 +169,8 @@ pub(crate) fn remote_options(
         TokenKey::from_token(b"")
     };
     let max = net.max_connections as usize;
-    let (connections, tuning) = match net.connections {
-        Connections::Fixed(n) => (n as usize, None),
-        Connections::Auto => {
-            let notices = if verbose { Notices::to(|line| eprintln!("pareco: {line}")) } else { Notices::default() };
-            let start = AUTO_START.min(max);
-            (start, Some(Tuning { start, min: start, max, notices }))
-        }
-    };
+    let notices = if verbose { Notices::to(|line| eprintln!("pareco: {line}")) } else { Notices::default() };
+    let (connections, tuning) = connection_count(net.connections, max, notices);
     Ok(RemoteOptions {
         key,
         pool: PoolOptions {

@@ -110,6 +110,35 @@ fn reverse_roles_the_sender_listens() {
     transfer(&input, &tmp.path().join("output"), &LISTEN, &["-j", "4"]);
 }
 
+/// `-j auto` (the default), on a link where each connection gets 512 KiB/s:
+/// whichever end connects opens more connections than the 4 it starts with
+/// (as the stats say), and the stream arrives whole.
+#[test]
+fn auto_connections_grow_where_each_connection_is_capped() {
+    for sender_connects in [true, false] {
+        let tmp = tempfile::tempdir().unwrap();
+        let input = tmp.path().join("input");
+        std::fs::write(&input, bytes(7, 32 << 20)).unwrap();
+        let output = tmp.path().join("output");
+        let json = tmp.path().join("connecting.json");
+        let json_args = ["--stats-json", json.to_str().unwrap()];
+        let (listener, connector) = if sender_connects { ("recv", "send") } else { ("send", "recv") };
+        let ends = |name: &str| {
+            if name == "send" { (file_in(&input), Stdio::null()) } else { (Stdio::null(), file_out(&output)) }
+        };
+        let (i, o) = ends(listener);
+        let listening = End::spawn(listener, &LISTEN, i, o, TOKEN);
+        let wan = Wan::start(listening.port, &["--conn-rate", "512K", "--delay-ms", "5"]);
+        let url = format!("pareco://127.0.0.1:{}", wan.port);
+        let (i, o) = ends(connector);
+        let connecting = End::spawn(connector, &[&[url.as_str()][..], &json_args].concat(), i, o, TOKEN);
+        let (send, recv) = if sender_connects { (connecting, listening) } else { (listening, connecting) };
+        both_succeed(send, recv, &input, &output);
+        let connections = stats(&json)["connections"].as_u64().unwrap();
+        assert!(connections > 4, "{connector} connecting kept {connections} connections");
+    }
+}
+
 #[test]
 fn a_connection_cut_every_half_second_loses_nothing() {
     let tmp = tempfile::tempdir().unwrap();

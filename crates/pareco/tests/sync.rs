@@ -496,3 +496,24 @@ fn unsettled_and_vanishing_files_are_reported() {
     assert_eq!(std::fs::read(srv.join("t/steady")).unwrap(), b"steady");
     assert!(!srv.join("t/doomed-big").exists(), "nothing half-made under the real name");
 }
+
+/// `-j auto` (the default), on a link where each connection gets 512 KiB/s:
+/// the count grows past the 4 it starts with, `-v` says how it moved, the
+/// stats say the most open at once, and the copy is exact.
+#[test]
+fn auto_connections_grow_where_each_connection_is_capped() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::create_dir_all(src.join("small")).unwrap();
+    std::fs::write(src.join("big"), bytes(3, 24 << 20)).unwrap();
+    for i in 0..200 {
+        std::fs::write(src.join(format!("small/{i}")), bytes(i, 4096)).unwrap();
+    }
+    let server = Server::start(&srv);
+    let wan = Wan::start(server.port, &["--conn-rate", "512K", "--delay-ms", "5"]);
+    let run = sync(&src, wan.url("t"), &["-v"]).ok();
+    assert_same_tree(&src, &srv.join("t"));
+    let connections = run.stat("connections");
+    assert!(connections > 4, "kept {connections} connections\n{}", run.stderr());
+    assert!(run.stderr().contains("connections: 4 -> "), "{}", run.stderr());
+    assert!(run.stderr().contains(&format!("over {connections} connections")), "{}", run.stderr());
+}

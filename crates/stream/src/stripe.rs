@@ -7,6 +7,8 @@
 //! the start (the first connection to open does not take the whole window),
 //! a slow or stalled connection holds little of the stream back, and a fast
 //! one is given as much as it can carry: its room grows with its rate.
+//! A connection being retired (`-j auto` asked for fewer) gets no new
+//! frames and is closed once its last one is acknowledged.
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -26,6 +28,8 @@ struct Load {
     acked: u64,
     /// Delivery rate, bytes per second (moving average).
     rate: f64,
+    /// To be closed once empty.
+    retiring: bool,
 }
 
 impl Load {
@@ -56,9 +60,35 @@ impl Stripe {
     pub fn pick(&self, len: u64) -> Option<LinkId> {
         self.links
             .iter()
+            .filter(|(_, load)| !load.retiring)
             .filter(|(_, load)| load.in_flight == 0 || load.in_flight + len <= load.room())
             .min_by_key(|(id, load)| (load.in_flight, **id))
             .map(|(id, _)| *id)
+    }
+
+    /// Connections open and not being retired.
+    pub fn active(&self) -> usize {
+        self.links.values().filter(|l| !l.retiring).count()
+    }
+
+    /// Retires `n` connections, those with the least in flight first.
+    pub fn retire(&mut self, n: usize) {
+        let mut active: Vec<_> = self.links.iter_mut().filter(|(_, l)| !l.retiring).collect();
+        active.sort_by_key(|(id, l)| (l.in_flight, std::cmp::Reverse(**id)));
+        for (_, load) in active.into_iter().take(n) {
+            load.retiring = true;
+        }
+    }
+
+    /// Retired connections with nothing left in flight: forgotten here, to
+    /// be closed by the caller.
+    pub fn drained(&mut self) -> Vec<LinkId> {
+        let done: Vec<LinkId> =
+            self.links.iter().filter(|(_, l)| l.retiring && l.in_flight == 0).map(|(id, _)| *id).collect();
+        for id in &done {
+            self.links.remove(id);
+        }
+        done
     }
 
     /// `len` bytes were sent on `link`.
@@ -141,6 +171,24 @@ mod tests {
         }
         assert!(fast > 50, "the fast connection took only {fast} MiB");
         assert_eq!(stripe.pick(MIB), None, "the slow one is full at its minimum room");
+    }
+
+    #[test]
+    fn a_retired_connection_takes_nothing_more_and_is_closed_once_empty() {
+        let mut stripe = Stripe::default();
+        for id in 0..3 {
+            stripe.open(id);
+        }
+        stripe.sent(0, MIB);
+        stripe.sent(1, 3 * MIB / 2);
+        stripe.retire(2);
+        assert_eq!(stripe.active(), 1);
+        assert_eq!(stripe.drained(), vec![2], "the idle one goes at once");
+        assert_eq!(stripe.pick(MIB / 4), Some(1), "the busier one is kept");
+        assert_eq!(stripe.drained(), vec![]);
+        stripe.acked(0, MIB);
+        assert_eq!(stripe.drained(), vec![0]);
+        assert_eq!(stripe.in_flight(), 3 * MIB / 2);
     }
 
     #[test]

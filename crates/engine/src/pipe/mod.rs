@@ -13,7 +13,11 @@
 //! - this module: the connections themselves ([`Links`]): opened by dialling
 //!   (and re-dialling with backoff when one drops) or by accepting, each
 //!   introduced with a `Join` naming the stream, so that a reconnecting
-//!   sender resumes the stream and a restarted one is refused.
+//!   sender resumes the stream and a restarted one is refused. With `-j
+//!   auto` the connecting side sizes its links as the controller says
+//!   ([`crate::tuning`]): the sender retires a link once its frames are
+//!   acknowledged; a receiver simply closes it (the sender sends again what
+//!   was in flight there).
 
 mod recv;
 mod send;
@@ -33,6 +37,8 @@ use serde::Serialize;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::mpsc;
 
+use crate::tuning::{Auto, Tuning};
+
 pub use recv::receive;
 pub use send::send;
 
@@ -44,6 +50,8 @@ pub enum Rendezvous {
         addr: String,
         /// Connections to keep open.
         connections: usize,
+        /// With `-j auto`: how the count moves (starting from `connections`).
+        tuning: Option<Tuning>,
     },
     /// Accept connections on a listener.
     Listen(TcpListener),
@@ -103,6 +111,8 @@ pub struct PipeStats {
     pub reconnects: AtomicU64,
     /// Frames sent (or received) compressed.
     pub compressed_frames: AtomicU64,
+    /// The most connections open at once.
+    pub connections: AtomicU64,
 }
 
 /// What a finished stream reports (`--stats-json`).
@@ -122,6 +132,8 @@ pub struct PipeSummary {
     pub resent_frames: u64,
     /// Connections opened after the first ones.
     pub reconnects: u64,
+    /// The most connections open at once.
+    pub connections: u64,
     /// Everything on the wire, both directions.
     pub wire_bytes: u64,
     /// BLAKE3 of the whole stream, hex.
@@ -149,6 +161,7 @@ impl PipeStats {
             compressed_frames: load(&self.compressed_frames),
             resent_frames: load(&self.resent_frames),
             reconnects: load(&self.reconnects),
+            connections: load(&self.connections),
             wire_bytes: load(&wire.sent) + load(&wire.received),
             digest: digest.0.iter().map(|b| format!("{b:02x}")).collect(),
             duration_s: started.elapsed().as_secs_f64(),
@@ -180,6 +193,8 @@ struct Links {
     next_id: Arc<AtomicU64>,
     /// Asks the dialler for one more connection (connecting side only).
     redial: Option<mpsc::UnboundedSender<()>>,
+    /// `-j auto` (connecting side only).
+    auto: Option<Auto>,
 }
 
 impl Links {
@@ -199,14 +214,14 @@ impl Links {
             events,
             next_id: Arc::new(AtomicU64::new(0)),
             redial: None,
+            auto: None,
         };
         match rendezvous {
-            Rendezvous::Connect { addr, connections } => {
+            Rendezvous::Connect { addr, connections, tuning } => {
                 let (redial, requests) = mpsc::unbounded_channel();
-                for _ in 0..connections.max(1) {
-                    let _ = redial.send(());
-                }
                 links.redial = Some(redial);
+                links.more(connections.max(1));
+                links.auto = tuning.map(Auto::new);
                 tokio::spawn(links.clone_parts().dial(addr, requests));
             }
             Rendezvous::Listen(listener) => {
@@ -225,14 +240,30 @@ impl Links {
             events: self.events.clone(),
             next_id: self.next_id.clone(),
             redial: None,
+            auto: None,
         }
     }
 
     /// A link was lost: the connecting side opens another.
     fn replace(&self) {
+        self.more(1);
+    }
+
+    /// The connecting side opens `n` more links.
+    fn more(&self, n: usize) {
         if let Some(redial) = &self.redial {
-            let _ = redial.send(());
+            for _ in 0..n {
+                let _ = redial.send(());
+            }
         }
+    }
+
+    /// With `-j auto`, what the controller makes of `total` bytes moved so
+    /// far: how many links to add (positive) or retire (negative).
+    fn retune(&mut self, total: u64, busy: bool) -> isize {
+        let Some(auto) = self.auto.as_mut() else { return 0 };
+        let before = auto.count();
+        auto.observe(total, busy).map_or(0, |count| count as isize - before as isize)
     }
 
     /// Opens a connection for every request, all at once, each retrying
@@ -438,6 +469,7 @@ impl LinkTable {
 
     fn opened(&mut self, id: LinkId, tx: mpsc::UnboundedSender<Frame>) {
         self.links.insert(id, tx);
+        self.stats.connections.fetch_max(self.links.len() as u64, Ordering::Relaxed);
         self.empty_since = None;
         if self.lost_one {
             self.stats.reconnects.fetch_add(1, Ordering::Relaxed);
@@ -452,6 +484,11 @@ impl LinkTable {
             self.empty_since = Some(tokio::time::Instant::now());
         }
         known
+    }
+
+    /// Closes a link this end no longer wants (not a loss).
+    fn retire(&mut self, id: LinkId) {
+        self.links.remove(&id);
     }
 
     fn send(&self, id: LinkId, message: StreamMessage) {

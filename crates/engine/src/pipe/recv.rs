@@ -34,7 +34,7 @@ pub async fn receive(
     stats: Arc<PipeStats>,
 ) -> Result<PipeSummary, PipeError> {
     let started = Instant::now();
-    let (links, mut events) = Links::open(StreamRole::Receiver, None, rendezvous, options.clone());
+    let (mut links, mut events) = Links::open(StreamRole::Receiver, None, rendezvous, options.clone());
     let mut output = OutputSide::<(u64, LinkId)>::start(output);
     let decoders = Arc::new(Semaphore::new(std::thread::available_parallelism().map_or(2, |n| n.get())));
     let (decoded_tx, mut decoded) = mpsc::unbounded_channel::<(u64, LinkId, Result<Bytes, DecodeError>)>();
@@ -135,6 +135,20 @@ pub async fn receive(
             _ = tick.tick() => {
                 if let Err(e) = table.check_alive(options.retry_for) {
                     break Err(e);
+                }
+                // This end cannot see whether the sender's input keeps up;
+                // a count that does not pay is taken back all the same.
+                match links.retune(stats.payload_bytes.load(Ordering::Relaxed), true) {
+                    more if more > 0 => links.more(more as usize),
+                    fewer if fewer < 0 => {
+                        // The newest go; the sender sends their frames again.
+                        let mut open: Vec<LinkId> = table.links.keys().copied().collect();
+                        open.sort_unstable();
+                        for id in open.into_iter().rev().take(fewer.unsigned_abs()) {
+                            table.retire(id);
+                        }
+                    }
+                    _ => {}
                 }
             }
         }

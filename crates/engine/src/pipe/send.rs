@@ -30,7 +30,7 @@ pub async fn send(
     let started = Instant::now();
     let mut id = [0u8; 16];
     getrandom::fill(&mut id).map_err(|e| std::io::Error::other(format!("no randomness for a stream id: {e}")))?;
-    let (links, mut events) = Links::open(StreamRole::Sender, Some(id), rendezvous, options.clone());
+    let (mut links, mut events) = Links::open(StreamRole::Sender, Some(id), rendezvous, options.clone());
 
     let cut = Cut { frame_size: FRAME_SIZE, mark_every: 0, skip_frames: 0 };
     let mut inputs = InputSide::start(input, cut, compression, options.buffer, stats.clone());
@@ -41,6 +41,10 @@ pub async fn send(
     let mut end: Option<StreamMessage> = None;
     let mut tally: Option<Tally> = None;
     let mut received = 0u64;
+    let mut acked = 0u64;
+    // Whether frames waited for room on the links since the last tick (the
+    // links, not the input, set the pace: -j auto judges only then).
+    let mut waited = false;
     let mut tick = tokio::time::interval(TICK);
     let mut last_tick = Instant::now();
     let result = loop {
@@ -68,6 +72,7 @@ pub async fn send(
                 LinkEvent::Message(_, StreamMessage::Ack { seq }) => {
                     if let Some((pending, Some(link))) = out.ack(seq) {
                         stripe.acked(link, pending.payload.len() as u64);
+                        acked += pending.payload.len() as u64;
                     }
                 }
                 LinkEvent::Message(_, StreamMessage::Done) => {
@@ -100,7 +105,15 @@ pub async fn send(
                     break Err(e);
                 }
                 inputs.observe();
+                match links.retune(acked, std::mem::take(&mut waited)) {
+                    more if more > 0 => links.more(more as usize),
+                    fewer if fewer < 0 => stripe.retire(fewer.unsigned_abs()),
+                    _ => {}
+                }
             }
+        }
+        for link in stripe.drained() {
+            table.retire(link);
         }
         if end.is_none()
             && let Some(t) = tally.as_ref().filter(|t| t.frames() == received)
@@ -110,6 +123,7 @@ pub async fn send(
             end = Some(message);
         }
         dispatch(&mut out, &table, &mut stripe, &stats);
+        waited |= out.next_unsent().is_some();
     };
     if let Err(e) = &result {
         abort(&mut table, e);
