@@ -237,10 +237,10 @@ def same_tree(a: Path, b: Path) -> None:
 
 # ---------------------------------------------------------------- tools
 
-def run_pareco(src: Path, dst_root: Path, link: list[str] | None, work: Path, jobs: int,
+def run_pareco(src: Path, dst_root: Path, link: list[str] | None, work: Path, jobs: int | str,
                extra: list[str] = (), sync_only: list[str] = ()) -> tuple[float, int, int | None, int]:
-    """One pareco sync into a fresh server (`extra` for both ends, `sync_only` for the client).
-    Returns (s, client RSS, server RSS, wire bytes)."""
+    """One pareco sync into a fresh server (`extra` for both ends, `sync_only` for the client);
+    `jobs` is a number or "auto". Returns (s, client RSS, server RSS, wire bytes)."""
     server = ParecoServer(dst_root, extra)
     wan = Wan(server.port, link, work) if link is not None else None
     port = wan.port if wan else server.port
@@ -564,6 +564,75 @@ def loopback(args, work: Path) -> list[Row]:
     if args.baselines:
         tools |= {"tar \\| nc": nc, "rsync (daemon)": rsync}
     return summarize("5. loopback: 1 GiB file, no proxy", interleave(tools, args.repeat), size, None)
+
+
+def connections(args, work: Path) -> list[Row]:
+    """-j auto: a link that needs 64 connections, loopback (where few do), and two syncs sharing one link."""
+    size = 256 * MiB if not args.quick else 8 * MiB
+    src = work / "sj-src"
+    random_file(src / "big.bin", size)
+    age(src)
+    dst = work / "sj-dst"
+    rows = []
+
+    def sync(jobs, link, stats: Path) -> Measured:
+        clear(dst)
+        m = run_pareco(src, dst, link, work, jobs, sync_only=["--stats-json", str(stats)])
+        same_tree(src, dst / "copy")
+        m.note = f"{json.loads(stats.read_text())['connections']} connections"
+        return m
+
+    wide = ["--delay-ms", "50", "--conn-rate", "256K", "--link-rate", "16M"]
+    tools = {"pareco (-j auto)": lambda: sync("auto", wide, work / "sj-auto.json")}
+    if args.baselines:
+        tools |= {"pareco -j 16": lambda: sync(16, wide, work / "sj-16.json"),
+                  "pareco -j 64": lambda: sync(64, wide, work / "sj-64.json")}
+    rows += summarize(f"15a. {size // MiB} MiB file, 16 MiB/s link, 256 KiB/s per conn (needs 64), 100 ms RTT",
+                      interleave(tools, 1), size, 16 * MiB)
+
+    flush()
+    tools = {"pareco (-j auto)": lambda: sync("auto", None, work / "sj-auto.json"),
+             "pareco -j 16": lambda: sync(16, None, work / "sj-16.json")}
+    rows += summarize(f"15b. loopback: {size // MiB} MiB file", interleave(tools, args.repeat), size, None)
+
+    # Two syncs started together through one emulated link (one server, two
+    # destinations): each one's rate over its own run, and the pair's.
+    shared = ["--delay-ms", "50", "--conn-rate", "256K", "--link-rate", "16M"]
+    half = work / "sj-half"
+    random_file(half / "a" / "big.bin", size // 2)
+    random_file(half / "b" / "big.bin", size // 2)
+    age(half)
+    clear(dst)
+    server = ParecoServer(dst)
+    wan = Wan(server.port, shared, work)
+    try:
+        started = time.perf_counter()
+        procs = {name: subprocess.Popen([str(PARECO), "sync", "-q", "--stats-json", str(work / f"sj-{name}.json"),
+                                         str(half / name), f"pareco://127.0.0.1:{wan.port}/{name}"],
+                                        env=pareco_env(), stderr=subprocess.PIPE, text=True)
+                 for name in ("a", "b")}
+        ended = {}
+        while len(ended) < len(procs):
+            for name, proc in procs.items():
+                if name not in ended and proc.poll() is not None:
+                    ended[name] = time.perf_counter() - started
+                    if proc.returncode != 0:
+                        raise RuntimeError(f"sync {name} failed: {proc.stderr.read()[-2000:]}")
+            time.sleep(0.05)
+    finally:
+        wire = wan.stop()
+        server.stop()
+    for name in ("a", "b"):
+        same_tree(half / name, dst / name)
+        conns = json.loads((work / f"sj-{name}.json").read_text())["connections"]
+        rows.append(Row("15c. two syncs sharing one 16 MiB/s link (256 KiB/s per conn)", f"pareco sync {name}",
+                        ended[name], size // 2, link_rate=16 * MiB, runs=[round(ended[name], 3)],
+                        note=f"{conns} connections"))
+    rates = [size / 2 / ended[n] for n in ("a", "b")]
+    rows.append(Row("15c. two syncs sharing one 16 MiB/s link (256 KiB/s per conn)", "both", max(ended.values()),
+                    size, wire_bytes=wire, link_rate=16 * MiB,
+                    note=f"rates within {100 * (max(rates) / min(rates) - 1):.0f} % of each other"))
+    return rows
 
 
 def encryption(args, work: Path) -> list[Row]:
@@ -1076,7 +1145,8 @@ def table(rows: list[Row]) -> str:
 
 SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "final": final_round, "loopback": loopback,
              "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree,
-             "shifted": shifted, "dump": dump, "moves": moves, "relay": relay, "forward": forward}
+             "shifted": shifted, "dump": dump, "moves": moves, "connections": connections, "relay": relay,
+             "forward": forward}
 
 
 def main() -> None:
