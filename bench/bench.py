@@ -359,7 +359,7 @@ def seed_link(args, work: Path) -> list[Row]:
         clear(dst)
         return run_tar_nc(src, dst / "copy", link, work)
 
-    tools = {"pareco -j 32": pareco(32)}
+    tools = {"pareco -j 32": pareco(32), "pareco (-j auto)": pareco("auto")}
     if args.baselines:
         tools |= {"pareco -j 1": pareco(1), "rsync (daemon)": rsync(), "tar \\| nc": tar_nc}
     return summarize("1. seed link: 64 MiB tree, 8 MiB/s link, 0.5 MiB/s per conn, 100 ms RTT",
