@@ -17,7 +17,7 @@ use pareco_net::{Notices, Pool};
 use pareco_plan::connections::Tuner;
 
 /// How often a transfer is sampled.
-pub const TICK: Duration = Duration::from_millis(100);
+const TICK: Duration = Duration::from_millis(100);
 
 /// Bytes waiting per connection, on average, for the pool to count as busy.
 const BUSY_PER_CONNECTION: u64 = 64 << 10;
