@@ -84,6 +84,32 @@ fn one_byte_inserted_costs_a_few_pieces_not_the_rest_of_the_file() {
     }
 }
 
+/// A file of less than one chunk (or whose last chunk is the first to
+/// differ) that grew by a line inserted near its start: the old version
+/// ends inside the differing chunk, and is still the basis.
+#[test]
+fn a_file_that_grew_within_its_last_chunk_is_rebuilt_too() {
+    for pull in [false, true] {
+        let t = Setup::new(pull);
+        let mut data = text(700 << 10);
+        write(&t.src.join("topics.py"), &data);
+        let mut tail = bytes(5, (2 << 20) + (300 << 10));
+        write(&t.src.join("log"), &tail);
+        age(&t.src);
+        t.sync(&["-q"]).ok();
+        data.splice(1000..1000, b"# a line inserted\n".iter().copied());
+        write(&t.src.join("topics.py"), &data);
+        let at = (2 << 20) + 1000;
+        tail.splice(at..at, b"inserted into the last chunk".iter().copied());
+        write(&t.src.join("log"), &tail);
+        age(&t.src);
+        let run = t.sync(&["-q"]).ok();
+        assert_same_tree(&t.src, &t.dst);
+        assert!(run.stat("bytes_matched_shifted") > 900 << 10, "pull={pull}: {}", run.stat("bytes_matched_shifted"));
+        assert!(run.stat("bytes_transferred") < 64 << 10, "pull={pull}: {}", run.stat("bytes_transferred"));
+    }
+}
+
 /// A text dump of records rewritten whole after 1 % of them changed, with
 /// other lengths: every fixed chunk differs, the records mostly did not.
 #[test]

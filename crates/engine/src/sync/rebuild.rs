@@ -47,14 +47,16 @@ pub(super) async fn worth_it(
     let Some(i) = compared.first_difference() else { return Ok(false) };
     let chunk = layout.chunk_range(i);
     let len = chunk.end - chunk.start;
-    if len < 16 * MIN_PIECE_AVG as u64 || chunk.end > old_size {
+    if len < 16 * MIN_PIECE_AVG as u64 || chunk.start >= old_size {
         return Ok(false);
     }
+    // (The old version may end inside this chunk: a file that grew.)
+    let old_len = chunk.end.min(old_size) - chunk.start;
     let block = ctx.opts.block_size;
     let (s, d) = tokio::try_join!(
         async { ctx.src.tree.hash_blocks(src.clone(), chunk.start, len as u32, block).await.map_err(Fault::Source) },
         async {
-            ctx.dst.tree.hash_blocks(old.clone(), chunk.start, len as u32, block).await.map_err(Fault::Destination)
+            ctx.dst.tree.hash_blocks(old.clone(), chunk.start, old_len as u32, block).await.map_err(Fault::Destination)
         },
     )?;
     if s.iter().zip(&d).filter(|(a, b)| a == b).count() * 2 >= s.len() {
