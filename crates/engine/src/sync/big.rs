@@ -239,9 +239,9 @@ pub(super) struct Compared {
 }
 
 impl Compared {
-    /// The first chunk that differs.
-    pub(super) fn first_difference(&self) -> Option<u64> {
-        self.plans.iter().position(|p| *p != ChunkPlan::Same).map(|i| i as u64)
+    /// The chunks that differ, in order.
+    pub(super) fn differences(&self) -> impl Iterator<Item = u64> + '_ {
+        self.plans.iter().enumerate().filter(|(_, p)| **p != ChunkPlan::Same).map(|(i, _)| i as u64)
     }
 }
 

@@ -2,7 +2,8 @@
 //! a change shift everything after it, so that no fixed-offset chunk
 //! matches any more, while the destination still holds almost all of it.
 //!
-//! The decision ([`worth_it`]) looks at the first chunk that differs: cut at
+//! The decision ([`worth_it`]) looks at the first chunks that differ: at
+//! the first whose blocks do not match where they are, cut at
 //! content-defined boundaries, is its content in the old version nearby at
 //! another offset? Then, per `pareco_plan::delta`: chunks that matched stay
 //! copies at their offset; every region that differs is cut on both sides
@@ -30,12 +31,17 @@ use super::big::{Compared, Fault, FileJob, GROUP_CHUNKS, check, hash_both, spawn
 use crate::report::Stats;
 use crate::tree::{Tree, TreeError};
 
+/// Differing chunks whose blocks are compared before the file counts as
+/// changed in place (a shift may begin late in the first one).
+const PROBED_CHUNKS: usize = 4;
+
 /// Whether `src` is better rebuilt from `old` than patched in place, from
-/// the first chunk that differs: not if most of its blocks match where they
-/// are (pages changed in place, the block patch's case); if, cut into small
-/// pieces, it is mostly found at other offsets in the old version around
-/// it (content that moved); not otherwise (content rewritten where it was:
-/// a rebuild would gain nothing and copy the whole file).
+/// the first differing chunks: not while most of their blocks match where
+/// they are (pages changed in place, the block patch's case); at the first
+/// one whose blocks mostly do not, if, cut into small pieces, it is mostly
+/// found at other offsets in the old version around it (content that
+/// moved); not otherwise (content rewritten where it was: a rebuild would
+/// gain nothing and copy the whole file).
 pub(super) async fn worth_it(
     ctx: &Arc<Ctx>,
     src: &RelPath,
@@ -44,14 +50,29 @@ pub(super) async fn worth_it(
     old_size: u64,
     compared: &Compared,
 ) -> Result<bool, Fault> {
-    let Some(i) = compared.first_difference() else { return Ok(false) };
-    let chunk = layout.chunk_range(i);
-    let len = chunk.end - chunk.start;
-    if len < 16 * MIN_PIECE_AVG as u64 || chunk.start >= old_size {
-        return Ok(false);
+    for i in compared.differences().take(PROBED_CHUNKS) {
+        let chunk = layout.chunk_range(i);
+        let len = chunk.end - chunk.start;
+        if len < 16 * MIN_PIECE_AVG as u64 || chunk.start >= old_size {
+            return Ok(false);
+        }
+        if !in_place(ctx, src, old, chunk.clone(), old_size).await? {
+            return moved(ctx, src, old, layout, old_size, i).await;
+        }
     }
-    // (The old version may end inside this chunk: a file that grew.)
-    let old_len = chunk.end.min(old_size) - chunk.start;
+    Ok(false)
+}
+
+/// Whether most blocks of `chunk` match at their offsets in `old` (which
+/// may end inside it: a file that grew).
+async fn in_place(
+    ctx: &Arc<Ctx>,
+    src: &RelPath,
+    old: &RelPath,
+    chunk: Range<u64>,
+    old_size: u64,
+) -> Result<bool, Fault> {
+    let (len, old_len) = (chunk.end - chunk.start, chunk.end.min(old_size) - chunk.start);
     let block = ctx.opts.block_size;
     let (s, d) = tokio::try_join!(
         async { ctx.src.tree.hash_blocks(src.clone(), chunk.start, len as u32, block).await.map_err(Fault::Source) },
@@ -59,9 +80,21 @@ pub(super) async fn worth_it(
             ctx.dst.tree.hash_blocks(old.clone(), chunk.start, old_len as u32, block).await.map_err(Fault::Destination)
         },
     )?;
-    if s.iter().zip(&d).filter(|(a, b)| a == b).count() * 2 >= s.len() {
-        return Ok(false);
-    }
+    Ok(s.iter().zip(&d).filter(|(a, b)| a == b).count() * 2 >= s.len())
+}
+
+/// Whether chunk `i` of `src`, cut into small pieces, is mostly found at
+/// other offsets in `old` around it.
+async fn moved(
+    ctx: &Arc<Ctx>,
+    src: &RelPath,
+    old: &RelPath,
+    layout: Layout,
+    old_size: u64,
+    i: u64,
+) -> Result<bool, Fault> {
+    let chunk = layout.chunk_range(i);
+    let len = chunk.end - chunk.start;
     // Small pieces, so that changes a few KiB apart (rewritten records)
     // still leave most pieces whole.
     let avg = (len / 512).next_power_of_two().clamp(MIN_PIECE_AVG as u64, 16 << 10) as u32;
