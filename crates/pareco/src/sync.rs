@@ -139,8 +139,12 @@ pub(crate) fn parallelism(connections: Connections) -> usize {
 
 const AUTO_PARALLELISM: usize = 32;
 
-/// Connections `-j auto` starts with, and never goes below.
-const AUTO_START: usize = 4;
+/// Connections `-j auto` starts with: on a slow link every second at few
+/// connections is lost, and 8 are still few for a host.
+const AUTO_START: usize = 8;
+
+/// Connections `-j auto` never goes below.
+const AUTO_MIN: usize = 4;
 
 /// The connections to open first, and with `-j auto` how the count moves
 /// (up to `max`; `notices` hear of every change).
@@ -149,7 +153,7 @@ pub(crate) fn connection_count(connections: Connections, max: usize, notices: No
         Connections::Fixed(n) => (n as usize, None),
         Connections::Auto => {
             let start = AUTO_START.min(max);
-            (start, Some(Tuning { start, min: start, max, notices }))
+            (start, Some(Tuning { start, min: AUTO_MIN.min(start), max, notices }))
         }
     }
 }
