@@ -44,6 +44,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         checks: Checks { owner: args.metadata.owner(), group: args.metadata.group() },
         xattrs: args.metadata.xattrs,
         shard: args.shard.unwrap_or(pareco_plan::shard::Shard::ALL),
+        progress: Default::default(),
     };
     let report = match verify(ea, eb, opts, Arc::new(Lines(Mutex::new(std::io::stdout())))).await {
         Ok(report) => report,
