@@ -54,7 +54,8 @@ macro_rules! counters {
 counters! {
     /// Regular files in the source.
     files_total,
-    /// Files whose content was (at least partly) sent.
+    /// Files whose content was (at least partly) sent, those that changed
+    /// while copied included.
     files_transferred,
     /// Regular files whose outcome is known, whatever it is (progress: it
     /// reaches `files_total` at the end).

@@ -199,10 +199,14 @@ async fn try_transfer(
     if let Some(ticket) = ticket {
         ticket.dir().touch();
     }
+    let sent = job.sent.load(Ordering::Relaxed);
     if mtime.is_none() {
+        // Its content went over all the same (and counts in what was sent).
+        if sent > 0 {
+            Stats::add(&ctx.stats.files_transferred, 1);
+        }
         return Ok(Outcome::Changed);
     }
-    let sent = job.sent.load(Ordering::Relaxed);
     let change = match (change, basis) {
         // Same size, same content: what made it differ was its mtime.
         (Change::UpdateFile, Some(b)) if sent == 0 && b.size == before.size => {

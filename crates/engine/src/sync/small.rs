@@ -71,6 +71,8 @@ fn written(ctx: &Ctx, file: &SmallFile, size: usize, stamped: bool, result: Resu
     Stats::add(&ctx.stats.bytes_transferred, size as u64);
     Stats::add(&ctx.stats.chunks_sent, 1);
     if !stamped {
+        // Its content went over all the same (and counts in what was sent).
+        Stats::add(&ctx.stats.files_transferred, 1);
         return Outcome::Changed;
     }
     let change = if file.basis.is_none() { Change::NewFile } else { Change::UpdateFile };
