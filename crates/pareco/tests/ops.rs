@@ -358,3 +358,32 @@ fn forward_metrics_count_each_rule_and_match_its_stats() {
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     child.wait().unwrap();
 }
+
+#[test]
+fn a_stream_prints_progress_lines_without_a_terminal() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("out");
+    let recv = End::spawn(
+        "recv",
+        &["--listen", "127.0.0.1:0", "--progress-interval", "1"],
+        Stdio::null(),
+        file_out(&out),
+        TOKEN,
+    );
+    // A producer that takes about three seconds: at least one interval passes.
+    let mut producer = Command::new("python3")
+        .args(["-c", "import sys, time\nfor i in range(30):\n    sys.stdout.buffer.write(bytes([i]) * 65536); sys.stdout.flush(); time.sleep(0.1)"])
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let stdin = Stdio::from(producer.stdout.take().unwrap());
+    let send = End::spawn("send", &[&recv.url(), "--progress-interval", "1"], stdin, Stdio::null(), TOKEN);
+    let (sent, send_err) = send.finish();
+    assert!(producer.wait().unwrap().success());
+    let (received, recv_err) = recv.finish();
+    assert!(sent.success() && received.success(), "{send_err}\n{recv_err}");
+    assert_eq!(std::fs::metadata(&out).unwrap().len(), 30 * 65536);
+    let line = send_err.lines().find(|l| l.starts_with("pareco: progress: ")).unwrap_or_else(|| panic!("{send_err}"));
+    assert!(line.contains(" sent, ") && line.contains("/s"), "{line}");
+    assert!(recv_err.lines().any(|l| l.starts_with("pareco: progress: ") && l.contains(" received")), "{recv_err}");
+}
