@@ -325,7 +325,7 @@ pub struct SyncArgs {
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, requires = "until_converged")]
     pub converge_bytes: u64,
     /// A round that takes at most this many seconds has converged too.
-    #[arg(long, value_name = "SECONDS", requires = "until_converged")]
+    #[arg(long, value_name = "SECONDS", requires = "until_converged", value_parser = parse_seconds)]
     pub converge_seconds: Option<f64>,
     #[command(flatten)]
     pub token: TokenArgs,
@@ -435,6 +435,14 @@ fn parse_connections(s: &str) -> Result<Connections, String> {
     match s.parse::<u16>() {
         Ok(n @ 1..=1024) => Ok(Connections::Fixed(n)),
         _ => Err(format!("expected auto or a number from 1 to 1024, not {s:?}")),
+    }
+}
+
+/// Seconds, fractions allowed: `0.5`, `30`.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("expected a number of seconds, not {s:?}")),
     }
 }
 

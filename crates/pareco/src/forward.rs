@@ -59,10 +59,8 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
     .await?;
     let mut publish_tick = tokio::time::interval(PUBLISH_EVERY);
     let publish = |forwarder: &Forwarder| *published.lock().expect("snapshot lock") = forwarder.snapshot();
-    let mut progress_tick = tokio::time::interval_at(
-        tokio::time::Instant::now() + crate::sync::interval(args.progress_interval),
-        crate::sync::interval(args.progress_interval),
-    );
+    let every = std::time::Duration::from_secs(args.progress_interval.max(1));
+    let mut progress_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut stats_tick = tokio::time::interval(args.stats_interval);
     let write_stats = |forwarder: &Forwarder| {
         if let Some(path) = &args.stats_json
@@ -96,7 +94,7 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
             _ = usr1.recv() => print_stats(&forwarder),
             _ = stats_tick.tick(), if args.stats_json.is_some() => write_stats(&forwarder),
             _ = publish_tick.tick() => publish(&forwarder),
-            _ = progress_tick.tick() => progress_line(&forwarder),
+            _ = progress_tick.tick(), if args.progress_interval > 0 => progress_line(&forwarder),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -124,7 +122,7 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
             _ = usr1.recv() => print_stats(&forwarder),
             _ = stats_tick.tick(), if args.stats_json.is_some() => write_stats(&forwarder),
             _ = publish_tick.tick() => publish(&forwarder),
-            _ = progress_tick.tick() => progress_line(&forwarder),
+            _ = progress_tick.tick(), if args.progress_interval > 0 => progress_line(&forwarder),
         }
     }
     write_stats(&forwarder);

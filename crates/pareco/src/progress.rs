@@ -123,8 +123,15 @@ impl Rate {
 pub struct Mode {
     /// Show nothing (`-q`).
     pub quiet: bool,
-    /// Without a terminal, a line this often.
-    pub interval: Duration,
+    /// Without a terminal, a line this often (`None`: no lines).
+    pub interval: Option<Duration>,
+}
+
+impl Mode {
+    /// `-q` and `--progress-interval SECONDS` (0: no lines).
+    pub fn new(quiet: bool, seconds: u64) -> Mode {
+        Mode { quiet, interval: (seconds > 0).then(|| Duration::from_secs(seconds)) }
+    }
 }
 
 /// A running display of progress; [`Display::finish`] ends it.
@@ -173,10 +180,11 @@ impl Display {
             });
             return Display { bar: Some(bar), task: Some(task) };
         }
+        let Some(interval) = mode.interval else { return Display { bar: None, task: None } };
         let task = tokio::spawn(async move {
-            let mut rate = Rate::new(mode.interval);
+            let mut rate = Rate::new(interval);
             rate.sample(Instant::now(), figures().done);
-            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + mode.interval, mode.interval);
+            let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + interval, interval);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             loop {
                 tick.tick().await;

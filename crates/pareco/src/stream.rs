@@ -118,7 +118,7 @@ pub fn progress_line(
     verb: &'static str,
     status: impl Fn() -> (u64, String) + Send + 'static,
 ) -> Display {
-    let mode = progress::Mode { quiet: args.quiet, interval: crate::sync::interval(args.progress.progress_interval) };
+    let mode = progress::Mode::new(args.quiet, args.progress.progress_interval);
     Display::start(mode, "progress", move || {
         let (done, extra) = status();
         Figures { done, total: None, growing: false, files: None, verb, extra }

@@ -57,7 +57,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         Ok((Some(stat), _)) if stat.kind != pareco_proto::Kind::Dir => output::file_name(&src),
         _ => None,
     };
-    let mode = progress::Mode { quiet: args.quiet, interval: interval(args.progress.progress_interval) };
+    let mode = progress::Mode::new(args.quiet, args.progress.progress_interval);
     let mut summaries: Vec<Summary> = Vec::new();
     let mut observed: Vec<downtime::Round> = Vec::new();
     let mut predictions: Vec<Option<f64>> = Vec::new();
@@ -175,11 +175,6 @@ fn prediction_line(prediction: Option<&downtime::Prediction>) -> String {
             if p.transfer_rate.is_finite() { human(p.transfer_rate as u64) } else { "-".to_string() },
         ),
     }
-}
-
-/// `--progress-interval`: 0 is never.
-pub(crate) fn interval(seconds: u64) -> Duration {
-    if seconds == 0 { Duration::MAX / 4 } else { Duration::from_secs(seconds) }
 }
 
 /// What `--metrics-listen` shows of a sync: the round running now, the

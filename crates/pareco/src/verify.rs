@@ -83,7 +83,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         f.counter("pareco_retries", "Requests sent again because their connection died.", retried);
     })
     .await?;
-    let mode = progress::Mode { quiet: args.quiet, interval: crate::sync::interval(args.progress.progress_interval) };
+    let mode = progress::Mode::new(args.quiet, args.progress.progress_interval);
     let live = opts.progress.clone();
     let display = progress::Display::start(mode, "progress", move || progress::Figures {
         done: live.bytes_done.load(Relaxed),
