@@ -377,8 +377,24 @@ fn a_stream_prints_progress_lines_without_a_terminal() {
         .spawn()
         .unwrap();
     let stdin = Stdio::from(producer.stdout.take().unwrap());
-    let send = End::spawn("send", &[&recv.url(), "--progress-interval", "1"], stdin, Stdio::null(), TOKEN);
-    let (sent, send_err) = send.finish();
+    let mut send = Command::new(bin())
+        .args(["send", &recv.url(), "--progress-interval", "1", "--metrics-listen", "127.0.0.1:0"])
+        .env("PARECO_TOKEN", TOKEN)
+        .stdin(stdin)
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(send.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    let addr = metrics_address(first.trim()).unwrap_or_else(|| panic!("{first:?}"));
+    let metrics = parse(&get(&addr, "/metrics").1);
+    for name in ["pareco_stream_bytes", "pareco_wire_payload_bytes", "pareco_retries", "pareco_reconnects"] {
+        assert_eq!(metrics.types.get(name).map(String::as_str), Some("counter"), "{name}: {metrics:?}");
+    }
+    let mut send_err = String::new();
+    err.read_to_string(&mut send_err).unwrap();
+    let sent = send.wait().unwrap();
     assert!(producer.wait().unwrap().success());
     let (received, recv_err) = recv.finish();
     assert!(sent.success() && received.success(), "{send_err}\n{recv_err}");
@@ -386,4 +402,46 @@ fn a_stream_prints_progress_lines_without_a_terminal() {
     let line = send_err.lines().find(|l| l.starts_with("pareco: progress: ")).unwrap_or_else(|| panic!("{send_err}"));
     assert!(line.contains(" sent, ") && line.contains("/s"), "{line}");
     assert!(recv_err.lines().any(|l| l.starts_with("pareco: progress: ") && l.contains(" received")), "{recv_err}");
+}
+
+#[test]
+fn verify_prints_progress_lines_and_serves_metrics() {
+    let (_tmp, src, srv) = dirs();
+    // A deep chain of directories behind a slow link: listing them one
+    // after the other takes seconds.
+    let mut dir = src.clone();
+    for i in 0..12 {
+        dir = dir.join(format!("d{i}"));
+        std::fs::create_dir_all(&dir).unwrap();
+        std::fs::write(dir.join("f"), bytes(i, 100_000)).unwrap();
+    }
+    age(&src);
+    let server = Server::start(&srv);
+    sync(&src, server.url("copy"), &["-q"]).ok();
+    let wan = Wan::start(server.port, &["--delay-ms", "150"]);
+    let mut child = Command::new(bin())
+        .args(["verify", "--progress-interval", "1", "--metrics-listen", "127.0.0.1:0"])
+        .arg(&src)
+        .arg(wan.url("copy"))
+        .env("PARECO_TOKEN", TOKEN)
+        .stderr(Stdio::piped())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut err = BufReader::new(child.stderr.take().unwrap());
+    let mut first = String::new();
+    err.read_line(&mut first).unwrap();
+    let addr = metrics_address(first.trim()).unwrap_or_else(|| panic!("{first:?}"));
+    let metrics = parse(&get(&addr, "/metrics").1);
+    for (name, kind) in
+        [("pareco_bytes_done", "gauge"), ("pareco_differences", "counter"), ("pareco_wire_sent_bytes", "counter")]
+    {
+        assert_eq!(metrics.types.get(name).map(String::as_str), Some(kind), "{name}: {metrics:?}");
+    }
+    let mut rest = String::new();
+    err.read_to_string(&mut rest).unwrap();
+    assert!(child.wait().unwrap().success(), "{rest}");
+    let line = rest.lines().find(|l| l.starts_with("pareco: progress: ")).unwrap_or_else(|| panic!("{rest}"));
+    assert!(line.contains(" compared") && line.contains(" entries"), "{line}");
+    assert!(rest.contains("verify: identical"), "{rest}");
 }
