@@ -588,17 +588,41 @@ impl Postgres {
         let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
         let pg = Postgres { bin, data: dir.path().join("data"), port, user, dir };
         pg.run("initdb", &["-D", pg.data.to_str().unwrap(), "-A", "trust", "-U", "pareco", "--no-sync"]);
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
-            pg.port,
-            pg.dir.path().display()
-        );
-        let log = pg.dir.path().join("postgres.log");
-        pg.run(
-            "pg_ctl",
-            &["-D", pg.data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"],
-        );
+        pg.launch(&pg.data, pg.port);
         pg
+    }
+
+    /// Starts a server on the data directory `data`, on `port`.
+    fn launch(&self, data: &Path, port: u16) {
+        let options = format!(
+            "-p {port} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
+            self.dir.path().display()
+        );
+        let log = self.dir.path().join(format!("postgres-{port}.log"));
+        self.run("pg_ctl", &["-D", data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"]);
+    }
+
+    /// psql's unaligned output of `sql` on `port`.
+    fn psql(&self, port: u16, sql: &str) -> String {
+        let out = Command::new(self.bin.join("psql"))
+            .args([
+                "-X",
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "pareco",
+                "-d",
+                "postgres",
+                "-At",
+                "-c",
+                sql,
+            ])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
+        String::from_utf8(out.stdout).unwrap()
     }
 
     fn command(&self, program: &str) -> Command {
@@ -621,8 +645,10 @@ impl Postgres {
         assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
     }
 
+    /// pgbench, a client: run as ourselves (not through runuser), so that
+    /// killing it stops the load.
     fn pgbench(&self, args: &[&str]) -> Command {
-        let mut c = self.command("pgbench");
+        let mut c = Command::new(self.bin.join("pgbench"));
         c.args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "pareco"]).args(args).arg("postgres");
         c
     }
@@ -657,6 +683,8 @@ fn postgresql_under_pgbench_rounds_predict_the_final_round() {
     let live = sync(&pg.data, server.url("copy"), &rounds);
     let _ = load.kill();
     let _ = load.wait();
+    let balances = "select count(*), sum(abalance), (select sum(delta) from pgbench_history) from pgbench_accounts";
+    let want = pg.psql(pg.port, balances);
     assert!([0, 24].contains(&live.code()), "{}", live.stderr());
     let err = live.stderr();
     eprintln!("{err}");
@@ -679,5 +707,15 @@ fn postgresql_under_pgbench_rounds_predict_the_final_round() {
         rounds.iter().map(sent).collect::<Vec<_>>(),
         sent(last.stats.as_ref().unwrap()),
     );
+    // The copy is a database that starts and holds what the source held.
+    let copy = srv.join("copy");
+    if let Some(user) = &pg.user {
+        assert!(Command::new("chown").args(["-R", &format!("{user}:")]).arg(&copy).status().unwrap().success());
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    pg.launch(&copy, port);
+    let got = pg.psql(port, balances);
+    pg.run("pg_ctl", &["-D", copy.to_str().unwrap(), "-m", "fast", "-w", "stop"]);
+    assert_eq!(got, want, "the copy's balances differ from the source's");
     drop(tmp);
 }
