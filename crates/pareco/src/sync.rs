@@ -223,12 +223,12 @@ impl Live {
     fn metrics(&self, f: &mut crate::metrics::Families) {
         let state = self.state.lock().expect("live state");
         let (now, before) = (state.current.snapshot(), &state.before);
-        let (mut sent, mut received, mut reconnects, mut retried, mut connections) = (0, 0, 0, 0, 0);
+        let (mut sent, mut received, mut reconnects, mut retried, mut open, mut peak) = (0, 0, 0, 0, 0, 0);
         for tree in &self.trees {
             let (s, r) = tree.wire_bytes();
             let (c, q) = tree.recoveries();
             (sent, received, reconnects, retried) = (sent + s, received + r, reconnects + c, retried + q);
-            connections = connections.max(tree.peak_connections());
+            (open, peak) = (open + tree.open_connections(), peak.max(tree.peak_connections()));
         }
         f.gauge("pareco_round", "The round running now (1 without --until-converged).", state.round.into());
         f.gauge(
@@ -251,7 +251,8 @@ impl Live {
         );
         f.counter("pareco_wire_sent_bytes", "Bytes written to the connections.", sent);
         f.counter("pareco_wire_received_bytes", "Bytes read from the connections.", received);
-        f.gauge("pareco_connections", "The most connections open at once so far.", connections);
+        f.gauge("pareco_connections", "Connections to the server open now.", open);
+        f.gauge("pareco_connections_peak", "The most connections open at once.", peak);
         f.counter("pareco_reconnects", "Connections re-opened after they died or stalled.", reconnects);
         f.counter("pareco_retries", "Requests sent again because their connection died.", retried);
         for (kind, n) in [

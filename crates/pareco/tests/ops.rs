@@ -156,6 +156,7 @@ fn progress_lines_appear_without_a_terminal_and_metrics_are_served_during_a_sync
         ("pareco_wire_sent_bytes", "counter"),
         ("pareco_wire_received_bytes", "counter"),
         ("pareco_connections", "gauge"),
+        ("pareco_connections_peak", "gauge"),
         ("pareco_retries", "counter"),
         ("pareco_reconnects", "counter"),
         ("pareco_errors", "counter"),
@@ -163,6 +164,7 @@ fn progress_lines_appear_without_a_terminal_and_metrics_are_served_during_a_sync
     ] {
         assert_eq!(metrics.types.get(name).map(String::as_str), Some(kind), "{name} in {body}");
     }
+    assert!(metrics.value("pareco_connections") >= 1, "{body}");
     let rest: Vec<String> = lines.map(Result::unwrap).collect();
     assert!(child.wait().unwrap().success(), "{rest:?}");
     let progress: Vec<&String> = rest.iter().filter(|l| l.starts_with("pareco: progress: ")).collect();
