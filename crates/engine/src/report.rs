@@ -12,6 +12,10 @@ macro_rules! counters {
         #[derive(Debug, Default)]
         pub struct Stats {
             $($(#[$doc])* pub $name: AtomicU64,)*
+            /// Whether the walk has listed every directory: from then on,
+            /// `files_total` and `bytes_total` grow no more (but for files
+            /// that grow while read).
+            pub listed: std::sync::atomic::AtomicBool,
         }
 
         /// The counters at one moment, plus what only the end knows.
@@ -20,6 +24,8 @@ macro_rules! counters {
             $($(#[$doc])* pub $name: u64,)*
             /// Wall-clock duration of the sync, in seconds.
             pub duration_s: f64,
+            /// Seconds until the walk had listed every directory.
+            pub walk_s: f64,
             /// Bytes this side wrote to its connections (all protocol overhead included).
             pub wire_bytes_sent: u64,
             /// Bytes this side read from its connections.
@@ -48,13 +54,19 @@ macro_rules! counters {
 counters! {
     /// Regular files in the source.
     files_total,
-    /// Files whose content was (at least partly) sent.
+    /// Files whose content was (at least partly) sent, those that changed
+    /// while copied included.
     files_transferred,
+    /// Regular files whose outcome is known, whatever it is (progress: it
+    /// reaches `files_total` at the end).
+    files_done,
     /// Directories in the source.
     dirs_total,
     /// Symlinks in the source.
     symlinks_total,
-    /// Apparent size of all source files.
+    /// Apparent size of all source files: their sizes when listed, plus
+    /// what files grew by before their content was read (so that content
+    /// sent never exceeds it).
     bytes_total,
     /// File content sent (whole files, pieces and patch blocks).
     bytes_transferred,

@@ -125,6 +125,14 @@ impl Tree {
         }
     }
 
+    /// Connections open now (0 for a local tree).
+    pub fn open_connections(&self) -> u64 {
+        match self {
+            Tree::Local(_) => 0,
+            Tree::Remote(pool) => pool.open_connections().0,
+        }
+    }
+
     /// The most connections that were open at once (0 for a local tree).
     pub fn peak_connections(&self) -> u64 {
         match self {

@@ -10,6 +10,8 @@
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::ops::Range;
+use std::sync::atomic::AtomicU64;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
@@ -41,6 +43,24 @@ pub struct VerifyOptions {
     pub xattrs: bool,
     /// Which part of the trees to compare (`--shard I/N`, as sync divides them).
     pub shard: Shard,
+    /// Live counters, for the caller to poll.
+    pub progress: Arc<VerifyProgress>,
+}
+
+/// Counters of a running verify (progress and metrics).
+#[derive(Debug, Default)]
+pub struct VerifyProgress {
+    /// Entries compared.
+    pub entries: AtomicU64,
+    /// Bytes of files whose content is to be compared on each side, as found so far.
+    pub bytes_total: AtomicU64,
+    /// Of those, bytes hashed on each side (or given up on).
+    pub bytes_done: AtomicU64,
+    /// Differences found.
+    pub differences: AtomicU64,
+    /// Directories found and not listed yet (the totals still grow while
+    /// there are any).
+    pub dirs_pending: AtomicU64,
 }
 
 /// Receives each difference as it is found.
@@ -183,6 +203,7 @@ pub async fn verify(
 impl Ctx {
     fn differ(&self, report: &mut VerifyReport, path: &RelPath, difference: &Difference) {
         report.differences += 1;
+        self.opts.progress.differences.fetch_add(1, Relaxed);
         self.findings.difference(path, difference);
     }
 
@@ -193,7 +214,11 @@ impl Ctx {
 
     async fn run(&self, work: Work) -> Vec<Work> {
         match work {
-            Work::Dir(rel) => self.dir(rel).await,
+            Work::Dir(rel) => {
+                let more = self.dir(rel).await;
+                self.opts.progress.dirs_pending.fetch_sub(1, Relaxed);
+                more
+            }
             Work::Group(rel, span, size) => {
                 self.group(rel, span, size).await;
                 Vec::new()
@@ -272,6 +297,7 @@ impl Ctx {
     fn pair(&self, path: RelPath, a: &Stat, b: &Stat) -> Vec<Work> {
         let mut state = self.state.lock().expect("verify state");
         state.report.entries += 1;
+        self.opts.progress.entries.fetch_add(1, Relaxed);
         for difference in compare(a, b, self.opts.checks) {
             self.differ(&mut state.report, &path, &difference);
         }
@@ -282,8 +308,12 @@ impl Ctx {
             state.b.count(&path, b);
         }
         match (a.kind, b.kind) {
-            (Kind::Dir, Kind::Dir) => vec![Work::Dir(path)],
+            (Kind::Dir, Kind::Dir) => {
+                self.opts.progress.dirs_pending.fetch_add(1, Relaxed);
+                vec![Work::Dir(path)]
+            }
             (Kind::File, Kind::File) if a.size == b.size && a.size > 0 => {
+                self.opts.progress.bytes_total.fetch_add(a.size, Relaxed);
                 let layout = Layout { size: a.size, chunk: self.opts.chunk_size };
                 layout.groups(GROUP_CHUNKS).map(|g| Work::Group(path.clone(), layout.span(&g), a.size)).collect()
             }
@@ -298,6 +328,7 @@ impl Ctx {
             self.a.tree.hash_chunks(self.a.path(&rel), span.start, len, chunk),
             self.b.tree.hash_chunks(self.b.path(&rel), span.start, len, chunk)
         );
+        self.opts.progress.bytes_done.fetch_add(len, Relaxed);
         let (da, db) = match (da, db) {
             (Ok(da), Ok(db)) => (da, db),
             (Err(e), _) => return self.failed(&rel, Side::A, &e),

@@ -235,6 +235,7 @@ pub async fn connect(
 
     let mut preamble = [0u8; 8];
     stream.read_exact(&mut preamble).await.map_err(|e| closed_during_handshake(e.into()))?;
+    counters.received.fetch_add(preamble.len() as u64, Ordering::Relaxed);
     if &preamble[..7] != MAGIC {
         return Err(NetError::Protocol("the server is not a pareco server (or an incompatible version)"));
     }
@@ -258,17 +259,31 @@ pub async fn connect(
 /// `refusal_delay`, to slow down guessing. Frames to the client are
 /// compressed under `compression` if it offered compressed frames.
 pub async fn accept(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     key: &TokenKey,
     security: Security,
     compression: Compression,
     refusal_delay: Duration,
 ) -> Result<Channel, NetError> {
+    let _ = peer;
+    accept_counted(stream, key, security, compression, refusal_delay, Arc::default()).await
+}
+
+/// [`accept`], counting the connection's bytes in `counters` (a server's
+/// totals over all its connections).
+pub async fn accept_counted(
+    mut stream: TcpStream,
+    key: &TokenKey,
+    security: Security,
+    compression: Compression,
+    refusal_delay: Duration,
+    counters: Arc<WireCounters>,
+) -> Result<Channel, NetError> {
     stream.set_nodelay(true)?;
-    let counters = Arc::new(WireCounters::default());
     let mut preamble = [0u8; 8];
     stream.read_exact(&mut preamble).await?;
+    counters.received.fetch_add(preamble.len() as u64, Ordering::Relaxed);
     if &preamble[..7] != MAGIC {
         return Err(NetError::Protocol("not a pareco client"));
     }
@@ -292,7 +307,7 @@ pub async fn accept(
     let n = match hs.read_message(&opening, &mut payload) {
         Ok(n) => n,
         Err(_) => {
-            tracing::warn!(%peer, "authentication failed (wrong token)");
+            // Logged by the server, once per client (not per connection).
             tokio::time::sleep(refusal_delay).await;
             refuse(&mut stream, AUTH_FAILED, &counters).await;
             return Err(HandshakeError::AuthenticationFailed.into());

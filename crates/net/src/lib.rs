@@ -26,7 +26,7 @@ mod error;
 pub use channel::{Security, TokenKey};
 pub use error::NetError;
 pub use pool::{Notices, Pool, PoolOptions};
-pub use server::{ServerConfig, Service, accept, serve};
+pub use server::{ServerConfig, ServerStats, Service, accept, serve};
 
 /// Byte counters of one side's connections (everything on the wire).
 #[derive(Debug, Default)]

@@ -9,10 +9,12 @@
 //! connection (back-pressure instead of memory growth), an idle timeout, and
 //! a malformed frame ends that connection only.
 
+use std::collections::HashMap;
 use std::future::Future;
-use std::net::SocketAddr;
-use std::sync::Arc;
-use std::time::Duration;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use pareco_compress::Compression;
 use pareco_proto::{Frame, Request, Response};
@@ -21,6 +23,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
 
+use crate::WireCounters;
 use crate::channel::{self, Channel, Security, TokenKey};
 use crate::framed::{self, FrameWriter};
 
@@ -58,6 +61,60 @@ pub struct ServerConfig {
     /// A connection with no request in flight that sends nothing for this
     /// long is closed.
     pub idle_timeout: Duration,
+    /// What the server has done so far (for metrics), shared with the caller.
+    pub stats: Arc<ServerStats>,
+}
+
+/// Counters of a server, over all its connections.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    /// Bytes on the wire, both ways, handshakes included.
+    pub wire: Arc<WireCounters>,
+    /// Connections accepted (before authentication).
+    pub accepted: AtomicU64,
+    /// Connections authenticated and being served now.
+    pub open: AtomicU64,
+    /// Connections whose handshake failed: wrong token, another mode or
+    /// version, not a pareco client.
+    pub refused: AtomicU64,
+    /// Connections that did not finish the handshake in time.
+    pub timed_out: AtomicU64,
+    /// Connections closed because the server had too many.
+    pub over_limit: AtomicU64,
+    /// Requests answered.
+    pub requests: AtomicU64,
+}
+
+/// How often a refused client is logged: once, then a count per window.
+const REFUSAL_LOG_WINDOW: Duration = Duration::from_secs(60);
+
+/// Refused handshakes, logged once per client address and cause per
+/// window rather than once per connection (a client opens many at once).
+#[derive(Debug, Default)]
+struct Refusals(Mutex<HashMap<(IpAddr, String), (Instant, u64)>>);
+
+impl Refusals {
+    fn log(&self, peer: SocketAddr, why: String) {
+        let now = Instant::now();
+        let mut seen = self.0.lock().expect("refusals lock");
+        seen.retain(|_, (at, _)| now.duration_since(*at) < REFUSAL_LOG_WINDOW * 10);
+        let key = (peer.ip(), why);
+        match seen.get_mut(&key) {
+            Some((at, more)) if now.duration_since(*at) < REFUSAL_LOG_WINDOW => *more += 1,
+            previous => {
+                let more = previous.map_or(0, |(_, more)| *more);
+                let since = if more > 0 { format!(" ({more} more since the last such line)") } else { String::new() };
+                tracing::warn!(
+                    peer = %peer.ip(),
+                    "refused a client: {}{since}; more of the same from this address are counted, \
+                     not logged, for {}s",
+                    key.1,
+                    REFUSAL_LOG_WINDOW.as_secs()
+                );
+                seen.insert(key, (now, 0));
+            }
+        }
+    }
 }
 
 impl ServerConfig {
@@ -74,6 +131,7 @@ impl ServerConfig {
             max_requests_per_connection: 64,
             drain_timeout: Duration::from_secs(30),
             idle_timeout: Duration::from_secs(600),
+            stats: Arc::default(),
         }
     }
 }
@@ -108,6 +166,7 @@ pub async fn accept<H, F>(
     F: Future<Output = ()> + Send + 'static,
 {
     let handle = Arc::new(handle);
+    let refusals = Arc::new(Refusals::default());
     let slots = Arc::new(Semaphore::new(config.max_connections));
     let handshakes = Arc::new(Semaphore::new(config.max_handshakes));
     let (stop, stopping) = watch::channel(false);
@@ -126,14 +185,19 @@ pub async fn accept<H, F>(
                         continue;
                     }
                 };
+                config.stats.accepted.fetch_add(1, Ordering::Relaxed);
                 let Ok(slot) = slots.clone().try_acquire_owned() else {
+                    config.stats.over_limit.fetch_add(1, Ordering::Relaxed);
                     tracing::warn!(%peer, "too many connections ({}); closing this one", config.max_connections);
                     continue;
                 };
                 let (config, handle, handshakes, stopping) = (config.clone(), handle.clone(), handshakes.clone(), stopping.clone());
+                let refusals = refusals.clone();
                 connections.spawn(async move {
-                    if let Some(channel) = authenticate(stream, peer, &config, &handshakes).await {
+                    if let Some(channel) = authenticate(stream, peer, &config, &handshakes, &refusals).await {
+                        config.stats.open.fetch_add(1, Ordering::Relaxed);
                         handle(channel, peer, stopping).await;
+                        config.stats.open.fetch_sub(1, Ordering::Relaxed);
                     }
                     drop(slot);
                 });
@@ -157,10 +221,20 @@ async fn authenticate(
     peer: SocketAddr,
     config: &ServerConfig,
     handshakes: &Semaphore,
+    refusals: &Refusals,
 ) -> Option<Channel> {
     let accepting = async {
         let _slot = handshakes.acquire().await.expect("never closed");
-        channel::accept(stream, peer, &config.key, config.security, config.compression, config.auth_failure_delay).await
+        let wire = config.stats.wire.clone();
+        channel::accept_counted(
+            stream,
+            &config.key,
+            config.security,
+            config.compression,
+            config.auth_failure_delay,
+            wire,
+        )
+        .await
     };
     match tokio::time::timeout(config.handshake_timeout, accepting).await {
         Ok(Ok(channel)) => {
@@ -168,11 +242,13 @@ async fn authenticate(
             Some(channel)
         }
         Ok(Err(e)) => {
-            tracing::warn!(%peer, "handshake failed: {e}");
+            config.stats.refused.fetch_add(1, Ordering::Relaxed);
+            refusals.log(peer, format!("handshake failed: {e}"));
             None
         }
         Err(_) => {
-            tracing::warn!(%peer, "handshake timed out after {:?}; closing", config.handshake_timeout);
+            config.stats.timed_out.fetch_add(1, Ordering::Relaxed);
+            refusals.log(peer, format!("handshake timed out after {:?}", config.handshake_timeout));
             None
         }
     }
@@ -206,6 +282,7 @@ async fn serve_requests<S: Service>(
         };
         match next {
             Ok(Some(Frame::Request { id, request })) => {
+                config.stats.requests.fetch_add(1, Ordering::Relaxed);
                 let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
                 let (service, frames) = (service.clone(), frames.clone());
                 tokio::spawn(async move {

@@ -15,8 +15,21 @@ use pareco_plan::shard::Shard;
 #[derive(Debug, Parser)]
 #[command(name = "pareco", version, about, long_about = None)]
 pub struct Cli {
+    /// Log lines as text (coloured only on a terminal) or as JSON objects,
+    /// one per line, for log shippers (also PARECO_LOG_FORMAT=json).
+    #[arg(long, value_name = "text|json", global = true)]
+    pub log_format: Option<LogFormat>,
     #[command(subcommand)]
     pub command: Command,
+}
+
+/// How log lines are written.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum LogFormat {
+    /// One line of text each.
+    Text,
+    /// One JSON object per line.
+    Json,
 }
 
 #[derive(Debug, Subcommand)]
@@ -34,6 +47,35 @@ pub enum Command {
     Verify(VerifyArgs),
     /// Forward TCP connections (the cutover night): LISTEN TARGET pairs, or a rinetd.conf.
     Forward(ForwardArgs),
+    /// Print a completion script for SHELL (bash, zsh or fish) on standard output.
+    Completions {
+        /// The shell.
+        #[arg(value_name = "SHELL")]
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) on standard output.
+    Man,
+}
+
+/// How a long run shows itself: progress lines, metrics.
+#[derive(Debug, Args)]
+pub struct ProgressArgs {
+    /// When standard error is not a terminal (a log, journald), print one
+    /// progress line every SECONDS (0: none); a terminal gets a bar.
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub progress_interval: u64,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
+}
+
+/// Prometheus metrics.
+#[derive(Debug, Args)]
+pub struct MetricsArgs {
+    /// Serve Prometheus metrics (text format) on http://HOST:PORT/metrics
+    /// while the command runs (port 0 picks one; `metrics on HOST:PORT` is
+    /// printed on stderr).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub metrics_listen: Option<SocketAddr>,
 }
 
 /// `pareco forward`: its command-line options are the defaults of every
@@ -72,7 +114,8 @@ pub struct ForwardArgs {
     /// before they are reset (none: until they close).
     #[arg(long, value_name = "DURATION", default_value = "none", value_parser = parse_maybe_duration)]
     pub drain_timeout: MaybeDuration,
-    /// Write per-rule counters as JSON to FILE every --stats-interval, and at exit.
+    /// Write per-rule counters as JSON to FILE every --stats-interval, and
+    /// at exit (-: standard output, one object each time).
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
     /// How often --stats-json is written.
@@ -84,6 +127,11 @@ pub struct ForwardArgs {
     /// Check the rules and print them, one line each; listen nowhere.
     #[arg(long)]
     pub check: bool,
+    /// Print a line of counters (connections, bytes) on stderr every SECONDS (0: never).
+    #[arg(long, value_name = "SECONDS", default_value_t = 30)]
+    pub progress_interval: u64,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 /// A duration that may be off.
@@ -165,9 +213,11 @@ pub struct StreamArgs {
     /// No progress line and no summary.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Write statistics as JSON to FILE when done.
+    /// Write statistics as JSON to FILE when done (-: standard output).
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     #[command(flatten)]
     pub token: TokenArgs,
 }
@@ -210,6 +260,8 @@ pub struct ServeArgs {
     /// (zstd where it pays), none, or zstd[:LEVEL].
     #[arg(long, value_name = "MODE", default_value = "auto", value_parser = parse_compression)]
     pub compress: Compression,
+    #[command(flatten)]
+    pub metrics: MetricsArgs,
 }
 
 #[derive(Debug, Args)]
@@ -248,9 +300,11 @@ pub struct SyncArgs {
     /// No progress bar and no summary.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Write statistics as JSON to FILE when done.
+    /// Write statistics as JSON to FILE when done (-: standard output).
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     #[command(flatten)]
     pub net: NetArgs,
     /// Keep digests of local files here (outside the synced trees) so that
@@ -261,7 +315,9 @@ pub struct SyncArgs {
     /// many, each with its own I, together do it all, each file once.
     #[arg(long, value_name = "I/N", value_parser = parse_shard)]
     pub shard: Option<Shard>,
-    /// Repeat rounds (for a live source) until one sends at most --converge-bytes.
+    /// Repeat rounds (for a live source) until one sends at most
+    /// --converge-bytes or takes at most --converge-seconds; each round
+    /// predicts how long the final one (the downtime) will take.
     #[arg(long)]
     pub until_converged: bool,
     /// Most rounds with --until-converged.
@@ -271,6 +327,9 @@ pub struct SyncArgs {
     /// A round that sends at most this much content has converged.
     #[arg(long, value_name = "SIZE", default_value = "64M", value_parser = parse_size, requires = "until_converged")]
     pub converge_bytes: u64,
+    /// A round that takes at most this many seconds has converged too.
+    #[arg(long, value_name = "SECONDS", requires = "until_converged", value_parser = parse_seconds)]
+    pub converge_seconds: Option<f64>,
     #[command(flatten)]
     pub token: TokenArgs,
 }
@@ -292,9 +351,11 @@ pub struct VerifyArgs {
     /// Print only the differences, not the summary.
     #[arg(short = 'q', long)]
     pub quiet: bool,
-    /// Write the counts as JSON to FILE when done.
+    /// Write the counts as JSON to FILE when done (-: standard output).
     #[arg(long, value_name = "FILE")]
     pub stats_json: Option<PathBuf>,
+    #[command(flatten)]
+    pub progress: ProgressArgs,
     #[command(flatten)]
     pub net: NetArgs,
     #[command(flatten)]
@@ -377,6 +438,14 @@ fn parse_connections(s: &str) -> Result<Connections, String> {
     match s.parse::<u16>() {
         Ok(n @ 1..=1024) => Ok(Connections::Fixed(n)),
         _ => Err(format!("expected auto or a number from 1 to 1024, not {s:?}")),
+    }
+}
+
+/// Seconds, fractions allowed: `0.5`, `30`.
+fn parse_seconds(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
+        _ => Err(format!("expected a number of seconds, not {s:?}")),
     }
 }
 

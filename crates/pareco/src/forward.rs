@@ -4,14 +4,16 @@
 
 use std::io::Write;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result, bail};
 use pareco_forward::config::{self, Endpoint};
+use pareco_forward::stats::ForwardSnapshot;
 use pareco_forward::{Config, Forwarder, ForwarderOptions, Listening, RuleOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ForwardArgs;
-use crate::output::write_json;
+use crate::output::{human, write_json};
 
 pub async fn run(args: ForwardArgs) -> Result<u8> {
     let defaults = RuleOptions {
@@ -49,6 +51,16 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
             .with_context(|| format!("cannot write the pid file {}", path.display()))?;
     }
     announce(&forwarder.listening())?;
+    let published = Arc::new(Mutex::new(forwarder.snapshot()));
+    crate::metrics::serve(args.metrics.metrics_listen, {
+        let published = published.clone();
+        move |f| forward_metrics(&published.lock().expect("snapshot lock"), f)
+    })
+    .await?;
+    let mut publish_tick = tokio::time::interval(PUBLISH_EVERY);
+    let publish = |forwarder: &Forwarder| *published.lock().expect("snapshot lock") = forwarder.snapshot();
+    let every = std::time::Duration::from_secs(args.progress_interval.max(1));
+    let mut progress_tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
     let mut stats_tick = tokio::time::interval(args.stats_interval);
     let write_stats = |forwarder: &Forwarder| {
         if let Some(path) = &args.stats_json
@@ -81,6 +93,8 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
             },
             _ = usr1.recv() => print_stats(&forwarder),
             _ = stats_tick.tick(), if args.stats_json.is_some() => write_stats(&forwarder),
+            _ = publish_tick.tick() => publish(&forwarder),
+            _ = progress_tick.tick(), if args.progress_interval > 0 => progress_line(&forwarder),
             _ = term.recv() => break,
             _ = int.recv() => break,
         }
@@ -107,6 +121,8 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
             _ = hup.recv() => tracing::info!("SIGHUP while draining: not reloading"),
             _ = usr1.recv() => print_stats(&forwarder),
             _ = stats_tick.tick(), if args.stats_json.is_some() => write_stats(&forwarder),
+            _ = publish_tick.tick() => publish(&forwarder),
+            _ = progress_tick.tick(), if args.progress_interval > 0 => progress_line(&forwarder),
         }
     }
     write_stats(&forwarder);
@@ -162,8 +178,57 @@ fn print_stats(forwarder: &Forwarder) {
     }
 }
 
-/// Written whole then renamed, so that a reader never sees half a file.
+/// How often the counters that `--metrics-listen` shows are refreshed.
+const PUBLISH_EVERY: std::time::Duration = std::time::Duration::from_millis(500);
+
+/// One line of counters on stderr (`--progress-interval`).
+fn progress_line(forwarder: &Forwarder) {
+    let s = forwarder.snapshot();
+    let sum = |f: fn(&pareco_forward::stats::RuleSnapshot) -> u64| s.rules.iter().map(f).sum::<u64>();
+    eprintln!(
+        "pareco: forward: {} connections open, {} in all, {} refused, {} failed to connect; {} up, {} down",
+        s.active,
+        sum(|r| r.total),
+        sum(|r| r.refused),
+        sum(|r| r.failed_connects),
+        human(sum(|r| r.bytes_up)),
+        human(sum(|r| r.bytes_down)),
+    );
+}
+
+/// What `--metrics-listen` shows of the forwarder: per rule (label
+/// `listen`, the rule's listen address as configured, and `local`, the
+/// address bound).
+fn forward_metrics(s: &ForwardSnapshot, f: &mut crate::metrics::Families) {
+    f.gauge("pareco_connections", "Connections open now, all rules.", s.active);
+    f.gauge("pareco_connections_peak", "The most connections open at once.", s.connections);
+    for r in &s.rules {
+        let labels = || vec![("listen", r.listen.clone()), ("local", r.local.clone())];
+        f.gauge_with("pareco_forward_active", "Connections open now, per rule.", labels(), r.active as f64);
+        f.counter_with("pareco_forward_connections", "Connections accepted, per rule.", labels(), r.total);
+        f.counter_with(
+            "pareco_forward_refused",
+            "Connections refused (access rules, limits), per rule.",
+            labels(),
+            r.refused,
+        );
+        f.counter_with(
+            "pareco_forward_failed_connects",
+            "Connections whose every target failed, per rule.",
+            labels(),
+            r.failed_connects,
+        );
+        f.counter_with("pareco_forward_up_bytes", "Bytes from clients to targets, per rule.", labels(), r.bytes_up);
+        f.counter_with("pareco_forward_down_bytes", "Bytes from targets to clients, per rule.", labels(), r.bytes_down);
+    }
+}
+
+/// Written whole then renamed, so that a reader never sees half a file
+/// (`-`: standard output, one object each time).
 fn write_json_atomically(path: &Path, value: &impl serde::Serialize) -> Result<()> {
+    if path == Path::new("-") {
+        return write_json(path, value);
+    }
     let mut temporary = path.as_os_str().to_owned();
     temporary.push(".tmp");
     write_json(Path::new(&temporary), value)?;

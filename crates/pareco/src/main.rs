@@ -11,8 +11,11 @@
 //! (bad configuration, listen address in use).
 
 mod cli;
+mod docs;
 mod forward;
+mod metrics;
 mod output;
+mod progress;
 mod relay;
 mod serve;
 mod stream;
@@ -26,7 +29,7 @@ use anyhow::{Context, Result};
 use clap::Parser;
 use pareco_net::Security;
 
-use crate::cli::{Cli, Command};
+use crate::cli::{Cli, Command, LogFormat};
 
 pub(crate) const EXIT_PARTIAL: u8 = 1;
 pub(crate) const EXIT_FATAL: u8 = 2;
@@ -37,15 +40,25 @@ fn main() -> ExitCode {
     let default_level = match &cli.command {
         Command::Serve(_) | Command::Forward(_) => "info",
         Command::Sync(_) | Command::Send(_) | Command::Recv(_) | Command::Verify(_) => "warn",
+        Command::Completions { shell } => return docs::completions(*shell),
+        Command::Man => return docs::man(),
     };
-    tracing_subscriber::fmt()
-        .with_writer(std::io::stderr)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("PARECO_LOG")
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level)),
-        )
-        .init();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("PARECO_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default_level));
+    let logs = tracing_subscriber::fmt().with_writer(std::io::stderr).with_env_filter(filter);
+    let format = cli.log_format.or_else(|| {
+        let value = std::env::var("PARECO_LOG_FORMAT").ok()?;
+        let format = clap::ValueEnum::from_str(&value, true);
+        if format.is_err() {
+            eprintln!("pareco: PARECO_LOG_FORMAT={value:?} is neither text nor json: logging as text");
+        }
+        format.ok()
+    });
+    match format.unwrap_or(LogFormat::Text) {
+        LogFormat::Json => logs.json().init(),
+        // Colour codes only for a person at a terminal, never in a file.
+        LogFormat::Text => logs.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init(),
+    }
     raise_fd_limit();
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
@@ -56,6 +69,7 @@ fn main() -> ExitCode {
             Command::Recv(args) => stream::recv(args).await,
             Command::Verify(args) => verify::run(args).await,
             Command::Forward(args) => forward::run(args).await,
+            Command::Completions { .. } | Command::Man => unreachable!("answered before the runtime starts"),
         }
     });
     // A stream that failed may leave a thread blocked on its input: do not wait for it.

@@ -8,13 +8,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use indicatif::ProgressBar;
 use pareco_engine::relay::{self, RelayError, RelayOptions, RelayStats, RelaySummary, S3Bucket, S3Config};
 use pareco_stream::relay::naming::{Names, RelayUrl};
 use pareco_stream::relay::{DEFAULT_OBJECT_SIZE, Layout};
 
 use crate::cli::{Connections, RecvArgs, SendArgs, StreamArgs};
 use crate::output::human;
+use crate::progress::Display;
 use crate::stream::{DEFAULT_BUFFER, progress_line};
 use crate::{EXIT_FATAL, EXIT_PARTIAL, token};
 
@@ -46,7 +46,7 @@ pub async fn send(args: SendArgs, url: RelayUrl) -> Result<u8> {
     let layout = Layout::new(args.object_size).map_err(|e| anyhow::anyhow!("--object-size: {e}"))?;
     let (bucket, options) = prepare(&args.stream, &url, layout.object_size())?;
     let stats = Arc::new(RelayStats::default());
-    let bar = progress(&stats, args.stream.quiet, "put");
+    let bar = progress(&stats, &args.stream, "put").await?;
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let plan = relay::SendPlan { layout, compression: args.compress, resume: args.resume };
     let result = relay::send(stdin, bucket, Names::new(&url.prefix), plan, options, stats.clone()).await;
@@ -56,7 +56,7 @@ pub async fn send(args: SendArgs, url: RelayUrl) -> Result<u8> {
 pub async fn recv(args: RecvArgs, url: RelayUrl) -> Result<u8> {
     let (bucket, options) = prepare(&args.stream, &url, DEFAULT_OBJECT_SIZE)?;
     let stats = Arc::new(RelayStats::default());
-    let bar = progress(&stats, args.stream.quiet, "got");
+    let bar = progress(&stats, &args.stream, "got").await?;
     // Straight to the file descriptor: no line buffering of binary data.
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     let plan = relay::ReceivePlan { skip: args.skip, keep: args.keep };
@@ -116,16 +116,31 @@ fn s3_config(bucket: &str, endpoint: Option<&str>) -> Result<S3Config> {
     })
 }
 
-fn progress(stats: &Arc<RelayStats>, quiet: bool, verb: &'static str) -> Option<ProgressBar> {
+async fn progress(stats: &Arc<RelayStats>, args: &StreamArgs, verb: &'static str) -> Result<Display> {
+    let reader = stats.clone();
+    crate::metrics::serve(args.progress.metrics.metrics_listen, move |f| {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+        f.counter("pareco_stream_bytes", "Bytes of the stream read (send) or written (recv).", load(&reader.bytes));
+        f.counter(
+            "pareco_wire_payload_bytes",
+            "Object payload bytes (sealed, compressed).",
+            load(&reader.payload_bytes),
+        );
+        f.counter("pareco_objects_put", "Objects stored in the bucket.", load(&reader.objects_put));
+        f.counter("pareco_objects_got", "Objects read from the bucket.", load(&reader.objects_got));
+        f.counter("pareco_retries", "Requests to the bucket tried again.", load(&reader.retries));
+    })
+    .await?;
     let stats = stats.clone();
-    progress_line(quiet, move || {
+    let done = if verb == "put" { "read" } else { "written" };
+    Ok(progress_line(args, done, move || {
         let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let (bytes, payload) = (load(&stats.bytes), load(&stats.payload_bytes));
         let objects = load(&stats.objects_put) + load(&stats.objects_got);
         let carried = bytes.saturating_sub(if verb == "put" { load(&stats.skipped_bytes) } else { 0 });
         let ratio = if payload == 0 { 1.0 } else { carried as f64 / payload as f64 };
         (bytes, format!("{objects} objects {verb}, compression {ratio:.2}:1, {} retries", load(&stats.retries)))
-    })
+    }))
 }
 
 /// Which end finished.
@@ -137,14 +152,12 @@ enum End {
 fn finish(
     result: Result<RelaySummary, RelayError>,
     stats: &RelayStats,
-    bar: Option<ProgressBar>,
+    bar: Display,
     args: &StreamArgs,
     url: &RelayUrl,
     end: End,
 ) -> Result<u8> {
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    bar.finish();
     let bytes = stats.bytes.load(Ordering::Relaxed);
     match result {
         Ok(summary) => {

@@ -6,13 +6,14 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use pareco_engine::serve::{Access, TreeService};
 use pareco_engine::tree::BlockingTree;
-use pareco_net::{Security, ServerConfig, TokenKey};
+use pareco_net::{Security, ServerConfig, ServerStats, TokenKey};
 
 use crate::cli::ServeArgs;
 use crate::{security, shutdown_signal, token};
 
 pub async fn run(args: ServeArgs) -> Result<()> {
-    let token = token::for_server(args.token.token_file.as_deref())?;
+    // Everything that can fail first: a token is made up (and printed) only
+    // for a server that runs.
     let root = pareco_fs::FsTree::open(&args.root).with_context(|| format!("cannot serve {}", args.root.display()))?;
     if let Some(dir) = &args.state_dir {
         root.keep_digests_in(dir).with_context(|| format!("state directory {}", dir.display()))?;
@@ -28,6 +29,13 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
     let local = listener.local_addr()?;
+    let token = token::for_server(args.token.token_file.as_deref())?;
+    let stats = Arc::new(ServerStats::default());
+    crate::metrics::serve(args.metrics.metrics_listen, {
+        let stats = stats.clone();
+        move |f| server_metrics(&stats, f)
+    })
+    .await?;
     // Handlers first: a signal that arrives right after the announcement
     // must drain the server, not kill it.
     let shutdown = shutdown_signal()?;
@@ -39,6 +47,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     config.security = security(&args.token);
     config.compression = args.compress;
     config.handshake_timeout = Duration::from_secs(args.handshake_timeout.max(1));
+    config.stats = stats;
     if config.security == Security::Plaintext {
         tracing::warn!("--insecure-no-encryption: data from and to clients travels unencrypted");
     }
@@ -48,4 +57,30 @@ pub async fn run(args: ServeArgs) -> Result<()> {
     }
     tracing::info!("stopped");
     Ok(())
+}
+
+/// What `--metrics-listen` shows of a server.
+fn server_metrics(s: &ServerStats, f: &mut crate::metrics::Families) {
+    use std::sync::atomic::Ordering::Relaxed;
+    f.counter("pareco_wire_sent_bytes", "Bytes written to client connections.", s.wire.sent.load(Relaxed));
+    f.counter("pareco_wire_received_bytes", "Bytes read from client connections.", s.wire.received.load(Relaxed));
+    f.gauge("pareco_connections", "Client connections authenticated and open now.", s.open.load(Relaxed));
+    f.counter(
+        "pareco_connections_accepted",
+        "Client connections accepted (before authentication).",
+        s.accepted.load(Relaxed),
+    );
+    f.counter("pareco_requests", "Requests answered.", s.requests.load(Relaxed));
+    for (kind, n) in [
+        ("refused", s.refused.load(Relaxed)),
+        ("handshake_timeout", s.timed_out.load(Relaxed)),
+        ("over_limit", s.over_limit.load(Relaxed)),
+    ] {
+        f.counter_with(
+            "pareco_errors",
+            "Client connections closed without being served, by kind.",
+            vec![("kind", kind.to_owned())],
+            n,
+        );
+    }
 }

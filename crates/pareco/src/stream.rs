@@ -9,13 +9,13 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
 use pareco_engine::endpoint::Location;
 use pareco_engine::pipe::{self, PipeError, PipeOptions, PipeStats, PipeSummary, Rendezvous};
 use pareco_net::{NetError, Notices, TokenKey};
 
 use crate::cli::{RecvArgs, SendArgs, StreamArgs};
 use crate::output::human;
+use crate::progress::{self, Display, Figures};
 use crate::{EXIT_FATAL, EXIT_PARTIAL, security, token};
 
 /// The window of a TCP stream without --buffer.
@@ -32,7 +32,7 @@ pub async fn send(args: SendArgs) -> Result<u8> {
     let compression = args.compress;
     let (rendezvous, options) = prepare(&args.stream).await?;
     let stats = Arc::new(PipeStats::default());
-    let bar = progress(&stats, args.stream.quiet);
+    let bar = progress(&stats, &args.stream, "sent").await?;
     let stdin = std::fs::File::from(std::io::stdin().as_fd().try_clone_to_owned()?);
     let result = pipe::send(stdin, rendezvous, compression, options, stats.clone()).await;
     finish(result, &stats, bar, &args.stream, "sent")
@@ -49,7 +49,7 @@ pub async fn recv(args: RecvArgs) -> Result<u8> {
     let args = args.stream;
     let (rendezvous, options) = prepare(&args).await?;
     let stats = Arc::new(PipeStats::default());
-    let bar = progress(&stats, args.quiet);
+    let bar = progress(&stats, &args, "received").await?;
     // Straight to the file descriptor: no line buffering of binary data.
     let stdout = std::fs::File::from(std::io::stdout().as_fd().try_clone_to_owned()?);
     let result = pipe::receive(stdout, rendezvous, options, stats.clone()).await;
@@ -89,47 +89,54 @@ async fn prepare(args: &StreamArgs) -> Result<(Rendezvous, PipeOptions)> {
     Ok((rendezvous, options))
 }
 
-/// A pv-like line on stderr, if it is a terminal.
-fn progress(stats: &Arc<PipeStats>, quiet: bool) -> Option<ProgressBar> {
-    let stats = stats.clone();
-    progress_line(quiet, move || {
-        let (bytes, payload) = (stats.bytes.load(Ordering::Relaxed), stats.payload_bytes.load(Ordering::Relaxed));
-        let ratio = if payload == 0 { 1.0 } else { bytes as f64 / payload as f64 };
-        let retries = stats.resent_frames.load(Ordering::Relaxed);
-        (bytes, format!("compression {ratio:.2}:1, {retries} frames resent"))
+/// Progress of a stream over TCP links; its metrics, if asked for.
+async fn progress(stats: &Arc<PipeStats>, args: &StreamArgs, verb: &'static str) -> Result<Display> {
+    let load = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
+    let reader = stats.clone();
+    crate::metrics::serve(args.progress.metrics.metrics_listen, move |f| {
+        f.counter("pareco_stream_bytes", "Bytes of the stream read (send) or written (recv).", load(&reader.bytes));
+        f.counter("pareco_stream_frames", "Frames of the stream.", load(&reader.frames));
+        f.counter(
+            "pareco_wire_payload_bytes",
+            "Frame payload bytes on the wire (compressed), resends included.",
+            load(&reader.payload_bytes),
+        );
+        f.counter("pareco_retries", "Frames sent again after their connection was lost.", load(&reader.resent_frames));
+        f.counter("pareco_reconnects", "Connections opened after the first ones.", load(&reader.reconnects));
     })
+    .await?;
+    let stats = stats.clone();
+    Ok(progress_line(args, verb, move || {
+        let (bytes, payload) = (load(&stats.bytes), load(&stats.payload_bytes));
+        let ratio = if payload == 0 { 1.0 } else { bytes as f64 / payload as f64 };
+        let retries = load(&stats.resent_frames);
+        (bytes, format!("compression {ratio:.2}:1, {retries} frames resent"))
+    }))
 }
 
-/// A pv-like line on stderr, if it is a terminal and not `quiet`: bytes,
-/// rate, and what `status` says beside its byte count.
-pub fn progress_line(quiet: bool, status: impl Fn() -> (u64, String) + Send + 'static) -> Option<ProgressBar> {
-    if quiet || !std::io::stderr().is_terminal() {
-        return None;
-    }
-    let bar = ProgressBar::with_draw_target(None, ProgressDrawTarget::stderr_with_hz(5));
-    bar.set_style(ProgressStyle::with_template("{spinner} {bytes} {bytes_per_sec} {msg}").expect("valid template"));
-    let bar2 = bar.clone();
-    tokio::spawn(async move {
-        while !bar2.is_finished() {
-            let (bytes, message) = status();
-            bar2.set_position(bytes);
-            bar2.set_message(message);
-            tokio::time::sleep(Duration::from_millis(200)).await;
-        }
-    });
-    Some(bar)
+/// A pv-like display of a stream (a line on a terminal, a line per
+/// `--progress-interval` otherwise; nothing with `-q`): bytes, rate, and
+/// what `status` says beside its byte count.
+pub fn progress_line(
+    args: &StreamArgs,
+    verb: &'static str,
+    status: impl Fn() -> (u64, String) + Send + 'static,
+) -> Display {
+    let mode = progress::Mode::new(args.quiet, args.progress.progress_interval);
+    Display::start(mode, "progress", move || {
+        let (done, extra) = status();
+        Figures { done, total: None, growing: false, files: None, verb, extra }
+    })
 }
 
 fn finish(
     result: Result<PipeSummary, PipeError>,
     stats: &PipeStats,
-    bar: Option<ProgressBar>,
+    bar: Display,
     args: &StreamArgs,
     verb: &str,
 ) -> Result<u8> {
-    if let Some(bar) = bar {
-        bar.finish_and_clear();
-    }
+    bar.finish();
     let bytes = stats.bytes.load(Ordering::Relaxed);
     match result {
         Ok(summary) => {

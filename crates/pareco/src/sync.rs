@@ -1,18 +1,20 @@
 //! `pareco sync`: a destination tree made an exact copy of a source tree,
 //! in one round or, for a live source, in rounds until one sends little.
 
-use std::sync::Arc;
-use std::time::Duration;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use anyhow::{Context, Result};
 use pareco_engine::endpoint::{Location, RemoteOptions};
 use pareco_engine::tuning::Tuning;
 use pareco_engine::{Endpoint, Stats, Summary, SyncOptions};
 use pareco_net::{Notices, PoolOptions, TokenKey};
+use pareco_plan::downtime;
 use pareco_plan::shard::Shard;
 
 use crate::cli::{Connections, NetArgs, SyncArgs, TokenArgs};
-use crate::{EXIT_LIVE_CHANGES, EXIT_PARTIAL, output, security, token};
+use crate::output::human;
+use crate::{EXIT_LIVE_CHANGES, EXIT_PARTIAL, output, progress, security, token};
 
 pub async fn run(args: SyncArgs) -> Result<u8> {
     let src = Location::parse(&args.src)?;
@@ -45,17 +47,43 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     }
 
     let rounds = if args.until_converged { args.max_rounds } else { 1 };
+    let live = Arc::new(Live::new([source.tree.clone(), destination.tree.clone()]));
+    crate::metrics::serve(args.progress.metrics.metrics_listen, {
+        let live = live.clone();
+        move |families| live.metrics(families)
+    })
+    .await?;
+    let root_name = match source.tree.stat(source.base.clone()).await {
+        Ok((Some(stat), _)) if stat.kind != pareco_proto::Kind::Dir => output::file_name(&src),
+        _ => None,
+    };
+    let mode = progress::Mode::new(args.quiet, args.progress.progress_interval);
     let mut summaries: Vec<Summary> = Vec::new();
+    let mut observed: Vec<downtime::Round> = Vec::new();
+    let mut predictions: Vec<Option<f64>> = Vec::new();
     let mut wire_so_far = (0, 0);
-    let settled = |s: &Summary| s.bytes_transferred <= args.converge_bytes && s.errors == 0;
+    let mut previous_start: Option<Instant> = None;
+    let converge_seconds = args.converge_seconds;
+    let settled = |s: &Summary| {
+        s.errors == 0
+            && (s.bytes_transferred <= args.converge_bytes
+                || converge_seconds.is_some_and(|limit| s.duration_s <= limit))
+    };
     for round in 1..=rounds {
+        let started = Instant::now();
         let stats = Arc::new(Stats::default());
-        let bar = output::progress(&stats, args.quiet);
-        let console = Arc::new(output::Console { itemize: args.dry_run || args.verbose, bar: bar.clone() });
+        live.begin(round, &stats);
+        let display = progress::Display::start(mode, "progress", {
+            let stats = stats.clone();
+            move || output::sync_figures(&stats)
+        });
+        let console = Arc::new(output::Console {
+            itemize: args.dry_run || args.verbose,
+            bar: display.bar(),
+            root_name: root_name.clone(),
+        });
         let summary = pareco_engine::sync(source.clone(), destination.clone(), opts.clone(), stats, console).await;
-        if let Some(bar) = bar {
-            bar.finish_and_clear();
-        }
+        display.finish();
         let mut summary = summary?;
         for end in [&source, &destination] {
             if let Err(e) = end.save_digests() {
@@ -72,9 +100,22 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
             let n = summary.entries_abandoned;
             eprintln!("pareco: giving up: {cause}; {n} entries not synced (what was synced stays: run again)");
         }
+        observed.push(downtime::Round {
+            since_previous_s: previous_start.map(|p| started.duration_since(p).as_secs_f64()),
+            duration_s: summary.duration_s,
+            walk_s: summary.walk_s,
+            bytes_sent: summary.bytes_transferred,
+        });
+        previous_start = Some(started);
+        let prediction = downtime::predict(&observed);
+        predictions.push(prediction.map(|p| p.final_s));
+        live.end(&summary, prediction.map(|p| p.final_s));
         if !args.quiet {
             let prefix = if args.until_converged { format!("round {round}: ") } else { String::new() };
             eprintln!("pareco: {prefix}{}", output::summary_line(&summary, args.dry_run));
+            if args.until_converged && !args.dry_run {
+                eprintln!("pareco: round {round}: {}", prediction_line(prediction.as_ref()));
+            }
         }
         let done = !args.until_converged || settled(&summary) || args.dry_run || summary.gave_up.is_some();
         summaries.push(summary);
@@ -86,7 +127,16 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     let converged = settled(last);
     if let Some(path) = &args.stats_json {
         if args.until_converged {
-            output::write_json(path, &serde_json::json!({ "converged": converged, "rounds": summaries }))?;
+            let rounds: Vec<serde_json::Value> = summaries
+                .iter()
+                .zip(&predictions)
+                .map(|(summary, predicted)| {
+                    let mut round = serde_json::to_value(summary).expect("a summary is plain data");
+                    round["predicted_final_round_s"] = serde_json::json!(predicted);
+                    round
+                })
+                .collect();
+            output::write_json(path, &serde_json::json!({ "converged": converged, "rounds": rounds }))?;
         } else {
             output::write_json(path, last)?;
         }
@@ -107,6 +157,122 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     } else {
         0
     })
+}
+
+/// `final round (downtime) predicted: 4.2 s (…)`, or why there is none yet.
+fn prediction_line(prediction: Option<&downtime::Prediction>) -> String {
+    match prediction {
+        None => "final round (downtime): no prediction yet (the first round copies everything; the next one measures \
+                 the rate of change)"
+            .to_string(),
+        Some(p) => format!(
+            "final round (downtime) predicted: {:.1} s (walk {:.1} s, then {} changed at {}/s of wall time, \
+             brought over at {}/s)",
+            p.final_s,
+            p.walk_s,
+            human(p.bytes as u64),
+            human(p.change_rate as u64),
+            if p.transfer_rate.is_finite() { human(p.transfer_rate as u64) } else { "-".to_string() },
+        ),
+    }
+}
+
+/// What `--metrics-listen` shows of a sync: the round running now, the
+/// rounds before it, and the connections they share.
+struct Live {
+    trees: [pareco_engine::tree::Tree; 2],
+    state: Mutex<LiveState>,
+}
+
+#[derive(Default)]
+struct LiveState {
+    round: u32,
+    current: Arc<Stats>,
+    /// Totals of the rounds already over.
+    before: Summary,
+    last_duration_s: f64,
+    predicted_final_s: Option<f64>,
+}
+
+impl Live {
+    fn new(trees: [pareco_engine::tree::Tree; 2]) -> Live {
+        Live { trees, state: Mutex::default() }
+    }
+
+    fn begin(&self, round: u32, stats: &Arc<Stats>) {
+        let mut state = self.state.lock().expect("live state");
+        state.round = round;
+        state.current = stats.clone();
+    }
+
+    fn end(&self, summary: &Summary, predicted_final_s: Option<f64>) {
+        let mut state = self.state.lock().expect("live state");
+        let b = &mut state.before;
+        b.bytes_transferred += summary.bytes_transferred;
+        b.files_transferred += summary.files_transferred;
+        b.errors += summary.errors;
+        b.files_changed += summary.files_changed;
+        b.files_vanished += summary.files_vanished;
+        b.warnings += summary.warnings;
+        b.entries_deleted += summary.entries_deleted;
+        state.current = Arc::default();
+        state.last_duration_s = summary.duration_s;
+        state.predicted_final_s = predicted_final_s;
+    }
+
+    fn metrics(&self, f: &mut crate::metrics::Families) {
+        let state = self.state.lock().expect("live state");
+        let (now, before) = (state.current.snapshot(), &state.before);
+        let (mut sent, mut received, mut reconnects, mut retried, mut open, mut peak) = (0, 0, 0, 0, 0, 0);
+        for tree in &self.trees {
+            let (s, r) = tree.wire_bytes();
+            let (c, q) = tree.recoveries();
+            (sent, received, reconnects, retried) = (sent + s, received + r, reconnects + c, retried + q);
+            (open, peak) = (open + tree.open_connections(), peak.max(tree.peak_connections()));
+        }
+        f.gauge("pareco_round", "The round running now (1 without --until-converged).", state.round.into());
+        f.gauge(
+            "pareco_bytes_done",
+            "Bytes of this round's files compared or sent.",
+            now.bytes_processed + now.bytes_in_progress,
+        );
+        f.gauge("pareco_bytes", "Bytes of this round's files found so far.", now.bytes_total);
+        f.gauge("pareco_files_done", "Files of this round whose outcome is known.", now.files_done);
+        f.gauge("pareco_files", "Files of this round found so far.", now.files_total);
+        f.counter(
+            "pareco_content_sent_bytes",
+            "File content sent, all rounds.",
+            before.bytes_transferred + now.bytes_transferred,
+        );
+        f.counter(
+            "pareco_files_transferred",
+            "Files whose content was sent, all rounds.",
+            before.files_transferred + now.files_transferred,
+        );
+        f.counter("pareco_wire_sent_bytes", "Bytes written to the connections.", sent);
+        f.counter("pareco_wire_received_bytes", "Bytes read from the connections.", received);
+        f.gauge("pareco_connections", "Connections to the server open now.", open);
+        f.gauge("pareco_connections_peak", "The most connections open at once.", peak);
+        f.counter("pareco_reconnects", "Connections re-opened after they died or stalled.", reconnects);
+        f.counter("pareco_retries", "Requests sent again because their connection died.", retried);
+        for (kind, n) in [
+            ("failed", before.errors + now.errors),
+            ("changed", before.files_changed + now.files_changed),
+            ("vanished", before.files_vanished + now.files_vanished),
+            ("skipped", before.warnings + now.warnings),
+        ] {
+            f.counter_with("pareco_errors", "Paths that did not sync, by kind.", vec![("kind", kind.to_owned())], n);
+        }
+        f.counter("pareco_deleted", "Destination entries removed.", before.entries_deleted + now.entries_deleted);
+        f.gauge_f64(
+            "pareco_last_round_duration_seconds",
+            "How long the last finished round took.",
+            state.last_duration_s,
+        );
+        if let Some(p) = state.predicted_final_s {
+            f.gauge_f64("pareco_predicted_final_round_seconds", "The predicted final round (downtime).", p);
+        }
+    }
 }
 
 /// The digest cache must not be synced (or deleted) with the data.

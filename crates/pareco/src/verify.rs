@@ -2,6 +2,7 @@
 //! standard output, the sizes on disk of both explained on standard error.
 
 use std::io::Write;
+use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
 
 use anyhow::{Context, Result};
@@ -14,19 +15,36 @@ use pareco_proto::RelPath;
 
 use crate::cli::VerifyArgs;
 use crate::output::{self, human};
+use crate::progress;
 use crate::sync::remote_options;
 use crate::{EXIT_FATAL, EXIT_PARTIAL};
 
 /// Prints each finding as one line: `PATH: WHAT`.
-struct Lines(Mutex<std::io::Stdout>);
+struct Lines {
+    out: Mutex<std::io::Stdout>,
+    /// The progress bar to print around, if any.
+    bar: Option<indicatif::ProgressBar>,
+}
+
+impl Lines {
+    fn print(&self, line: String) {
+        let write = || {
+            let _ = writeln!(self.out.lock().expect("stdout lock"), "{line}");
+        };
+        match &self.bar {
+            Some(bar) => bar.suspend(write),
+            None => write(),
+        }
+    }
+}
 
 impl Findings for Lines {
     fn difference(&self, path: &RelPath, difference: &Difference) {
-        let _ = writeln!(self.0.lock().expect("stdout lock"), "{path}: {difference}");
+        self.print(format!("{path}: {difference}"));
     }
 
     fn error(&self, path: &RelPath, side: Side, error: &TreeError) {
-        let _ = writeln!(self.0.lock().expect("stdout lock"), "{path}: cannot compare ({side:?}: {error})");
+        self.print(format!("{path}: cannot compare ({side:?}: {error})"));
     }
 }
 
@@ -44,8 +62,41 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         checks: Checks { owner: args.metadata.owner(), group: args.metadata.group() },
         xattrs: args.metadata.xattrs,
         shard: args.shard.unwrap_or(pareco_plan::shard::Shard::ALL),
+        progress: Arc::default(),
     };
-    let report = match verify(ea, eb, opts, Arc::new(Lines(Mutex::new(std::io::stdout())))).await {
+    let live = opts.progress.clone();
+    let trees = [ea.tree.clone(), eb.tree.clone()];
+    crate::metrics::serve(args.progress.metrics.metrics_listen, move |f| {
+        let load = |c: &std::sync::atomic::AtomicU64| c.load(Relaxed);
+        f.gauge("pareco_bytes_done", "Bytes of content compared on each side.", load(&live.bytes_done));
+        f.gauge("pareco_bytes", "Bytes of content to compare on each side, found so far.", load(&live.bytes_total));
+        f.gauge("pareco_entries_done", "Entries compared.", load(&live.entries));
+        f.counter("pareco_differences", "Differences found.", load(&live.differences));
+        let (mut sent, mut received, mut reconnects, mut retried) = (0, 0, 0, 0);
+        for tree in &trees {
+            let ((s, r), (c, q)) = (tree.wire_bytes(), tree.recoveries());
+            (sent, received, reconnects, retried) = (sent + s, received + r, reconnects + c, retried + q);
+        }
+        f.counter("pareco_wire_sent_bytes", "Bytes written to the connections.", sent);
+        f.counter("pareco_wire_received_bytes", "Bytes read from the connections.", received);
+        f.counter("pareco_reconnects", "Connections re-opened after they died or stalled.", reconnects);
+        f.counter("pareco_retries", "Requests sent again because their connection died.", retried);
+    })
+    .await?;
+    let mode = progress::Mode::new(args.quiet, args.progress.progress_interval);
+    let live = opts.progress.clone();
+    let display = progress::Display::start(mode, "progress", move || progress::Figures {
+        done: live.bytes_done.load(Relaxed),
+        total: Some(live.bytes_total.load(Relaxed)),
+        growing: live.dirs_pending.load(Relaxed) > 0,
+        files: None,
+        verb: "compared",
+        extra: format!("{} entries, {} difference(s)", live.entries.load(Relaxed), live.differences.load(Relaxed)),
+    });
+    let lines = Lines { out: Mutex::new(std::io::stdout()), bar: display.bar() };
+    let report = verify(ea, eb, opts, Arc::new(lines)).await;
+    display.finish();
+    let report = match report {
         Ok(report) => report,
         Err(e) => {
             eprintln!("pareco: verify: {e}");

@@ -15,12 +15,15 @@
 //!   (`-j auto`), from the throughput it measures.
 //! - [`verify`]: how two entries differ, how hard links differ, and why the
 //!   same content takes different space on two filesystems.
+//! - [`downtime`]: how long the final round of a live migration (the
+//!   downtime) will take, predicted from the rounds before it.
 //! - [`freshness`]: when a file's metadata can be trusted — the quick check
 //!   and the "racy timestamp" rule that keeps it safe on live data.
 
 pub mod connections;
 pub mod delta;
 pub mod dir;
+pub mod downtime;
 pub mod file;
 pub mod freshness;
 pub mod reuse;

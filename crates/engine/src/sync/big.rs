@@ -97,13 +97,14 @@ impl FileJob {
 pub(crate) async fn transfer(
     ctx: &Arc<Ctx>,
     rel: &RelPath,
+    listed: u64,
     basis: Option<&Stat>,
     change: Change,
     ticket: Ticket,
 ) -> Outcome {
     let dst = ctx.dst.path(rel);
     let partial = partial_of(&dst);
-    let outcome = match try_transfer(ctx, rel, basis, partial.as_ref(), change, ticket).await {
+    let outcome = match try_transfer(ctx, rel, listed, basis, partial.as_ref(), change, ticket).await {
         Ok(outcome) | Err(outcome) => outcome,
     };
     // Kept for the next attempt to resume from, unless there is nothing left
@@ -125,6 +126,7 @@ enum Way {
 async fn try_transfer(
     ctx: &Arc<Ctx>,
     rel: &RelPath,
+    listed: u64,
     basis: Option<&Stat>,
     partial: Option<&RelPath>,
     change: Change,
@@ -132,6 +134,7 @@ async fn try_transfer(
 ) -> Result<Outcome, Outcome> {
     let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
     let (before, settled) = settled_stat(ctx, &src).await?;
+    ctx.grown(listed, before.size);
     let layout = Layout { size: before.size, chunk: ctx.opts.chunk_size };
     let way = match basis.filter(|b| b.size > 0) {
         Some(old) => {
@@ -196,10 +199,14 @@ async fn try_transfer(
     if let Some(ticket) = ticket {
         ticket.dir().touch();
     }
+    let sent = job.sent.load(Ordering::Relaxed);
     if mtime.is_none() {
+        // Its content went over all the same (and counts in what was sent).
+        if sent > 0 {
+            Stats::add(&ctx.stats.files_transferred, 1);
+        }
         return Ok(Outcome::Changed);
     }
-    let sent = job.sent.load(Ordering::Relaxed);
     let change = match (change, basis) {
         // Same size, same content: what made it differ was its mtime.
         (Change::UpdateFile, Some(b)) if sent == 0 && b.size == before.size => {

@@ -133,12 +133,12 @@ impl Links {
                 _ => false,
             };
             if linked {
-                ctx.finish(&f.rel, f.size, Outcome::Synced { transferred: false, change: None });
+                ctx.finish_file(&f.rel, f.size, Outcome::Synced { transferred: false, change: None });
                 continue;
             }
             if f.dir_in_the_way && !ctx.opts.delete {
                 let why = "a directory is in the way at the destination; --delete replaces it".to_string();
-                ctx.finish(&f.rel, f.size, Outcome::Failed(why));
+                ctx.finish_file(&f.rel, f.size, Outcome::Failed(why));
                 continue;
             }
             if !ctx.opts.dry_run {
@@ -162,7 +162,7 @@ impl Links {
                         Err(e) => destination_failure(e),
                     }
                 };
-                ctx.finish(&f.rel, f.size, outcome);
+                ctx.finish_file(&f.rel, f.size, outcome);
             });
         }
         while tasks.join_next().await.is_some() {}

@@ -183,6 +183,23 @@ impl Ctx {
         }
     }
 
+    /// Reports how a regular file of `size` bytes (as listed) ended and
+    /// counts it.
+    fn finish_file(&self, rel: &RelPath, size: u64, outcome: Outcome) {
+        Stats::add(&self.stats.files_done, 1);
+        self.finish(rel, size, outcome);
+    }
+
+    /// A file listed at `listed` bytes is copied at `read` bytes (a live
+    /// source grew): the totals grow with it, so that what is sent never
+    /// exceeds them and progress ends at 100 %.
+    fn grown(&self, listed: u64, read: u64) {
+        if let Some(more) = read.checked_sub(listed).filter(|&n| n > 0) {
+            Stats::add(&self.stats.bytes_total, more);
+            Stats::add(&self.stats.bytes_processed, more);
+        }
+    }
+
     /// Reports how an entry of `size` bytes ended and counts it.
     fn finish(&self, rel: &RelPath, size: u64, outcome: Outcome) {
         Stats::add(&self.stats.bytes_processed, size);
@@ -281,9 +298,10 @@ pub async fn sync(
     let hashed_before = src.tree.bytes_hashed() + dst.tree.bytes_hashed();
     let recovered_before = [src.tree.recoveries(), dst.tree.recoveries()];
     let ctx = Arc::new(Ctx::new(src, dst, opts, stats.clone(), reporter));
-    walk::run(ctx.clone(), src_root, src_now, dst_root, single).await;
+    let walked = walk::run(ctx.clone(), src_root, src_now, dst_root, single).await;
 
     let mut summary = stats.snapshot();
+    summary.walk_s = walked.duration_since(started).as_secs_f64();
     summary.bytes_hashed = (ctx.src.tree.bytes_hashed() + ctx.dst.tree.bytes_hashed()).saturating_sub(hashed_before);
     for (tree, before) in [&ctx.src.tree, &ctx.dst.tree].into_iter().zip(recovered_before) {
         let (reconnects, retried) = tree.recoveries();

@@ -252,7 +252,7 @@ async fn clone_batch(ctx: &std::sync::Arc<Ctx>, batch: Vec<Wanted>) -> Vec<Plann
             Ok(Some(Ok(()))) => {
                 count_total(ctx, size);
                 Stats::add(&ctx.stats.bytes_reused_local, size);
-                ctx.finish(&rel, size, Outcome::Synced { transferred: false, change: Some(Change::Copied) });
+                ctx.finish_file(&rel, size, Outcome::Synced { transferred: false, change: Some(Change::Copied) });
             }
             // Other content there after all, or gone: sent as usual.
             other => {

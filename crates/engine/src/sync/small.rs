@@ -67,9 +67,12 @@ fn written(ctx: &Ctx, file: &SmallFile, size: usize, stamped: bool, result: Resu
     if let Err(why) = result {
         return Outcome::Failed(format!("destination: {why}"));
     }
+    ctx.grown(file.src.size, size as u64);
     Stats::add(&ctx.stats.bytes_transferred, size as u64);
     Stats::add(&ctx.stats.chunks_sent, 1);
     if !stamped {
+        // Its content went over all the same (and counts in what was sent).
+        Stats::add(&ctx.stats.files_transferred, 1);
         return Outcome::Changed;
     }
     let change = if file.basis.is_none() { Change::NewFile } else { Change::UpdateFile };
@@ -106,7 +109,7 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
         Ok(reads) => reads,
         Err(e) => {
             for file in batch {
-                ctx.finish(&file.rel, file.src.size, source_failure(e.clone()));
+                ctx.finish_file(&file.rel, file.src.size, source_failure(e.clone()));
             }
             return;
         }
@@ -126,7 +129,7 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
                     file.attempt += 1;
                     let (rel, size) = (file.rel.clone(), file.src.size);
                     let outcome = transfer_file(&ctx, file).await;
-                    ctx.finish(&rel, size, outcome);
+                    ctx.finish_file(&rel, size, outcome);
                     drop(alive);
                 });
             }
@@ -135,11 +138,11 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
                 tokio::spawn(async move {
                     let (rel, size) = (file.rel.clone(), file.src.size);
                     let outcome = as_big(&ctx, file).await;
-                    ctx.finish(&rel, size, outcome);
+                    ctx.finish_file(&rel, size, outcome);
                     drop(alive);
                 });
             }
-            Judged::Done(outcome) => ctx.finish(&file.rel, file.src.size, outcome),
+            Judged::Done(outcome) => ctx.finish_file(&file.rel, file.src.size, outcome),
         }
     }
     if writes.is_empty() {
@@ -149,12 +152,12 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
         Ok(results) => {
             for ((file, size, stamped), result) in pending.into_iter().zip(results) {
                 let outcome = written(ctx, &file, size, stamped, result.map_err(|f| f.to_string()));
-                ctx.finish(&file.rel, file.src.size, outcome);
+                ctx.finish_file(&file.rel, file.src.size, outcome);
             }
         }
         Err(e) => {
             for (file, ..) in pending {
-                ctx.finish(&file.rel, file.src.size, destination_failure(e.clone()));
+                ctx.finish_file(&file.rel, file.src.size, destination_failure(e.clone()));
             }
         }
     }
@@ -201,5 +204,5 @@ async fn transfer_file(ctx: &Arc<Ctx>, mut file: SmallFile) -> Outcome {
 /// A file listed as small that grew: copy it the way large files go.
 async fn as_big(ctx: &Arc<Ctx>, file: SmallFile) -> Outcome {
     let change = if file.basis.is_none() { Change::NewFile } else { Change::UpdateFile };
-    big::transfer(ctx, &file.rel, file.basis.as_ref(), change, file.ticket).await
+    big::transfer(ctx, &file.rel, file.src.size, file.basis.as_ref(), change, file.ticket).await
 }

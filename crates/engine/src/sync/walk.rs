@@ -177,8 +177,15 @@ impl Queue {
     }
 }
 
-/// Runs the whole walk and waits until every entry is finished.
-pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_root: Option<Stat>, single: bool) {
+/// Runs the whole walk and waits until every entry is finished; returns
+/// when the last directory was listed.
+pub(crate) async fn run(
+    ctx: Arc<Ctx>,
+    src_root: Stat,
+    src_now: Timestamp,
+    dst_root: Option<Stat>,
+    single: bool,
+) -> std::time::Instant {
     let (alive, mut finished) = mpsc::channel(1);
     let root = Arc::new(DirNode {
         rel: RelPath::root(),
@@ -217,12 +224,15 @@ pub(crate) async fn run(ctx: Arc<Ctx>, src_root: Stat, src_now: Timestamp, dst_r
         }
         while tasks.join_next().await.is_some() {}
     }
+    ctx.stats.listed.store(true, Ordering::Relaxed);
+    let listed = std::time::Instant::now();
     drop((small_tx, root));
     // Every node, ticket and task holds a sender: None means all are done.
     let _ = finished.recv().await;
     let _ = batcher.await;
     ctx.links.finish(&ctx).await;
     ctx.deletions.run(&ctx).await;
+    listed
 }
 
 fn placeholder_name() -> pareco_proto::Name {
@@ -322,13 +332,16 @@ async fn dispatch(
             }
         }
         Action::Nothing => {
-            let size = p.src.as_ref().filter(|s| s.kind == Kind::File).map_or(0, |s| s.size);
-            Stats::add(&ctx.stats.bytes_processed, size);
+            if let Some(src) = p.src.as_ref().filter(|s| s.kind == Kind::File) {
+                Stats::add(&ctx.stats.bytes_processed, src.size);
+                Stats::add(&ctx.stats.files_done, 1);
+            }
         }
         Action::Skip(reason) => {
             let why = match reason {
                 SkipReason::Special(Kind::Socket) => {
-                    "socket skipped (it belongs to a running process; it is not copied)".to_string()
+                    "socket skipped (a socket has no content to copy: the program that serves it makes it anew)"
+                        .to_string()
                 }
                 SkipReason::Special(kind) => format!("{} skipped (--specials or -a recreates it)", kind.name()),
                 SkipReason::DirInTheWay => {
@@ -370,7 +383,7 @@ async fn dispatch(
             tokio::spawn(async move {
                 let size = src.size;
                 let outcome = copy_file(&ctx, &rel, src, basis, p.remove_first, ticket, permit).await;
-                ctx.finish(&rel, size, outcome);
+                ctx.finish_file(&rel, size, outcome);
                 drop(alive);
             });
         }
@@ -379,9 +392,12 @@ async fn dispatch(
             let ticket = Ticket::new(node, ctx);
             let ctx = ctx.clone();
             tokio::spawn(async move {
-                let size = p.src.as_ref().filter(|s| s.kind == Kind::File).map_or(0, |s| s.size);
+                let file = p.src.as_ref().filter(|s| s.kind == Kind::File).map(|s| s.size);
                 let outcome = entry(&ctx, &rel, p, &ticket).await;
-                ctx.finish(&rel, size, outcome);
+                match file {
+                    Some(size) => ctx.finish_file(&rel, size, outcome),
+                    None => ctx.finish(&rel, 0, outcome),
+                }
                 drop(permit);
             });
         }
@@ -444,7 +460,7 @@ async fn copy_file(
         return small::transfer_one(ctx, rel, src, basis, ticket, permit).await;
     }
     drop(permit);
-    big::transfer(ctx, rel, basis.as_ref(), change, ticket).await
+    big::transfer(ctx, rel, src.size, basis.as_ref(), change, ticket).await
 }
 
 /// Creates an entry with `make` (nothing in a dry run), first removing the
