@@ -29,7 +29,9 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PARECO = Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")).resolve() / "release" / "pareco"
+# The release build, or the one bench/run.sh --quick makes (PARECO_PROFILE=debug).
+PARECO = (Path(os.environ.get("CARGO_TARGET_DIR", ROOT / "target")).resolve()
+          / os.environ.get("PARECO_PROFILE", "release") / "pareco")
 WANEM = ROOT / "tools" / "wanem.py"
 TOKEN = "bench-token-0123456789abcdef"
 MiB = 1 << 20

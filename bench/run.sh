@@ -23,7 +23,13 @@ command -v moto_server >/dev/null || python3 -m pip install --quiet "moto[server
 if [[ " $* " == *" --baselines "* ]] && ! command -v aws >/dev/null; then
     python3 -m pip install --quiet "awscli==1.45.11"
 fi
-cargo build --release --quiet
+# --quick checks the script, not the speed: the test profile's build will do
+# (scripts/test has it already), and no release build is needed.
+profile=release
+[[ " $* " == *" --quick "* ]] && profile=debug
+export PARECO_PROFILE=$profile
+cargo_profile=(--release); [[ $profile == debug ]] && cargo_profile=()
+cargo build "${cargo_profile[@]}" --quiet
 # The forwarder scenario's load generator (a client and server in Rust).
-cargo build --release --quiet -p pareco-forward --example loadgen
+cargo build "${cargo_profile[@]}" --quiet -p pareco-forward --example loadgen
 exec python3 bench/bench.py "$@"
