@@ -14,6 +14,7 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use rustix::process::Signal;
+use support::postgres::Postgres;
 use support::{bin, wait_until};
 
 const WAIT: Duration = Duration::from_secs(20);
@@ -221,103 +222,6 @@ fn curl_fetches_through_the_forwarder_from_python_http_server() {
     let _ = server.kill();
     let _ = server.wait();
     assert!(forward.stop().success());
-}
-
-/// A PostgreSQL 15 server of its own, in a temporary directory.
-struct Postgres {
-    bin: PathBuf,
-    data: PathBuf,
-    port: u16,
-    user: Option<String>,
-    _dir: tempfile::TempDir,
-}
-
-impl Postgres {
-    fn start() -> Postgres {
-        let bin = PathBuf::from("/usr/lib/postgresql/15/bin");
-        assert!(
-            bin.join("initdb").exists(),
-            "PostgreSQL 15 is missing at {} (scripts/test installs it)",
-            bin.display()
-        );
-        let dir = tempfile::tempdir().unwrap();
-        let data = dir.path().join("data");
-        // PostgreSQL refuses to run as root: run it as postgres then.
-        let user = rustix::process::geteuid().is_root().then(|| "postgres".to_owned());
-        if let Some(user) = &user {
-            let passwd = std::fs::read_to_string("/etc/passwd").unwrap();
-            let fields: Vec<&str> = passwd
-                .lines()
-                .map(|l| l.split(':').collect::<Vec<_>>())
-                .find(|f| f[0] == user)
-                .unwrap_or_else(|| panic!("no user {user} (the postgresql package makes it)"));
-            let (uid, gid) = (fields[2].parse().unwrap(), fields[3].parse().unwrap());
-            let (uid, gid) = (rustix::process::Uid::from_raw(uid), rustix::process::Gid::from_raw(gid));
-            rustix::fs::chown(dir.path(), Some(uid), Some(gid)).unwrap();
-        }
-        let port = free_port();
-        let pg = Postgres { bin, data, port, user, _dir: dir };
-        pg.run("initdb", &["-D", pg.data.to_str().unwrap(), "-A", "trust", "-U", "pareco", "--no-sync"]);
-        let options = format!(
-            "-p {} -c listen_addresses=127.0.0.1 -c unix_socket_directories={} -c fsync=off",
-            pg.port,
-            pg._dir.path().display()
-        );
-        let log = pg._dir.path().join("postgres.log");
-        pg.run(
-            "pg_ctl",
-            &["-D", pg.data.to_str().unwrap(), "-o", &options, "-l", log.to_str().unwrap(), "-w", "start"],
-        );
-        pg
-    }
-
-    fn command(&self, program: &str) -> Command {
-        let program = self.bin.join(program);
-        match &self.user {
-            Some(user) => {
-                let mut c = Command::new("runuser");
-                c.args(["-u", user, "--"]).arg(program);
-                c
-            }
-            None => Command::new(program),
-        }
-    }
-
-    #[track_caller]
-    fn run(&self, program: &str, args: &[&str]) {
-        let out = self.command(program).args(args).current_dir("/").output().unwrap();
-        assert!(out.status.success(), "{program} failed: {}", String::from_utf8_lossy(&out.stderr));
-    }
-
-    /// psql's unaligned output of `sql` through port `port` of 127.0.0.1.
-    fn psql(&self, port: u16, sql: &str) -> String {
-        let out = Command::new(self.bin.join("psql"))
-            .args([
-                "-X",
-                "-h",
-                "127.0.0.1",
-                "-p",
-                &port.to_string(),
-                "-U",
-                "pareco",
-                "-d",
-                "postgres",
-                "-At",
-                "-c",
-                sql,
-            ])
-            .env("PGCONNECT_TIMEOUT", "20")
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "psql failed: {}", String::from_utf8_lossy(&out.stderr));
-        String::from_utf8(out.stdout).unwrap()
-    }
-}
-
-impl Drop for Postgres {
-    fn drop(&mut self) {
-        let _ = self.command("pg_ctl").args(["-D", self.data.to_str().unwrap(), "-m", "immediate", "stop"]).output();
-    }
 }
 
 #[test]

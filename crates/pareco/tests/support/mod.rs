@@ -3,6 +3,8 @@
 //! entry (type, mode, mtime to the nanosecond, BLAKE3 of content, link target).
 #![allow(dead_code)]
 
+pub mod postgres;
+
 use std::collections::BTreeMap;
 use std::ffi::OsStr;
 use std::io::{BufRead, BufReader};
