@@ -18,6 +18,7 @@
 //! The source is stat-ed before (once its mtime has settled) and after; the
 //! destination gets the source's mtime only if nothing moved in between.
 
+use std::collections::HashMap;
 use std::ops::Range;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -138,8 +139,8 @@ async fn try_transfer(
     let layout = Layout { size: before.size, chunk: ctx.opts.chunk_size };
     let way = match basis.filter(|b| b.size > 0) {
         Some(old) => {
-            let compared = compare(ctx, &src, &dst, layout, old.size).await?;
-            if partial.is_some() && rebuild::worth_it(ctx, &src, &dst, layout, old.size, &compared).await? {
+            let mut compared = compare(ctx, &src, &dst, layout, old.size).await?;
+            if partial.is_some() && rebuild::worth_it(ctx, &src, &dst, layout, old.size, &mut compared).await? {
                 Way::Rebuilt(compared)
             } else {
                 Way::InPlace(Some(compared))
@@ -243,6 +244,9 @@ async fn settled_stat(ctx: &Ctx, path: &RelPath) -> Result<(Stat, bool), Outcome
 pub(super) struct Compared {
     pub(super) plans: Vec<ChunkPlan>,
     pub(super) src: Vec<Digest>,
+    /// Block digests of the destination's differing chunks, where the
+    /// decision to patch in place asked for them already.
+    pub(super) dst_blocks: HashMap<u64, Vec<Digest>>,
 }
 
 impl Compared {
@@ -288,7 +292,7 @@ async fn compare(
         plans.extend(p);
         digests.extend(d);
     }
-    Ok(Compared { plans, src: digests })
+    Ok(Compared { plans, src: digests, dst_blocks: HashMap::new() })
 }
 
 /// Patches what differs in place (per `compared`), then streams the rest.
@@ -300,7 +304,7 @@ async fn patch(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: Option<&Compared>) 
         None => {
             // A new file: what an interrupted attempt left under its partial name.
             resumed = match job.basis {
-                0 => Compared { plans: Vec::new(), src: Vec::new() },
+                0 => Compared { plans: Vec::new(), src: Vec::new(), dst_blocks: HashMap::new() },
                 basis => compare(ctx, &job.src, &job.dst, job.layout, basis).await?,
             };
             &resumed
@@ -317,8 +321,9 @@ async fn patch(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: Option<&Compared>) 
             ChunkPlan::Refine => {
                 let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
                 let (ctx, job) = (ctx.clone(), job.clone());
+                let known = compared.dst_blocks.get(&i).cloned();
                 tasks.spawn(async move {
-                    let result = refine(&ctx, &job, i).await;
+                    let result = refine(&ctx, &job, i, known).await;
                     drop(permit);
                     result
                 });
@@ -410,14 +415,17 @@ async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), F
     Ok(())
 }
 
-/// Sends only the blocks of chunk `i` that differ.
-async fn refine(ctx: &Arc<Ctx>, job: &Arc<FileJob>, i: u64) -> Result<(), Fault> {
+/// Sends only the blocks of chunk `i` that differ (given the destination's
+/// block digests if they are `known` already).
+async fn refine(ctx: &Arc<Ctx>, job: &Arc<FileJob>, i: u64, known: Option<Vec<Digest>>) -> Result<(), Fault> {
     let range = job.layout.chunk_range(i);
     let len = (range.end - range.start) as u32;
     let block = ctx.opts.block_size;
     let budget = ctx.data.acquire_many(Ctx::kib(len as u64)).await.expect("never closed");
-    let dst_blocks =
-        ctx.dst.tree.hash_blocks(job.dst.clone(), range.start, len, block).await.map_err(Fault::Destination)?;
+    let dst_blocks = match known {
+        Some(blocks) => blocks,
+        None => ctx.dst.tree.hash_blocks(job.dst.clone(), range.start, len, block).await.map_err(Fault::Destination)?,
+    };
     let total = dst_blocks.len() as u64;
     let (chunk_digest, blocks) =
         ctx.src.tree.read_patch(job.src.clone(), range.start, len, block, dst_blocks).await.map_err(Fault::Source)?;

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use pareco_plan::delta::{Gap, Op, finer, first_avg, locate, match_pieces, moved_bytes, regions, shifted};
 use pareco_plan::file::{ChunkPlan, Layout};
 use pareco_proto::limits::{MAX_COPY_RANGES, MAX_DIGESTS, MIN_PIECE_AVG};
-use pareco_proto::{CopyRange, Piece, RelPath};
+use pareco_proto::{CopyRange, Digest, Piece, RelPath};
 use tokio::task::JoinSet;
 
 use super::Ctx;
@@ -48,30 +48,36 @@ pub(super) async fn worth_it(
     old: &RelPath,
     layout: Layout,
     old_size: u64,
-    compared: &Compared,
+    compared: &mut Compared,
 ) -> Result<bool, Fault> {
-    for i in compared.differences().take(PROBED_CHUNKS) {
+    let differing: Vec<u64> = compared.differences().take(PROBED_CHUNKS).collect();
+    for i in differing {
         let chunk = layout.chunk_range(i);
         let len = chunk.end - chunk.start;
         if len < 16 * MIN_PIECE_AVG as u64 || chunk.start >= old_size {
             return Ok(false);
         }
-        if !in_place(ctx, src, old, chunk.clone(), old_size).await? {
+        let (mostly_same, old_blocks) = in_place(ctx, src, old, chunk.clone(), old_size).await?;
+        if !mostly_same {
             return moved(ctx, src, old, layout, old_size, i).await;
+        }
+        // The patch of this chunk needs them again.
+        if chunk.end <= old_size {
+            compared.dst_blocks.insert(i, old_blocks);
         }
     }
     Ok(false)
 }
 
 /// Whether most blocks of `chunk` match at their offsets in `old` (which
-/// may end inside it: a file that grew).
+/// may end inside it: a file that grew), and the old version's block digests.
 async fn in_place(
     ctx: &Arc<Ctx>,
     src: &RelPath,
     old: &RelPath,
     chunk: Range<u64>,
     old_size: u64,
-) -> Result<bool, Fault> {
+) -> Result<(bool, Vec<Digest>), Fault> {
     let (len, old_len) = (chunk.end - chunk.start, chunk.end.min(old_size) - chunk.start);
     let block = ctx.opts.block_size;
     let (s, d) = tokio::try_join!(
@@ -80,7 +86,8 @@ async fn in_place(
             ctx.dst.tree.hash_blocks(old.clone(), chunk.start, old_len as u32, block).await.map_err(Fault::Destination)
         },
     )?;
-    Ok(s.iter().zip(&d).filter(|(a, b)| a == b).count() * 2 >= s.len())
+    let mostly_same = s.iter().zip(&d).filter(|(a, b)| a == b).count() * 2 >= s.len();
+    Ok((mostly_same, d))
 }
 
 /// Whether chunk `i` of `src`, cut into small pieces, is mostly found at
