@@ -153,7 +153,7 @@ fn a_shard_killed_mid_run_and_run_again_alone_finishes_its_part() {
     let mut children: Vec<Child> =
         (0..N).map(|i| shard_cmd("sync", &from, &slow, i, &[], &tmp.path().join(format!("{i}.json")))).collect();
     // Once something has arrived, well before all of it can (about 10 s).
-    assert!(wait_until(Duration::from_secs(30), || snapshot(&srv).len() > 200));
+    assert!(wait_until(Duration::from_secs(30), || count_entries(&srv) > 200));
     children[2].kill().unwrap();
     for (i, child) in children.into_iter().enumerate() {
         let out = child.wait_with_output().unwrap();

@@ -176,6 +176,16 @@ pub enum Node {
 
 pub type Snapshot = BTreeMap<Vec<u8>, Node>;
 
+/// Entries below `root` now, counted while something may be writing there
+/// (entries that vanish as they are looked at are not counted).
+pub fn count_entries(root: &Path) -> usize {
+    let Ok(entries) = std::fs::read_dir(root) else { return 0 };
+    entries
+        .flatten()
+        .map(|e| 1 + if e.file_type().is_ok_and(|t| t.is_dir()) { count_entries(&e.path()) } else { 0 })
+        .sum()
+}
+
 /// Every entry below `root` (not following symlinks), keyed by relative path.
 pub fn snapshot(root: &Path) -> Snapshot {
     let mut out = BTreeMap::new();
