@@ -8,7 +8,9 @@
 //! - touch anything outside its root: every path is resolved with `openat2`
 //!   beneath the root, refusing `..` and every symlink (see [`beneath`]);
 //! - follow a symlink: links are listed, created and removed as links;
-//! - write data it has not checked against the sender's digest.
+//! - write data it has not checked against the sender's digest, unless it
+//!   came through AES-GCM (which proves the same) or from this process
+//!   ([`FsTree::trust_transit`]).
 //!
 //! Everything here is blocking; callers run it on a blocking thread pool.
 
