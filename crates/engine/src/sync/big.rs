@@ -33,9 +33,10 @@ use super::{Ctx, Outcome, destination_failure, rebuild, source_failure};
 use crate::report::{Attrs, Change, Stats};
 use crate::tree::TreeError;
 
-/// Content is streamed in pieces of this size: small enough to spread a
-/// file over many connections and keep the tail short, large enough that
-/// per-message costs vanish.
+/// Content is streamed in pieces of at least this size (larger on fast
+/// links, see [`piece_size`]): small enough to spread a file over many
+/// connections and keep the tail short, large enough that per-message
+/// costs vanish.
 const PIECE: u32 = 128 << 10;
 
 /// Chunks compared per digest request.
