@@ -57,6 +57,15 @@ class Row:
         return self.payload_bytes / MiB / self.seconds if self.seconds else 0.0
 
     @property
+    def cpu_per_gib(self) -> float | None:
+        """CPU seconds (client + server processes, user + system: kernel work in their system calls
+        included, other processes' not) per GiB moved; for loopback rows only, where the CPU and
+        not a link is the limit."""
+        if "loopback" not in self.scenario or self.payload_bytes < 32 * MiB or self.cpu_client_s is None:
+            return None
+        return (self.cpu_client_s + (self.cpu_server_s or 0.0)) / (self.payload_bytes / (1 << 30))
+
+    @property
     def link_fraction(self) -> float | None:
         return self.payload_bytes / self.seconds / self.link_rate if self.link_rate and self.seconds else None
 
@@ -270,6 +279,101 @@ def run_rsync(src: Path, dst_root: Path, link: list[str] | None, work: Path,
     return m
 
 
+def have(tool: str) -> bool:
+    """Whether a baseline's program is installed (bench/run.sh installs Debian's packages); a
+    missing one is skipped with a note on stderr."""
+    if shutil.which(tool):
+        return True
+    print(f"note: {tool} is not installed: its rows are skipped", file=sys.stderr)
+    return False
+
+
+def run_fpsync(src: Path, dst_root: Path, link: list[str] | None, work: Path, files: int) -> Measured:
+    """fpsync -n 32 (fpart's partitions, 32 rsyncs at once) into an rsync daemon: partitions of
+    at most files/32 files, so that all 32 run."""
+    daemon = RsyncDaemon(dst_root, work)
+    (dst_root / "copy").mkdir(parents=True, exist_ok=True)
+    wan = Wan(daemon.port, link, work) if link is not None else None
+    port = wan.port if wan else daemon.port
+    tmp = work / f"fpsync-{time.monotonic_ns()}"
+    tmp.mkdir()
+    try:
+        m = timed(["fpsync", "-n", "32", "-f", str(max(1, -(-files // 32))), "-t", str(tmp),
+                   f"{src.resolve()}/", f"rsync://127.0.0.1:{port}/data/copy/"])
+    finally:
+        m_wire = wan.stop() if wan else 0
+        m_server = daemon.stop()
+        shutil.rmtree(tmp, ignore_errors=True)
+    m.wire, (m.server_rss, m.server_cpu) = m_wire, m_server
+    return m
+
+
+class RcloneSftp:
+    """rclone serve sftp on a directory, under /usr/bin/time (its CPU and peak RSS counted when it exits)."""
+
+    PASSWORD = "bench"
+
+    def __init__(self, root: Path, work: Path):
+        self.port = free_port()
+        self.usage = work / f"rclone-{self.port}.time"
+        self.conf = work / "rclone.conf"
+        self.conf.touch()
+        self.proc = subprocess.Popen(["/usr/bin/time", "-f", "%M %U %S", "-o", str(self.usage), "rclone", "serve",
+                                      "sftp", "--config", str(self.conf), "--addr", f"127.0.0.1:{self.port}",
+                                      "--user", "bench", "--pass", self.PASSWORD, str(root)],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        wait_port(self.port, 30)
+
+    def remote(self, port: int, path: str) -> str:
+        obscured = subprocess.run(["rclone", "obscure", self.PASSWORD], capture_output=True, text=True,
+                                  check=True).stdout.strip()
+        return f":sftp,host=127.0.0.1,port={port},user=bench,pass={obscured}:{path}"
+
+    def stop(self) -> tuple[int | None, float | None]:
+        for child in Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children").read_text().split():
+            os.kill(int(child), 15)
+        self.proc.wait()
+        rss, user, system = self.usage.read_text().strip().splitlines()[-1].split()
+        return int(rss), float(user) + float(system)
+
+
+RCLONE_PARALLEL = ["--transfers", "32", "--checkers", "32", "--sftp-shell-type", "none", "--sftp-disable-hashcheck"]
+
+
+def run_rclone(src: Path, dst_root: Path, link: list[str] | None, work: Path, pull: bool = False,
+               extra: list[str] = (), limit: float | None = None) -> Measured:
+    """rclone copy over SFTP (rclone serve sftp at the far end, through the emulator): a push of
+    `src` into `dst_root`/copy, or (`pull`) the far end serving `src` and the copy made locally in
+    `dst_root`/copy. Stopped after `limit` seconds, if given (then `m.stopped` is set)."""
+    server = RcloneSftp(src if pull else dst_root, work)
+    wan = Wan(server.port, link, work) if link is not None else None
+    port = wan.port if wan else server.port
+    remote = server.remote(port, "" if pull else "copy")
+    local = dst_root / "copy" if pull else src
+    args = [remote, str(local)] if pull else [str(local), remote]
+    cmd = ["rclone", "copy", "-q", "--config", str(server.conf), *RCLONE_PARALLEL, *extra, *args]
+    try:
+        if limit is None:
+            m = timed(cmd)
+        else:
+            start = time.perf_counter()
+            proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+            try:
+                proc.wait(timeout=limit)
+                m = Measured(time.perf_counter() - start, None, None)
+            except subprocess.TimeoutExpired:
+                os.killpg(proc.pid, 9)
+                proc.wait()
+                m = Measured(limit, None, None)
+                m.stopped = True
+                m.note = f"stopped after {limit:.0f} s, unfinished"
+    finally:
+        m_wire = wan.stop() if wan else 0
+        m_server = server.stop()
+    m.wire, (m.server_rss, m.server_cpu) = m_wire, m_server
+    return m
+
+
 def run_tar_nc(src: Path, dst: Path, link: list[str] | None, work: Path) -> tuple[float, int, int | None, int]:
     port = free_port()
     dst.mkdir(parents=True, exist_ok=True)
@@ -316,9 +420,9 @@ def summarize(scenario: str, results: dict[str, list], payload: int, link_rate: 
         pick = min(runs, key=lambda r: abs(r.seconds - med))
         server_cpu = [r.server_cpu for r in runs if r.server_cpu is not None]
         rows.append(Row(scenario, tool, med, payload, wire_bytes=pick.wire or None, link_rate=link_rate,
-                        rss_client_kb=max(r.rss for r in runs),
+                        rss_client_kb=max((r.rss for r in runs if r.rss), default=None),
                         rss_server_kb=max((r.server_rss for r in runs if r.server_rss), default=None),
-                        cpu_client_s=statistics.median(r.cpu for r in runs),
+                        cpu_client_s=statistics.median(r.cpu for r in runs) if all(r.cpu is not None for r in runs) else None,
                         cpu_server_s=statistics.median(server_cpu) if server_cpu else None,
                         runs=[round(s, 3) for s in secs], note=(notes or {}).get(tool, getattr(pick, "note", ""))))
     return rows
@@ -344,6 +448,35 @@ def tree_copiers(src: Path, dst: Path, link: list[str], work: Path):
     return pareco, rsync
 
 
+def parallel_peers(src: Path, dst: Path, link: list[str], work: Path, rclone: bool = True,
+                   rclone_limit: float | None = None) -> dict:
+    """The strongest peers for a tree, where installed: fpsync -n 32 into an rsync daemon, and
+    rclone with 32 transfers over SFTP (stopped after `rclone_limit` seconds if given); each
+    finished copy checked."""
+    files = sum(1 for p in src.rglob("*") if p.is_file())
+
+    def checked(run):
+        def go():
+            clear(dst)
+            m = run()
+            same_tree(src, dst / "copy")
+            return m
+        return go
+
+    peers = {}
+    if have("fpsync"):
+        peers["fpsync -n 32 (rsync daemon)"] = checked(lambda: run_fpsync(src, dst, link, work, files))
+    if rclone and have("rclone"):
+        def rclone_copy():
+            clear(dst)
+            m = run_rclone(src, dst, link, work, limit=rclone_limit)
+            if not getattr(m, "stopped", False):
+                same_tree(src, dst / "copy")
+            return m
+        peers["rclone sftp, --transfers 32 --checkers 32"] = rclone_copy
+    return peers
+
+
 def seed_link(args, work: Path) -> list[Row]:
     """Scenario 1: initial copy of a 64 MiB tree over a trans-ocean link."""
     link = ["--delay-ms", "50", "--conn-rate", "512K", "--link-rate", "8M"]
@@ -364,6 +497,7 @@ def seed_link(args, work: Path) -> list[Row]:
     tools = {"pareco -j 32": pareco(32), "pareco (-j auto)": pareco("auto")}
     if args.baselines:
         tools |= {"pareco -j 1": pareco(1), "rsync (daemon)": rsync(), "tar \\| nc": tar_nc}
+        tools |= parallel_peers(src, dst, link, work)
     return summarize("1. seed link: 64 MiB tree, 8 MiB/s link, 0.5 MiB/s per conn, 100 ms RTT",
                      interleave(tools, args.repeat if not args.baselines else 1), payload, 8 * MiB)
 
@@ -380,9 +514,34 @@ def small_files(args, work: Path) -> list[Row]:
     pareco, rsync = tree_copiers(src, dst, link, work)
     tools = {"pareco -j 32": pareco(32)}
     if args.baselines:
-        tools |= {"rsync (daemon)": rsync()}
+        # rclone over SFTP takes seconds per file here (500 files: 58 s): 20,000 would take most of
+        # an hour, so it is stopped after 120 s.
+        tools |= {"rsync (daemon)": rsync()} | parallel_peers(src, dst, link, work, rclone_limit=120)
     return summarize("2. small files: 20,000 x 4 KiB, 16 MiB/s link, 1 MiB/s per conn, 100 ms RTT",
                      interleave(tools, args.repeat if not args.baselines else 1), payload, 16 * MiB)
+
+
+def big_file(args, work: Path) -> list[Row]:
+    """Scenario 15: one 128 MiB file over the seed link: pareco spreads its pieces over its
+    connections; rclone's multi-thread download pulls ranges of it over 32 SFTP streams. A
+    one-connection tool (rsync, fpsync with one file) is held to 0.5 MiB/s: 256 s."""
+    link = ["--delay-ms", "50", "--conn-rate", "512K", "--link-rate", "8M"]
+    size = 128 * MiB if not args.quick else 4 * MiB
+    src, dst = work / "s15-src", work / "s15-dst"
+    random_file(src / "big.bin", size)
+    age(src)
+    pareco, _ = tree_copiers(src, dst, link, work)
+    tools = {"pareco -j 32": pareco(32)}
+    if args.baselines and have("rclone"):
+        def rclone_pull():
+            clear(dst)
+            m = run_rclone(src, dst, link, work, pull=True,
+                           extra=["--multi-thread-streams", "32", "--multi-thread-cutoff", "1M"])
+            same_tree(src, dst / "copy")
+            return m
+        tools["rclone sftp pull, --multi-thread-streams 32"] = rclone_pull
+    return summarize("15. one big file: 128 MiB, 8 MiB/s link, 0.5 MiB/s per conn, 100 ms RTT",
+                     interleave(tools, args.repeat if not args.baselines else 1), size, 8 * MiB)
 
 
 def delta(args, work: Path) -> list[Row]:
@@ -681,12 +840,15 @@ def final_round(args, work: Path) -> list[Row]:
         r.rss_server_kb = server_rss
     same_tree(src, dst / "copy")
 
-    def resync(run):
+    def resync_of(copy, run):
         def go():
             m = run()
-            same_tree(src, dst / "copy")
+            same_tree(src, copy / "copy")
             return m
         return go
+
+    def resync(run):
+        return resync_of(dst, run)
 
     tools = {"pareco -j 32": resync(lambda: run_pareco(src, dst, link, work, 32))}
     if args.baselines:
@@ -694,6 +856,12 @@ def final_round(args, work: Path) -> list[Row]:
         clear(rsync_dst)
         run_rsync(src, rsync_dst, None, work)  # seed rsync's own copy over loopback
         tools["rsync (daemon)"] = lambda: run_rsync(src, rsync_dst, link, work)
+        # The strongest peers resync rsync's copy (same content and mtimes).
+        if have("fpsync"):
+            tools["fpsync -n 32 (rsync daemon)"] = resync_of(rsync_dst, lambda: run_fpsync(src, rsync_dst, link, work, n))
+        if have("rclone"):
+            tools["rclone sftp, --transfers 32 --checkers 32"] = resync_of(
+                rsync_dst, lambda: run_rclone(src, rsync_dst, link, work))
     return summarize(name, interleave(tools, args.repeat), 0, None) + rows
 
 
@@ -1127,8 +1295,8 @@ def fmt_bytes(n: int | None) -> str:
 
 def table(rows: list[Row]) -> str:
     out = ["| scenario | tool | seconds | MiB/s | of link cap | on the wire | client RSS | server RSS "
-           "| CPU s client + server | time vs pareco | note |",
-           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
+           "| CPU s client + server | CPU s per GiB | time vs pareco | note |",
+           "|---|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---|"]
     by_scenario: dict[str, float] = {}
     for r in rows:
         if r.tool.startswith("pareco") and r.scenario not in by_scenario:
@@ -1139,13 +1307,14 @@ def table(rows: list[Row]) -> str:
         frac = f"{100 * r.link_fraction:.0f} %" if r.link_fraction else "-"
         rss = lambda kb: f"{kb / 1024:.0f} MiB" if kb else "-"
         cpu = " + ".join(f"{c:.2f}" for c in (r.cpu_client_s, r.cpu_server_s) if c is not None) or "-"
+        per_gib = f"{r.cpu_per_gib:.2f}" if r.cpu_per_gib is not None else "-"
         secs, rate = (f"{r.seconds:.2f}", f"{r.mib_s:.1f}") if r.seconds else ("-", "-")
         out.append(f"| {r.scenario} | {r.tool} | {secs} | {rate} | {frac} | {fmt_bytes(r.wire_bytes)} "
-                   f"| {rss(r.rss_client_kb)} | {rss(r.rss_server_kb)} | {cpu} | {ratio} | {r.note} |")
+                   f"| {rss(r.rss_client_kb)} | {rss(r.rss_server_kb)} | {cpu} | {per_gib} | {ratio} | {r.note} |")
     return "\n".join(out)
 
 
-SCENARIOS = {"seed": seed_link, "small": small_files, "delta": delta, "final": final_round, "loopback": loopback,
+SCENARIOS = {"seed": seed_link, "small": small_files, "bigfile": big_file, "delta": delta, "final": final_round, "loopback": loopback,
              "stream": stream, "stream-loopback": stream_loopback, "encryption": encryption, "text": text_tree,
              "shifted": shifted, "dump": dump, "moves": moves, "connections": connections, "relay": relay,
              "forward": forward}
@@ -1179,7 +1348,8 @@ def main() -> None:
     meta = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "cores": os.cpu_count(),
             "mem_gib": round(os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / (1 << 30), 1),
             "kernel": platform.release(), "command": " ".join(sys.argv), "quick": args.quick}
-    args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) | {"mib_s": r.mib_s, "link_fraction": r.link_fraction}
+    args.json.write_text(json.dumps({"meta": meta, "rows": [asdict(r) | {"mib_s": r.mib_s, "link_fraction": r.link_fraction,
+                                                                         "cpu_per_gib": r.cpu_per_gib}
                                                             for r in rows]}, indent=2))
     print(f"\n(JSON: {args.json})", file=sys.stderr)
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Benchmarks pareco beside rsync, tar|nc, mbuffer|nc, cp and the AWS CLI on the same data and the same
+# Benchmarks pareco beside rsync, fpsync, rclone, tar|nc, mbuffer|nc, cp and the AWS CLI on the same data and the same
 # emulated links, and pareco forward beside rinetd, socat and haproxy, in one run.
 # Prints a Markdown table; writes bench/out/results.json.
 #   bench/run.sh --quick                 # tiny sizes, under a minute: checks the script
@@ -9,13 +9,13 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 missing=()
-for tool in rsync nc mbuffer zstd python3 /usr/bin/time rinetd socat haproxy; do
+for tool in rsync nc mbuffer zstd python3 /usr/bin/time rinetd socat haproxy fpsync rclone; do
     command -v "$tool" >/dev/null || missing+=("$tool")
 done
 if ((${#missing[@]})); then
     sudo=""; [[ $(id -u) -ne 0 ]] && sudo="sudo"
     $sudo apt-get update -qq
-    $sudo apt-get install -y -qq rsync netcat-openbsd mbuffer zstd python3 time rinetd socat haproxy
+    $sudo apt-get install -y -qq rsync netcat-openbsd mbuffer zstd python3 time rinetd socat haproxy fpart rclone
 fi
 # The relay's scenario: moto's S3 server (as scripts/test installs it), and
 # the AWS CLI for its baseline (rclone rcat's upload fails against moto).

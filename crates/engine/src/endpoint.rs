@@ -7,7 +7,7 @@ use std::path::{Component, Path, PathBuf};
 use std::sync::Arc;
 
 use pareco_fs::FsTree;
-use pareco_net::{NetError, Pool, PoolOptions, TokenKey};
+use pareco_net::{NetError, Pool, PoolOptions, Security, TokenKey};
 use pareco_proto::RelPath;
 
 use crate::tree::{BlockingTree, Tree};
@@ -180,7 +180,9 @@ impl Endpoint {
     /// Opens a location as the destination of a sync (which may not exist yet).
     pub async fn destination(location: &Location, remote: &RemoteOptions) -> Result<Endpoint, LocationError> {
         match location {
-            Location::Local(path) => local_destination(path),
+            // What arrives here comes from this process or through the pool's
+            // channels: only plaintext ones leave digests worth re-checking.
+            Location::Local(path) => local_destination(path, remote.pool.security == Security::Encrypted),
             Location::Remote { addr, path } => Endpoint::remote(addr, path, remote).await,
         }
     }
@@ -232,8 +234,11 @@ fn local_error(path: &Path) -> impl FnOnce(std::io::Error) -> LocationError + '_
     move |source| LocationError::Local { path: path.to_path_buf(), source }
 }
 
-fn open_tree(dir: &Path) -> Result<Tree, LocationError> {
-    let tree = FsTree::open(dir).map_err(local_error(dir))?;
+fn open_tree(dir: &Path, trust_transit: bool) -> Result<Tree, LocationError> {
+    let mut tree = FsTree::open(dir).map_err(local_error(dir))?;
+    if trust_transit {
+        tree = tree.trust_transit();
+    }
     Ok(Tree::Local(BlockingTree::new(tree, LOCAL_PARALLELISM)))
 }
 
@@ -261,14 +266,14 @@ fn name_of(path: &Path) -> Result<RelPath, LocationError> {
 fn local_source(path: &Path) -> Result<Endpoint, LocationError> {
     let meta = std::fs::metadata(path).map_err(local_error(path))?;
     if meta.is_dir() {
-        return Ok(Endpoint { tree: open_tree(path)?, base: RelPath::root() });
+        return Ok(Endpoint { tree: open_tree(path, false)?, base: RelPath::root() });
     }
-    Ok(Endpoint { tree: open_tree(parent_of(path))?, base: name_of(path)? })
+    Ok(Endpoint { tree: open_tree(parent_of(path), false)?, base: name_of(path)? })
 }
 
 /// The tree is rooted at the deepest directory of `path` that exists; the
 /// rest of the path (created by the sync) is the base.
-fn local_destination(path: &Path) -> Result<Endpoint, LocationError> {
+fn local_destination(path: &Path, trust_transit: bool) -> Result<Endpoint, LocationError> {
     let mut existing = path.to_path_buf();
     let mut missing = Vec::new();
     loop {
@@ -276,7 +281,7 @@ fn local_destination(path: &Path) -> Result<Endpoint, LocationError> {
             Ok(m) if m.is_dir() => break,
             Ok(_) if missing.is_empty() => {
                 // An existing file: replaced by the sync.
-                return Ok(Endpoint { tree: open_tree(parent_of(path))?, base: name_of(path)? });
+                return Ok(Endpoint { tree: open_tree(parent_of(path), trust_transit)?, base: name_of(path)? });
             }
             Ok(_) => {
                 let source = std::io::Error::new(std::io::ErrorKind::NotADirectory, "not a directory");
@@ -298,7 +303,7 @@ fn local_destination(path: &Path) -> Result<Endpoint, LocationError> {
         path: path.to_path_buf(),
         source: std::io::Error::new(std::io::ErrorKind::InvalidInput, e.to_string()),
     })?;
-    Ok(Endpoint { tree: open_tree(&existing)?, base })
+    Ok(Endpoint { tree: open_tree(&existing, trust_transit)?, base })
 }
 
 #[cfg(test)]
@@ -365,11 +370,11 @@ mod tests {
     #[test]
     fn a_missing_destination_is_rooted_at_its_deepest_existing_parent() {
         let dir = tempfile::tempdir().unwrap();
-        let e = local_destination(&dir.path().join("a/b/c")).unwrap();
+        let e = local_destination(&dir.path().join("a/b/c"), true).unwrap();
         assert_eq!(e.base.to_string(), "a/b/c");
         std::fs::write(dir.path().join("f"), b"").unwrap();
-        assert_eq!(local_destination(&dir.path().join("f")).unwrap().base.to_string(), "f");
-        assert!(local_destination(&dir.path().join("f/x")).is_err());
-        assert!(local_destination(dir.path()).unwrap().base.is_root());
+        assert_eq!(local_destination(&dir.path().join("f"), true).unwrap().base.to_string(), "f");
+        assert!(local_destination(&dir.path().join("f/x"), true).is_err());
+        assert!(local_destination(dir.path(), true).unwrap().base.is_root());
     }
 }

@@ -8,7 +8,9 @@
 //! - touch anything outside its root: every path is resolved with `openat2`
 //!   beneath the root, refusing `..` and every symlink (see [`beneath`]);
 //! - follow a symlink: links are listed, created and removed as links;
-//! - write data it has not checked against the sender's digest.
+//! - write data it has not checked against the sender's digest, unless it
+//!   came through AES-GCM (which proves the same) or from this process
+//!   ([`FsTree::trust_transit`]).
 //!
 //! Everything here is blocking; callers run it on a blocking thread pool.
 
@@ -19,6 +21,7 @@ mod error;
 mod meta;
 mod pieces;
 mod read;
+mod recycle;
 mod temp;
 mod write;
 mod xattr;
@@ -41,6 +44,9 @@ pub struct FsTree {
     root: OwnedFd,
     path: PathBuf,
     cache: Arc<DigestCache>,
+    /// Whether data to be written is hashed again and checked against the
+    /// digest it came with.
+    verify_writes: bool,
 }
 
 impl FsTree {
@@ -48,7 +54,18 @@ impl FsTree {
     /// reached through symlinks: the root is the caller's choice).
     pub fn open(path: &Path) -> std::io::Result<FsTree> {
         let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(FsTree { root, path: path.to_path_buf(), cache: Arc::default() })
+        Ok(FsTree { root, path: path.to_path_buf(), cache: Arc::default(), verify_writes: true })
+    }
+
+    /// Writes data without hashing it again: for a tree whose requests come
+    /// over an encrypted channel (whose AEAD already proves every byte is
+    /// what the sender read and digested) or from this process. Data that
+    /// crossed a plaintext channel (TCP's checksum misses one corrupted
+    /// segment in millions) must keep the check. Patches are checked either
+    /// way: there the digest proves the patched result, not the transit.
+    pub fn trust_transit(mut self) -> FsTree {
+        self.verify_writes = false;
+        self
     }
 
     /// The tree's digest cache.
@@ -125,14 +142,14 @@ impl FsTree {
             }
             Request::ReadFiles { paths, max_size } => Response::Files(read::read_files(root, paths, *max_size)),
             Request::WriteData { path, offset, digest, data } => {
-                write::write_data(root, path, *offset, digest, data)?;
+                write::write_data(root, path, *offset, self.verify_writes.then_some(digest), data)?;
                 Response::Done
             }
             Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks } => {
                 write::apply_patch(root, path, *offset, *len, *block_size, chunk_digest, blocks)?;
                 Response::Done
             }
-            Request::WriteFiles { files } => Response::Outcomes(write::write_files(root, files)),
+            Request::WriteFiles { files } => Response::Outcomes(write::write_files(root, files, self.verify_writes)),
             Request::PrepareFile { path } => {
                 Response::Stat { stat: Some(write::prepare_file(root, path)?), now: meta::now() }
             }
@@ -148,7 +165,7 @@ impl FsTree {
                 Response::Data { digest, data }
             }
             Request::WriteRanges { path, ranges, digest, data } => {
-                write::write_ranges(root, path, ranges, digest, data)?;
+                write::write_ranges(root, path, ranges, self.verify_writes.then_some(digest), data)?;
                 Response::Done
             }
             Request::CloneFiles { files } => Response::Outcomes(copy::clone_files(root, files)),

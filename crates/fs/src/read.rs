@@ -39,7 +39,7 @@ pub(crate) fn read_range(file: &File, offset: u64, len: usize) -> Result<Vec<u8>
 /// straight into fresh memory: no zero-filling of buffers about to be
 /// overwritten.
 pub(crate) fn read_upto(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
-    let mut buf = Vec::with_capacity(len);
+    let mut buf = crate::recycle::take(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
         match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
@@ -143,7 +143,7 @@ pub(crate) fn read_data(
     len: u32,
 ) -> Result<(Digest, Bytes), FsError> {
     let file = open_read(root, path)?;
-    let data = Bytes::from(read_range(&file, offset, len as usize)?);
+    let data = crate::recycle::bytes(read_range(&file, offset, len as usize)?);
     Ok((Digest::of(&data), data))
 }
 

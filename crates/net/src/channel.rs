@@ -40,7 +40,7 @@ use std::time::Duration;
 
 use pareco_compress::Compression;
 use pareco_proto::handshake::{FEATURE_COMPRESSED_FRAMES, FEATURES, HandshakeError, Hello, Session, Welcome};
-use snow::StatelessTransportState;
+use ring::aead::{AES_256_GCM, Aad, LessSafeKey, Nonce, UnboundKey};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
@@ -116,48 +116,75 @@ pub struct Channel {
     pub session: Session,
 }
 
-/// One direction's cipher: the shared session keys and this direction's
-/// record counter (the AES-GCM nonce, never reused).
+/// One direction's cipher: that direction's key from the handshake and its
+/// record counter (the AES-GCM nonce, never reused). Records are exactly
+/// what snow's transport mode makes of them (AES-256-GCM, no associated
+/// data, the nonce four zero bytes and the counter big-endian, as the Noise
+/// specification has it; the tests hold the two side by side), but are
+/// sealed and opened in place with ring, which snow's interface does not
+/// allow: opening through snow zero-fills a buffer and copies every record
+/// into it before decrypting.
 pub(crate) struct RecordCipher {
-    state: Arc<StatelessTransportState>,
+    key: LessSafeKey,
     nonce: u64,
 }
 
 impl RecordCipher {
+    fn new(key: &[u8; 32]) -> RecordCipher {
+        let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key fits AES-256-GCM");
+        RecordCipher { key: LessSafeKey::new(key), nonce: 0 }
+    }
+
+    fn next_nonce(&mut self) -> Nonce {
+        let mut nonce = [0u8; 12];
+        nonce[4..].copy_from_slice(&self.nonce.to_be_bytes());
+        self.nonce += 1;
+        Nonce::assume_unique_for_key(nonce)
+    }
+
     /// Encrypts `plain` (at most `MAX_RECORD - TAG` bytes) as one record,
     /// length prefix included, at `out[*used..]`; `out` only grows (so its
     /// memory is initialised once, not zeroed for every record).
     pub(crate) fn seal(&mut self, plain: &[u8], out: &mut Vec<u8>, used: &mut usize) {
+        debug_assert!(plain.len() <= MAX_RECORD - TAG);
         let end = *used + 2 + plain.len() + TAG;
         if out.len() < end {
             out.resize(end, 0);
         }
-        let n = self
-            .state
-            .write_message(self.nonce, plain, &mut out[*used + 2..end])
+        let nonce = self.next_nonce();
+        let body = &mut out[*used + 2..end - TAG];
+        body.copy_from_slice(plain);
+        let tag = self
+            .key
+            .seal_in_place_separate_tag(nonce, Aad::empty(), body)
             .expect("a record within MAX_RECORD always encrypts");
-        self.nonce += 1;
-        out[*used..*used + 2].copy_from_slice(&(n as u16).to_le_bytes());
-        *used += 2 + n;
+        out[end - TAG..end].copy_from_slice(tag.as_ref());
+        out[*used..*used + 2].copy_from_slice(&((plain.len() + TAG) as u16).to_le_bytes());
+        *used = end;
     }
 
-    /// Decrypts one record's ciphertext, appending the plaintext to `out`.
-    pub(crate) fn open(&mut self, record: &[u8], out: &mut bytes::BytesMut) -> Result<(), NetError> {
-        if record.len() < TAG {
+    /// Opens the record whose ciphertext and tag are `buf[at..]`, leaving
+    /// its plaintext at `buf[to..]` (`to <= at`: the cipher moves it down as
+    /// it decrypts, in the same pass); returns the plaintext's length.
+    pub(crate) fn open_within(&mut self, buf: &mut [u8], to: usize, at: usize) -> Result<usize, NetError> {
+        if buf.len() - at < TAG {
             return Err(NetError::Protocol("record shorter than its tag"));
         }
-        let start = out.len();
-        // Room for the whole ciphertext: the backend then decrypts in place
-        // (with less, it allocates and copies the record twice).
-        out.resize(start + record.len(), 0);
-        let n = self
-            .state
-            .read_message(self.nonce, record, &mut out[start..])
+        let nonce = self.next_nonce();
+        let plain = self
+            .key
+            .open_within(nonce, Aad::empty(), &mut buf[to..], at - to..)
             .map_err(|_| NetError::Protocol("a record failed authentication (tampered or corrupted)"))?;
-        self.nonce += 1;
-        out.truncate(start + n);
-        Ok(())
+        Ok(plain.len())
     }
+}
+
+/// The two directions' ciphers after a handshake: (this side's sealer, its
+/// opener).
+fn ciphers(hs: &mut snow::HandshakeState) -> (RecordCipher, RecordCipher) {
+    let (initiator, responder) = hs.dangerously_get_raw_split();
+    let (out, inn) = if hs.is_initiator() { (initiator, responder) } else { (responder, initiator) };
+    (RecordCipher::new(&out), RecordCipher::new(&inn))
 }
 
 fn noise_builder(key: &TokenKey) -> snow::Builder<'_> {
@@ -170,17 +197,20 @@ fn noise_builder(key: &TokenKey) -> snow::Builder<'_> {
 
 fn split(
     stream: TcpStream,
-    state: StatelessTransportState,
+    mut hs: snow::HandshakeState,
     security: Security,
     session: Session,
     compression: Compression,
     counters: Arc<WireCounters>,
-) -> Channel {
+) -> Result<Channel, NetError> {
+    if !hs.is_handshake_finished() {
+        return Err(NetError::Protocol("handshake state error"));
+    }
     let (r, w) = stream.into_split();
-    let (opener, sealer) = match security {
+    let (sealer, opener) = match security {
         Security::Encrypted => {
-            let state = Arc::new(state);
-            (Some(RecordCipher { state: state.clone(), nonce: 0 }), Some(RecordCipher { state, nonce: 0 }))
+            let (sealer, opener) = ciphers(&mut hs);
+            (Some(sealer), Some(opener))
         }
         Security::Plaintext => (None, None),
     };
@@ -190,7 +220,7 @@ fn split(
         reader.inflate();
         writer.compress(compression);
     }
-    Channel { reader, writer, session }
+    Ok(Channel { reader, writer, session })
 }
 
 async fn read_message(stream: &mut TcpStream, counters: &WireCounters) -> Result<Vec<u8>, NetError> {
@@ -249,8 +279,7 @@ pub async fn connect(
     let n = hs.read_message(&reply, &mut payload).map_err(|_| HandshakeError::AuthenticationFailed)?;
     let welcome = Welcome::decode(&payload[..n])?;
     let session = welcome.accept(&hello)?;
-    let state = hs.into_stateless_transport_mode().map_err(noise_bug)?;
-    Ok(split(stream, state, security, session, compression, counters))
+    split(stream, hs, security, session, compression, counters)
 }
 
 /// Server side: checks the client's opening, authenticates it and answers.
@@ -325,8 +354,7 @@ pub async fn accept_counted(
     let n = hs.write_message(&welcome.encode(), &mut message).map_err(noise_bug)?;
     write_all(&mut stream, &self::opening(security.mode(), &message[..n]), &counters).await?;
     let session = welcome.accept(&hello)?;
-    let state = hs.into_stateless_transport_mode().map_err(noise_bug)?;
-    Ok(split(stream, state, security, session, compression, counters))
+    split(stream, hs, security, session, compression, counters)
 }
 
 async fn refuse(stream: &mut TcpStream, reason: &str, counters: &WireCounters) {
@@ -346,4 +374,77 @@ fn noise_bug(e: snow::Error) -> NetError {
         snow::Error::Input => "handshake message out of bounds",
         _ => "handshake state error",
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A finished NNpsk0 handshake: (initiator, responder).
+    fn handshake() -> (snow::HandshakeState, snow::HandshakeState) {
+        let key = TokenKey::from_token(b"token");
+        let mut i = noise_builder(&key).build_initiator().unwrap();
+        let mut r = noise_builder(&key).build_responder().unwrap();
+        let (mut m, mut p) = (vec![0; MAX_RECORD], vec![0; MAX_RECORD]);
+        let n = i.write_message(b"hello", &mut m).unwrap();
+        r.read_message(&m[..n], &mut p).unwrap();
+        let n = r.write_message(b"welcome", &mut m).unwrap();
+        i.read_message(&m[..n], &mut p).unwrap();
+        (i, r)
+    }
+
+    /// Opens the records `sealed` holds, one after the other, with ours.
+    fn open_all(opener: &mut RecordCipher, mut sealed: Vec<u8>) -> Vec<u8> {
+        let (mut opened, mut at) = (0, 0);
+        while at < sealed.len() {
+            let len = u16::from_le_bytes([sealed[at], sealed[at + 1]]) as usize;
+            opened += opener.open_within(&mut sealed[..at + 2 + len], opened, at + 2).unwrap();
+            at += 2 + len;
+        }
+        sealed.truncate(opened);
+        sealed
+    }
+
+    /// Our records are snow's, both ways: the wire format did not change
+    /// when sealing and opening moved to ring.
+    #[test]
+    fn records_are_those_of_snow_transport_mode() {
+        let (mut i, mut r) = handshake();
+        let (mut i_seal, mut i_open) = ciphers(&mut i);
+        let (mut r_seal, mut r_open) = ciphers(&mut r);
+        let i = i.into_stateless_transport_mode().unwrap();
+        let r = r.into_stateless_transport_mode().unwrap();
+        let messages: Vec<Vec<u8>> =
+            (0..5u8).map(|k| vec![k; [0, 1, 1000, MAX_RECORD - TAG, 77][k as usize]]).collect();
+
+        // Ours sealed (initiator to responder), snow opens.
+        let (mut sealed, mut used) = (Vec::new(), 0);
+        for m in &messages {
+            i_seal.seal(m, &mut sealed, &mut used);
+        }
+        let (mut at, mut out) = (0, vec![0; MAX_RECORD]);
+        for (nonce, m) in messages.iter().enumerate() {
+            let len = u16::from_le_bytes([sealed[at], sealed[at + 1]]) as usize;
+            let n = r.read_message(nonce as u64, &sealed[at + 2..at + 2 + len], &mut out).unwrap();
+            assert_eq!(&out[..n], &m[..]);
+            at += 2 + len;
+        }
+        assert_eq!(at, used);
+
+        // snow sealed (responder to initiator), ours opens, several records in one buffer.
+        let mut sealed = Vec::new();
+        for (nonce, m) in messages.iter().enumerate() {
+            let n = r.write_message(nonce as u64, m, &mut out).unwrap();
+            sealed.extend_from_slice(&(n as u16).to_le_bytes());
+            sealed.extend_from_slice(&out[..n]);
+        }
+        assert_eq!(open_all(&mut i_open, sealed), messages.concat());
+
+        // A flipped bit fails authentication.
+        let (mut sealed, mut used) = (Vec::new(), 0);
+        r_seal.seal(b"payload", &mut sealed, &mut used);
+        sealed[5] ^= 1;
+        assert!(r_open.open_within(&mut sealed[..used], 0, 2).is_err());
+        let _ = i;
+    }
 }

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 use pareco_compress::{Compression, DEFAULT_LEVEL, Encoder};
 use pareco_proto::codec::{self, Body, Frame, HEADER_LEN};
 use pareco_proto::stream::Encoding;
@@ -25,6 +25,14 @@ const ZERO_COPY_MIN: usize = 64 << 10;
 
 /// Buffered bytes are written out beyond this size.
 const FLUSH_AT: usize = 256 << 10;
+
+/// Reads into at least this much room…
+const READ_MIN: usize = 64 << 10;
+
+/// …made this large when less is left: few reads, and (encrypted) few
+/// reallocations of the buffer records are opened in, the only times a
+/// frame's plaintext is copied.
+const READ_RESERVE: usize = 512 << 10;
 
 /// Plaintext per record.
 const RECORD_PLAIN: usize = MAX_RECORD - TAG;
@@ -78,8 +86,8 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 continue;
             }
             let target = if self.opener.is_some() { &mut self.sealed } else { &mut self.buf };
-            if target.capacity() - target.len() < 16 << 10 {
-                target.reserve(128 << 10);
+            if target.capacity() - target.len() < READ_MIN {
+                target.reserve(READ_RESERVE);
             }
             let n = self.inner.read_buf(target).await?;
             if n == 0 {
@@ -93,25 +101,36 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
-    /// Opens every complete record received; whether any was.
+    /// Opens every complete record received; whether any was. Records are
+    /// opened where they arrived, each plaintext moved down against the one
+    /// before by the cipher itself, and the run of plaintext is handed to
+    /// `buf` without a copy when it starts where `buf` ends (as it does
+    /// until `sealed` is reallocated): a frame spanning records is then
+    /// contiguous as received, and the data in it is never copied in user
+    /// space.
     fn open_records(&mut self) -> Result<bool, NetError> {
         let Some(opener) = &mut self.opener else { return Ok(false) };
-        let mut opened = false;
-        while self.sealed.len() >= 2 {
-            let len = u16::from_le_bytes([self.sealed[0], self.sealed[1]]) as usize;
-            if self.sealed.len() < 2 + len {
+        let (mut opened, mut at) = (0, 0);
+        while self.sealed.len() - at >= 2 {
+            let len = u16::from_le_bytes([self.sealed[at], self.sealed[at + 1]]) as usize;
+            let end = at + 2 + len;
+            if self.sealed.len() < end {
                 break;
             }
-            self.sealed.advance(2);
-            let record = self.sealed.split_to(len);
-            // Room for the whole pending frame, so that a large frame is
-            // assembled in one allocation instead of regrown record by record.
-            let frame = codec::frame_len(&self.buf)?.unwrap_or(0);
-            self.buf.reserve(frame.saturating_sub(self.buf.len()).max(len));
-            opener.open(&record, &mut self.buf)?;
-            opened = true;
+            opened += opener.open_within(&mut self.sealed[..end], opened, at + 2)?;
+            at = end;
         }
-        Ok(opened)
+        if at == 0 {
+            return Ok(false);
+        }
+        let mut plain = self.sealed.split_to(at);
+        plain.truncate(opened);
+        if self.buf.is_empty() {
+            self.buf = plain;
+        } else {
+            self.buf.unsplit(plain);
+        }
+        Ok(true)
     }
 }
 

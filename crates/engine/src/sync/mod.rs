@@ -133,6 +133,8 @@ pub(crate) struct Ctx {
     batches: Arc<Semaphore>,
     /// KiB of file data in flight.
     data: Arc<Semaphore>,
+    /// When the run started (its rate decides the size of pieces).
+    started: std::time::Instant,
     /// Paths sharing an inode.
     links: links::Links,
     /// Destination files the source lacks: where moved content may be.
@@ -172,6 +174,7 @@ impl Ctx {
             groups: Arc::new(Semaphore::new(4 * j)),
             batches: Arc::new(Semaphore::new(4 * j)),
             data: Arc::new(Semaphore::new(data_kib)),
+            started: std::time::Instant::now(),
             links: links::Links::default(),
             index: Default::default(),
             deletions: Default::default(),
