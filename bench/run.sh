@@ -23,13 +23,16 @@ command -v moto_server >/dev/null || python3 -m pip install --quiet "moto[server
 if [[ " $* " == *" --baselines "* ]] && ! command -v aws >/dev/null; then
     python3 -m pip install --quiet "awscli==1.45.11"
 fi
-# --quick checks the script, not the speed: the test profile's build will do
-# (scripts/test has it already), and no release build is needed.
-profile=release
-[[ " $* " == *" --quick "* ]] && profile=debug
-export PARECO_PROFILE=$profile
-cargo_profile=(--release); [[ $profile == debug ]] && cargo_profile=()
-cargo build "${cargo_profile[@]}" --quiet
-# The forwarder scenario's load generator (a client and server in Rust).
-cargo build "${cargo_profile[@]}" --quiet -p pareco-forward --example loadgen
+# The binary, and the forwarder scenario's load generator (a client and
+# server in Rust). --quick checks the script, not the speed: the debug build
+# will do, selected as the tests' build is (same features: after
+# scripts/test's tests nothing is built again).
+if [[ " $* " == *" --quick "* ]]; then
+    export PARECO_PROFILE=debug
+    cargo build --quiet --workspace --bins --examples
+else
+    export PARECO_PROFILE=release
+    cargo build --release --quiet
+    cargo build --release --quiet -p pareco-forward --example loadgen
+fi
 exec python3 bench/bench.py "$@"

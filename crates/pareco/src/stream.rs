@@ -103,6 +103,7 @@ async fn progress(stats: &Arc<PipeStats>, args: &StreamArgs, verb: &'static str)
         );
         f.counter("pareco_retries", "Frames sent again after their connection was lost.", load(&reader.resent_frames));
         f.counter("pareco_reconnects", "Connections opened after the first ones.", load(&reader.reconnects));
+        f.gauge("pareco_connections_peak", "The most connections open at once.", load(&reader.connections));
     })
     .await?;
     let stats = stats.clone();
