@@ -64,10 +64,7 @@ pub(crate) fn write_data(
     digest: Option<&Digest>,
     data: &[u8],
 ) -> Result<(), FsError> {
-    check_digest(data, digest)?;
-    let file = open_write(root, path, false)?;
-    let _turn = turn(path);
-    file.write_all_at(data, offset).map_err(|e| FsError::std("write", e))
+    write_ranges(root, path, &[offset..offset + data.len() as u64], digest, data)
 }
 
 /// Writes verified bytes to several ranges of a file.
