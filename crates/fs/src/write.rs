@@ -64,7 +64,7 @@ pub(crate) fn write_data(
     digest: Option<&Digest>,
     data: &[u8],
 ) -> Result<(), FsError> {
-    write_ranges(root, path, &[offset..offset + data.len() as u64], digest, data)
+    write_ranges(root, path, std::slice::from_ref(&(offset..offset + data.len() as u64)), digest, data)
 }
 
 /// Writes verified bytes to several ranges of a file.
