@@ -169,20 +169,28 @@ pub struct Endpoint {
 }
 
 impl Endpoint {
-    /// Opens a location as the source of a sync.
-    pub async fn source(location: &Location, remote: &RemoteOptions) -> Result<Endpoint, LocationError> {
+    /// Opens a location as the source of a sync (or a side of a verify)
+    /// whose data goes to `peer`.
+    pub async fn source(
+        location: &Location,
+        peer: &Location,
+        remote: &RemoteOptions,
+    ) -> Result<Endpoint, LocationError> {
         match location {
-            Location::Local(path) => local_source(path),
+            Location::Local(path) => local_source(path, trusts_transit(peer, remote)),
             Location::Remote { addr, path } => Endpoint::remote(addr, path, remote).await,
         }
     }
 
-    /// Opens a location as the destination of a sync (which may not exist yet).
-    pub async fn destination(location: &Location, remote: &RemoteOptions) -> Result<Endpoint, LocationError> {
+    /// Opens a location as the destination of a sync (which may not exist
+    /// yet) whose data comes from `peer`.
+    pub async fn destination(
+        location: &Location,
+        peer: &Location,
+        remote: &RemoteOptions,
+    ) -> Result<Endpoint, LocationError> {
         match location {
-            // What arrives here comes from this process or through the pool's
-            // channels: only plaintext ones leave digests worth re-checking.
-            Location::Local(path) => local_destination(path, remote.pool.security == Security::Encrypted),
+            Location::Local(path) => local_destination(path, trusts_transit(peer, remote)),
             Location::Remote { addr, path } => Endpoint::remote(addr, path, remote).await,
         }
     }
@@ -234,6 +242,14 @@ fn local_error(path: &Path) -> impl FnOnce(std::io::Error) -> LocationError + '_
     move |source| LocationError::Local { path: path.to_path_buf(), source }
 }
 
+/// Whether a local tree's data needs no digests (`FsTree::trust_transit`):
+/// it comes from or goes to this process, or crosses the pool's channels
+/// encrypted. Only plaintext channels leave digests worth computing and
+/// checking, and the server decides alike from the same channel.
+fn trusts_transit(peer: &Location, remote: &RemoteOptions) -> bool {
+    matches!(peer, Location::Local(_)) || remote.pool.security == Security::Encrypted
+}
+
 fn open_tree(dir: &Path, trust_transit: bool) -> Result<Tree, LocationError> {
     let mut tree = FsTree::open(dir).map_err(local_error(dir))?;
     if trust_transit {
@@ -263,12 +279,12 @@ fn name_of(path: &Path) -> Result<RelPath, LocationError> {
 
 /// A source directory is the root of its tree; a source file (or symlink)
 /// is an entry of its parent directory.
-fn local_source(path: &Path) -> Result<Endpoint, LocationError> {
+fn local_source(path: &Path, trust_transit: bool) -> Result<Endpoint, LocationError> {
     let meta = std::fs::metadata(path).map_err(local_error(path))?;
     if meta.is_dir() {
-        return Ok(Endpoint { tree: open_tree(path, false)?, base: RelPath::root() });
+        return Ok(Endpoint { tree: open_tree(path, trust_transit)?, base: RelPath::root() });
     }
-    Ok(Endpoint { tree: open_tree(parent_of(path), false)?, base: name_of(path)? })
+    Ok(Endpoint { tree: open_tree(parent_of(path), trust_transit)?, base: name_of(path)? })
 }
 
 /// The tree is rooted at the deepest directory of `path` that exists; the

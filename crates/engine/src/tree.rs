@@ -215,8 +215,13 @@ impl Tree {
         Ok(pieces)
     }
 
-    /// Reads several ranges of a file, one after the other, with their digest.
-    pub async fn read_ranges(&self, path: RelPath, ranges: Vec<Range<u64>>) -> Result<(Digest, Bytes), TreeError> {
+    /// Reads several ranges of a file, one after the other, with their digest
+    /// (if the channel needs one).
+    pub async fn read_ranges(
+        &self,
+        path: RelPath,
+        ranges: Vec<Range<u64>>,
+    ) -> Result<(Option<Digest>, Bytes), TreeError> {
         let want: u64 = ranges.iter().map(|r| r.end - r.start).sum();
         let (digest, data) = expect!(self.call(Request::ReadRanges { path, ranges }).await?, "read", Response::Data { digest, data } => (digest, data))?;
         if data.len() as u64 != want {
@@ -230,7 +235,7 @@ impl Tree {
         &self,
         path: RelPath,
         ranges: Vec<Range<u64>>,
-        digest: Digest,
+        digest: Option<Digest>,
         data: Bytes,
     ) -> Result<(), TreeError> {
         expect!(self.call(Request::WriteRanges { path, ranges, digest, data }).await?, "write", Response::Done => ())
@@ -241,8 +246,8 @@ impl Tree {
         expect!(self.call(Request::CopyRanges { path, from, ranges }).await?, "copy", Response::Done => ())
     }
 
-    /// Reads a range with its digest.
-    pub async fn read_data(&self, path: RelPath, offset: u64, len: u32) -> Result<(Digest, Bytes), TreeError> {
+    /// Reads a range with its digest (if the channel needs one).
+    pub async fn read_data(&self, path: RelPath, offset: u64, len: u32) -> Result<(Option<Digest>, Bytes), TreeError> {
         expect!(self.call(Request::ReadData { path, offset, len }).await?, "read", Response::Data { digest, data } => (digest, data))
     }
 
@@ -260,7 +265,13 @@ impl Tree {
     }
 
     /// Writes a verified range in place.
-    pub async fn write_data(&self, path: RelPath, offset: u64, digest: Digest, data: Bytes) -> Result<(), TreeError> {
+    pub async fn write_data(
+        &self,
+        path: RelPath,
+        offset: u64,
+        digest: Option<Digest>,
+        data: Bytes,
+    ) -> Result<(), TreeError> {
         expect!(self.call(Request::WriteData { path, offset, digest, data }).await?, "write", Response::Done => ())
     }
 

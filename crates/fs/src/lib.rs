@@ -10,7 +10,8 @@
 //! - follow a symlink: links are listed, created and removed as links;
 //! - write data it has not checked against the sender's digest, unless it
 //!   came through AES-GCM (which proves the same) or from this process
-//!   ([`FsTree::trust_transit`]).
+//!   ([`FsTree::trust_transit`], which also stops it digesting what it reads
+//!   for sending).
 //!
 //! Everything here is blocking; callers run it on a blocking thread pool.
 
@@ -44,9 +45,9 @@ pub struct FsTree {
     root: OwnedFd,
     path: PathBuf,
     cache: Arc<DigestCache>,
-    /// Whether data to be written is hashed again and checked against the
-    /// digest it came with.
-    verify_writes: bool,
+    /// Whether data read for sending is digested, and data to be written is
+    /// hashed again and checked against the digest it came with.
+    digests: bool,
 }
 
 impl FsTree {
@@ -54,17 +55,19 @@ impl FsTree {
     /// reached through symlinks: the root is the caller's choice).
     pub fn open(path: &Path) -> std::io::Result<FsTree> {
         let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(FsTree { root, path: path.to_path_buf(), cache: Arc::default(), verify_writes: true })
+        Ok(FsTree { root, path: path.to_path_buf(), cache: Arc::default(), digests: true })
     }
 
-    /// Writes data without hashing it again: for a tree whose requests come
-    /// over an encrypted channel (whose AEAD already proves every byte is
-    /// what the sender read and digested) or from this process. Data that
-    /// crossed a plaintext channel (TCP's checksum misses one corrupted
-    /// segment in millions) must keep the check. Patches are checked either
-    /// way: there the digest proves the patched result, not the transit.
+    /// Reads data for sending without digesting it, and writes data without
+    /// hashing it again: for a tree whose requests come over an encrypted
+    /// channel (whose AEAD already proves every byte is what the sender
+    /// read) or from this process. Data that crosses a plaintext channel
+    /// (TCP's checksum misses one corrupted segment in millions) must keep
+    /// both; both ends of a transfer decide alike, from the channel's
+    /// security. Patches are checked either way: there the digest proves
+    /// the patched result, not the transit.
     pub fn trust_transit(mut self) -> FsTree {
-        self.verify_writes = false;
+        self.digests = false;
         self
     }
 
@@ -133,23 +136,25 @@ impl FsTree {
                 Response::Digests(digests)
             }
             Request::ReadData { path, offset, len } => {
-                let (digest, data) = read::read_data(root, path, *offset, *len)?;
+                let (digest, data) = read::read_data(root, path, *offset, *len, self.digests)?;
                 Response::Data { digest, data }
             }
             Request::ReadPatch { path, offset, len, block_size, dest_blocks } => {
                 let (chunk_digest, blocks) = read::read_patch(root, path, *offset, *len, *block_size, dest_blocks)?;
                 Response::Patch { chunk_digest, blocks }
             }
-            Request::ReadFiles { paths, max_size } => Response::Files(read::read_files(root, paths, *max_size)),
+            Request::ReadFiles { paths, max_size } => {
+                Response::Files(read::read_files(root, paths, *max_size, self.digests))
+            }
             Request::WriteData { path, offset, digest, data } => {
-                write::write_data(root, path, *offset, self.verify_writes.then_some(digest), data)?;
+                write::write_data(root, path, *offset, digest.as_ref(), self.digests, data)?;
                 Response::Done
             }
             Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks } => {
                 write::apply_patch(root, path, *offset, *len, *block_size, chunk_digest, blocks)?;
                 Response::Done
             }
-            Request::WriteFiles { files } => Response::Outcomes(write::write_files(root, files, self.verify_writes)),
+            Request::WriteFiles { files } => Response::Outcomes(write::write_files(root, files, self.digests)),
             Request::PrepareFile { path } => {
                 Response::Stat { stat: Some(write::prepare_file(root, path)?), now: meta::now() }
             }
@@ -161,11 +166,11 @@ impl FsTree {
                 Response::Pieces(pieces::pieces(root, path, *offset, *len, *avg)?)
             }
             Request::ReadRanges { path, ranges } => {
-                let (digest, data) = read::read_ranges(root, path, ranges)?;
+                let (digest, data) = read::read_ranges(root, path, ranges, self.digests)?;
                 Response::Data { digest, data }
             }
             Request::WriteRanges { path, ranges, digest, data } => {
-                write::write_ranges(root, path, ranges, self.verify_writes.then_some(digest), data)?;
+                write::write_ranges(root, path, ranges, digest.as_ref(), self.digests, data)?;
                 Response::Done
             }
             Request::CloneFiles { files } => Response::Outcomes(copy::clone_files(root, files)),

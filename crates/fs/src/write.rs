@@ -22,13 +22,16 @@ use crate::meta;
 use crate::read::read_range;
 use crate::temp;
 
-/// Checks `data` against `digest`, unless there is none to check (the tree
-/// trusts its transit: see `FsTree::trust_transit`).
-fn check_digest(data: &[u8], digest: Option<&Digest>) -> Result<(), FsError> {
-    if digest.is_some_and(|digest| Digest::of(data) != *digest) {
-        return Err(FsError::mismatch("verify", "data does not match its digest (corrupted in transit?)"));
+/// Checks `data` against the `digest` it came with, if the tree `checks`
+/// digests (it does unless it trusts its transit: see
+/// `FsTree::trust_transit`); data without one is then refused.
+fn check_digest(data: &[u8], digest: Option<&Digest>, checks: bool) -> Result<(), FsError> {
+    match digest {
+        _ if !checks => Ok(()),
+        Some(digest) if Digest::of(data) == *digest => Ok(()),
+        Some(_) => Err(FsError::mismatch("verify", "data does not match its digest (corrupted in transit?)")),
+        None => Err(FsError::mismatch("verify", "data came without its digest over a plaintext channel")),
     }
-    Ok(())
 }
 
 /// Writers of one file take turns here. Concurrent `pwrite`s to one inode
@@ -56,15 +59,17 @@ fn open_write(root: BorrowedFd<'_>, path: &RelPath, create: bool) -> Result<File
     Ok(File::from(fd))
 }
 
-/// Writes one verified piece of a file in place.
+/// Writes one verified piece of a file in place (its digest checked if
+/// the tree `checks` digests).
 pub(crate) fn write_data(
     root: BorrowedFd<'_>,
     path: &RelPath,
     offset: u64,
     digest: Option<&Digest>,
+    checks: bool,
     data: &[u8],
 ) -> Result<(), FsError> {
-    write_ranges(root, path, std::slice::from_ref(&(offset..offset + data.len() as u64)), digest, data)
+    write_ranges(root, path, std::slice::from_ref(&(offset..offset + data.len() as u64)), digest, checks, data)
 }
 
 /// Writes verified bytes to several ranges of a file.
@@ -73,9 +78,10 @@ pub(crate) fn write_ranges(
     path: &RelPath,
     ranges: &[std::ops::Range<u64>],
     digest: Option<&Digest>,
+    checks: bool,
     data: &[u8],
 ) -> Result<(), FsError> {
-    check_digest(data, digest)?;
+    check_digest(data, digest, checks)?;
     let file = open_write(root, path, false)?;
     let _turn = turn(path);
     let mut at = 0;
@@ -123,12 +129,12 @@ pub(crate) fn apply_patch(
 }
 
 /// Writes whole files, each atomically; one outcome per file.
-pub(crate) fn write_files(root: BorrowedFd<'_>, files: &[FileContent], verify: bool) -> Vec<Result<(), Failure>> {
-    files.iter().map(|f| write_file(root, f, verify).map_err(Failure::from)).collect()
+pub(crate) fn write_files(root: BorrowedFd<'_>, files: &[FileContent], checks: bool) -> Vec<Result<(), Failure>> {
+    files.iter().map(|f| write_file(root, f, checks).map_err(Failure::from)).collect()
 }
 
-fn write_file(root: BorrowedFd<'_>, f: &FileContent, verify: bool) -> Result<(), FsError> {
-    check_digest(&f.data, verify.then_some(&f.digest))?;
+fn write_file(root: BorrowedFd<'_>, f: &FileContent, checks: bool) -> Result<(), FsError> {
+    check_digest(&f.data, f.digest.as_ref(), checks)?;
     let (dir, name) = beneath::parent(root, &f.path, "create file")?;
     let temp = temp::new_name(dir.as_fd());
     let result = (|| {

@@ -41,8 +41,13 @@ fn symlinks_inside_the_root_are_never_followed() {
 
     let data = Bytes::from_static(b"evil");
     let attempts = [
-        Request::WriteData { path: p("escape/planted"), offset: 0, digest: Digest::of(&data), data: data.clone() },
-        Request::WriteData { path: p("secret_link"), offset: 0, digest: Digest::of(&data), data: data.clone() },
+        Request::WriteData {
+            path: p("escape/planted"),
+            offset: 0,
+            digest: Some(Digest::of(&data)),
+            data: data.clone(),
+        },
+        Request::WriteData { path: p("secret_link"), offset: 0, digest: Some(Digest::of(&data)), data: data.clone() },
         Request::ReadData { path: p("escape/secret"), offset: 0, len: 6 },
         Request::ReadData { path: p("secret_link"), offset: 0, len: 6 },
         Request::EnsureDir { path: p("escape/d"), mode: 0o755 },
@@ -56,7 +61,8 @@ fn symlinks_inside_the_root_are_never_followed() {
     for req in attempts {
         assert_eq!(failure(tree.execute(&req)), FailureKind::SymlinkInPath, "{req:?}");
     }
-    let files = vec![FileContent { path: p("escape/f"), mode: 0o644, mtime: None, digest: Digest::of(&data), data }];
+    let files =
+        vec![FileContent { path: p("escape/f"), mode: 0o644, mtime: None, digest: Some(Digest::of(&data)), data }];
     let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files }) else { panic!() };
     assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::SymlinkInPath);
 
@@ -91,8 +97,14 @@ fn small_files_are_written_atomically_with_mode_and_mtime() {
     let data = Bytes::from_static(b"content");
     let mtime = Timestamp { secs: 1_600_000_000, nanos: 123_456_789 };
     let files = vec![
-        FileContent { path: p("a"), mode: 0o640, mtime: Some(mtime), digest: Digest::of(&data), data: data.clone() },
-        FileContent { path: p("bad"), mode: 0o640, mtime: None, digest: Digest([0; 32]), data: data.clone() },
+        FileContent {
+            path: p("a"),
+            mode: 0o640,
+            mtime: Some(mtime),
+            digest: Some(Digest::of(&data)),
+            data: data.clone(),
+        },
+        FileContent { path: p("bad"), mode: 0o640, mtime: None, digest: Some(Digest([0; 32])), data: data.clone() },
     ];
     let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files }) else { panic!() };
     assert!(out[0].is_ok());
@@ -160,7 +172,7 @@ fn big_files_are_prepared_written_in_place_and_finished() {
     assert!(matches!(tree.execute(&Request::PrepareFile { path: p("f") }), Response::Stat { stat: Some(_), .. }));
     let data = Bytes::from_static(b"NEW");
     assert_eq!(
-        tree.execute(&Request::WriteData { path: p("f"), offset: 0, digest: Digest::of(&data), data }),
+        tree.execute(&Request::WriteData { path: p("f"), offset: 0, digest: Some(Digest::of(&data)), data }),
         Response::Done
     );
     let mtime = Timestamp { secs: 1_000_000_000, nanos: 1 };
@@ -179,7 +191,7 @@ fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
     let (target, part) = (p("new.db"), pareco_proto::path::partial_of(&p("new.db")).unwrap());
     assert!(matches!(tree.execute(&Request::PrepareFile { path: part.clone() }), Response::Stat { stat: Some(_), .. }));
     let data = Bytes::from_static(b"complete");
-    let write = Request::WriteData { path: part.clone(), offset: 0, digest: Digest::of(&data), data };
+    let write = Request::WriteData { path: part.clone(), offset: 0, digest: Some(Digest::of(&data)), data };
     assert_eq!(tree.execute(&write), Response::Done);
     // Hidden while it is being written: not listed, not there by its name.
     let Response::Listing { entries, .. } = tree.execute(&Request::ListDir { path: RelPath::root() }) else { panic!() };
@@ -298,11 +310,11 @@ fn ranges_are_copied_between_files_read_and_written_scattered() {
     else {
         panic!()
     };
-    assert_eq!((&data[..], digest), (&b"23cde"[..], Digest::of(b"23cde")));
+    assert_eq!((&data[..], digest), (&b"23cde"[..], Some(Digest::of(b"23cde"))));
     let write = Request::WriteRanges {
         path: p("new"),
         ranges: vec![1..3, 6..9],
-        digest: Digest::of(b"XYZWV"),
+        digest: Some(Digest::of(b"XYZWV")),
         data: Bytes::from_static(b"XYZWV"),
     };
     assert_eq!(tree.execute(&write), Response::Done);
@@ -312,7 +324,7 @@ fn ranges_are_copied_between_files_read_and_written_scattered() {
     let lying = Request::WriteRanges {
         path: p("new"),
         ranges: vec![0..2],
-        digest: Digest::of(b"no"),
+        digest: Some(Digest::of(b"no")),
         data: Bytes::from_static(b"ok"),
     };
     assert_eq!(failure(tree.execute(&lying)), FailureKind::Mismatch);
@@ -351,4 +363,40 @@ fn files_are_made_from_the_candidate_holding_their_content_even_when_names_swap(
     let m = std::fs::metadata(r.join("c")).unwrap();
     assert_eq!((m.mode() & 0o777, m.mtime(), m.mtime_nsec()), (0o640, 1_400_000_000, 3));
     assert_eq!(std::fs::read_dir(&r).unwrap().count(), 3, "no temporaries left");
+}
+
+#[test]
+fn digests_go_with_data_unless_the_transit_is_trusted_and_are_required_where_checked() {
+    let (dir, checking) = setup();
+    let r = root(&dir);
+    std::fs::write(r.join("f"), b"content").unwrap();
+    let trusting = FsTree::open(&r).unwrap().trust_transit();
+    let read = Request::ReadData { path: p("f"), offset: 0, len: 7 };
+    let Response::Data { digest, .. } = checking.execute(&read) else { panic!() };
+    assert_eq!(digest, Some(Digest::of(b"content")));
+    let Response::Data { digest, data } = trusting.execute(&read) else { panic!() };
+    assert_eq!((digest, &data[..]), (None, &b"content"[..]));
+    let Response::Files(files) = trusting.execute(&Request::ReadFiles { paths: vec![p("f")], max_size: 100 }) else {
+        panic!()
+    };
+    assert!(matches!(&files[..], [FileRead::Content { digest: None, .. }]));
+
+    // Data without a digest is refused where digests are checked (a
+    // plaintext channel), and nothing of it is written; trusted, it is written.
+    let bare = Bytes::from_static(b"CONTENT");
+    let write = Request::WriteData { path: p("f"), offset: 0, digest: None, data: bare.clone() };
+    assert_eq!(failure(checking.execute(&write)), FailureKind::Mismatch);
+    let ranges = Request::WriteRanges { path: p("f"), ranges: vec![0..7], digest: None, data: bare.clone() };
+    assert_eq!(failure(checking.execute(&ranges)), FailureKind::Mismatch);
+    let whole = FileContent { path: p("g"), mode: 0o644, mtime: None, digest: None, data: bare.clone() };
+    let Response::Outcomes(out) = checking.execute(&Request::WriteFiles { files: vec![whole.clone()] }) else {
+        panic!()
+    };
+    assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::Mismatch);
+    assert_eq!(std::fs::read(r.join("f")).unwrap(), b"content");
+    assert!(!r.join("g").exists());
+    assert_eq!(trusting.execute(&write), Response::Done);
+    assert_eq!(trusting.execute(&Request::WriteFiles { files: vec![whole] }), Response::Outcomes(vec![Ok(())]));
+    assert_eq!(std::fs::read(r.join("f")).unwrap(), b"CONTENT");
+    assert_eq!(std::fs::read(r.join("g")).unwrap(), b"CONTENT");
 }

@@ -31,7 +31,7 @@ async fn transfer(security: Security) -> Duration {
     let mut ch =
         channel::connect(stream, &key, security, Compression::None, Arc::new(WireCounters::default())).await.unwrap();
     let data = Bytes::from(vec![7u8; 128 << 10]);
-    let (digest, path) = (Digest::of(&data), RelPath::new(b"f").unwrap());
+    let (digest, path) = (Some(Digest::of(&data)), RelPath::new(b"f").unwrap());
     let start = Instant::now();
     for i in 0..FRAMES {
         let request = Request::WriteData { path: path.clone(), offset: i << 17, digest, data: data.clone() };

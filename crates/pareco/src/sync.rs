@@ -37,8 +37,8 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         parallelism: parallelism(args.net.connections),
         shard: args.shard.unwrap_or(Shard::ALL),
     };
-    let source = Endpoint::source(&src, &options).await.context("source")?;
-    let destination = Endpoint::destination(&dst, &options).await.context("destination")?;
+    let source = Endpoint::source(&src, &dst, &options).await.context("source")?;
+    let destination = Endpoint::destination(&dst, &src, &options).await.context("destination")?;
     if let Some(dir) = &args.state_dir {
         check_state_dir(dir, &[&src, &dst])?;
         for end in [&source, &destination] {

@@ -54,7 +54,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
     // Verify moves digests, not content: auto keeps a fixed count.
     let net = crate::cli::NetArgs { connections: verify_connections(args.net.connections), ..args.net };
     let options = remote_options(&[&a, &b], &net, &args.token, false)?;
-    let (ea, eb) = tokio::join!(Endpoint::source(&a, &options), Endpoint::source(&b, &options));
+    let (ea, eb) = tokio::join!(Endpoint::source(&a, &b, &options), Endpoint::source(&b, &a, &options));
     let (ea, eb) = (ea.context("A")?, eb.context("B")?);
     let opts = VerifyOptions {
         chunk_size: u32::try_from(args.chunk_size).context("chunk size too large")?,

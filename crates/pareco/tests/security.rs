@@ -181,3 +181,30 @@ fn stop_and_read_log(child: std::process::Child) -> String {
     rustix::process::kill_process(rustix::process::Pid::from_child(&child), rustix::process::Signal::TERM).unwrap();
     String::from_utf8_lossy(&child.wait_with_output().unwrap().stderr).into_owned()
 }
+
+#[test]
+fn a_bit_flipped_in_transit_is_never_written_encrypted_or_not() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::write(src.join("big.bin"), bytes(7, 8 << 20)).unwrap();
+    for i in 0..50 {
+        std::fs::write(src.join(format!("small-{i}")), bytes(i, 3000)).unwrap();
+    }
+    age(&src);
+    let one_connection = ["-q", "-j", "1", "--compress", "none"];
+
+    // Plaintext: the piece fails its digest at the server, is not written,
+    // and is read and sent again.
+    let plain = Server::start_with(&srv, TOKEN, &["--insecure-no-encryption"]);
+    let wire = Recorder::start_flipping(plain.port, 4 << 20);
+    let run = sync(&src, wire.url("plain"), &[&one_connection[..], &["--insecure-no-encryption"]].concat()).ok();
+    assert!(run.stderr().contains("failed their digest in transit; sending them again"), "{}", run.stderr());
+    assert_same_tree(&src, &srv.join("plain"));
+
+    // Encrypted: the record fails its tag, the server drops the connection,
+    // and what was in flight on it goes again on a new one.
+    let encrypted = Server::start(&srv);
+    let wire = Recorder::start_flipping(encrypted.port, 4 << 20);
+    sync(&src, wire.url("sealed"), &one_connection).ok();
+    assert_same_tree(&src, &srv.join("sealed"));
+    assert!(encrypted.log().contains("a record failed authentication"), "{}", encrypted.log());
+}

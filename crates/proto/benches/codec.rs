@@ -43,7 +43,7 @@ fn codec(c: &mut Criterion) {
         request: Request::WriteData {
             path: RelPath::new(b"some/dir/file").unwrap(),
             offset: 1 << 30,
-            digest: Digest::of(&data),
+            digest: Some(Digest::of(&data)),
             data,
         },
     };

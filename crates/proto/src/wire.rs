@@ -49,6 +49,16 @@ impl Writer<'_> {
         self.0.put_slice(&d.0);
     }
 
+    pub fn opt_digest(&mut self, d: Option<&Digest>) {
+        match d {
+            Some(d) => {
+                self.u8(1);
+                self.digest(d);
+            }
+            None => self.u8(0),
+        }
+    }
+
     pub fn timestamp(&mut self, t: Timestamp) {
         // Zigzag, so that times before 1970 stay short.
         self.varint(((t.secs << 1) ^ (t.secs >> 63)) as u64);
@@ -189,6 +199,10 @@ impl Reader {
             return Err(invalid(what));
         }
         Ok(Timestamp { secs, nanos })
+    }
+
+    pub fn opt_digest(&mut self, what: &'static str) -> Result<Option<Digest>, CodecError> {
+        Ok(if self.bool(what)? { Some(self.digest(what)?) } else { None })
     }
 
     pub fn opt_timestamp(&mut self, what: &'static str) -> Result<Option<Timestamp>, CodecError> {

@@ -30,6 +30,10 @@ fn digest() -> impl Strategy<Value = Digest> {
     any::<[u8; 32]>().prop_map(Digest)
 }
 
+fn transit_digest() -> impl Strategy<Value = Option<Digest>> {
+    proptest::option::of(digest())
+}
+
 fn data(max: usize) -> impl Strategy<Value = Bytes> {
     proptest::collection::vec(any::<u8>(), 0..max).prop_map(Bytes::from)
 }
@@ -123,19 +127,15 @@ fn request() -> impl Strategy<Value = Request> {
         (path(), any::<u64>(), proptest::collection::vec(digest(), 0..8)).prop_map(|(path, offset, dest_blocks)| {
             Request::ReadPatch { path, offset, len: 1 << 20, block_size: 4096, dest_blocks }
         }),
-        (path(), any::<u64>(), digest(), data(3000)).prop_map(|(path, offset, digest, data)| Request::WriteData {
-            path,
-            offset,
-            digest,
-            data
-        }),
+        (path(), any::<u64>(), transit_digest(), data(3000))
+            .prop_map(|(path, offset, digest, data)| Request::WriteData { path, offset, digest, data }),
         (path(), any::<u64>(), digest(), blocks()).prop_map(|(path, offset, chunk_digest, blocks)| {
             Request::ApplyPatch { path, offset, len: 1 << 20, block_size: 4096, chunk_digest, blocks }
         }),
         (proptest::collection::vec(path(), 0..5), 0u32..65536)
             .prop_map(|(paths, max_size)| Request::ReadFiles { paths, max_size }),
         proptest::collection::vec(
-            (path(), 0u32..=0o7777, proptest::option::of(timestamp()), digest(), data(100)),
+            (path(), 0u32..=0o7777, proptest::option::of(timestamp()), transit_digest(), data(100)),
             0..4
         )
         .prop_map(|files| {
@@ -169,7 +169,7 @@ fn request() -> impl Strategy<Value = Request> {
         (path(), proptest::collection::vec((0u64..1 << 40, 0u64..64), 0..5)).prop_map(|(path, r)| {
             let ranges: Vec<_> = r.into_iter().map(|(s, l)| s..s + l).collect();
             let data = Bytes::from(vec![7u8; ranges.iter().map(|r| (r.end - r.start) as usize).sum()]);
-            Request::WriteRanges { path, ranges, digest: Digest::of(&data), data }
+            Request::WriteRanges { path, ranges, digest: Some(Digest::of(&data)), data }
         }),
         proptest::collection::vec((proptest::collection::vec(path(), 1..3), path(), 0u64..5000, 0u32..=0o7777), 0..3)
             .prop_map(|files| Request::CloneFiles {
@@ -221,11 +221,11 @@ fn response() -> impl Strategy<Value = Response> {
                     .collect(),
             )
         }),
-        (digest(), data(5000)).prop_map(|(digest, data)| Response::Data { digest, data }),
+        (transit_digest(), data(5000)).prop_map(|(digest, data)| Response::Data { digest, data }),
         (digest(), blocks()).prop_map(|(chunk_digest, blocks)| Response::Patch { chunk_digest, blocks }),
         proptest::collection::vec(
             prop_oneof![
-                (stat(), timestamp(), any::<bool>(), digest(), data(100)).prop_map(
+                (stat(), timestamp(), any::<bool>(), transit_digest(), data(100)).prop_map(
                     |(stat, now, stable, digest, data)| FileRead::Content { stat, now, stable, digest, data }
                 ),
                 stat().prop_map(FileRead::NotSmall),
@@ -447,7 +447,7 @@ fn delta_requests_out_of_bounds_are_refused() {
     refused(Request::WriteRanges {
         path: p.clone(),
         ranges: vec![0..2],
-        digest: Digest::of(&data),
+        digest: Some(Digest::of(&data)),
         data: data.clone(),
     });
     refused(Request::ReadRanges { path: p.clone(), ranges: vec![0..(MAX_FRAME as u64)] });

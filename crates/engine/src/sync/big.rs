@@ -426,17 +426,36 @@ pub(super) async fn spawn_pieces(
     Ok(())
 }
 
+/// How often a piece is sent before a digest mismatch at the destination
+/// is taken for a fault of the files rather than of the transit.
+const TRANSIT_ATTEMPTS: u32 = 3;
+
 /// Sends one piece of content.
 async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), Fault> {
     let len = (piece.end - piece.start) as u32;
-    let (digest, data) = ctx.src.tree.read_data(job.src.clone(), piece.start, len).await.map_err(Fault::Source)?;
-    if ctx.opts.sparse && piece.start >= job.basis && data.iter().all(|&b| b == 0) {
-        // Not written: the region stays a hole.
-        Stats::add(&ctx.stats.bytes_sparse, len as u64);
-        job.progress(ctx, len as u64);
-        return Ok(());
+    for attempt in 1.. {
+        let (digest, data) = ctx.src.tree.read_data(job.src.clone(), piece.start, len).await.map_err(Fault::Source)?;
+        if ctx.opts.sparse && piece.start >= job.basis && data.iter().all(|&b| b == 0) {
+            // Not written: the region stays a hole.
+            Stats::add(&ctx.stats.bytes_sparse, len as u64);
+            job.progress(ctx, len as u64);
+            return Ok(());
+        }
+        match ctx.dst.tree.write_data(job.dst.clone(), piece.start, digest, data).await {
+            Ok(()) => break,
+            // Corrupted on its way (only a plaintext channel lets that reach
+            // the writer, which refused it): read and send it again.
+            Err(e) if e.kind() == Some(FailureKind::Mismatch) && attempt < TRANSIT_ATTEMPTS => {
+                tracing::warn!(
+                    "{}: bytes {}..{} failed their digest in transit; sending them again",
+                    job.src,
+                    piece.start,
+                    piece.end
+                );
+            }
+            Err(e) => return Err(Fault::Destination(e)),
+        }
     }
-    ctx.dst.tree.write_data(job.dst.clone(), piece.start, digest, data).await.map_err(Fault::Destination)?;
     job.sent(ctx, len as u64);
     Ok(())
 }

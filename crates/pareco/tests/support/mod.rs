@@ -391,7 +391,8 @@ pub fn wait_until(limit: Duration, mut cond: impl FnMut() -> bool) -> bool {
 }
 
 /// A TCP proxy in front of `target_port` that records every byte it
-/// forwards, both directions, into one buffer.
+/// forwards, both directions, into one buffer; it can also flip one bit on
+/// the way to the server.
 pub struct Recorder {
     pub port: u16,
     captured: std::sync::Arc<std::sync::Mutex<Vec<u8>>>,
@@ -399,22 +400,35 @@ pub struct Recorder {
 
 impl Recorder {
     pub fn start(target_port: u16) -> Recorder {
+        Recorder::start_flipping(target_port, usize::MAX)
+    }
+
+    /// Flips the lowest bit of byte `at` of the client's bytes to the server
+    /// (all connections counted together, in the order they are forwarded).
+    pub fn start_flipping(target_port: u16, at: usize) -> Recorder {
         let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
         let port = listener.local_addr().unwrap().port();
         let captured = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
         let shared = captured.clone();
+        let upstream = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
         std::thread::spawn(move || {
             for client in listener.incoming().flatten() {
                 let Ok(server) = std::net::TcpStream::connect(("127.0.0.1", target_port)) else { continue };
-                for (mut from, mut to) in [
-                    (client.try_clone().unwrap(), server.try_clone().unwrap()),
-                    (server.try_clone().unwrap(), client.try_clone().unwrap()),
+                for (mut from, mut to, to_server) in [
+                    (client.try_clone().unwrap(), server.try_clone().unwrap(), true),
+                    (server.try_clone().unwrap(), client.try_clone().unwrap(), false),
                 ] {
-                    let shared = shared.clone();
+                    let (shared, upstream) = (shared.clone(), upstream.clone());
                     std::thread::spawn(move || {
                         use std::io::{Read, Write};
                         let mut buf = [0u8; 64 << 10];
                         while let Ok(n) = from.read(&mut buf) {
+                            if to_server {
+                                let before = upstream.fetch_add(n, std::sync::atomic::Ordering::SeqCst);
+                                if (before..before + n).contains(&at) {
+                                    buf[at - before] ^= 1;
+                                }
+                            }
                             if n == 0 || to.write_all(&buf[..n]).is_err() {
                                 break;
                             }
