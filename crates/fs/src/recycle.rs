@@ -7,9 +7,14 @@
 //! when its last `Bytes` is dropped is already mapped, and is read into
 //! again without being cleared (only its length is reset).
 //!
+//! When full, it makes room for a returned buffer by dropping the oldest:
+//! piece sizes follow the run's rate, and buffers of the sizes of a minute
+//! ago must not keep out those of now.
+//!
 //! What it must never do: hold more than [`KEEP_BYTES`], or hand out a
 //! buffer still referenced (it only ever gets one back from a drop).
 
+use std::collections::VecDeque;
 use std::sync::Mutex;
 
 use bytes::Bytes;
@@ -22,23 +27,26 @@ const KEEP_BYTES: usize = 32 << 20;
 const MIN_CAPACITY: usize = 32 << 10;
 const MAX_CAPACITY: usize = 4 << 20;
 
-static IDLE: Mutex<Idle> = Mutex::new(Idle { buffers: Vec::new(), bytes: 0 });
+static IDLE: Mutex<Idle> = Mutex::new(Idle { buffers: VecDeque::new(), bytes: 0 });
 
 struct Idle {
-    buffers: Vec<Vec<u8>>,
+    /// Oldest first.
+    buffers: VecDeque<Vec<u8>>,
     bytes: usize,
 }
+
+/// How many of the newest idle buffers are looked at for one of the size
+/// wanted: pieces come in a handful of sizes.
+const LOOK_AT: usize = 16;
 
 /// An empty buffer with room for exactly `len` bytes (readers fill all
 /// the spare capacity they are given).
 pub(crate) fn take(len: usize) -> Vec<u8> {
     if (MIN_CAPACITY..=MAX_CAPACITY).contains(&len) {
         let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
-        // The newest of that size, at most a few looked at: pieces come in
-        // a handful of sizes.
         let n = idle.buffers.len();
-        if let Some(i) = (n.saturating_sub(8)..n).rev().find(|&i| idle.buffers[i].capacity() == len) {
-            let mut buf = idle.buffers.swap_remove(i);
+        if let Some(i) = (n.saturating_sub(LOOK_AT)..n).rev().find(|&i| idle.buffers[i].capacity() == len) {
+            let mut buf = idle.buffers.remove(i).expect("index in range");
             idle.bytes -= buf.capacity();
             buf.clear();
             return buf;
@@ -69,10 +77,12 @@ impl Drop for Returned {
     fn drop(&mut self) {
         let buf = std::mem::take(&mut self.0);
         let mut idle = IDLE.lock().unwrap_or_else(|e| e.into_inner());
-        if idle.bytes + buf.capacity() <= KEEP_BYTES {
-            idle.bytes += buf.capacity();
-            idle.buffers.push(buf);
+        while idle.bytes + buf.capacity() > KEEP_BYTES {
+            let Some(oldest) = idle.buffers.pop_front() else { break };
+            idle.bytes -= oldest.capacity();
         }
+        idle.bytes += buf.capacity();
+        idle.buffers.push_back(buf);
     }
 }
 
@@ -94,5 +104,19 @@ mod tests {
         let again = take(100 << 10);
         assert!(again.is_empty() && again.capacity() == 100 << 10);
         let _ = ptr;
+    }
+
+    #[test]
+    fn buffers_of_the_sizes_in_use_push_out_older_ones() {
+        // A full pool of one size (as after a ramp-up in small pieces)...
+        let small: Vec<Bytes> = (0..KEEP_BYTES / MIN_CAPACITY).map(|_| bytes(take(MIN_CAPACITY))).collect();
+        drop(small);
+        // ...still keeps what now comes back in another size.
+        let big = take(MAX_CAPACITY);
+        let ptr = big.as_ptr();
+        drop(bytes(big));
+        let idle = IDLE.lock().unwrap();
+        assert!(idle.bytes <= KEEP_BYTES);
+        assert!(idle.buffers.iter().any(|b| b.as_ptr() == ptr), "the newest buffer is kept");
     }
 }
