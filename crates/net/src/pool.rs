@@ -381,7 +381,7 @@ impl Inner {
 /// die, then opens another, with exponential backoff; once the slot is no
 /// longer in use (the pool shrank), closes its connection as soon as no
 /// request is waiting on it.
-async fn supervise(pool: Weak<Inner>, i: usize, mut active: watch::Receiver<usize>) {
+async fn supervise(pool: Weak<Inner>, i: usize, mut active: watch::Receiver<usize>, mut opening: Option<Opening>) {
     // Whether the slot's last connection died (its next one is a reconnect).
     let mut lost = false;
     loop {
@@ -421,7 +421,12 @@ async fn supervise(pool: Weak<Inner>, i: usize, mut active: watch::Receiver<usiz
             if lost {
                 inner.lost();
             }
-            match Connection::open(inner.target, &inner.key, &inner.options, inner.counters.clone()).await {
+            // (The first attempt may be one the pool started before it was ready.)
+            let attempt = match opening.take() {
+                Some(handle) => handle.await.expect("connection task panicked"),
+                None => Connection::open(inner.target, &inner.key, &inner.options, inner.counters.clone()).await,
+            };
+            match attempt {
                 Ok((connection, _)) => {
                     *inner.slots[i].lock().expect("slot lock") = Arc::new(connection);
                     *inner.down_since.lock().expect("down lock") = None;
@@ -445,6 +450,9 @@ async fn supervise(pool: Weak<Inner>, i: usize, mut active: watch::Receiver<usiz
     }
 }
 
+/// A connection's handshake under way.
+type Opening = tokio::task::JoinHandle<Result<(Connection, Session), NetError>>;
+
 /// Closes slot `i`'s connection once no request waits on it (new requests
 /// already go elsewhere), unless it dies first.
 async fn retire(pool: &Weak<Inner>, i: usize, connection: &Arc<Connection>) {
@@ -467,9 +475,11 @@ fn lost_connection(e: &NetError) -> bool {
 }
 
 impl Pool {
-    /// Opens `options.connections` connections to `addr` in parallel. Fails
-    /// if none can be opened; works with fewer if only some can (the others
-    /// keep being retried in the background).
+    /// Opens `options.connections` connections to `addr` in parallel, and is
+    /// ready as soon as one is (the others join as their handshakes end: the
+    /// first requests need not wait for the slowest of many). Fails if none
+    /// can be opened; works with fewer if only some can (the others keep
+    /// being retried in the background).
     pub async fn connect(addr: &str, key: TokenKey, options: &PoolOptions) -> Result<Pool, NetError> {
         let target = tokio::net::lookup_host(addr)
             .await
@@ -488,12 +498,12 @@ impl Pool {
         let limit = options.connect_timeout.min(options.retry_for);
         let mut backoff = Duration::from_millis(100);
         let mut told = false;
-        let (connections, session, first_error) = loop {
+        let (first, session, mut opening) = loop {
             let attempt = limit.saturating_sub(started.elapsed()).max(Duration::from_millis(100));
             let attempt = PoolOptions { connect_timeout: attempt.min(options.connect_timeout), ..options.clone() };
-            let (connections, session, first_error) = Self::open_all(target, &key, &attempt, &counters).await;
-            match (session, first_error) {
-                (Some(session), e) => break (connections, session, e),
+            let (first, opening, first_error) = Self::open_first(target, &key, &attempt, &counters).await;
+            match (first, first_error) {
+                (Some((first, session)), _) => break (first, session, opening),
                 (None, Some(e)) if !lost_connection(&e) && !matches!(e, NetError::Connect { .. }) => return Err(e),
                 (None, Some(e)) if started.elapsed() >= limit => return Err(e),
                 (None, e) => {
@@ -515,26 +525,22 @@ impl Pool {
                 }
             }
         };
-        let mut connections = connections;
-        if let Some(e) = first_error {
-            tracing::warn!("only {} of {} connections to {target} opened: {e}", connections.len(), options.connections);
-        }
-        let first = options.connections.max(1);
-        let opened = connections.len() as u64;
-        // Slots that failed start with a dead connection: their supervisor
-        // keeps trying; the slots beyond the first count wait to be used.
-        while connections.len() < options.max_connections.max(first) {
-            let dead = Connection::dead();
-            connections.push(Arc::new(dead));
+        let wanted = options.connections.max(1);
+        // The other slots start with a dead connection: their supervisor
+        // takes over the attempt already under way (then keeps trying); the
+        // slots beyond the first count wait to be used.
+        let mut connections = vec![Arc::new(first)];
+        while connections.len() < options.max_connections.max(wanted) {
+            connections.push(Arc::new(Connection::dead()));
         }
         let inner = Arc::new(Inner {
             target,
             key,
             options: options.clone(),
             slots: connections.into_iter().map(Mutex::new).collect(),
-            active: watch::Sender::new(first),
-            open: AtomicU64::new(opened),
-            peak: AtomicU64::new(opened),
+            active: watch::Sender::new(wanted),
+            open: AtomicU64::new(1),
+            peak: AtomicU64::new(1),
             counters,
             changed: Notify::new(),
             drained: Notify::new(),
@@ -544,38 +550,40 @@ impl Pool {
             completed: AtomicU64::new(0),
         });
         for i in 0..inner.slots.len() {
-            tokio::spawn(supervise(Arc::downgrade(&inner), i, inner.active.subscribe()));
+            let attempt = if i > 0 { opening.pop() } else { None };
+            tokio::spawn(supervise(Arc::downgrade(&inner), i, inner.active.subscribe(), attempt));
         }
         Ok(Pool { inner, session })
     }
 
-    /// Opens the connections in parallel: those that opened, a session, and
-    /// the first error.
-    async fn open_all(
+    /// Starts `options.connections` handshakes in parallel and waits for the
+    /// first to succeed: that connection (with its session), the attempts
+    /// still under way, and the first error if all failed.
+    async fn open_first(
         target: std::net::SocketAddr,
         key: &TokenKey,
         options: &PoolOptions,
         counters: &Arc<WireCounters>,
-    ) -> (Vec<Arc<Connection>>, Option<Session>, Option<NetError>) {
-        let mut tasks = tokio::task::JoinSet::new();
-        for _ in 0..options.connections.max(1) {
-            let (key, counters, options) = (key.clone(), counters.clone(), options.clone());
-            tasks.spawn(async move { Connection::open(target, &key, &options, counters).await });
-        }
-        let (mut connections, mut session, mut first_error) = (Vec::new(), None, None);
-        while let Some(joined) = tasks.join_next().await {
-            match joined.expect("connection task panicked") {
-                Ok((c, s)) => {
-                    connections.push(Arc::new(c));
-                    session = Some(s);
-                }
+    ) -> (Option<(Connection, Session)>, Vec<Opening>, Option<NetError>) {
+        let mut attempts: Vec<Opening> = (0..options.connections.max(1))
+            .map(|_| {
+                let (key, counters, options) = (key.clone(), counters.clone(), options.clone());
+                tokio::spawn(async move { Connection::open(target, &key, &options, counters).await })
+            })
+            .collect();
+        let mut first_error = None;
+        while !attempts.is_empty() {
+            let (done, _, rest) = futures_util::future::select_all(attempts).await;
+            attempts = rest;
+            match done.expect("connection task panicked") {
+                Ok(opened) => return (Some(opened), attempts, None),
                 Err(e) => {
                     tracing::debug!("connection to {target} failed: {e}");
                     first_error.get_or_insert(e);
                 }
             }
         }
-        (connections, session, first_error)
+        (None, attempts, first_error)
     }
 
     /// Sends a request on the least loaded live connection and waits for its
