@@ -386,7 +386,7 @@ fn digests_go_with_data_unless_the_transit_is_trusted_and_are_required_where_che
     let bare = Bytes::from_static(b"CONTENT");
     let write = Request::WriteData { path: p("f"), offset: 0, digest: None, data: bare.clone() };
     assert_eq!(failure(checking.execute(&write)), FailureKind::Mismatch);
-    let ranges = Request::WriteRanges { path: p("f"), ranges: vec![0..7], digest: None, data: bare.clone() };
+    let ranges = Request::WriteRanges { path: p("f"), ranges: vec![0..7; 1], digest: None, data: bare.clone() };
     assert_eq!(failure(checking.execute(&ranges)), FailureKind::Mismatch);
     let whole = FileContent { path: p("g"), mode: 0o644, mtime: None, digest: None, data: bare.clone() };
     let Response::Outcomes(out) = checking.execute(&Request::WriteFiles { files: vec![whole.clone()] }) else {
