@@ -130,7 +130,7 @@ pub(crate) struct RecordCipher {
 }
 
 impl RecordCipher {
-    fn new(key: &[u8; 32]) -> RecordCipher {
+    pub(crate) fn new(key: &[u8; 32]) -> RecordCipher {
         let key = UnboundKey::new(&AES_256_GCM, key).expect("a 32-byte key fits AES-256-GCM");
         RecordCipher { key: LessSafeKey::new(key), nonce: 0 }
     }

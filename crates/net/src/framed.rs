@@ -43,10 +43,10 @@ pub const COMPRESS_MIN: usize = 1 << 10;
 /// Reads frames. Cancel-safe: partial frames and records stay buffered.
 pub struct FrameReader<R> {
     inner: R,
-    /// Plaintext not yet decoded into frames.
+    /// What was received: plaintext not yet decoded into frames
+    /// (`buf[..plain]`), then records not yet opened (encrypted channels).
     buf: BytesMut,
-    /// Records not yet opened (encrypted channels).
-    sealed: BytesMut,
+    plain: usize,
     opener: Option<RecordCipher>,
     counters: Arc<WireCounters>,
     /// Whether the peer may send compressed frames.
@@ -58,7 +58,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// encrypted records. Received bytes are added to `counters`.
     pub(crate) fn new(inner: R, counters: Arc<WireCounters>, opener: Option<RecordCipher>) -> Self {
         let buf = BytesMut::with_capacity(64 << 10);
-        FrameReader { inner, buf, sealed: BytesMut::new(), opener, counters, inflate: false }
+        FrameReader { inner, buf, plain: 0, opener, counters, inflate: false }
     }
 
     /// Accepts compressed frames from now on (the handshake agreed on them).
@@ -69,7 +69,9 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame; `None` when the peer closed cleanly between frames.
     pub async fn next(&mut self) -> Result<Option<Frame>, NetError> {
         loop {
-            if let Some(body) = codec::split(&mut self.buf)? {
+            let before = self.buf.len();
+            if let Some(body) = codec::split_within(&mut self.buf, self.plain)? {
+                self.plain -= before - self.buf.len();
                 let body = match body {
                     Body::Plain(body) => body,
                     Body::Compressed { raw_len, payload } if self.inflate => {
@@ -85,13 +87,15 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.open_records()? {
                 continue;
             }
-            let target = if self.opener.is_some() { &mut self.sealed } else { &mut self.buf };
-            if target.capacity() - target.len() < READ_MIN {
-                target.reserve(READ_RESERVE);
+            if self.buf.capacity() - self.buf.len() < READ_MIN {
+                self.buf.reserve(READ_RESERVE);
             }
-            let n = self.inner.read_buf(target).await?;
+            let n = self.inner.read_buf(&mut self.buf).await?;
+            if self.opener.is_none() {
+                self.plain += n;
+            }
             if n == 0 {
-                return if self.buf.is_empty() && self.sealed.is_empty() {
+                return if self.buf.is_empty() {
                     Ok(None)
                 } else {
                     Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-frame").into())
@@ -102,34 +106,28 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     }
 
     /// Opens every complete record received; whether any was. Records are
-    /// opened where they arrived, each plaintext moved down against the one
-    /// before by the cipher itself, and the run of plaintext is handed to
-    /// `buf` without a copy when it starts where `buf` ends (as it does
-    /// until `sealed` is reallocated): a frame spanning records is then
-    /// contiguous as received, and the data in it is never copied in user
-    /// space.
+    /// opened where they arrived, each plaintext moved down by the cipher
+    /// itself to follow the plaintext before it, so that a frame spanning
+    /// records is contiguous and its data is never copied in user space;
+    /// only the part of a record not received yet is moved down after them.
     fn open_records(&mut self) -> Result<bool, NetError> {
         let Some(opener) = &mut self.opener else { return Ok(false) };
-        let (mut opened, mut at) = (0, 0);
-        while self.sealed.len() - at >= 2 {
-            let len = u16::from_le_bytes([self.sealed[at], self.sealed[at + 1]]) as usize;
+        let (start, mut at) = (self.plain, self.plain);
+        while self.buf.len() - at >= 2 {
+            let len = u16::from_le_bytes([self.buf[at], self.buf[at + 1]]) as usize;
             let end = at + 2 + len;
-            if self.sealed.len() < end {
+            if self.buf.len() < end {
                 break;
             }
-            opened += opener.open_within(&mut self.sealed[..end], opened, at + 2)?;
+            self.plain += opener.open_within(&mut self.buf[..end], self.plain, at + 2)?;
             at = end;
         }
-        if at == 0 {
+        if at == start {
             return Ok(false);
         }
-        let mut plain = self.sealed.split_to(at);
-        plain.truncate(opened);
-        if self.buf.is_empty() {
-            self.buf = plain;
-        } else {
-            self.buf.unsplit(plain);
-        }
+        let rest = self.buf.len() - at;
+        self.buf.copy_within(at.., self.plain);
+        self.buf.truncate(self.plain + rest);
         Ok(true)
     }
 }
@@ -323,4 +321,59 @@ pub async fn pump<W: AsyncWrite + Unpin>(
         writer.flush().await?;
     }
     writer.shutdown().await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pareco_proto::{Digest, RelPath, Request};
+
+    fn frames() -> Vec<Frame> {
+        // Bodies from a few bytes to several records, so frames span records
+        // and records hold several frames.
+        [3usize, 70_000, 10, 1 << 20, 65_517, 200_000, 1]
+            .iter()
+            .enumerate()
+            .map(|(i, &n)| {
+                let data = Bytes::from((0..n).map(|j| (i * 31 + j * 7) as u8).collect::<Vec<u8>>());
+                let (path, digest) = (RelPath::new(b"f").unwrap(), Some(Digest::of(&data)));
+                Frame::Request { id: i as u32, request: Request::WriteData { path, offset: 0, digest, data } }
+            })
+            .collect()
+    }
+
+    /// What a reader makes of what a writer wrote, read in bits of `chunk`
+    /// bytes (so records and frames arrive in pieces).
+    async fn round_trip(encrypted: bool, chunk: usize) -> Vec<Frame> {
+        let (a, b) = tokio::io::duplex(chunk);
+        let key = [9u8; 32];
+        let cipher = || encrypted.then(|| RecordCipher::new(&key));
+        let counters = Arc::new(WireCounters::default());
+        let mut writer = FrameWriter::new(a, counters.clone(), cipher());
+        let mut reader = FrameReader::new(b, counters, cipher());
+        let sent = frames();
+        let write = async {
+            for f in &sent {
+                writer.write(f).await.unwrap();
+            }
+            writer.shutdown().await.unwrap();
+        };
+        let read = async {
+            let mut got = Vec::new();
+            while let Some(f) = reader.next().await.unwrap() {
+                got.push(f);
+            }
+            got
+        };
+        tokio::join!(write, read).1
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_whole_and_in_order_however_the_bytes_are_cut() {
+        for encrypted in [false, true] {
+            for chunk in [7, 4096, 65_537, 1 << 20] {
+                assert!(round_trip(encrypted, chunk).await == frames(), "encrypted {encrypted}, reads of {chunk}");
+            }
+        }
+    }
 }

@@ -147,9 +147,16 @@ pub fn encode_compressed(raw_len: u32, payload: &[u8], out: &mut BytesMut) {
 /// means the frame is not complete yet (read more); an error means the peer
 /// is broken.
 pub fn split(buf: &mut BytesMut) -> Result<Option<Body>, CodecError> {
-    let Some(total) = frame_len(buf)? else { return Ok(None) };
-    if buf.len() < total {
-        buf.reserve(total - buf.len());
+    let avail = buf.len();
+    split_within(buf, avail)
+}
+
+/// [`split`] where only `buf[..avail]` holds frames (what follows is not
+/// decoded yet, such as records still sealed).
+pub fn split_within(buf: &mut BytesMut, avail: usize) -> Result<Option<Body>, CodecError> {
+    let Some(total) = frame_len(&buf[..avail])? else { return Ok(None) };
+    if avail < total {
+        buf.reserve(total - avail);
         return Ok(None);
     }
     let mut body = buf.split_to(total);
