@@ -36,6 +36,8 @@ pub(crate) struct DirNode {
     pending: AtomicUsize,
     /// Whether an entry was created, renamed or removed in it.
     dirty: AtomicBool,
+    /// Whether this shard owns any of its entries.
+    owns_entries: AtomicBool,
     /// The source's entries with their owner and group (with `owner`,
     /// `group` or `xattrs`).
     entries: Mutex<Vec<meta::EntryMeta>>,
@@ -103,10 +105,13 @@ async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
         }
     }
     let Some((src, dst)) = &node.attrs else { return };
-    // The directory's own shard sets what differs; any shard that wrote in
-    // it sets it again after its writes (so the last one leaves it right).
+    // The directory's own shard reports and sets what differs; so does a
+    // shard with entries in it (a stopped run of it may have written in it
+    // after the others had set it); and any shard that wrote in it sets it
+    // again after its writes (so the last one leaves it right).
     let owned = ctx.opts.shard.owns_path(&node.rel);
-    let differ = owned && dst.as_ref().is_none_or(|d| attrs_differ(src, d));
+    let concerned = owned || node.owns_entries.load(Ordering::Relaxed);
+    let differ = concerned && dst.as_ref().is_none_or(|d| attrs_differ(src, d));
     if let Some(d) = dst
         && owned
         && attrs_differ(src, d)
@@ -192,6 +197,7 @@ pub(crate) async fn run(
         attrs: (!single).then(|| (src_root.clone(), dst_root.clone())),
         pending: AtomicUsize::new(0),
         dirty: AtomicBool::new(false),
+        owns_entries: AtomicBool::new(false),
         entries: Mutex::default(),
         alive: Alive(alive),
     });
@@ -301,7 +307,9 @@ async fn dispatch(
     p: Planned,
 ) {
     let owned = ctx.owns(&rel, &p);
-    if !owned && !matches!(p.action, Action::Descend { .. }) {
+    if owned {
+        node.owns_entries.store(true, Ordering::Relaxed);
+    } else if !matches!(p.action, Action::Descend { .. }) {
         // Another shard's: every shard walks every directory, but does
         // only its own entries.
         return;
@@ -361,6 +369,7 @@ async fn dispatch(
                 attrs: Some((src, dst)),
                 pending: AtomicUsize::new(0),
                 dirty: AtomicBool::new(false),
+                owns_entries: AtomicBool::new(false),
                 entries: Mutex::default(),
                 alive: node.alive.clone(),
             });
