@@ -135,7 +135,7 @@ pub(crate) fn write_files(root: BorrowedFd<'_>, files: &[FileContent], checks: b
 
 fn write_file(root: BorrowedFd<'_>, f: &FileContent, checks: bool) -> Result<(), FsError> {
     check_digest(&f.data, f.digest.as_ref(), checks)?;
-    let (dir, name) = beneath::parent(root, &f.path, "create file")?;
+    let (dir, name) = parent_made(root, &f.path, "create file")?;
     let temp = temp::new_name(dir.as_fd());
     let result = (|| {
         let fd = rustix::fs::openat(
@@ -162,6 +162,7 @@ fn write_file(root: BorrowedFd<'_>, f: &FileContent, checks: bool) -> Result<(),
 
 /// Makes sure `path` is a regular file that can be written at offsets.
 pub(crate) fn prepare_file(root: BorrowedFd<'_>, path: &RelPath) -> Result<Stat, FsError> {
+    parent_made(root, path, "open for writing")?;
     let file = match open_write(root, path, true) {
         Err(e) if e.kind == pareco_proto::FailureKind::PermissionDenied => {
             // An existing read-only file we own: make it writable for now;
@@ -268,7 +269,7 @@ pub(crate) fn unshare(
 /// Creates a directory. A directory already there is fine (the request may
 /// be a retry of one whose answer was lost).
 pub(crate) fn make_dir(root: BorrowedFd<'_>, path: &RelPath, mode: u32) -> Result<(), FsError> {
-    let (dir, name) = beneath::parent(root, path, "create directory")?;
+    let (dir, name) = parent_made(root, path, "create directory")?;
     match rustix::fs::mkdirat(&dir, name.as_bytes(), Mode::from_raw_mode(mode)) {
         Err(Errno::EXIST) if meta::stat_at(dir.as_fd(), name.as_bytes()).is_ok_and(|s| s.kind == Kind::Dir) => Ok(()),
         other => other.map_err(|e| FsError::io("create directory", e)),
@@ -297,6 +298,21 @@ pub(crate) fn ensure_dir(root: BorrowedFd<'_>, path: &RelPath, mode: u32) -> Res
     Ok(existing)
 }
 
+/// The parent directory of a new entry `path`, made first if it is missing
+/// (with any missing parents, `0o700` until the sync sets their mode): a
+/// client sends the entries of a new directory without waiting for the
+/// directory itself, a round trip per level saved.
+fn parent_made(root: BorrowedFd<'_>, path: &RelPath, op: &'static str) -> Result<(OwnedFd, Name), FsError> {
+    match beneath::parent(root, path, op) {
+        Err(e) if e.kind == pareco_proto::FailureKind::NotFound => {
+            let (dir, _) = path.split_last().expect("the root has no parent");
+            make_dirs(root, &dir, 0o700)?;
+            beneath::parent(root, path, op)
+        }
+        other => other,
+    }
+}
+
 /// `mkdir -p`, one component at a time, never through a symlink.
 fn make_dirs(root: BorrowedFd<'_>, path: &RelPath, mode: u32) -> Result<(), FsError> {
     let mut at = RelPath::root();
@@ -323,7 +339,7 @@ pub(crate) fn make_symlink(
     target: &Bytes,
     mtime: Option<Timestamp>,
 ) -> Result<(), FsError> {
-    let (dir, name) = beneath::parent(root, path, "create symlink")?;
+    let (dir, name) = parent_made(root, path, "create symlink")?;
     place(&dir, &name, None, mtime, |temp| {
         rustix::fs::symlinkat(&target[..], &dir, temp).map_err(|e| FsError::io("create symlink", e))
     })
@@ -367,7 +383,7 @@ pub(crate) fn make_special(
         Kind::BlockDevice => rustix::fs::FileType::BlockDevice,
         other => return Err(FsError::bad_request("create special file", format!("cannot create a {}", other.name()))),
     };
-    let (dir, name) = beneath::parent(root, path, "create special file")?;
+    let (dir, name) = parent_made(root, path, "create special file")?;
     place(&dir, &name, Some(mode), Some(mtime), |temp| {
         rustix::fs::mknodat(&dir, temp, file_type, Mode::from_raw_mode(mode & 0o7777), rdev)
             .map_err(|e| FsError::io("create special file", e))

@@ -249,7 +249,17 @@ fn directories_and_links_are_created_replaced_and_removed() {
     assert!(matches!(ensure(p("a/b")), Response::Stat { stat: Some(s), .. } if s.kind == Kind::Dir));
     std::fs::write(r.join("a/f"), b"").unwrap();
     assert!(matches!(ensure(p("a/f")), Response::Stat { stat: Some(s), .. } if s.kind == Kind::File));
-    assert_eq!(failure(tree.execute(&Request::MakeDir { path: p("x/y"), mode: 0o755 })), FailureKind::NotFound);
+    // A new entry's missing parents are made (owner-only until the sync
+    // sets their mode), never through what is not a directory.
+    assert_eq!(tree.execute(&Request::MakeDir { path: p("x/y"), mode: 0o755 }), Response::Done);
+    assert!(r.join("x/y").is_dir());
+    assert_eq!(std::fs::metadata(r.join("x")).unwrap().permissions().mode() & 0o777, 0o700);
+    let data = Bytes::from_static(b"f");
+    let file = FileContent { path: p("n/m/f"), mode: 0o644, mtime: None, digest: Some(Digest::of(&data)), data };
+    assert_eq!(tree.execute(&Request::WriteFiles { files: vec![file] }), Response::Outcomes(vec![Ok(())]));
+    assert_eq!(std::fs::read(r.join("n/m/f")).unwrap(), b"f");
+    assert_ne!(failure(tree.execute(&Request::MakeDir { path: p("a/f/y"), mode: 0o755 })), FailureKind::NotFound);
+    assert!(r.join("a/f").is_file());
     std::fs::write(r.join("a/file"), b"x").unwrap();
     let t = Bytes::from_static(b"b/c");
     assert_eq!(tree.execute(&Request::MakeSymlink { path: p("a/file"), target: t, mtime: None }), Response::Done);

@@ -246,15 +246,14 @@ fn placeholder_name() -> pareco_proto::Name {
 }
 
 async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue, job: DirJob) {
-    let node = job.node;
-    let (src_path, dst_path) = (ctx.src.path(&node.rel), ctx.dst.path(&node.rel));
-    if !ctx.opts.dry_run && (job.remove_first || job.create) {
+    let node = job.node.clone();
+    let dst_path = ctx.dst.path(&node.rel);
+    if !ctx.opts.dry_run && job.remove_first {
+        // Only what is not a directory gives way (another shard may have
+        // made the directory meanwhile); nothing is sent into the directory
+        // before it is there.
         let prepared = async {
-            // Only what is not a directory gives way (another shard may
-            // have made the directory meanwhile).
-            if job.remove_first {
-                ctx.dst.tree.unlink(dst_path.clone()).await?;
-            }
+            ctx.dst.tree.unlink(dst_path.clone()).await?;
             ctx.dst.tree.make_dir(dst_path.clone(), 0o700).await
         };
         if let Err(e) = prepared.await {
@@ -262,10 +261,38 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
             ctx.finish(&node.rel, 0, destination_failure(e));
             return;
         }
-        job.ticket.dir().touch();
+        node.touch();
     }
-    drop(job.parent);
-    let list_dst = job.list_dst;
+    if ctx.opts.dry_run || !job.create || job.remove_first {
+        drop(job.parent);
+        return plan_and_dispatch(ctx, small, queue, &node, job.list_dst, job.ticket).await;
+    }
+    // A new directory: its entries go out while it is being made (the
+    // destination makes the missing parent of a new entry first), which
+    // saves a round trip per level of new directories. Its entry in its
+    // parent is final once it is made.
+    let (made, ()) = tokio::join!(ctx.dst.tree.make_dir(dst_path, 0o700), async {
+        let ticket = Ticket::new(&node, ctx);
+        plan_and_dispatch(ctx, small, queue, &node, false, ticket).await
+    });
+    match made {
+        Ok(()) => node.touch(),
+        Err(e) => ctx.finish(&node.rel, 0, destination_failure(e)),
+    }
+    drop((job.parent, job.ticket));
+}
+
+/// Lists a directory (both sides if `list_dst`), plans it and dispatches
+/// its entries; `ticket` keeps it open until they are dispatched.
+async fn plan_and_dispatch(
+    ctx: &Arc<Ctx>,
+    small: &mpsc::Sender<SmallFile>,
+    queue: &Queue,
+    node: &Arc<DirNode>,
+    list_dst: bool,
+    ticket: Ticket,
+) {
+    let (src_path, dst_path) = (ctx.src.path(&node.rel), ctx.dst.path(&node.rel));
     let (src_list, dst_list) = tokio::join!(ctx.src.tree.list(src_path), async {
         if list_dst { Some(ctx.dst.tree.list(dst_path).await) } else { None }
     });
@@ -292,9 +319,9 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
                 continue;
             }
         };
-        dispatch(ctx, small, queue, &node, rel, planned).await;
+        dispatch(ctx, small, queue, node, rel, planned).await;
     }
-    drop(job.ticket);
+    drop(ticket);
 }
 
 /// Starts the work one planned entry needs.
