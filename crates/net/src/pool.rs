@@ -415,6 +415,10 @@ async fn supervise(pool: Weak<Inner>, i: usize, mut active: watch::Receiver<usiz
         let mut backoff = Duration::from_millis(100);
         loop {
             if *active.borrow() <= i {
+                // (No longer wanted: an attempt started for it is given up.)
+                if let Some(attempt) = opening.take() {
+                    attempt.abort();
+                }
                 break;
             }
             let Some(inner) = pool.upgrade() else { return };
