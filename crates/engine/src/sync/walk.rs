@@ -269,17 +269,17 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
     }
     // A new directory: its entries go out while it is being made (the
     // destination makes the missing parent of a new entry first), which
-    // saves a round trip per level of new directories. Its entry in its
-    // parent is final once it is made.
-    let (made, ()) = tokio::join!(ctx.dst.tree.make_dir(dst_path, 0o700), async {
-        let ticket = Ticket::new(&node, ctx);
-        plan_and_dispatch(ctx, small, queue, &node, false, ticket).await
-    });
-    match made {
-        Ok(()) => node.touch(),
-        Err(e) => ctx.finish(&node.rel, 0, destination_failure(e)),
-    }
-    drop((job.parent, job.ticket));
+    // saves a round trip per level of new directories. It is finished only
+    // once made; its entry in its parent is final then.
+    let (making, parent) = (Ticket::new(&node, ctx), job.parent);
+    let made = async {
+        match ctx.dst.tree.make_dir(dst_path, 0o700).await {
+            Ok(()) => node.touch(),
+            Err(e) => ctx.finish(&node.rel, 0, destination_failure(e)),
+        }
+        drop((making, parent));
+    };
+    tokio::join!(made, plan_and_dispatch(ctx, small, queue, &node, false, job.ticket));
 }
 
 /// Lists a directory (both sides if `list_dst`), plans it and dispatches
