@@ -200,6 +200,19 @@ fn a_bit_flipped_in_transit_is_never_written_encrypted_or_not() {
     assert!(run.stderr().contains("failed their digest in transit; sending them again"), "{}", run.stderr());
     assert_same_tree(&src, &srv.join("plain"));
 
+    // The same for a whole small file in a batch (files of 60 KB, so that
+    // the flipped bit lands in content, not in a name or a length).
+    let (_tmp2, small, srv2) = dirs();
+    for i in 0..20 {
+        std::fs::write(small.join(format!("f{i}")), bytes(100 + i, 60_000)).unwrap();
+    }
+    age(&small);
+    let plain = Server::start_with(&srv2, TOKEN, &["--insecure-no-encryption"]);
+    let wire = Recorder::start_flipping(plain.port, 600_000);
+    let run = sync(&small, wire.url("small"), &[&one_connection[..], &["--insecure-no-encryption"]].concat()).ok();
+    assert!(run.stderr().contains("failed its digest in transit; sending it again"), "{}", run.stderr());
+    assert_same_tree(&small, &srv2.join("small"));
+
     // Encrypted: the record fails its tag, the server drops the connection,
     // and what was in flight on it goes again on a new one.
     let encrypted = Server::start(&srv);

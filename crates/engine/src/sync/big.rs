@@ -30,7 +30,7 @@ use pareco_proto::{Digest, FailureKind, Kind, RelPath, Stat};
 use tokio::task::JoinSet;
 
 use super::walk::Ticket;
-use super::{Ctx, Outcome, destination_failure, rebuild, source_failure};
+use super::{Ctx, Outcome, TRANSIT_ATTEMPTS, destination_failure, rebuild, source_failure};
 use crate::report::{Attrs, Change, Stats};
 use crate::tree::TreeError;
 
@@ -426,10 +426,6 @@ pub(super) async fn spawn_pieces(
     Ok(())
 }
 
-/// How often a piece is sent before a digest mismatch at the destination
-/// is taken for a fault of the files rather than of the transit.
-const TRANSIT_ATTEMPTS: u32 = 3;
-
 /// Sends one piece of content.
 async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), Fault> {
     let len = (piece.end - piece.start) as u32;
@@ -443,8 +439,6 @@ async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), F
         }
         match ctx.dst.tree.write_data(job.dst.clone(), piece.start, digest, data).await {
             Ok(()) => break,
-            // Corrupted on its way (only a plaintext channel lets that reach
-            // the writer, which refused it): read and send it again.
             Err(e) if e.kind() == Some(FailureKind::Mismatch) && attempt < TRANSIT_ATTEMPTS => {
                 tracing::warn!(
                     "{}: bytes {}..{} failed their digest in transit; sending them again",

@@ -11,11 +11,11 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pareco_plan::freshness::{ReadVerdict, judge_read};
-use pareco_proto::{FileContent, FileRead, Kind, RelPath, Stat};
+use pareco_proto::{FailureKind, FileContent, FileRead, Kind, RelPath, Stat};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
 use super::walk::Ticket;
-use super::{Ctx, Outcome, SMALL_FILE_MAX, big, destination_failure, source_failure};
+use super::{Ctx, Outcome, SMALL_FILE_MAX, TRANSIT_ATTEMPTS, big, destination_failure, source_failure};
 use crate::report::{Change, Stats};
 
 /// A batch is sent once it holds this many bytes...
@@ -151,6 +151,18 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
     match ctx.dst.tree.write_files(writes).await {
         Ok(results) => {
             for ((file, size, stamped), result) in pending.into_iter().zip(results) {
+                if result.as_ref().is_err_and(|f| f.kind == FailureKind::Mismatch) {
+                    // Corrupted on its way: sent again on its own.
+                    tracing::warn!("{}: failed its digest in transit; sending it again", file.rel);
+                    let (ctx, alive) = (ctx.clone(), file.ticket.alive());
+                    tokio::spawn(async move {
+                        let (rel, size) = (file.rel.clone(), file.src.size);
+                        let outcome = transfer_file(&ctx, file).await;
+                        ctx.finish_file(&rel, size, outcome);
+                        drop(alive);
+                    });
+                    continue;
+                }
                 let outcome = written(ctx, &file, size, stamped, result.map_err(|f| f.to_string()));
                 ctx.finish_file(&file.rel, file.src.size, outcome);
             }
@@ -177,6 +189,7 @@ pub(crate) async fn transfer_one(
 }
 
 async fn transfer_file(ctx: &Arc<Ctx>, mut file: SmallFile) -> Outcome {
+    let mut sent = 0;
     loop {
         let read = match ctx.src.tree.read_files(vec![ctx.src.path(&file.rel)], SMALL_FILE_MAX).await {
             Ok(mut reads) => reads.pop().expect("one read per path"),
@@ -185,11 +198,16 @@ async fn transfer_file(ctx: &Arc<Ctx>, mut file: SmallFile) -> Outcome {
         match judge(ctx, &file, read) {
             Judged::Write(content, stamped) => {
                 let size = content.data.len();
+                sent += 1;
                 let result = match ctx.dst.tree.write_files(vec![content]).await {
-                    Ok(mut results) => results.pop().expect("one outcome per file").map_err(|f| f.to_string()),
-                    Err(e) => Err(e.to_string()),
+                    Ok(mut results) => results.pop().expect("one outcome per file"),
+                    Err(e) => return written(ctx, &file, size, stamped, Err(e.to_string())),
                 };
-                return written(ctx, &file, size, stamped, result);
+                if result.as_ref().is_err_and(|f| f.kind == FailureKind::Mismatch) && sent < TRANSIT_ATTEMPTS {
+                    tracing::warn!("{}: failed its digest in transit; sending it again", file.rel);
+                    continue;
+                }
+                return written(ctx, &file, size, stamped, result.map_err(|f| f.to_string()));
             }
             Judged::Retry(wait) => {
                 tokio::time::sleep(wait).await;
