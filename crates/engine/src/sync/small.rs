@@ -116,32 +116,18 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
     };
     let mut writes = Vec::new();
     let mut pending = Vec::new();
-    for (mut file, read) in batch.into_iter().zip(reads) {
+    for (file, read) in batch.into_iter().zip(reads) {
         match judge(ctx, &file, read) {
             Judged::Write(content, stamped) => {
                 pending.push((file, content.data.len(), stamped));
                 writes.push(content);
             }
-            Judged::Retry(wait) => {
-                let (ctx, alive) = (ctx.clone(), file.ticket.alive());
-                tokio::spawn(async move {
-                    tokio::time::sleep(wait).await;
-                    file.attempt += 1;
-                    let (rel, size) = (file.rel.clone(), file.src.size);
-                    let outcome = transfer_file(&ctx, file).await;
-                    ctx.finish_file(&rel, size, outcome);
-                    drop(alive);
-                });
-            }
-            Judged::NotSmall => {
-                let (ctx, alive) = (ctx.clone(), file.ticket.alive());
-                tokio::spawn(async move {
-                    let (rel, size) = (file.rel.clone(), file.src.size);
-                    let outcome = as_big(&ctx, file).await;
-                    ctx.finish_file(&rel, size, outcome);
-                    drop(alive);
-                });
-            }
+            Judged::Retry(wait) => alone(ctx, file, move |ctx, mut file| async move {
+                tokio::time::sleep(wait).await;
+                file.attempt += 1;
+                transfer_file(&ctx, file).await
+            }),
+            Judged::NotSmall => alone(ctx, file, |ctx, file| async move { as_big(&ctx, file).await }),
             Judged::Done(outcome) => ctx.finish_file(&file.rel, file.src.size, outcome),
         }
     }
@@ -154,13 +140,7 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
                 if result.as_ref().is_err_and(|f| f.kind == FailureKind::Mismatch) {
                     // Corrupted on its way: sent again on its own.
                     tracing::warn!("{}: failed its digest in transit; sending it again", file.rel);
-                    let (ctx, alive) = (ctx.clone(), file.ticket.alive());
-                    tokio::spawn(async move {
-                        let (rel, size) = (file.rel.clone(), file.src.size);
-                        let outcome = transfer_file(&ctx, file).await;
-                        ctx.finish_file(&rel, size, outcome);
-                        drop(alive);
-                    });
+                    alone(ctx, file, |ctx, file| async move { transfer_file(&ctx, file).await });
                     continue;
                 }
                 let outcome = written(ctx, &file, size, stamped, result.map_err(|f| f.to_string()));
@@ -173,6 +153,22 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
             }
         }
     }
+}
+
+/// Finishes a file of a batch in a task of its own, with `work` (the batch
+/// does not wait for it).
+fn alone<F, Fut>(ctx: &Arc<Ctx>, file: SmallFile, work: F)
+where
+    F: FnOnce(Arc<Ctx>, SmallFile) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = Outcome> + Send + 'static,
+{
+    let (ctx, alive) = (ctx.clone(), file.ticket.alive());
+    let (rel, size) = (file.rel.clone(), file.src.size);
+    tokio::spawn(async move {
+        let outcome = work(ctx.clone(), file).await;
+        ctx.finish_file(&rel, size, outcome);
+        drop(alive);
+    });
 }
 
 /// Copies one small file on its own (retries, replacements, `--checksum`).
