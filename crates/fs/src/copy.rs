@@ -95,7 +95,7 @@ fn make_copy(root: BorrowedFd<'_>, f: &CloneFile) -> Result<(OwnedFd, String, Na
         .iter()
         .find_map(|candidate| holding(root, candidate, f))
         .ok_or_else(|| FsError::mismatch("copy", "none of the files to copy from holds the content wanted"))?;
-    let (dir, name) = beneath::parent(root, &f.path, "create file")?;
+    let (dir, name) = crate::write::parent_made(root, &f.path, "create file")?;
     let temp = temp::new_name(dir.as_fd());
     let made = (|| {
         let fd = rustix::fs::openat(

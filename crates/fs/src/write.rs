@@ -302,7 +302,7 @@ pub(crate) fn ensure_dir(root: BorrowedFd<'_>, path: &RelPath, mode: u32) -> Res
 /// (with any missing parents, `0o700` until the sync sets their mode): a
 /// client sends the entries of a new directory without waiting for the
 /// directory itself, a round trip per level saved.
-fn parent_made(root: BorrowedFd<'_>, path: &RelPath, op: &'static str) -> Result<(OwnedFd, Name), FsError> {
+pub(crate) fn parent_made(root: BorrowedFd<'_>, path: &RelPath, op: &'static str) -> Result<(OwnedFd, Name), FsError> {
     match beneath::parent(root, path, op) {
         Err(e) if e.kind == pareco_proto::FailureKind::NotFound => {
             let (dir, _) = path.split_last().expect("the root has no parent");
@@ -394,7 +394,7 @@ pub(crate) fn make_special(
 /// replacing what is there unless it is a directory.
 pub(crate) fn make_link(root: BorrowedFd<'_>, path: &RelPath, existing: &RelPath) -> Result<(), FsError> {
     let (from_dir, from) = beneath::parent(root, existing, "open the file to link")?;
-    let (dir, name) = beneath::parent(root, path, "create hard link")?;
+    let (dir, name) = parent_made(root, path, "create hard link")?;
     place(&dir, &name, None, None, |temp| {
         rustix::fs::linkat(&from_dir, from.as_bytes(), &dir, temp, AtFlags::empty())
             .map_err(|e| FsError::io("create hard link", e))

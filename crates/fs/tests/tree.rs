@@ -258,6 +258,21 @@ fn directories_and_links_are_created_replaced_and_removed() {
     let file = FileContent { path: p("n/m/f"), mode: 0o644, mtime: None, digest: Some(Digest::of(&data)), data };
     assert_eq!(tree.execute(&Request::WriteFiles { files: vec![file] }), Response::Outcomes(vec![Ok(())]));
     assert_eq!(std::fs::read(r.join("n/m/f")).unwrap(), b"f");
+    let copy = pareco_proto::CloneFile {
+        from: vec![p("n/m/f")],
+        path: p("c/d/f"),
+        size: 1,
+        chunk_size: 1 << 20,
+        digests: vec![Digest::of(b"f")],
+        mode: 0o644,
+        mtime: None,
+    };
+    assert_eq!(tree.execute(&Request::CloneFiles { files: vec![copy] }), Response::Outcomes(vec![Ok(())]));
+    assert_eq!(tree.execute(&Request::MakeLink { path: p("l/f"), existing: p("n/m/f") }), Response::Done);
+    assert_eq!(
+        (std::fs::read(r.join("c/d/f")).unwrap(), std::fs::read(r.join("l/f")).unwrap()),
+        (b"f".to_vec(), b"f".to_vec())
+    );
     assert_ne!(failure(tree.execute(&Request::MakeDir { path: p("a/f/y"), mode: 0o755 })), FailureKind::NotFound);
     assert!(r.join("a/f").is_file());
     std::fs::write(r.join("a/file"), b"x").unwrap();

@@ -15,10 +15,11 @@
 //! hashes it (protocol 5); a writer that expects digests refuses data without
 //! one. Patches always carry the digest of their result.
 //!
-//! Requests that create an entry (`WriteFiles`, `PrepareFile`, `MakeDir`,
-//! `MakeSymlink`, `MakeSpecial`) first make its missing parent directories
-//! (mode 0700, until the client sets their attributes), so a client may send
-//! the entries of a new directory without waiting for the directory.
+//! Requests that create an entry (`WriteFiles`, `PrepareFile`, `CloneFiles`,
+//! `MakeDir`, `MakeSymlink`, `MakeSpecial`, `MakeLink`) first make its
+//! missing parent directories (mode 0700, until the client sets their
+//! attributes), so a client may send the entries of a new directory without
+//! waiting for the directory.
 
 use bytes::Bytes;
 
