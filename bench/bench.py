@@ -428,22 +428,25 @@ def summarize(scenario: str, results: dict[str, list], payload: int, link_rate: 
     return rows
 
 
+def checked(src: Path, dst: Path, run):
+    """A run that copies `src` into an emptied `dst`, then checks the copy
+    (unless the tool was stopped before it finished)."""
+    def go():
+        clear(dst)
+        m = run()
+        if not getattr(m, "stopped", False):
+            same_tree(src, dst / "copy")
+        return m
+    return go
+
+
 def tree_copiers(src: Path, dst: Path, link: list[str], work: Path):
     """Makers of runs that copy `src` into an emptied `dst` and check the copy."""
-
-    def checked(run):
-        def go():
-            clear(dst)
-            m = run()
-            same_tree(src, dst / "copy")
-            return m
-        return go
-
     def pareco(jobs: int):
-        return checked(lambda: run_pareco(src, dst, link, work, jobs))
+        return checked(src, dst, lambda: run_pareco(src, dst, link, work, jobs))
 
     def rsync():
-        return checked(lambda: run_rsync(src, dst, link, work))
+        return checked(src, dst, lambda: run_rsync(src, dst, link, work))
 
     return pareco, rsync
 
@@ -454,26 +457,12 @@ def parallel_peers(src: Path, dst: Path, link: list[str], work: Path, rclone: bo
     rclone with 32 transfers over SFTP (stopped after `rclone_limit` seconds if given); each
     finished copy checked."""
     files = sum(1 for p in src.rglob("*") if p.is_file())
-
-    def checked(run):
-        def go():
-            clear(dst)
-            m = run()
-            same_tree(src, dst / "copy")
-            return m
-        return go
-
     peers = {}
     if have("fpsync"):
-        peers["fpsync -n 32 (rsync daemon)"] = checked(lambda: run_fpsync(src, dst, link, work, files))
+        peers["fpsync -n 32 (rsync daemon)"] = checked(src, dst, lambda: run_fpsync(src, dst, link, work, files))
     if rclone and have("rclone"):
-        def rclone_copy():
-            clear(dst)
-            m = run_rclone(src, dst, link, work, limit=rclone_limit)
-            if not getattr(m, "stopped", False):
-                same_tree(src, dst / "copy")
-            return m
-        peers["rclone sftp, --transfers 32 --checkers 32"] = rclone_copy
+        peers["rclone sftp, --transfers 32 --checkers 32"] = checked(
+            src, dst, lambda: run_rclone(src, dst, link, work, limit=rclone_limit))
     return peers
 
 

@@ -162,8 +162,11 @@ fn write_file(root: BorrowedFd<'_>, f: &FileContent, checks: bool) -> Result<(),
 
 /// Makes sure `path` is a regular file that can be written at offsets.
 pub(crate) fn prepare_file(root: BorrowedFd<'_>, path: &RelPath) -> Result<Stat, FsError> {
-    parent_made(root, path, "open for writing")?;
     let file = match open_write(root, path, true) {
+        Err(e) if e.kind == pareco_proto::FailureKind::NotFound => {
+            parent_made(root, path, "open for writing")?;
+            open_write(root, path, true)?
+        }
         Err(e) if e.kind == pareco_proto::FailureKind::PermissionDenied => {
             // An existing read-only file we own: make it writable for now;
             // FinishFile sets the final mode.
