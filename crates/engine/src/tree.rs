@@ -10,8 +10,8 @@ use bytes::Bytes;
 use pareco_fs::FsTree;
 use pareco_net::{NetError, Pool};
 use pareco_proto::{
-    Block, CloneFile, CopyRange, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Name, Piece, RelPath,
-    Request, Response, Stat, Timestamp, Xattrs,
+    Block, CloneFile, CopyRange, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Name, Piece,
+    RelPath, Request, Response, Stat, Timestamp, Xattrs,
 };
 use tokio::sync::Semaphore;
 
@@ -79,6 +79,14 @@ impl BlockingTree {
     pub fn fs(&self) -> &FsTree {
         &self.tree
     }
+}
+
+/// The outcomes of [`Tree::write_files`].
+pub struct Written {
+    /// One per file, in order.
+    pub files: Vec<Result<(), Failure>>,
+    /// One per directory whose attributes were to be set, in order.
+    pub dirs: Vec<Result<(), Failure>>,
 }
 
 /// A tree, here or there.
@@ -300,15 +308,19 @@ impl Tree {
         Ok(files)
     }
 
-    /// Writes whole small files, each atomically.
-    pub async fn write_files(&self, files: Vec<FileContent>) -> Result<Vec<Result<(), Failure>>, TreeError> {
+    /// Writes whole small files, each atomically, then sets the attributes
+    /// of `dirs`. Returns the files' outcomes and the directories'.
+    pub async fn write_files(&self, files: Vec<FileContent>, dirs: Vec<DirAttrs>) -> Result<Written, TreeError> {
         let n = files.len();
-        let outcomes =
-            expect!(self.call(Request::WriteFiles { files }).await?, "write files", Response::Outcomes(o) => o)?;
-        if outcomes.len() != n {
+        let all = dirs.len() + n;
+        let mut files = expect!(
+            self.call(Request::WriteFiles { files, dirs }).await?, "write files", Response::Outcomes(o) => o
+        )?;
+        if files.len() != all {
             return Err(TreeError::Unexpected("write files"));
         }
-        Ok(outcomes)
+        let dirs = files.split_off(n);
+        Ok(Written { files, dirs })
     }
 
     /// Makes files as copies of others on that side; one outcome per file.

@@ -154,7 +154,9 @@ impl FsTree {
                 write::apply_patch(root, path, *offset, *len, *block_size, chunk_digest, blocks)?;
                 Response::Done
             }
-            Request::WriteFiles { files } => Response::Outcomes(write::write_files(root, files, self.digests)),
+            Request::WriteFiles { files, dirs } => {
+                Response::Outcomes(write::write_files(root, files, dirs, self.digests))
+            }
             Request::PrepareFile { path } => {
                 Response::Stat { stat: Some(write::prepare_file(root, path)?), now: meta::now() }
             }

@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
-use pareco_proto::{Block, Digest, Failure, FileContent, Kind, Name, RelPath, Stat, Timestamp};
+use pareco_proto::{Block, Digest, DirAttrs, Failure, FileContent, Kind, Name, RelPath, Stat, Timestamp};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -129,8 +129,18 @@ pub(crate) fn apply_patch(
 }
 
 /// Writes whole files, each atomically; one outcome per file.
-pub(crate) fn write_files(root: BorrowedFd<'_>, files: &[FileContent], checks: bool) -> Vec<Result<(), Failure>> {
-    files.iter().map(|f| write_file(root, f, checks).map_err(Failure::from)).collect()
+/// Writes the files, then sets the directories' attributes: one outcome
+/// each, files first.
+pub(crate) fn write_files(
+    root: BorrowedFd<'_>,
+    files: &[FileContent],
+    dirs: &[DirAttrs],
+    checks: bool,
+) -> Vec<Result<(), Failure>> {
+    let mut outcomes: Vec<_> = files.iter().map(|f| write_file(root, f, checks).map_err(Failure::from)).collect();
+    let set = |d: &DirAttrs| set_attrs(root, &d.path, Some(d.mode), Some(d.mtime)).map_err(Failure::from);
+    outcomes.extend(dirs.iter().map(set));
+    outcomes
 }
 
 fn write_file(root: BorrowedFd<'_>, f: &FileContent, checks: bool) -> Result<(), FsError> {

@@ -6,7 +6,9 @@ use std::path::Path;
 
 use bytes::Bytes;
 use pareco_fs::FsTree;
-use pareco_proto::{Block, Digest, FailureKind, FileContent, FileRead, Kind, RelPath, Request, Response, Timestamp};
+use pareco_proto::{
+    Block, Digest, DirAttrs, FailureKind, FileContent, FileRead, Kind, RelPath, Request, Response, Timestamp,
+};
 
 fn p(s: &str) -> RelPath {
     RelPath::new(s.as_bytes()).unwrap()
@@ -63,7 +65,7 @@ fn symlinks_inside_the_root_are_never_followed() {
     }
     let files =
         vec![FileContent { path: p("escape/f"), mode: 0o644, mtime: None, digest: Some(Digest::of(&data)), data }];
-    let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files }) else { panic!() };
+    let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files, dirs: vec![] }) else { panic!() };
     assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::SymlinkInPath);
 
     assert_eq!(std::fs::read_dir(&outside).unwrap().count(), 1, "nothing was created outside");
@@ -106,7 +108,7 @@ fn small_files_are_written_atomically_with_mode_and_mtime() {
         },
         FileContent { path: p("bad"), mode: 0o640, mtime: None, digest: Some(Digest([0; 32])), data: data.clone() },
     ];
-    let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files }) else { panic!() };
+    let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files, dirs: vec![] }) else { panic!() };
     assert!(out[0].is_ok());
     assert_eq!(out[1].as_ref().unwrap_err().kind, FailureKind::Mismatch);
     let m = std::fs::metadata(root(&dir).join("a")).unwrap();
@@ -114,6 +116,33 @@ fn small_files_are_written_atomically_with_mode_and_mtime() {
     assert!(!root(&dir).join("bad").exists());
     let names: Vec<_> = std::fs::read_dir(root(&dir)).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(names, vec!["a"], "no temporary file is left behind");
+}
+
+/// The directories of a batch get their attributes after its files (so
+/// that the files' creation does not move the mtime set): one outcome per
+/// file, then one per directory, whatever the files' outcomes.
+#[test]
+fn a_batch_sets_its_directories_attributes_after_its_files() {
+    let (dir, tree) = setup();
+    let data = Bytes::from_static(b"content");
+    let mtime = Timestamp { secs: 1_500_000_000, nanos: 5 };
+    let file = |path: &str| FileContent {
+        path: p(path),
+        mode: 0o600,
+        mtime: None,
+        digest: Some(Digest::of(&data)),
+        data: data.clone(),
+    };
+    let files = vec![file("new/a"), file("new/b"), FileContent { digest: Some(Digest([0; 32])), ..file("new/c") }];
+    let dirs =
+        vec![DirAttrs { path: p("new"), mode: 0o751, mtime }, DirAttrs { path: p("missing/dir"), mode: 0o755, mtime }];
+    let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files, dirs }) else { panic!() };
+    assert_eq!(out.len(), 5);
+    assert!(out[0].is_ok() && out[1].is_ok() && out[3].is_ok());
+    assert_eq!(out[2].as_ref().unwrap_err().kind, FailureKind::Mismatch);
+    assert_eq!(out[4].as_ref().unwrap_err().kind, FailureKind::NotFound);
+    let m = std::fs::metadata(root(&dir).join("new")).unwrap();
+    assert_eq!((m.mode() & 0o7777, m.mtime(), m.mtime_nsec()), (0o751, 1_500_000_000, 5));
 }
 
 #[test]
@@ -256,7 +285,10 @@ fn directories_and_links_are_created_replaced_and_removed() {
     assert_eq!(std::fs::metadata(r.join("x")).unwrap().permissions().mode() & 0o777, 0o700);
     let data = Bytes::from_static(b"f");
     let file = FileContent { path: p("n/m/f"), mode: 0o644, mtime: None, digest: Some(Digest::of(&data)), data };
-    assert_eq!(tree.execute(&Request::WriteFiles { files: vec![file] }), Response::Outcomes(vec![Ok(())]));
+    assert_eq!(
+        tree.execute(&Request::WriteFiles { files: vec![file], dirs: vec![] }),
+        Response::Outcomes(vec![Ok(())])
+    );
     assert_eq!(std::fs::read(r.join("n/m/f")).unwrap(), b"f");
     let copy = pareco_proto::CloneFile {
         from: vec![p("n/m/f")],
@@ -414,14 +446,18 @@ fn digests_go_with_data_unless_the_transit_is_trusted_and_are_required_where_che
     let ranges = Request::WriteRanges { path: p("f"), ranges: vec![0..7; 1], digest: None, data: bare.clone() };
     assert_eq!(failure(checking.execute(&ranges)), FailureKind::Mismatch);
     let whole = FileContent { path: p("g"), mode: 0o644, mtime: None, digest: None, data: bare.clone() };
-    let Response::Outcomes(out) = checking.execute(&Request::WriteFiles { files: vec![whole.clone()] }) else {
+    let Response::Outcomes(out) = checking.execute(&Request::WriteFiles { files: vec![whole.clone()], dirs: vec![] })
+    else {
         panic!()
     };
     assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::Mismatch);
     assert_eq!(std::fs::read(r.join("f")).unwrap(), b"content");
     assert!(!r.join("g").exists());
     assert_eq!(trusting.execute(&write), Response::Done);
-    assert_eq!(trusting.execute(&Request::WriteFiles { files: vec![whole] }), Response::Outcomes(vec![Ok(())]));
+    assert_eq!(
+        trusting.execute(&Request::WriteFiles { files: vec![whole], dirs: vec![] }),
+        Response::Outcomes(vec![Ok(())])
+    );
     assert_eq!(std::fs::read(r.join("f")).unwrap(), b"CONTENT");
     assert_eq!(std::fs::read(r.join("g")).unwrap(), b"CONTENT");
 }

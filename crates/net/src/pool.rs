@@ -199,7 +199,7 @@ fn cost(request: &Request) -> u64 {
         Request::ReadData { len, .. } => *len as u64,
         Request::ApplyPatch { blocks, .. } => blocks.iter().map(|b| b.data.len() as u64).sum(),
         Request::ReadPatch { dest_blocks, .. } => dest_blocks.len() as u64 * 32 + (64 << 10),
-        Request::WriteFiles { files } => files.iter().map(|f| f.data.len() as u64 + 64).sum(),
+        Request::WriteFiles { files, .. } => files.iter().map(|f| f.data.len() as u64 + 64).sum(),
         Request::ReadFiles { paths, max_size } => paths.len() as u64 * (*max_size as u64 / 2 + 64),
         Request::HashChunks { len, chunk_size, .. } => len / *chunk_size as u64 * 32,
         Request::HashBlocks { len, block_size, .. } => (*len / *block_size) as u64 * 32,

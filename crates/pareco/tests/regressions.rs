@@ -2,7 +2,8 @@
 //! would (issue 11): hard links split in the source, future mtimes, URLs
 //! that are not `pareco://`, a URL without a path, attribute-only changes in
 //! dry runs, verify's first differing byte, failing well when nobody listens
-//! or the server stops mid-push.
+//! or the server stops mid-push; directory attributes whatever wrote into a
+//! directory last.
 
 mod support;
 
@@ -452,6 +453,45 @@ fn a_server_stopped_mid_push_leaves_no_half_made_file_and_says_so_once() {
     assert_same_tree(&src, &copy);
     let litter: Vec<_> = walk_names(&copy).into_iter().filter(|n| n.contains(".pareco-tmp.")).collect();
     assert!(litter.is_empty(), "{litter:?}");
+}
+
+// ---- 9. directory attributes, whatever wrote into a directory last -------
+
+/// A directory's mode and mtime are the source's after a sync whatever wrote
+/// into it last: batches of small files (which set them after their writes,
+/// saving a round trip at the end), a large file, a symlink, a new
+/// subdirectory; in a directory whose mode lacks the owner's write bit (not
+/// set early: it would stop the writes after it); and in a directory that
+/// was already right and only gains a subdirectory, whose creation moves the
+/// directory's mtime (it was left moved before).
+#[test]
+fn directory_attributes_are_the_source_s_whatever_wrote_into_it_last() {
+    for way in WAYS {
+        let pair = Pair::new(way);
+        let src = &pair.src;
+        // 300 files of 700 bytes: two batches or more per directory.
+        for dir in ["small", "mixed", "locked", "deep/er"] {
+            for i in 0..300 {
+                write(&src.join(dir).join(format!("f{i:03}")), &bytes(i, 700));
+            }
+        }
+        write(&src.join("mixed/big"), &bytes(1, 300 << 10));
+        std::os::unix::fs::symlink("f000", src.join("mixed/link")).unwrap();
+        write(&src.join("mixed/sub/x"), b"x");
+        for (dir, mode) in [("small", 0o755), ("mixed", 0o750), ("locked", 0o555), ("deep/er", 0o711)] {
+            std::fs::set_permissions(src.join(dir), std::os::unix::fs::PermissionsExt::from_mode(mode)).unwrap();
+        }
+        age(src);
+        pair.sync(&["-q", "-j", "8"]).ok();
+        assert_same_tree(src, &pair.dst);
+
+        // Right already, then missing a subdirectory.
+        std::fs::remove_dir_all(pair.dst.join("mixed/sub")).unwrap();
+        let m = std::fs::metadata(src.join("mixed")).unwrap();
+        set_mtime(&pair.dst.join("mixed"), m.mtime(), m.mtime_nsec());
+        pair.sync(&["-q"]).ok();
+        assert_same_tree(src, &pair.dst);
+    }
 }
 
 fn allocated_bytes(root: &Path) -> u64 {

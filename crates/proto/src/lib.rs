@@ -33,7 +33,8 @@ mod wire;
 
 pub use codec::{CodecError, Frame};
 pub use message::{
-    Block, CloneFile, CopyRange, Failure, FailureKind, FileContent, FileRead, Piece, Request, Response, Xattrs,
+    Block, CloneFile, CopyRange, DirAttrs, Failure, FailureKind, FileContent, FileRead, Piece, Request, Response,
+    Xattrs,
 };
 pub use path::{Name, PathError, RelPath};
 pub use stat::{Digest, Entry, Kind, Stat, Timestamp};

@@ -150,10 +150,17 @@ pub enum Request {
         max_size: u32,
     },
     /// Write several whole small files at once, each atomically (a temporary
-    /// file renamed over the target). Answer: [`Response::Outcomes`].
+    /// file renamed over the target); then give each of `dirs` its mode and
+    /// mtime, whatever the files' outcomes. A client that sends every write
+    /// into a directory this way leaves it with those attributes once the
+    /// last of them is done, without setting them in a round trip of its
+    /// own. Answer: [`Response::Outcomes`], one per file, then one per
+    /// directory.
     WriteFiles {
         /// The files.
         files: Vec<FileContent>,
+        /// Directories (at most one per file) whose attributes are set after.
+        dirs: Vec<DirAttrs>,
     },
     /// Make sure `path` is a regular file that can be written at offsets,
     /// creating it empty (mode 0600) if missing. Answer: [`Response::Stat`].
@@ -423,6 +430,17 @@ pub struct FileContent {
     pub data: Bytes,
 }
 
+/// The final attributes of a directory, set after a [`Request::WriteFiles`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DirAttrs {
+    /// The directory.
+    pub path: RelPath,
+    /// Permission bits.
+    pub mode: u32,
+    /// mtime.
+    pub mtime: Timestamp,
+}
+
 /// The answer to a request.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Response {
@@ -469,7 +487,8 @@ pub enum Response {
     },
     /// Results of a `ReadFiles`, one per path, in order.
     Files(Vec<FileRead>),
-    /// Results of a `WriteFiles`, one per file, in order.
+    /// Results of a `WriteFiles` (one per file, then one per directory) or
+    /// a `CloneFiles` (one per file), in order.
     Outcomes(Vec<Result<(), Failure>>),
     /// The request failed.
     Failed(Failure),
@@ -627,7 +646,7 @@ impl Request {
             | Request::SetAttrs { path, .. } => Some(path),
             Request::ReadFiles { paths, .. } => paths.first(),
             Request::CloneFiles { files } => files.first().map(|f| &f.path),
-            Request::WriteFiles { files } => files.first().map(|f| &f.path),
+            Request::WriteFiles { files, .. } => files.first().map(|f| &f.path),
         }
     }
 
@@ -710,7 +729,7 @@ impl Request {
                 w.varint(paths.len() as u64);
                 paths.iter().for_each(|p| w.path(p));
             }
-            Request::WriteFiles { files } => {
+            Request::WriteFiles { files, dirs } => {
                 w.u8(10);
                 w.varint(files.len() as u64);
                 for f in files {
@@ -719,6 +738,12 @@ impl Request {
                     w.opt_timestamp(f.mtime);
                     w.opt_digest(f.digest.as_ref());
                     w.bytes(&f.data);
+                }
+                w.varint(dirs.len() as u64);
+                for d in dirs {
+                    w.path(&d.path);
+                    w.varint(d.mode as u64);
+                    w.timestamp(d.mtime);
                 }
             }
             Request::PrepareFile { path } => {
@@ -937,7 +962,12 @@ impl Request {
                         data: r.bytes(MAX_BATCH_BYTES, "file data")?,
                     });
                 }
-                Request::WriteFiles { files }
+                let n = r.count(3, files.len(), "directory count")?;
+                let mut dirs = Vec::with_capacity(n);
+                for _ in 0..n {
+                    dirs.push(DirAttrs { path: r.path()?, mode: mode(r)?, mtime: r.timestamp("mtime")? });
+                }
+                Request::WriteFiles { files, dirs }
             }
             11 => Request::PrepareFile { path: r.path()? },
             12 => Request::FinishFile {
@@ -1250,7 +1280,7 @@ impl Response {
                 Response::Files(files)
             }
             8 => {
-                let n = r.count(1, MAX_BATCH_FILES, "outcome count")?;
+                let n = r.count(1, 2 * MAX_BATCH_FILES, "outcome count")?;
                 let mut outcomes = Vec::with_capacity(n);
                 for _ in 0..n {
                     outcomes.push(match r.bool("outcome")? {

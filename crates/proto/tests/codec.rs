@@ -7,8 +7,8 @@ use pareco_proto::codec::{self, CodecError, Frame};
 use pareco_proto::limits::MAX_FRAME;
 use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_proto::{
-    Block, Digest, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath, Request, Response, Stat,
-    Timestamp, Xattrs,
+    Block, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath, Request,
+    Response, Stat, Timestamp, Xattrs,
 };
 use proptest::prelude::*;
 
@@ -134,18 +134,22 @@ fn request() -> impl Strategy<Value = Request> {
         }),
         (proptest::collection::vec(path(), 0..5), 0u32..65536)
             .prop_map(|(paths, max_size)| Request::ReadFiles { paths, max_size }),
-        proptest::collection::vec(
-            (path(), 0u32..=0o7777, proptest::option::of(timestamp()), transit_digest(), data(100)),
-            0..4
+        (
+            proptest::collection::vec(
+                (path(), 0u32..=0o7777, proptest::option::of(timestamp()), transit_digest(), data(100)),
+                1..4
+            ),
+            proptest::collection::vec((path(), 0u32..=0o7777, timestamp()), 0..2)
         )
-        .prop_map(|files| {
-            Request::WriteFiles {
-                files: files
-                    .into_iter()
-                    .map(|(path, mode, mtime, digest, data)| FileContent { path, mode, mtime, digest, data })
-                    .collect(),
-            }
-        }),
+            .prop_map(|(files, dirs)| {
+                Request::WriteFiles {
+                    files: files
+                        .into_iter()
+                        .map(|(path, mode, mtime, digest, data)| FileContent { path, mode, mtime, digest, data })
+                        .collect(),
+                    dirs: dirs.into_iter().map(|(path, mode, mtime)| DirAttrs { path, mode, mtime }).collect(),
+                }
+            }),
         path().prop_map(|path| Request::PrepareFile { path }),
         (path(), any::<u64>(), 0u32..=0o7777, proptest::option::of(timestamp()), proptest::option::of(path()))
             .prop_map(|(path, size, mode, mtime, place_at)| Request::FinishFile { path, size, mode, mtime, place_at }),
@@ -359,6 +363,20 @@ fn forged_counts_are_refused() {
     let mut buf = BytesMut::from(&(body.len() as u32).to_le_bytes()[..]);
     buf.extend_from_slice(&body);
     assert!(matches!(codec::decode(&mut buf), Err(CodecError::Invalid(_))));
+}
+
+#[test]
+fn a_batch_names_at_most_one_directory_per_file() {
+    let file =
+        FileContent { path: RelPath::new(b"d/f").unwrap(), mode: 0o644, mtime: None, digest: None, data: Bytes::new() };
+    let dir = |name: &[u8]| DirAttrs {
+        path: RelPath::new(name).unwrap(),
+        mode: 0o755,
+        mtime: Timestamp { secs: 1, nanos: 0 },
+    };
+    let request = Request::WriteFiles { files: vec![file], dirs: vec![dir(b"d"), dir(b"e")] };
+    let bytes = codec::encode_to_vec(&Frame::Request { id: 1, request });
+    assert_eq!(codec::decode(&mut BytesMut::from(&bytes[..])), Err(CodecError::Invalid("directory count")));
 }
 
 #[test]

@@ -11,12 +11,13 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use pareco_plan::freshness::{ReadVerdict, judge_read};
-use pareco_proto::{FailureKind, FileContent, FileRead, Kind, RelPath, Stat};
+use pareco_proto::{DirAttrs, Failure, FailureKind, FileContent, FileRead, Kind, RelPath, Stat};
 use tokio::sync::{OwnedSemaphorePermit, mpsc};
 
-use super::walk::Ticket;
+use super::walk::{DirNode, Ticket};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, TRANSIT_ATTEMPTS, big, destination_failure, source_failure};
 use crate::report::{Change, Stats};
+use crate::tree::TreeError;
 
 /// A batch is sent once it holds this many bytes...
 const BATCH_BYTES: u64 = 128 << 10;
@@ -63,7 +64,6 @@ fn judge(ctx: &Ctx, file: &SmallFile, read: FileRead) -> Judged {
 }
 
 fn written(ctx: &Ctx, file: &SmallFile, size: usize, stamped: bool, result: Result<(), String>) -> Outcome {
-    file.ticket.dir().touch();
     if let Err(why) = result {
         return Outcome::Failed(format!("destination: {why}"));
     }
@@ -134,7 +134,8 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
     if writes.is_empty() {
         return;
     }
-    match ctx.dst.tree.write_files(writes).await {
+    let files: Vec<&SmallFile> = pending.iter().map(|(file, ..)| file).collect();
+    match write(ctx, writes, &files).await {
         Ok(results) => {
             for ((file, size, stamped), result) in pending.into_iter().zip(results) {
                 if result.as_ref().is_err_and(|f| f.kind == FailureKind::Mismatch) {
@@ -153,6 +154,30 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
             }
         }
     }
+}
+
+/// Writes `contents` (those of `files`), then sets the attributes of their
+/// directories, and tells each directory whether they were set.
+async fn write(
+    ctx: &Ctx,
+    contents: Vec<FileContent>,
+    files: &[&SmallFile],
+) -> Result<Vec<Result<(), Failure>>, TreeError> {
+    let mut dirs: Vec<&DirNode> = Vec::new();
+    for file in files {
+        let dir = file.ticket.dir();
+        if !dirs.iter().any(|d| std::ptr::eq(*d, dir)) {
+            dirs.push(dir);
+        }
+    }
+    let attrs: Vec<Option<DirAttrs>> = dirs.iter().map(|d| d.attrs_after_write(ctx)).collect();
+    let sent = attrs.iter().flatten().cloned().collect();
+    let written = ctx.dst.tree.write_files(contents, sent).await;
+    let mut set = written.as_ref().map_or(&[][..], |w| &w.dirs).iter();
+    for (dir, attrs) in dirs.iter().zip(&attrs) {
+        dir.written(attrs.is_some() && set.next().is_some_and(Result::is_ok));
+    }
+    written.map(|w| w.files)
 }
 
 /// Finishes a file of a batch in a task of its own, with `work` (the batch
@@ -195,7 +220,7 @@ async fn transfer_file(ctx: &Arc<Ctx>, mut file: SmallFile) -> Outcome {
             Judged::Write(content, stamped) => {
                 let size = content.data.len();
                 sent += 1;
-                let result = match ctx.dst.tree.write_files(vec![content]).await {
+                let result = match write(ctx, vec![content], &[&file]).await {
                     Ok(mut results) => results.pop().expect("one outcome per file"),
                     Err(e) => return written(ctx, &file, size, stamped, Err(e.to_string())),
                 };

@@ -14,7 +14,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
-use pareco_proto::{Kind, RelPath, Stat, Timestamp};
+use pareco_proto::{DirAttrs, Kind, RelPath, Stat, Timestamp};
 use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
 
 use super::small::{self, SmallFile};
@@ -34,8 +34,12 @@ pub(crate) struct DirNode {
     /// single-file sync, whose attributes are not ours to set).
     attrs: Option<(Stat, Option<Stat>)>,
     pending: AtomicUsize,
-    /// Whether an entry was created, renamed or removed in it.
+    /// Whether an entry was created, renamed or removed in it by a write
+    /// that did not set the directory's attributes after.
     dirty: AtomicBool,
+    /// Whether a write into it set its attributes after (see
+    /// [`DirNode::attrs_after_write`]).
+    carried: AtomicBool,
     /// Whether this shard owns any of its entries.
     owns_entries: AtomicBool,
     /// The source's entries with their owner and group (with `owner`,
@@ -45,8 +49,40 @@ pub(crate) struct DirNode {
 }
 
 impl DirNode {
+    fn new(rel: RelPath, attrs: Option<(Stat, Option<Stat>)>, alive: Alive) -> DirNode {
+        DirNode {
+            rel,
+            attrs,
+            pending: AtomicUsize::new(0),
+            dirty: AtomicBool::new(false),
+            carried: AtomicBool::new(false),
+            owns_entries: AtomicBool::new(false),
+            entries: Mutex::default(),
+            alive,
+        }
+    }
+
+    /// An entry was created, renamed or removed in it: its attributes are
+    /// set once its names are final.
     pub(crate) fn touch(&self) {
         self.dirty.store(true, Ordering::Relaxed);
+    }
+
+    /// The attributes a write of small files into this directory sets after
+    /// its files. When every write into it does, whichever ends last leaves
+    /// them right, and no round trip at the end is needed. `None` for the
+    /// virtual root of a single file, and for a mode without the owner's
+    /// write and search bits, which would stop the writes after it.
+    pub(crate) fn attrs_after_write(&self, ctx: &Ctx) -> Option<DirAttrs> {
+        let (src, _) = self.attrs.as_ref()?;
+        let path = ctx.dst.path(&self.rel);
+        (src.mode & 0o300 == 0o300).then_some(DirAttrs { path, mode: src.mode, mtime: src.mtime })
+    }
+
+    /// Whether a write that changed an entry in it then set its attributes
+    /// (else they are set at the end).
+    pub(crate) fn written(&self, attrs_set: bool) {
+        if attrs_set { self.carried.store(true, Ordering::Relaxed) } else { self.touch() }
     }
 }
 
@@ -118,7 +154,10 @@ async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
     {
         ctx.reporter.change(&node.rel, Change::Attributes(Attrs::between(src, d)));
     }
-    if ctx.opts.dry_run || !(differ || node.dirty.load(Ordering::Relaxed)) {
+    let dirty = node.dirty.load(Ordering::Relaxed);
+    // Set by the last write into it, and changed by nothing else.
+    let settled = node.carried.load(Ordering::Relaxed) && !dirty;
+    if ctx.opts.dry_run || !(differ || dirty) || settled {
         return;
     }
     let path = ctx.dst.path(&node.rel);
@@ -192,15 +231,8 @@ pub(crate) async fn run(
     single: bool,
 ) -> std::time::Instant {
     let (alive, mut finished) = mpsc::channel(1);
-    let root = Arc::new(DirNode {
-        rel: RelPath::root(),
-        attrs: (!single).then(|| (src_root.clone(), dst_root.clone())),
-        pending: AtomicUsize::new(0),
-        dirty: AtomicBool::new(false),
-        owns_entries: AtomicBool::new(false),
-        entries: Mutex::default(),
-        alive: Alive(alive),
-    });
+    let root =
+        Arc::new(DirNode::new(RelPath::root(), (!single).then(|| (src_root.clone(), dst_root.clone())), Alive(alive)));
     let (small_tx, small_rx) = mpsc::channel(1024);
     let batcher = tokio::spawn(small::batcher(ctx.clone(), small_rx));
     if single {
@@ -256,7 +288,11 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
             ctx.dst.tree.unlink(dst_path.clone()).await?;
             ctx.dst.tree.make_dir(dst_path.clone(), 0o700).await
         };
-        if let Err(e) = prepared.await {
+        let made = prepared.await;
+        if let Some(parent) = &job.parent {
+            parent.dir().touch();
+        }
+        if let Err(e) = made {
             // Without its directory, nothing below can be synced.
             ctx.finish(&node.rel, 0, destination_failure(e));
             return;
@@ -273,9 +309,12 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
     // once made; its entry in its parent is final then.
     let (making, parent) = (Ticket::new(&node, ctx), job.parent);
     let made = async {
-        match ctx.dst.tree.make_dir(dst_path, 0o700).await {
-            Ok(()) => node.touch(),
-            Err(e) => ctx.finish(&node.rel, 0, destination_failure(e)),
+        let made = ctx.dst.tree.make_dir(dst_path, 0o700).await;
+        if let Some(parent) = &parent {
+            parent.dir().touch();
+        }
+        if let Err(e) = made {
+            ctx.finish(&node.rel, 0, destination_failure(e));
         }
         drop((making, parent));
     };
@@ -391,15 +430,7 @@ async fn dispatch(
             if create && owned {
                 ctx.reporter.change(&rel, Change::NewDir);
             }
-            let child = Arc::new(DirNode {
-                rel,
-                attrs: Some((src, dst)),
-                pending: AtomicUsize::new(0),
-                dirty: AtomicBool::new(false),
-                owns_entries: AtomicBool::new(false),
-                entries: Mutex::default(),
-                alive: node.alive.clone(),
-            });
+            let child = Arc::new(DirNode::new(rel, Some((src, dst)), node.alive.clone()));
             let (ticket, parent) = (Ticket::new(&child, ctx), Some(Ticket::new(node, ctx)));
             queue.push(DirJob { node: child, ticket, parent, remove_first: p.remove_first, create, list_dst: !create });
         }
