@@ -15,7 +15,7 @@ use std::sync::{Arc, Mutex};
 
 use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
 use pareco_proto::{DirAttrs, Kind, RelPath, Stat, Timestamp};
-use tokio::sync::{Notify, OwnedSemaphorePermit, mpsc};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::small::{self, SmallFile};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
@@ -241,7 +241,8 @@ pub(crate) async fn run(
         let dst = dst_root.map(|stat| vec![pareco_proto::Entry { name: placeholder_name(), stat }]);
         let options = DirOptions { checksum: ctx.opts.checksum, delete: false, specials: ctx.opts.specials };
         for planned in plan_dir(src, src_now, dst, options) {
-            dispatch(&ctx, &small_tx, &Queue::default(), &root, RelPath::root(), planned).await;
+            let mut places = Places::new(&ctx, 1);
+            dispatch(&ctx, &small_tx, &Queue::default(), &root, RelPath::root(), planned, &mut places).await;
         }
     } else {
         Stats::add(&ctx.stats.dirs_total, 1);
@@ -350,6 +351,8 @@ async fn plan_and_dispatch(
     let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
     let planned = plan_dir(src_entries, src_now, dst_entries, options);
     let planned = reuse::copy_what_is_there(ctx, &node.rel, src_now, planned, || node.touch()).await;
+    let files = planned.iter().filter(|p| matches!(p.action, Action::CopyFile { .. })).count();
+    let mut places = Places::new(ctx, files);
     for planned in planned {
         let rel = match node.rel.join(&planned.name) {
             Ok(rel) => rel,
@@ -358,9 +361,46 @@ async fn plan_and_dispatch(
                 continue;
             }
         };
-        dispatch(ctx, small, queue, node, rel, planned).await;
+        dispatch(ctx, small, queue, node, rel, planned, &mut places).await;
     }
     drop(ticket);
+}
+
+/// Places among the entries in flight for the files of one directory,
+/// taken a run at a time. The walk dispatches many directories at once:
+/// taken one by one, places would go to each directory in turn, and every
+/// batch of small files would span dozens of directories (each a set of
+/// attributes to send and set after the batch's files).
+struct Places {
+    files: Arc<Semaphore>,
+    held: Option<OwnedSemaphorePermit>,
+    /// Files of the directory not dispatched yet.
+    left: usize,
+}
+
+impl Places {
+    /// Places taken at once, at most.
+    const RUN: usize = 32;
+
+    fn new(ctx: &Ctx, files: usize) -> Places {
+        Places { files: ctx.files.clone(), held: None, left: files }
+    }
+
+    async fn take(&mut self) -> OwnedSemaphorePermit {
+        let held = match &mut self.held {
+            Some(held) => held,
+            None => {
+                let run = self.left.clamp(1, Self::RUN) as u32;
+                self.held.insert(self.files.clone().acquire_many_owned(run).await.expect("never closed"))
+            }
+        };
+        self.left = self.left.saturating_sub(1);
+        if held.num_permits() > 1 {
+            held.split(1).expect("more than one held")
+        } else {
+            self.held.take().expect("held")
+        }
+    }
 }
 
 /// Starts the work one planned entry needs.
@@ -371,6 +411,7 @@ async fn dispatch(
     node: &Arc<DirNode>,
     rel: RelPath,
     p: Planned,
+    places: &mut Places,
 ) {
     let owned = ctx.owns(&rel, &p);
     if owned {
@@ -435,7 +476,7 @@ async fn dispatch(
             queue.push(DirJob { node: child, ticket, parent, remove_first: p.remove_first, create, list_dst: !create });
         }
         Action::CopyFile { basis } => {
-            let permit = ctx.files.clone().acquire_owned().await.expect("never closed");
+            let permit = places.take().await;
             let ticket = Ticket::new(node, ctx);
             let src = p.src.expect("copy has a source");
             let batched = src.size <= SMALL_FILE_MAX as u64 && !p.remove_first && !ctx.opts.checksum;
