@@ -154,8 +154,9 @@ pub enum Request {
     /// mtime, whatever the files' outcomes. A client that sends every write
     /// into a directory this way leaves it with those attributes once the
     /// last of them is done, without setting them in a round trip of its
-    /// own. Answer: [`Response::Outcomes`], one per file, then one per
-    /// directory.
+    /// own. On the wire, each file's path is what it shares with the one
+    /// before and the rest. Answer: [`Response::Outcomes`], one per file,
+    /// then one per directory.
     WriteFiles {
         /// The files.
         files: Vec<FileContent>,
@@ -732,8 +733,10 @@ impl Request {
             Request::WriteFiles { files, dirs } => {
                 w.u8(10);
                 w.varint(files.len() as u64);
+                let mut before: &[u8] = &[];
                 for f in files {
-                    w.path(&f.path);
+                    w.path_after(before, &f.path);
+                    before = f.path.as_bytes();
                     w.varint(f.mode as u64);
                     w.opt_timestamp(f.mtime);
                     w.opt_digest(f.digest.as_ref());
@@ -952,10 +955,11 @@ impl Request {
             }
             10 => {
                 let n = r.count(5, MAX_BATCH_FILES, "file count")?;
-                let mut files = Vec::with_capacity(n);
+                let mut files: Vec<FileContent> = Vec::with_capacity(n);
                 for _ in 0..n {
+                    let before = files.last().map_or(&[][..], |f| f.path.as_bytes());
                     files.push(FileContent {
-                        path: r.path()?,
+                        path: r.path_after(before)?,
                         mode: mode(r)?,
                         mtime: r.opt_timestamp("mtime")?,
                         digest: r.opt_digest("digest")?,

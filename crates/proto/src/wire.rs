@@ -78,6 +78,14 @@ impl Writer<'_> {
     pub fn path(&mut self, p: &RelPath) {
         self.bytes(p.as_bytes());
     }
+
+    /// A path in a list, as the length of what it shares with the one
+    /// before and the rest (a batch's files are mostly in one directory).
+    pub fn path_after(&mut self, before: &[u8], p: &RelPath) {
+        let shared = before.iter().zip(p.as_bytes()).take_while(|(a, b)| a == b).count();
+        self.varint(shared as u64);
+        self.bytes(&p.as_bytes()[shared..]);
+    }
 }
 
 pub(crate) struct Reader {
@@ -212,6 +220,16 @@ impl Reader {
     pub fn path(&mut self) -> Result<RelPath, CodecError> {
         let raw = self.bytes(crate::limits::MAX_PATH, "path")?;
         RelPath::new(&raw).map_err(CodecError::Path)
+    }
+
+    /// The counterpart of [`Writer::path_after`].
+    pub fn path_after(&mut self, before: &[u8]) -> Result<RelPath, CodecError> {
+        let shared = self.varint("shared path length")?;
+        if shared > before.len() as u64 {
+            return Err(invalid("shared path length"));
+        }
+        let rest = self.bytes(crate::limits::MAX_PATH, "path")?;
+        RelPath::new(&[&before[..shared as usize], &rest[..]].concat()).map_err(CodecError::Path)
     }
 
     pub fn name(&mut self) -> Result<Name, CodecError> {

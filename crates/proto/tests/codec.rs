@@ -366,6 +366,23 @@ fn forged_counts_are_refused() {
 }
 
 #[test]
+fn a_path_sharing_the_start_of_the_one_before_is_checked_whole() {
+    // WriteFiles: "a/b", then a path sharing `shared` bytes of it and ending in `rest`.
+    let frame = |shared: u8, rest: &[u8]| {
+        let mut body = vec![6u8, 0, 10, 2, 0, 3, b'a', b'/', b'b', 0xa4, 0x03, 0, 0, 0, shared, rest.len() as u8];
+        body.extend_from_slice(rest);
+        body.extend_from_slice(&[0xa4, 0x03, 0, 0, 0, 0]);
+        let mut buf = BytesMut::from(&(body.len() as u32).to_le_bytes()[..]);
+        buf.extend_from_slice(&body);
+        codec::decode(&mut buf)
+    };
+    let Ok(Some(Frame::Request { request: Request::WriteFiles { files, .. }, .. })) = frame(2, b"c") else { panic!() };
+    assert_eq!(files[1].path, RelPath::new(b"a/c").unwrap());
+    assert_eq!(frame(4, b"c"), Err(CodecError::Invalid("shared path length")));
+    assert!(matches!(frame(2, b"../x"), Err(CodecError::Path(_))));
+}
+
+#[test]
 fn a_batch_names_at_most_one_directory_per_file() {
     let file =
         FileContent { path: RelPath::new(b"d/f").unwrap(), mode: 0o644, mtime: None, digest: None, data: Bytes::new() };
