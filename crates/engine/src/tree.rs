@@ -10,8 +10,8 @@ use bytes::Bytes;
 use pareco_fs::FsTree;
 use pareco_net::{NetError, Pool};
 use pareco_proto::{
-    Block, CloneFile, CopyRange, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Name, Piece,
-    RelPath, Request, Response, Stat, Timestamp, Xattrs,
+    Block, Checksum, CloneFile, CopyRange, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Name,
+    Piece, RelPath, Request, Response, Stat, Timestamp, Xattrs,
 };
 use tokio::sync::Semaphore;
 
@@ -223,19 +223,19 @@ impl Tree {
         Ok(pieces)
     }
 
-    /// Reads several ranges of a file, one after the other, with their digest
+    /// Reads several ranges of a file, one after the other, with their checksum
     /// (if the channel needs one).
     pub async fn read_ranges(
         &self,
         path: RelPath,
         ranges: Vec<Range<u64>>,
-    ) -> Result<(Option<Digest>, Bytes), TreeError> {
+    ) -> Result<(Option<Checksum>, Bytes), TreeError> {
         let want: u64 = ranges.iter().map(|r| r.end - r.start).sum();
-        let (digest, data) = expect!(self.call(Request::ReadRanges { path, ranges }).await?, "read", Response::Data { digest, data } => (digest, data))?;
+        let (checksum, data) = expect!(self.call(Request::ReadRanges { path, ranges }).await?, "read", Response::Data { checksum, data } => (checksum, data))?;
         if data.len() as u64 != want {
             return Err(TreeError::Unexpected("read (not the bytes asked for)"));
         }
-        Ok((digest, data))
+        Ok((checksum, data))
     }
 
     /// Writes verified bytes to several ranges of a file.
@@ -243,10 +243,10 @@ impl Tree {
         &self,
         path: RelPath,
         ranges: Vec<Range<u64>>,
-        digest: Option<Digest>,
+        checksum: Option<Checksum>,
         data: Bytes,
     ) -> Result<(), TreeError> {
-        expect!(self.call(Request::WriteRanges { path, ranges, digest, data }).await?, "write", Response::Done => ())
+        expect!(self.call(Request::WriteRanges { path, ranges, checksum, data }).await?, "write", Response::Done => ())
     }
 
     /// Copies ranges of `from` into the existing file `path`, on that side.
@@ -254,9 +254,14 @@ impl Tree {
         expect!(self.call(Request::CopyRanges { path, from, ranges }).await?, "copy", Response::Done => ())
     }
 
-    /// Reads a range with its digest (if the channel needs one).
-    pub async fn read_data(&self, path: RelPath, offset: u64, len: u32) -> Result<(Option<Digest>, Bytes), TreeError> {
-        expect!(self.call(Request::ReadData { path, offset, len }).await?, "read", Response::Data { digest, data } => (digest, data))
+    /// Reads a range with its checksum (if the channel needs one).
+    pub async fn read_data(
+        &self,
+        path: RelPath,
+        offset: u64,
+        len: u32,
+    ) -> Result<(Option<Checksum>, Bytes), TreeError> {
+        expect!(self.call(Request::ReadData { path, offset, len }).await?, "read", Response::Data { checksum, data } => (checksum, data))
     }
 
     /// The blocks of a chunk that differ from `dest_blocks`, and the chunk's digest.
@@ -277,10 +282,10 @@ impl Tree {
         &self,
         path: RelPath,
         offset: u64,
-        digest: Option<Digest>,
+        checksum: Option<Checksum>,
         data: Bytes,
     ) -> Result<(), TreeError> {
-        expect!(self.call(Request::WriteData { path, offset, digest, data }).await?, "write", Response::Done => ())
+        expect!(self.call(Request::WriteData { path, offset, checksum, data }).await?, "write", Response::Done => ())
     }
 
     /// Applies a verified block patch to one chunk.

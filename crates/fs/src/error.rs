@@ -49,7 +49,7 @@ impl FsError {
         FsError { kind: FailureKind::Changed, op, detail: detail.into() }
     }
 
-    /// Data that does not match its digest.
+    /// Data that does not match its checksum or digest.
     pub fn mismatch(op: &'static str, detail: impl Into<String>) -> FsError {
         FsError { kind: FailureKind::Mismatch, op, detail: detail.into() }
     }

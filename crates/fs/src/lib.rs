@@ -8,10 +8,10 @@
 //! - touch anything outside its root: every path is resolved with `openat2`
 //!   beneath the root, refusing `..` and every symlink (see [`beneath`]);
 //! - follow a symlink: links are listed, created and removed as links;
-//! - write data it has not checked against the sender's digest, unless it
-//!   came through AES-GCM (which proves the same) or from this process
-//!   ([`FsTree::trust_transit`], which also stops it digesting what it reads
-//!   for sending).
+//! - write data it has not checked against the sender's checksum, unless it
+//!   came through AES-GCM (which proves more) or from this process
+//!   ([`FsTree::trust_transit`], which also stops it computing checksums of
+//!   what it reads for sending).
 //!
 //! Everything here is blocking; callers run it on a blocking thread pool.
 
@@ -45,9 +45,9 @@ pub struct FsTree {
     root: OwnedFd,
     path: PathBuf,
     cache: Arc<DigestCache>,
-    /// Whether data read for sending is digested, and data to be written is
-    /// hashed again and checked against the digest it came with.
-    digests: bool,
+    /// Whether data read for sending gets a checksum, and data to be written
+    /// is checked against the checksum it came with.
+    checksums: bool,
 }
 
 impl FsTree {
@@ -55,11 +55,11 @@ impl FsTree {
     /// reached through symlinks: the root is the caller's choice).
     pub fn open(path: &Path) -> std::io::Result<FsTree> {
         let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(FsTree { root, path: path.to_path_buf(), cache: Arc::default(), digests: true })
+        Ok(FsTree { root, path: path.to_path_buf(), cache: Arc::default(), checksums: true })
     }
 
-    /// Reads data for sending without digesting it, and writes data without
-    /// hashing it again: for a tree whose requests come over an encrypted
+    /// Reads data for sending without a checksum, and writes data without
+    /// checking one: for a tree whose requests come over an encrypted
     /// channel (whose AEAD already proves every byte is what the sender
     /// read) or from this process. Data that crosses a plaintext channel
     /// (TCP's checksum misses one corrupted segment in millions) must keep
@@ -67,7 +67,7 @@ impl FsTree {
     /// security. Patches are checked either way: there the digest proves
     /// the patched result, not the transit.
     pub fn trust_transit(mut self) -> FsTree {
-        self.digests = false;
+        self.checksums = false;
         self
     }
 
@@ -136,18 +136,18 @@ impl FsTree {
                 Response::Digests(digests)
             }
             Request::ReadData { path, offset, len } => {
-                let (digest, data) = read::read_data(root, path, *offset, *len, self.digests)?;
-                Response::Data { digest, data }
+                let (checksum, data) = read::read_data(root, path, *offset, *len, self.checksums)?;
+                Response::Data { checksum, data }
             }
             Request::ReadPatch { path, offset, len, block_size, dest_blocks } => {
                 let (chunk_digest, blocks) = read::read_patch(root, path, *offset, *len, *block_size, dest_blocks)?;
                 Response::Patch { chunk_digest, blocks }
             }
             Request::ReadFiles { paths, max_size } => {
-                Response::Files(read::read_files(root, paths, *max_size, self.digests))
+                Response::Files(read::read_files(root, paths, *max_size, self.checksums))
             }
-            Request::WriteData { path, offset, digest, data } => {
-                write::write_data(root, path, *offset, digest.as_ref(), self.digests, data)?;
+            Request::WriteData { path, offset, checksum, data } => {
+                write::write_data(root, path, *offset, *checksum, self.checksums, data)?;
                 Response::Done
             }
             Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks } => {
@@ -155,7 +155,7 @@ impl FsTree {
                 Response::Done
             }
             Request::WriteFiles { files, dirs } => {
-                Response::Outcomes(write::write_files(root, files, dirs, self.digests))
+                Response::Outcomes(write::write_files(root, files, dirs, self.checksums))
             }
             Request::PrepareFile { path } => {
                 Response::Stat { stat: Some(write::prepare_file(root, path)?), now: meta::now() }
@@ -168,11 +168,11 @@ impl FsTree {
                 Response::Pieces(pieces::pieces(root, path, *offset, *len, *avg)?)
             }
             Request::ReadRanges { path, ranges } => {
-                let (digest, data) = read::read_ranges(root, path, ranges, self.digests)?;
-                Response::Data { digest, data }
+                let (checksum, data) = read::read_ranges(root, path, ranges, self.checksums)?;
+                Response::Data { checksum, data }
             }
-            Request::WriteRanges { path, ranges, digest, data } => {
-                write::write_ranges(root, path, ranges, digest.as_ref(), self.digests, data)?;
+            Request::WriteRanges { path, ranges, checksum, data } => {
+                write::write_ranges(root, path, ranges, *checksum, self.checksums, data)?;
                 Response::Done
             }
             Request::CloneFiles { files } => Response::Outcomes(copy::clone_files(root, files)),

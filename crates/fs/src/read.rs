@@ -6,7 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
-use pareco_proto::{Block, Digest, Entry, FileRead, Kind, Name, RelPath};
+use pareco_proto::{Block, Checksum, Digest, Entry, FileRead, Kind, Name, RelPath};
 use rustix::fs::{Dir, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -135,39 +135,39 @@ fn read_pieces(file: &File, size: u64, offset: u64, end: u64, piece: u32) -> Res
     Ok(digests)
 }
 
-/// The digest data read for sending goes with: none when nobody checks it
+/// The checksum data read for sending goes with: none when nobody checks it
 /// (see `FsTree::trust_transit`).
-fn transit_digest(data: &[u8], digests: bool) -> Option<Digest> {
-    digests.then(|| Digest::of(data))
+fn transit_checksum(data: &[u8], checksums: bool) -> Option<Checksum> {
+    checksums.then(|| Checksum::of(data))
 }
 
-/// Reads a range for sending, with its digest if `digests`.
+/// Reads a range for sending, with its checksum if `checksums`.
 pub(crate) fn read_data(
     root: BorrowedFd<'_>,
     path: &RelPath,
     offset: u64,
     len: u32,
-    digests: bool,
-) -> Result<(Option<Digest>, Bytes), FsError> {
+    checksums: bool,
+) -> Result<(Option<Checksum>, Bytes), FsError> {
     let file = open_read(root, path)?;
     let data = crate::recycle::bytes(read_range(&file, offset, len as usize)?);
-    Ok((transit_digest(&data, digests), data))
+    Ok((transit_checksum(&data, checksums), data))
 }
 
-/// Reads several ranges, one after the other, with the digest of it all if
-/// `digests`.
+/// Reads several ranges, one after the other, with the checksum of it all if
+/// `checksums`.
 pub(crate) fn read_ranges(
     root: BorrowedFd<'_>,
     path: &RelPath,
     ranges: &[std::ops::Range<u64>],
-    digests: bool,
-) -> Result<(Option<Digest>, Bytes), FsError> {
+    checksums: bool,
+) -> Result<(Option<Checksum>, Bytes), FsError> {
     let file = open_read(root, path)?;
     let mut data = Vec::with_capacity(ranges.iter().map(|r| (r.end - r.start) as usize).sum());
     for r in ranges {
         data.extend_from_slice(&read_range(&file, r.start, (r.end - r.start) as usize)?);
     }
-    Ok((transit_digest(&data, digests), Bytes::from(data)))
+    Ok((transit_checksum(&data, checksums), Bytes::from(data)))
 }
 
 /// Where the file holds data within `[offset, offset + len)`: at most
@@ -237,13 +237,13 @@ pub(crate) fn read_patch(
 
 /// Reads whole small files, each with its stat before and a stability check
 /// after, so the caller can tell a consistent version from a torn one; each
-/// with its digest if `digests`.
-pub(crate) fn read_files(root: BorrowedFd<'_>, paths: &[RelPath], max_size: u32, digests: bool) -> Vec<FileRead> {
-    let read = |p| read_file(root, p, max_size, digests).unwrap_or_else(|e| FileRead::Failed(e.into()));
+/// with its checksum if `checksums`.
+pub(crate) fn read_files(root: BorrowedFd<'_>, paths: &[RelPath], max_size: u32, checksums: bool) -> Vec<FileRead> {
+    let read = |p| read_file(root, p, max_size, checksums).unwrap_or_else(|e| FileRead::Failed(e.into()));
     paths.iter().map(read).collect()
 }
 
-fn read_file(root: BorrowedFd<'_>, path: &RelPath, max_size: u32, digests: bool) -> Result<FileRead, FsError> {
+fn read_file(root: BorrowedFd<'_>, path: &RelPath, max_size: u32, checksums: bool) -> Result<FileRead, FsError> {
     let fd = match beneath::open(root, path, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty()) {
         Ok(fd) => fd,
         // A symlink (or something else) where a file was listed: report what it is now.
@@ -267,5 +267,5 @@ fn read_file(root: BorrowedFd<'_>, path: &RelPath, max_size: u32, digests: bool)
     let stable = got as u64 == stat.size && stat.same_version(&after);
     buf.truncate(got.min(stat.size as usize));
     let data = Bytes::from(buf);
-    Ok(FileRead::Content { stat, now, stable, digest: transit_digest(&data, digests), data })
+    Ok(FileRead::Content { stat, now, stable, checksum: transit_checksum(&data, checksums), data })
 }

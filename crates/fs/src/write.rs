@@ -1,4 +1,4 @@
-//! Operations that change the tree. Data is checked against its digest
+//! Operations that change the tree. Data is checked against its checksum
 //! before it is written; small files appear atomically (a temporary file
 //! renamed over the target); large files are written at offsets, new ones
 //! under their partial name (renamed into place once complete), existing
@@ -11,7 +11,7 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
-use pareco_proto::{Block, Digest, DirAttrs, Failure, FileContent, Kind, Name, RelPath, Stat, Timestamp};
+use pareco_proto::{Block, Checksum, Digest, DirAttrs, Failure, FileContent, Kind, Name, RelPath, Stat, Timestamp};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -22,15 +22,15 @@ use crate::meta;
 use crate::read::read_range;
 use crate::temp;
 
-/// Checks `data` against the `digest` it came with, if the tree `checks`
-/// digests (it does unless it trusts its transit: see
-/// `FsTree::trust_transit`); data without one is then refused.
-fn check_digest(data: &[u8], digest: Option<&Digest>, checks: bool) -> Result<(), FsError> {
-    match digest {
+/// Checks `data` against the `checksum` it came with, if the tree `checks`
+/// them (it does unless it trusts its transit: see `FsTree::trust_transit`);
+/// data without one is then refused.
+fn check_checksum(data: &[u8], checksum: Option<Checksum>, checks: bool) -> Result<(), FsError> {
+    match checksum {
         _ if !checks => Ok(()),
-        Some(digest) if Digest::of(data) == *digest => Ok(()),
-        Some(_) => Err(FsError::mismatch("verify", "data does not match its digest (corrupted in transit?)")),
-        None => Err(FsError::mismatch("verify", "data came without its digest over a plaintext channel")),
+        Some(checksum) if Checksum::of(data) == checksum => Ok(()),
+        Some(_) => Err(FsError::mismatch("verify", "data does not match its checksum (corrupted in transit?)")),
+        None => Err(FsError::mismatch("verify", "data came without its checksum over a plaintext channel")),
     }
 }
 
@@ -59,17 +59,17 @@ fn open_write(root: BorrowedFd<'_>, path: &RelPath, create: bool) -> Result<File
     Ok(File::from(fd))
 }
 
-/// Writes one verified piece of a file in place (its digest checked if
-/// the tree `checks` digests).
+/// Writes one verified piece of a file in place (its checksum checked if
+/// the tree `checks` them).
 pub(crate) fn write_data(
     root: BorrowedFd<'_>,
     path: &RelPath,
     offset: u64,
-    digest: Option<&Digest>,
+    checksum: Option<Checksum>,
     checks: bool,
     data: &[u8],
 ) -> Result<(), FsError> {
-    write_ranges(root, path, std::slice::from_ref(&(offset..offset + data.len() as u64)), digest, checks, data)
+    write_ranges(root, path, std::slice::from_ref(&(offset..offset + data.len() as u64)), checksum, checks, data)
 }
 
 /// Writes verified bytes to several ranges of a file.
@@ -77,11 +77,11 @@ pub(crate) fn write_ranges(
     root: BorrowedFd<'_>,
     path: &RelPath,
     ranges: &[std::ops::Range<u64>],
-    digest: Option<&Digest>,
+    checksum: Option<Checksum>,
     checks: bool,
     data: &[u8],
 ) -> Result<(), FsError> {
-    check_digest(data, digest, checks)?;
+    check_checksum(data, checksum, checks)?;
     let file = open_write(root, path, false)?;
     let _turn = turn(path);
     let mut at = 0;
@@ -144,7 +144,7 @@ pub(crate) fn write_files(
 }
 
 fn write_file(root: BorrowedFd<'_>, f: &FileContent, checks: bool) -> Result<(), FsError> {
-    check_digest(&f.data, f.digest.as_ref(), checks)?;
+    check_checksum(&f.data, f.checksum, checks)?;
     let (dir, name) = parent_made(root, &f.path, "create file")?;
     let temp = temp::new_name(dir.as_fd());
     let result = (|| {

@@ -7,7 +7,7 @@ use std::path::Path;
 use bytes::Bytes;
 use pareco_fs::FsTree;
 use pareco_proto::{
-    Block, Digest, DirAttrs, FailureKind, FileContent, FileRead, Kind, RelPath, Request, Response, Timestamp,
+    Block, Checksum, Digest, DirAttrs, FailureKind, FileContent, FileRead, Kind, RelPath, Request, Response, Timestamp,
 };
 
 fn p(s: &str) -> RelPath {
@@ -46,10 +46,15 @@ fn symlinks_inside_the_root_are_never_followed() {
         Request::WriteData {
             path: p("escape/planted"),
             offset: 0,
-            digest: Some(Digest::of(&data)),
+            checksum: Some(Checksum::of(&data)),
             data: data.clone(),
         },
-        Request::WriteData { path: p("secret_link"), offset: 0, digest: Some(Digest::of(&data)), data: data.clone() },
+        Request::WriteData {
+            path: p("secret_link"),
+            offset: 0,
+            checksum: Some(Checksum::of(&data)),
+            data: data.clone(),
+        },
         Request::ReadData { path: p("escape/secret"), offset: 0, len: 6 },
         Request::ReadData { path: p("secret_link"), offset: 0, len: 6 },
         Request::EnsureDir { path: p("escape/d"), mode: 0o755 },
@@ -64,7 +69,7 @@ fn symlinks_inside_the_root_are_never_followed() {
         assert_eq!(failure(tree.execute(&req)), FailureKind::SymlinkInPath, "{req:?}");
     }
     let files =
-        vec![FileContent { path: p("escape/f"), mode: 0o644, mtime: None, digest: Some(Digest::of(&data)), data }];
+        vec![FileContent { path: p("escape/f"), mode: 0o644, mtime: None, checksum: Some(Checksum::of(&data)), data }];
     let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files, dirs: vec![] }) else { panic!() };
     assert_eq!(out[0].as_ref().unwrap_err().kind, FailureKind::SymlinkInPath);
 
@@ -103,10 +108,10 @@ fn small_files_are_written_atomically_with_mode_and_mtime() {
             path: p("a"),
             mode: 0o640,
             mtime: Some(mtime),
-            digest: Some(Digest::of(&data)),
+            checksum: Some(Checksum::of(&data)),
             data: data.clone(),
         },
-        FileContent { path: p("bad"), mode: 0o640, mtime: None, digest: Some(Digest([0; 32])), data: data.clone() },
+        FileContent { path: p("bad"), mode: 0o640, mtime: None, checksum: Some(Checksum(0)), data: data.clone() },
     ];
     let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files, dirs: vec![] }) else { panic!() };
     assert!(out[0].is_ok());
@@ -130,10 +135,10 @@ fn a_batch_sets_its_directories_attributes_after_its_files() {
         path: p(path),
         mode: 0o600,
         mtime: None,
-        digest: Some(Digest::of(&data)),
+        checksum: Some(Checksum::of(&data)),
         data: data.clone(),
     };
-    let files = vec![file("new/a"), file("new/b"), FileContent { digest: Some(Digest([0; 32])), ..file("new/c") }];
+    let files = vec![file("new/a"), file("new/b"), FileContent { checksum: Some(Checksum(0)), ..file("new/c") }];
     let dirs =
         vec![DirAttrs { path: p("new"), mode: 0o751, mtime }, DirAttrs { path: p("missing/dir"), mode: 0o755, mtime }];
     let Response::Outcomes(out) = tree.execute(&Request::WriteFiles { files, dirs }) else { panic!() };
@@ -201,7 +206,7 @@ fn big_files_are_prepared_written_in_place_and_finished() {
     assert!(matches!(tree.execute(&Request::PrepareFile { path: p("f") }), Response::Stat { stat: Some(_), .. }));
     let data = Bytes::from_static(b"NEW");
     assert_eq!(
-        tree.execute(&Request::WriteData { path: p("f"), offset: 0, digest: Some(Digest::of(&data)), data }),
+        tree.execute(&Request::WriteData { path: p("f"), offset: 0, checksum: Some(Checksum::of(&data)), data }),
         Response::Done
     );
     let mtime = Timestamp { secs: 1_000_000_000, nanos: 1 };
@@ -220,7 +225,7 @@ fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
     let (target, part) = (p("new.db"), pareco_proto::path::partial_of(&p("new.db")).unwrap());
     assert!(matches!(tree.execute(&Request::PrepareFile { path: part.clone() }), Response::Stat { stat: Some(_), .. }));
     let data = Bytes::from_static(b"complete");
-    let write = Request::WriteData { path: part.clone(), offset: 0, digest: Some(Digest::of(&data)), data };
+    let write = Request::WriteData { path: part.clone(), offset: 0, checksum: Some(Checksum::of(&data)), data };
     assert_eq!(tree.execute(&write), Response::Done);
     // Hidden while it is being written: not listed, not there by its name.
     let Response::Listing { entries, .. } = tree.execute(&Request::ListDir { path: RelPath::root() }) else { panic!() };
@@ -284,7 +289,7 @@ fn directories_and_links_are_created_replaced_and_removed() {
     assert!(r.join("x/y").is_dir());
     assert_eq!(std::fs::metadata(r.join("x")).unwrap().permissions().mode() & 0o777, 0o700);
     let data = Bytes::from_static(b"f");
-    let file = FileContent { path: p("n/m/f"), mode: 0o644, mtime: None, digest: Some(Digest::of(&data)), data };
+    let file = FileContent { path: p("n/m/f"), mode: 0o644, mtime: None, checksum: Some(Checksum::of(&data)), data };
     assert_eq!(
         tree.execute(&Request::WriteFiles { files: vec![file], dirs: vec![] }),
         Response::Outcomes(vec![Ok(())])
@@ -362,16 +367,16 @@ fn ranges_are_copied_between_files_read_and_written_scattered() {
         failure(tree.execute(&Request::CopyRanges { path: p("new"), from: p("old"), ranges: beyond })),
         FailureKind::Changed
     );
-    let Response::Data { digest, data } =
+    let Response::Data { checksum, data } =
         tree.execute(&Request::ReadRanges { path: p("old"), ranges: vec![2..4, 12..15] })
     else {
         panic!()
     };
-    assert_eq!((&data[..], digest), (&b"23cde"[..], Some(Digest::of(b"23cde"))));
+    assert_eq!((&data[..], checksum), (&b"23cde"[..], Some(Checksum::of(b"23cde"))));
     let write = Request::WriteRanges {
         path: p("new"),
         ranges: vec![1..3, 6..9],
-        digest: Some(Digest::of(b"XYZWV")),
+        checksum: Some(Checksum::of(b"XYZWV")),
         data: Bytes::from_static(b"XYZWV"),
     };
     assert_eq!(tree.execute(&write), Response::Done);
@@ -381,7 +386,7 @@ fn ranges_are_copied_between_files_read_and_written_scattered() {
     let lying = Request::WriteRanges {
         path: p("new"),
         ranges: vec![0..2],
-        digest: Some(Digest::of(b"no")),
+        checksum: Some(Checksum::of(b"no")),
         data: Bytes::from_static(b"ok"),
     };
     assert_eq!(failure(tree.execute(&lying)), FailureKind::Mismatch);
@@ -423,29 +428,29 @@ fn files_are_made_from_the_candidate_holding_their_content_even_when_names_swap(
 }
 
 #[test]
-fn digests_go_with_data_unless_the_transit_is_trusted_and_are_required_where_checked() {
+fn checksums_go_with_data_unless_the_transit_is_trusted_and_are_required_where_checked() {
     let (dir, checking) = setup();
     let r = root(&dir);
     std::fs::write(r.join("f"), b"content").unwrap();
     let trusting = FsTree::open(&r).unwrap().trust_transit();
     let read = Request::ReadData { path: p("f"), offset: 0, len: 7 };
-    let Response::Data { digest, .. } = checking.execute(&read) else { panic!() };
-    assert_eq!(digest, Some(Digest::of(b"content")));
-    let Response::Data { digest, data } = trusting.execute(&read) else { panic!() };
-    assert_eq!((digest, &data[..]), (None, &b"content"[..]));
+    let Response::Data { checksum, .. } = checking.execute(&read) else { panic!() };
+    assert_eq!(checksum, Some(Checksum::of(b"content")));
+    let Response::Data { checksum, data } = trusting.execute(&read) else { panic!() };
+    assert_eq!((checksum, &data[..]), (None, &b"content"[..]));
     let Response::Files(files) = trusting.execute(&Request::ReadFiles { paths: vec![p("f")], max_size: 100 }) else {
         panic!()
     };
-    assert!(matches!(&files[..], [FileRead::Content { digest: None, .. }]));
+    assert!(matches!(&files[..], [FileRead::Content { checksum: None, .. }]));
 
-    // Data without a digest is refused where digests are checked (a
+    // Data without a checksum is refused where checksums are checked (a
     // plaintext channel), and nothing of it is written; trusted, it is written.
     let bare = Bytes::from_static(b"CONTENT");
-    let write = Request::WriteData { path: p("f"), offset: 0, digest: None, data: bare.clone() };
+    let write = Request::WriteData { path: p("f"), offset: 0, checksum: None, data: bare.clone() };
     assert_eq!(failure(checking.execute(&write)), FailureKind::Mismatch);
-    let ranges = Request::WriteRanges { path: p("f"), ranges: vec![0..7; 1], digest: None, data: bare.clone() };
+    let ranges = Request::WriteRanges { path: p("f"), ranges: vec![0..7; 1], checksum: None, data: bare.clone() };
     assert_eq!(failure(checking.execute(&ranges)), FailureKind::Mismatch);
-    let whole = FileContent { path: p("g"), mode: 0o644, mtime: None, digest: None, data: bare.clone() };
+    let whole = FileContent { path: p("g"), mode: 0o644, mtime: None, checksum: None, data: bare.clone() };
     let Response::Outcomes(out) = checking.execute(&Request::WriteFiles { files: vec![whole.clone()], dirs: vec![] })
     else {
         panic!()

@@ -9,7 +9,7 @@ use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pareco_compress::Compression;
 use pareco_net::WireCounters;
 use pareco_net::channel::{self, Security, TokenKey};
-use pareco_proto::{Digest, Frame, RelPath, Request};
+use pareco_proto::{Checksum, Frame, RelPath, Request};
 use tokio::net::{TcpListener, TcpStream};
 
 const FRAMES: u64 = 512; // 64 MiB per iteration
@@ -31,10 +31,10 @@ async fn transfer(security: Security) -> Duration {
     let mut ch =
         channel::connect(stream, &key, security, Compression::None, Arc::new(WireCounters::default())).await.unwrap();
     let data = Bytes::from(vec![7u8; 128 << 10]);
-    let (digest, path) = (Some(Digest::of(&data)), RelPath::new(b"f").unwrap());
+    let (checksum, path) = (Some(Checksum::of(&data)), RelPath::new(b"f").unwrap());
     let start = Instant::now();
     for i in 0..FRAMES {
-        let request = Request::WriteData { path: path.clone(), offset: i << 17, digest, data: data.clone() };
+        let request = Request::WriteData { path: path.clone(), offset: i << 17, checksum, data: data.clone() };
         ch.writer.write(&Frame::Request { id: i as u32, request }).await.unwrap();
     }
     ch.writer.shutdown().await.unwrap();

@@ -326,7 +326,7 @@ pub async fn pump<W: AsyncWrite + Unpin>(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use pareco_proto::{Digest, RelPath, Request};
+    use pareco_proto::{Checksum, RelPath, Request};
 
     fn frames() -> Vec<Frame> {
         // Bodies from a few bytes to several records, so frames span records
@@ -336,8 +336,8 @@ mod tests {
             .enumerate()
             .map(|(i, &n)| {
                 let data = Bytes::from((0..n).map(|j| (i * 31 + j * 7) as u8).collect::<Vec<u8>>());
-                let (path, digest) = (RelPath::new(b"f").unwrap(), Some(Digest::of(&data)));
-                Frame::Request { id: i as u32, request: Request::WriteData { path, offset: 0, digest, data } }
+                let (path, checksum) = (RelPath::new(b"f").unwrap(), Some(Checksum::of(&data)));
+                Frame::Request { id: i as u32, request: Request::WriteData { path, offset: 0, checksum, data } }
             })
             .collect()
     }

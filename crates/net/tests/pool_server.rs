@@ -8,7 +8,7 @@ use pareco_compress::Compression;
 use pareco_net::{NetError, Pool, PoolOptions, ServerConfig, Service, serve};
 use pareco_net::{Security, TokenKey};
 use pareco_proto::handshake::HandshakeError;
-use pareco_proto::{Digest, Entry, Kind, Name, RelPath, Request, Response, Stat, Timestamp};
+use pareco_proto::{Checksum, Entry, Kind, Name, RelPath, Request, Response, Stat, Timestamp};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
@@ -22,7 +22,7 @@ impl Service for Echo {
             Request::ReadData { path, len, .. } => {
                 tokio::time::sleep(Duration::from_millis(1)).await;
                 let data = Bytes::from(vec![path.as_bytes()[0]; len as usize]);
-                Response::Data { digest: Some(Digest::of(&data)), data }
+                Response::Data { checksum: Some(Checksum::of(&data)), data }
             }
             Request::ListDir { .. } => {
                 let stat = Stat::new(Kind::File, 0);
@@ -161,10 +161,10 @@ async fn many_concurrent_requests_over_a_pool_get_their_own_answers() {
             let len = 1 + (i * 7919) % 200_000;
             let path = RelPath::new(&name).unwrap();
             match pool.call(Request::ReadData { path, offset: 0, len }).await.unwrap() {
-                Response::Data { data, digest } => {
+                Response::Data { data, checksum } => {
                     assert_eq!(data.len() as u32, len);
                     assert!(data.iter().all(|b| *b == name[0]));
-                    assert_eq!(Some(Digest::of(&data)), digest);
+                    assert_eq!(Some(Checksum::of(&data)), checksum);
                 }
                 other => panic!("{other:?}"),
             }
@@ -286,7 +286,7 @@ async fn frames_are_compressed_where_it_pays_both_ways() {
     let write = |data: &Bytes| Request::WriteData {
         path: RelPath::new(b"f").unwrap(),
         offset: 0,
-        digest: Some(Digest::of(data)),
+        checksum: Some(Checksum::of(data)),
         data: data.clone(),
     };
     let read = Request::ReadData { path: RelPath::new(b"a").unwrap(), offset: 0, len: 1 << 20 };
@@ -304,8 +304,8 @@ async fn frames_are_compressed_where_it_pays_both_ways() {
         assert_eq!(pool.call(write(&noise)).await.unwrap(), Response::Done);
         let (noise_sent, _) = wire(start);
         let start = pool.wire_bytes();
-        let Response::Data { data, digest } = pool.call(read.clone()).await.unwrap() else { panic!() };
-        assert!(data.len() == 1 << 20 && data.iter().all(|&b| b == b'a') && Some(Digest::of(&data)) == digest);
+        let Response::Data { data, checksum } = pool.call(read.clone()).await.unwrap() else { panic!() };
+        assert!(data.len() == 1 << 20 && data.iter().all(|&b| b == b'a') && Some(Checksum::of(&data)) == checksum);
         let (_, read_received) = wire(start);
         assert!(noise_sent > noise.len() as u64, "{compression:?}: random data cannot shrink");
         if compression == Compression::None {

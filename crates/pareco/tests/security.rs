@@ -192,12 +192,12 @@ fn a_bit_flipped_in_transit_is_never_written_encrypted_or_not() {
     age(&src);
     let one_connection = ["-q", "-j", "1", "--compress", "none"];
 
-    // Plaintext: the piece fails its digest at the server, is not written,
+    // Plaintext: the piece fails its checksum at the server, is not written,
     // and is read and sent again.
     let plain = Server::start_with(&srv, TOKEN, &["--insecure-no-encryption"]);
     let wire = Recorder::start_flipping(plain.port, 4 << 20);
     let run = sync(&src, wire.url("plain"), &[&one_connection[..], &["--insecure-no-encryption"]].concat()).ok();
-    assert!(run.stderr().contains("failed their digest in transit; sending them again"), "{}", run.stderr());
+    assert!(run.stderr().contains("failed their checksum in transit; sending them again"), "{}", run.stderr());
     assert_same_tree(&src, &srv.join("plain"));
 
     // The same for a whole small file in a batch (files of 60 KB, so that
@@ -210,7 +210,7 @@ fn a_bit_flipped_in_transit_is_never_written_encrypted_or_not() {
     let plain = Server::start_with(&srv2, TOKEN, &["--insecure-no-encryption"]);
     let wire = Recorder::start_flipping(plain.port, 600_000);
     let run = sync(&small, wire.url("small"), &[&one_connection[..], &["--insecure-no-encryption"]].concat()).ok();
-    assert!(run.stderr().contains("failed its digest in transit; sending it again"), "{}", run.stderr());
+    assert!(run.stderr().contains("failed its checksum in transit; sending it again"), "{}", run.stderr());
     assert_same_tree(&small, &srv2.join("small"));
 
     // Encrypted: the record fails its tag, the server drops the connection,

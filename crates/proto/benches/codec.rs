@@ -6,13 +6,14 @@ use std::hint::black_box;
 use bytes::{Bytes, BytesMut};
 use criterion::{Criterion, Throughput, criterion_group, criterion_main};
 use pareco_proto::codec::{self, Frame};
-use pareco_proto::{Digest, Entry, Kind, Name, RelPath, Request, Response, Stat, Timestamp};
+use pareco_proto::{Checksum, Digest, Entry, Kind, Name, RelPath, Request, Response, Stat, Timestamp};
 
 fn hashing(c: &mut Criterion) {
     let chunk = vec![0x5au8; 1 << 20];
     let mut g = c.benchmark_group("hashing");
     g.throughput(Throughput::Bytes(chunk.len() as u64));
     g.bench_function("chunk digest (1 MiB)", |b| b.iter(|| Digest::of(black_box(&chunk))));
+    g.bench_function("transit checksum (1 MiB)", |b| b.iter(|| Checksum::of(black_box(&chunk))));
     g.bench_function("block digests (1 MiB as 4 KiB blocks)", |b| {
         b.iter(|| black_box(&chunk).chunks(4096).map(Digest::of).fold(0u8, |acc, d| acc ^ d.0[0]))
     });
@@ -43,7 +44,7 @@ fn codec(c: &mut Criterion) {
         request: Request::WriteData {
             path: RelPath::new(b"some/dir/file").unwrap(),
             offset: 1 << 30,
-            digest: Some(Digest::of(&data)),
+            checksum: Some(Checksum::of(&data)),
             data,
         },
     };

@@ -8,12 +8,13 @@
 //! self-contained: there are no open-file handles or cursors on the server.
 //!
 //! Data is verified end to end. Over a plaintext channel, whoever reads data
-//! computes its BLAKE3 digest at read time and whoever writes data checks that
-//! digest before writing (TCP's checksum misses one corrupted segment in
-//! millions). Over an encrypted channel the AEAD already proves every byte is
-//! what the sender sealed, so data goes without a digest and neither side
-//! hashes it (protocol 5); a writer that expects digests refuses data without
-//! one. Patches always carry the digest of their result.
+//! computes its [`Checksum`] at read time and whoever writes data checks it
+//! before writing (TCP's checksum misses one corrupted segment in millions).
+//! Over an encrypted channel the AEAD already proves every byte is what the
+//! sender sealed, so data goes without a checksum and neither side computes
+//! one; a writer that expects checksums refuses data without one. Patches
+//! always carry the BLAKE3 digest of their result: there it proves that
+//! what is rebuilt from the destination's blocks is the source's content.
 //!
 //! Requests that create an entry (`WriteFiles`, `PrepareFile`, `CloneFiles`,
 //! `MakeDir`, `MakeSymlink`, `MakeSpecial`, `MakeLink`) first make its
@@ -29,7 +30,7 @@ use crate::limits::{
     MAX_XATTR_NAME, MAX_XATTR_VALUE, MAX_XATTRS, MIN_BLOCK,
 };
 use crate::path::{Name, RelPath};
-use crate::stat::{Digest, Entry, Kind, Stat, Timestamp};
+use crate::stat::{Checksum, Digest, Entry, Kind, Stat, Timestamp};
 use crate::wire::{Reader, Writer};
 
 /// An operation on the peer's tree. Paths are relative to the server's root.
@@ -109,7 +110,7 @@ pub enum Request {
         /// The destination's block digests of the same chunk.
         dest_blocks: Vec<Digest>,
     },
-    /// Write `data` at `offset` after checking it against `digest`, into a
+    /// Write `data` at `offset` after checking it against `checksum`, into a
     /// file that exists (see [`Request::PrepareFile`]): a write that arrives
     /// after its file was removed fails instead of bringing it back. Answer:
     /// [`Response::Done`].
@@ -118,9 +119,9 @@ pub enum Request {
         path: RelPath,
         /// Where the data goes.
         offset: u64,
-        /// BLAKE3 of `data` as the source read it; none over an encrypted
+        /// Checksum of `data` as the source read it; none over an encrypted
         /// channel (see the module docs).
-        digest: Option<Digest>,
+        checksum: Option<Checksum>,
         /// The data.
         data: Bytes,
     },
@@ -221,15 +222,15 @@ pub enum Request {
         ranges: Vec<std::ops::Range<u64>>,
     },
     /// Write `data`, the bytes of `ranges` one after the other, after
-    /// checking it against `digest`, into a file that exists. Answer:
+    /// checking it against `checksum`, into a file that exists. Answer:
     /// [`Response::Done`].
     WriteRanges {
         /// File to write.
         path: RelPath,
         /// Where the bytes go.
         ranges: Vec<std::ops::Range<u64>>,
-        /// BLAKE3 of `data`; none over an encrypted channel.
-        digest: Option<Digest>,
+        /// Checksum of `data`; none over an encrypted channel.
+        checksum: Option<Checksum>,
         /// The bytes.
         data: Bytes,
     },
@@ -425,8 +426,8 @@ pub struct FileContent {
     pub mode: u32,
     /// mtime to set, if the source was stable while read.
     pub mtime: Option<Timestamp>,
-    /// BLAKE3 of `data` as the source read it; none over an encrypted channel.
-    pub digest: Option<Digest>,
+    /// Checksum of `data` as the source read it; none over an encrypted channel.
+    pub checksum: Option<Checksum>,
     /// The content.
     pub data: Bytes,
 }
@@ -471,11 +472,11 @@ pub enum Response {
     Extents(Vec<std::ops::Range<u64>>),
     /// Extended attributes of the entries of a directory, by name.
     DirXattrs(Vec<(Name, Xattrs)>),
-    /// Data with its digest.
+    /// Data with its checksum.
     Data {
-        /// BLAKE3 of `data`, computed when it was read; none over an
+        /// Checksum of `data`, computed when it was read; none over an
         /// encrypted channel.
-        digest: Option<Digest>,
+        checksum: Option<Checksum>,
         /// The data.
         data: Bytes,
     },
@@ -507,8 +508,8 @@ pub enum FileRead {
         /// Whether the metadata was the same after reading; if not, the file
         /// changed while it was read.
         stable: bool,
-        /// BLAKE3 of `data`; none over an encrypted channel.
-        digest: Option<Digest>,
+        /// Checksum of `data`; none over an encrypted channel.
+        checksum: Option<Checksum>,
         /// The content.
         data: Bytes,
     },
@@ -562,7 +563,7 @@ pub enum FailureKind {
     NoSpace,
     /// The file changed while it was being read.
     Changed,
-    /// Data did not match its digest.
+    /// Data did not match its checksum or digest.
     Mismatch,
     /// A component of the path is not a directory.
     NotADirectory,
@@ -708,11 +709,11 @@ impl Request {
                 w.varint(dest_blocks.len() as u64);
                 dest_blocks.iter().for_each(|d| w.digest(d));
             }
-            Request::WriteData { path, offset, digest, data } => {
+            Request::WriteData { path, offset, checksum, data } => {
                 w.u8(7);
                 w.path(path);
                 w.varint(*offset);
-                w.opt_digest(digest.as_ref());
+                w.opt_checksum(*checksum);
                 return Some(data.clone());
             }
             Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks } => {
@@ -739,7 +740,7 @@ impl Request {
                     before = f.path.as_bytes();
                     w.varint(f.mode as u64);
                     w.opt_timestamp(f.mtime);
-                    w.opt_digest(f.digest.as_ref());
+                    w.opt_checksum(f.checksum);
                     w.bytes(&f.data);
                 }
                 w.varint(dirs.len() as u64);
@@ -804,11 +805,11 @@ impl Request {
                 w.path(path);
                 encode_ranges(w, ranges);
             }
-            Request::WriteRanges { path, ranges, digest, data } => {
+            Request::WriteRanges { path, ranges, checksum, data } => {
                 w.u8(29);
                 w.path(path);
                 encode_ranges(w, ranges);
-                w.opt_digest(digest.as_ref());
+                w.opt_checksum(*checksum);
                 return Some(data.clone());
             }
             Request::CopyRanges { path, from, ranges } => {
@@ -928,12 +929,12 @@ impl Request {
             7 => {
                 let path = r.path()?;
                 let offset = r.varint("offset")?;
-                let digest = r.opt_digest("digest")?;
+                let checksum = r.opt_checksum("checksum")?;
                 let data = r.rest();
                 if data.len() > MAX_CHUNK as usize {
                     return Err(CodecError::Invalid("data larger than the largest chunk"));
                 }
-                Request::WriteData { path, offset, digest, data }
+                Request::WriteData { path, offset, checksum, data }
             }
             8 => {
                 let path = r.path()?;
@@ -962,7 +963,7 @@ impl Request {
                         path: r.path_after(before)?,
                         mode: mode(r)?,
                         mtime: r.opt_timestamp("mtime")?,
-                        digest: r.opt_digest("digest")?,
+                        checksum: r.opt_checksum("checksum")?,
                         data: r.bytes(MAX_BATCH_BYTES, "file data")?,
                     });
                 }
@@ -1023,12 +1024,12 @@ impl Request {
             28 => Request::ReadRanges { path: r.path()?, ranges: decode_ranges(r)? },
             30 => Request::Unlink { path: r.path()? },
             29 => {
-                let (path, ranges, digest) = (r.path()?, decode_ranges(r)?, r.opt_digest("digest")?);
+                let (path, ranges, checksum) = (r.path()?, decode_ranges(r)?, r.opt_checksum("checksum")?);
                 let data = r.rest();
                 if data.len() as u64 != ranges.iter().map(|r| r.end - r.start).sum::<u64>() {
                     return Err(CodecError::Invalid("data does not fill its ranges"));
                 }
-                Request::WriteRanges { path, ranges, digest, data }
+                Request::WriteRanges { path, ranges, checksum, data }
             }
             26 => {
                 let (path, from) = (r.path()?, r.path()?);
@@ -1145,9 +1146,9 @@ impl Response {
                     w.u64(p.digest);
                 }
             }
-            Response::Data { digest, data } => {
+            Response::Data { checksum, data } => {
                 w.u8(5);
-                w.opt_digest(digest.as_ref());
+                w.opt_checksum(*checksum);
                 return Some(data.clone());
             }
             Response::Patch { chunk_digest, blocks } => {
@@ -1160,12 +1161,12 @@ impl Response {
                 w.varint(files.len() as u64);
                 for f in files {
                     match f {
-                        FileRead::Content { stat, now, stable, digest, data } => {
+                        FileRead::Content { stat, now, stable, checksum, data } => {
                             w.u8(1);
                             encode_stat(w, stat);
                             w.timestamp(*now);
                             w.bool(*stable);
-                            w.opt_digest(digest.as_ref());
+                            w.opt_checksum(*checksum);
                             w.bytes(data);
                         }
                         FileRead::NotSmall(stat) => {
@@ -1252,12 +1253,12 @@ impl Response {
                 Response::Pieces(pieces)
             }
             5 => {
-                let digest = r.opt_digest("digest")?;
+                let checksum = r.opt_checksum("checksum")?;
                 let data = r.rest();
                 if data.len() > MAX_CHUNK as usize {
                     return Err(CodecError::Invalid("data larger than the largest chunk"));
                 }
-                Response::Data { digest, data }
+                Response::Data { checksum, data }
             }
             6 => {
                 let chunk_digest = r.digest("chunk digest")?;
@@ -1273,7 +1274,7 @@ impl Response {
                             stat: decode_stat(r)?,
                             now: r.timestamp("clock")?,
                             stable: r.bool("stable flag")?,
-                            digest: r.opt_digest("digest")?,
+                            checksum: r.opt_checksum("checksum")?,
                             data: r.bytes(MAX_BATCH_BYTES, "file data")?,
                         },
                         2 => FileRead::NotSmall(decode_stat(r)?),

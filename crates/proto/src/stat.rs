@@ -133,6 +133,23 @@ pub struct Entry {
     pub stat: Stat,
 }
 
+/// The checksum that data crossing a plaintext channel carries: XXH3-128
+/// of it, computed by the side that read it, checked before it is written.
+/// It catches what TCP's 16-bit checksum lets through (a flipped bit in a
+/// router, a NIC, memory) at a fraction of a cryptographic hash's cost; it
+/// is no defence against tampering, which a plaintext channel cannot stop
+/// anyway. Over an encrypted channel data carries none: AES-GCM
+/// authenticates every byte.
+#[derive(Clone, Copy, PartialEq, Eq, Hash, Debug)]
+pub struct Checksum(pub u128);
+
+impl Checksum {
+    /// Checksum of `data`.
+    pub fn of(data: &[u8]) -> Checksum {
+        Checksum(xxhash_rust::xxh3::xxh3_128(data))
+    }
+}
+
 /// A BLAKE3 digest of a file, chunk or block.
 #[derive(Clone, Copy, PartialEq, Eq, Hash)]
 pub struct Digest(pub [u8; 32]);

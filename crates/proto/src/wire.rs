@@ -7,7 +7,7 @@ use bytes::{BufMut, Bytes, BytesMut};
 
 use crate::codec::CodecError;
 use crate::path::{Name, RelPath};
-use crate::stat::{Digest, Timestamp};
+use crate::stat::{Checksum, Digest, Timestamp};
 
 pub(crate) struct Writer<'a>(pub &'a mut BytesMut);
 
@@ -49,11 +49,11 @@ impl Writer<'_> {
         self.0.put_slice(&d.0);
     }
 
-    pub fn opt_digest(&mut self, d: Option<&Digest>) {
-        match d {
-            Some(d) => {
+    pub fn opt_checksum(&mut self, c: Option<Checksum>) {
+        match c {
+            Some(c) => {
                 self.u8(1);
-                self.digest(d);
+                self.raw16(&c.0.to_le_bytes());
             }
             None => self.u8(0),
         }
@@ -209,8 +209,8 @@ impl Reader {
         Ok(Timestamp { secs, nanos })
     }
 
-    pub fn opt_digest(&mut self, what: &'static str) -> Result<Option<Digest>, CodecError> {
-        Ok(if self.bool(what)? { Some(self.digest(what)?) } else { None })
+    pub fn opt_checksum(&mut self, what: &'static str) -> Result<Option<Checksum>, CodecError> {
+        Ok(if self.bool(what)? { Some(Checksum(u128::from_le_bytes(self.raw16(what)?))) } else { None })
     }
 
     pub fn opt_timestamp(&mut self, what: &'static str) -> Result<Option<Timestamp>, CodecError> {

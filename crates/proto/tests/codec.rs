@@ -7,8 +7,8 @@ use pareco_proto::codec::{self, CodecError, Frame};
 use pareco_proto::limits::MAX_FRAME;
 use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_proto::{
-    Block, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath, Request,
-    Response, Stat, Timestamp, Xattrs,
+    Block, Checksum, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath,
+    Request, Response, Stat, Timestamp, Xattrs,
 };
 use proptest::prelude::*;
 
@@ -30,8 +30,8 @@ fn digest() -> impl Strategy<Value = Digest> {
     any::<[u8; 32]>().prop_map(Digest)
 }
 
-fn transit_digest() -> impl Strategy<Value = Option<Digest>> {
-    proptest::option::of(digest())
+fn transit_checksum() -> impl Strategy<Value = Option<Checksum>> {
+    proptest::option::of(any::<u128>().prop_map(Checksum))
 }
 
 fn data(max: usize) -> impl Strategy<Value = Bytes> {
@@ -127,8 +127,8 @@ fn request() -> impl Strategy<Value = Request> {
         (path(), any::<u64>(), proptest::collection::vec(digest(), 0..8)).prop_map(|(path, offset, dest_blocks)| {
             Request::ReadPatch { path, offset, len: 1 << 20, block_size: 4096, dest_blocks }
         }),
-        (path(), any::<u64>(), transit_digest(), data(3000))
-            .prop_map(|(path, offset, digest, data)| Request::WriteData { path, offset, digest, data }),
+        (path(), any::<u64>(), transit_checksum(), data(3000))
+            .prop_map(|(path, offset, checksum, data)| Request::WriteData { path, offset, checksum, data }),
         (path(), any::<u64>(), digest(), blocks()).prop_map(|(path, offset, chunk_digest, blocks)| {
             Request::ApplyPatch { path, offset, len: 1 << 20, block_size: 4096, chunk_digest, blocks }
         }),
@@ -136,7 +136,7 @@ fn request() -> impl Strategy<Value = Request> {
             .prop_map(|(paths, max_size)| Request::ReadFiles { paths, max_size }),
         (
             proptest::collection::vec(
-                (path(), 0u32..=0o7777, proptest::option::of(timestamp()), transit_digest(), data(100)),
+                (path(), 0u32..=0o7777, proptest::option::of(timestamp()), transit_checksum(), data(100)),
                 1..4
             ),
             proptest::collection::vec((path(), 0u32..=0o7777, timestamp()), 0..2)
@@ -145,7 +145,7 @@ fn request() -> impl Strategy<Value = Request> {
                 Request::WriteFiles {
                     files: files
                         .into_iter()
-                        .map(|(path, mode, mtime, digest, data)| FileContent { path, mode, mtime, digest, data })
+                        .map(|(path, mode, mtime, checksum, data)| FileContent { path, mode, mtime, checksum, data })
                         .collect(),
                     dirs: dirs.into_iter().map(|(path, mode, mtime)| DirAttrs { path, mode, mtime }).collect(),
                 }
@@ -173,7 +173,7 @@ fn request() -> impl Strategy<Value = Request> {
         (path(), proptest::collection::vec((0u64..1 << 40, 0u64..64), 0..5)).prop_map(|(path, r)| {
             let ranges: Vec<_> = r.into_iter().map(|(s, l)| s..s + l).collect();
             let data = Bytes::from(vec![7u8; ranges.iter().map(|r| (r.end - r.start) as usize).sum()]);
-            Request::WriteRanges { path, ranges, digest: Some(Digest::of(&data)), data }
+            Request::WriteRanges { path, ranges, checksum: Some(Checksum::of(&data)), data }
         }),
         proptest::collection::vec((proptest::collection::vec(path(), 1..3), path(), 0u64..5000, 0u32..=0o7777), 0..3)
             .prop_map(|files| Request::CloneFiles {
@@ -225,12 +225,12 @@ fn response() -> impl Strategy<Value = Response> {
                     .collect(),
             )
         }),
-        (transit_digest(), data(5000)).prop_map(|(digest, data)| Response::Data { digest, data }),
+        (transit_checksum(), data(5000)).prop_map(|(checksum, data)| Response::Data { checksum, data }),
         (digest(), blocks()).prop_map(|(chunk_digest, blocks)| Response::Patch { chunk_digest, blocks }),
         proptest::collection::vec(
             prop_oneof![
-                (stat(), timestamp(), any::<bool>(), transit_digest(), data(100)).prop_map(
-                    |(stat, now, stable, digest, data)| FileRead::Content { stat, now, stable, digest, data }
+                (stat(), timestamp(), any::<bool>(), transit_checksum(), data(100)).prop_map(
+                    |(stat, now, stable, checksum, data)| FileRead::Content { stat, now, stable, checksum, data }
                 ),
                 stat().prop_map(FileRead::NotSmall),
                 failure().prop_map(FileRead::Failed),
@@ -384,8 +384,13 @@ fn a_path_sharing_the_start_of_the_one_before_is_checked_whole() {
 
 #[test]
 fn a_batch_names_at_most_one_directory_per_file() {
-    let file =
-        FileContent { path: RelPath::new(b"d/f").unwrap(), mode: 0o644, mtime: None, digest: None, data: Bytes::new() };
+    let file = FileContent {
+        path: RelPath::new(b"d/f").unwrap(),
+        mode: 0o644,
+        mtime: None,
+        checksum: None,
+        data: Bytes::new(),
+    };
     let dir = |name: &[u8]| DirAttrs {
         path: RelPath::new(name).unwrap(),
         mode: 0o755,
@@ -482,7 +487,7 @@ fn delta_requests_out_of_bounds_are_refused() {
     refused(Request::WriteRanges {
         path: p.clone(),
         ranges: vec![0..2],
-        digest: Some(Digest::of(&data)),
+        checksum: Some(Checksum::of(&data)),
         data: data.clone(),
     });
     refused(Request::ReadRanges { path: p.clone(), ranges: vec![0..(MAX_FRAME as u64)] });

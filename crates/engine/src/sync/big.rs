@@ -430,18 +430,19 @@ pub(super) async fn spawn_pieces(
 async fn send_piece(ctx: &Ctx, job: &FileJob, piece: Range<u64>) -> Result<(), Fault> {
     let len = (piece.end - piece.start) as u32;
     for attempt in 1.. {
-        let (digest, data) = ctx.src.tree.read_data(job.src.clone(), piece.start, len).await.map_err(Fault::Source)?;
+        let (checksum, data) =
+            ctx.src.tree.read_data(job.src.clone(), piece.start, len).await.map_err(Fault::Source)?;
         if ctx.opts.sparse && piece.start >= job.basis && data.iter().all(|&b| b == 0) {
             // Not written: the region stays a hole.
             Stats::add(&ctx.stats.bytes_sparse, len as u64);
             job.progress(ctx, len as u64);
             return Ok(());
         }
-        match ctx.dst.tree.write_data(job.dst.clone(), piece.start, digest, data).await {
+        match ctx.dst.tree.write_data(job.dst.clone(), piece.start, checksum, data).await {
             Ok(()) => break,
             Err(e) if e.kind() == Some(FailureKind::Mismatch) && attempt < TRANSIT_ATTEMPTS => {
                 tracing::warn!(
-                    "{}: bytes {}..{} failed their digest in transit; sending them again",
+                    "{}: bytes {}..{} failed their checksum in transit; sending them again",
                     job.src,
                     piece.start,
                     piece.end

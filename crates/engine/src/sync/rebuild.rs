@@ -148,9 +148,9 @@ pub(super) async fn rebuild(
         let (ctx, job) = (ctx.clone(), job.clone());
         tasks.spawn(async move {
             let len = batch.iter().map(|r| r.end - r.start).sum();
-            let (digest, data) =
+            let (checksum, data) =
                 ctx.src.tree.read_ranges(job.src.clone(), batch.clone()).await.map_err(Fault::Source)?;
-            ctx.dst.tree.write_ranges(job.dst.clone(), batch, digest, data).await.map_err(Fault::Destination)?;
+            ctx.dst.tree.write_ranges(job.dst.clone(), batch, checksum, data).await.map_err(Fault::Destination)?;
             job.sent(&ctx, len);
             drop(budget);
             Ok(())

@@ -48,13 +48,13 @@ enum Judged {
 
 fn judge(ctx: &Ctx, file: &SmallFile, read: FileRead) -> Judged {
     match read {
-        FileRead::Content { stat, now, stable, digest, data } => {
+        FileRead::Content { stat, now, stable, checksum, data } => {
             let mtime = match judge_read(&stat, now, stable, file.attempt + 1) {
                 ReadVerdict::Stamp => Some(stat.mtime),
                 ReadVerdict::Unstamped => None,
                 ReadVerdict::Retry(wait) => return Judged::Retry(wait),
             };
-            let content = FileContent { path: ctx.dst.path(&file.rel), mode: stat.mode, mtime, digest, data };
+            let content = FileContent { path: ctx.dst.path(&file.rel), mode: stat.mode, mtime, checksum, data };
             Judged::Write(content, mtime.is_some())
         }
         FileRead::NotSmall(stat) if stat.kind == Kind::File => Judged::NotSmall,
@@ -140,7 +140,7 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
             for ((file, size, stamped), result) in pending.into_iter().zip(results) {
                 if result.as_ref().is_err_and(|f| f.kind == FailureKind::Mismatch) {
                     // Corrupted on its way: sent again on its own.
-                    tracing::warn!("{}: failed its digest in transit; sending it again", file.rel);
+                    tracing::warn!("{}: failed its checksum in transit; sending it again", file.rel);
                     alone(ctx, file, |ctx, file| async move { transfer_file(&ctx, file).await });
                     continue;
                 }
@@ -225,7 +225,7 @@ async fn transfer_file(ctx: &Arc<Ctx>, mut file: SmallFile) -> Outcome {
                     Err(e) => return written(ctx, &file, size, stamped, Err(e.to_string())),
                 };
                 if result.as_ref().is_err_and(|f| f.kind == FailureKind::Mismatch) && sent < TRANSIT_ATTEMPTS {
-                    tracing::warn!("{}: failed its digest in transit; sending it again", file.rel);
+                    tracing::warn!("{}: failed its checksum in transit; sending it again", file.rel);
                     continue;
                 }
                 return written(ctx, &file, size, stamped, result.map_err(|f| f.to_string()));
