@@ -175,7 +175,7 @@ async fn write(
     let written = ctx.dst.tree.write_files(contents, sent).await;
     let mut set = written.as_ref().map_or(&[][..], |w| &w.dirs).iter();
     for (dir, attrs) in dirs.iter().zip(&attrs) {
-        dir.written(attrs.is_some() && set.next().is_some_and(Result::is_ok));
+        dir.after_write(attrs.is_some() && set.next().is_some_and(Result::is_ok));
     }
     written.map(|w| w.files)
 }

@@ -79,9 +79,9 @@ impl DirNode {
         (src.mode & 0o300 == 0o300).then_some(DirAttrs { path, mode: src.mode, mtime: src.mtime })
     }
 
-    /// Whether a write that changed an entry in it then set its attributes
-    /// (else they are set at the end).
-    pub(crate) fn written(&self, attrs_set: bool) {
+    /// A write changed an entry in it, then set its attributes or not
+    /// (then they are set at the end).
+    pub(crate) fn after_write(&self, attrs_set: bool) {
         if attrs_set { self.carried.store(true, Ordering::Relaxed) } else { self.touch() }
     }
 }
@@ -351,8 +351,9 @@ async fn plan_and_dispatch(
     let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
     let planned = plan_dir(src_entries, src_now, dst_entries, options);
     let planned = reuse::copy_what_is_there(ctx, &node.rel, src_now, planned, || node.touch()).await;
-    let files = planned.iter().filter(|p| matches!(p.action, Action::CopyFile { .. })).count();
-    let mut places = Places::new(ctx, files);
+    let wanted =
+        planned.iter().filter(|p| !matches!(p.action, Action::Descend { .. } | Action::Nothing | Action::Skip(_)));
+    let mut places = Places::new(ctx, wanted.count());
     for planned in planned {
         let rel = match node.rel.join(&planned.name) {
             Ok(rel) => rel,
@@ -366,15 +367,18 @@ async fn plan_and_dispatch(
     drop(ticket);
 }
 
-/// Places among the entries in flight for the files of one directory,
+/// Places among the entries in flight for the entries of one directory,
 /// taken a run at a time. The walk dispatches many directories at once:
 /// taken one by one, places would go to each directory in turn, and every
 /// batch of small files would span dozens of directories (each a set of
-/// attributes to send and set after the batch's files).
+/// attributes to send and set after the batch's files). Every entry of the
+/// directory takes its place here, so that no walker waits for a place
+/// while holding unused ones.
 struct Places {
     files: Arc<Semaphore>,
     held: Option<OwnedSemaphorePermit>,
-    /// Files of the directory not dispatched yet.
+    /// Entries of the directory that may still want a place (an estimate:
+    /// it only bounds the run).
     left: usize,
 }
 
@@ -496,7 +500,7 @@ async fn dispatch(
             });
         }
         _ => {
-            let permit = ctx.files.clone().acquire_owned().await.expect("never closed");
+            let permit = places.take().await;
             let ticket = Ticket::new(node, ctx);
             let ctx = ctx.clone();
             tokio::spawn(async move {
