@@ -242,9 +242,9 @@ fn local_error(path: &Path) -> impl FnOnce(std::io::Error) -> LocationError + '_
     move |source| LocationError::Local { path: path.to_path_buf(), source }
 }
 
-/// Whether a local tree's data needs no digests (`FsTree::trust_transit`):
+/// Whether a local tree's data needs no checksums (`FsTree::trust_transit`):
 /// it comes from or goes to this process, or crosses the pool's channels
-/// encrypted. Only plaintext channels leave digests worth computing and
+/// encrypted. Only plaintext channels leave checksums worth computing and
 /// checking, and the server decides alike from the same channel.
 fn trusts_transit(peer: &Location, remote: &RemoteOptions) -> bool {
     matches!(peer, Location::Local(_)) || remote.pool.security == Security::Encrypted

@@ -18,7 +18,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         pareco_fs::FsTree::open(&args.root).with_context(|| format!("cannot serve {}", args.root.display()))?;
     if security(&args.token) == Security::Encrypted {
         // Every request arrives through AES-GCM, which proves what it
-        // carries: data goes both ways without digests.
+        // carries: data goes both ways without checksums.
         root = root.trust_transit();
     }
     if let Some(dir) = &args.state_dir {

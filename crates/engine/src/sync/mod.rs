@@ -48,7 +48,7 @@ use crate::tree::TreeError;
 /// Files up to this size travel whole, in batches.
 pub const SMALL_FILE_MAX: u32 = 64 << 10;
 
-/// How often data is sent before a digest mismatch at the destination is
+/// How often data is sent before a checksum mismatch at the destination is
 /// taken for a fault of the files rather than of the transit (only a
 /// plaintext channel lets corrupted data reach the writer, which refuses
 /// it: then it is read and sent again).
