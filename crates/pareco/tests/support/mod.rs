@@ -359,6 +359,12 @@ impl Wan {
     pub fn stats(&self) -> serde_json::Value {
         serde_json::from_str(&std::fs::read_to_string(&self.stats).unwrap_or_default()).unwrap_or_default()
     }
+
+    /// Stops the emulator; its final counters.
+    pub fn stop(mut self) -> serde_json::Value {
+        terminate(&mut self.child);
+        self.stats()
+    }
 }
 
 impl Drop for Wan {
