@@ -128,9 +128,8 @@ pub(crate) fn apply_patch(
     Ok(())
 }
 
-/// Writes whole files, each atomically; one outcome per file.
-/// Writes the files, then sets the directories' attributes: one outcome
-/// each, files first.
+/// Writes whole files, each atomically, then sets the directories'
+/// attributes: one outcome each, files first.
 pub(crate) fn write_files(
     root: BorrowedFd<'_>,
     files: &[FileContent],
