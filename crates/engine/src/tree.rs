@@ -98,6 +98,17 @@ pub enum Tree {
     Remote(Arc<Pool>),
 }
 
+/// A directory's entries.
+pub struct Listing {
+    /// Its entries, in no particular order.
+    pub entries: Vec<Entry>,
+    /// Its partial files (new files an interrupted run was writing), which
+    /// `entries` leaves out.
+    pub partials: Vec<Entry>,
+    /// The tree's clock when it started listing.
+    pub now: Timestamp,
+}
+
 macro_rules! expect {
     ($response:expr, $what:literal, $pattern:pat => $value:expr) => {
         match $response {
@@ -163,8 +174,9 @@ impl Tree {
     }
 
     /// Lists a directory, with the tree's clock at the time.
-    pub async fn list(&self, path: RelPath) -> Result<(Vec<Entry>, Timestamp), TreeError> {
-        expect!(self.call(Request::ListDir { path }).await?, "list", Response::Listing { entries, now, .. } => (entries, now))
+    pub async fn list(&self, path: RelPath) -> Result<Listing, TreeError> {
+        expect!(self.call(Request::ListDir { path }).await?, "list",
+            Response::Listing { entries, partials, now, .. } => Listing { entries, partials, now })
     }
 
     /// Digests of the whole chunks of a range present in the file.

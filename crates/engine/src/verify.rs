@@ -235,7 +235,7 @@ impl Ctx {
             self.xattrs(&self.b, &rel)
         );
         let (la, lb, xa, xb) = match (la, lb, xa, xb) {
-            (Ok((la, _)), Ok((lb, _)), Ok(xa), Ok(xb)) => (la, lb, xa, xb),
+            (Ok(la), Ok(lb), Ok(xa), Ok(xb)) => (la.entries, lb.entries, xa, xb),
             (Err(e), ..) | (_, _, Err(e), _) => {
                 self.failed(&rel, Side::A, &e);
                 return Vec::new();

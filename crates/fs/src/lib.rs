@@ -120,7 +120,8 @@ impl FsTree {
             }
             Request::ListDir { path } => {
                 let now = meta::now();
-                Response::Listing { entries: read::list_dir(root, path)?, now, more: false }
+                let (entries, partials) = read::list_dir(root, path)?;
+                Response::Listing { entries, partials, now, more: false }
             }
             Request::HashChunks { path, offset, len, chunk_size } => {
                 Response::Digests(read::hash_pieces(root, path, *offset, *len, *chunk_size, Some(&self.cache))?)

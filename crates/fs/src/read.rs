@@ -6,6 +6,7 @@ use std::os::fd::{AsFd, BorrowedFd};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
+use pareco_proto::path::is_partial;
 use pareco_proto::{Block, Checksum, Digest, Entry, FileRead, Kind, Name, RelPath};
 use rustix::fs::{Dir, Mode, OFlags};
 use rustix::io::Errno;
@@ -52,28 +53,34 @@ pub(crate) fn read_upto(file: &File, offset: u64, len: usize) -> Result<Vec<u8>,
     Ok(buf)
 }
 
-/// Lists a directory, `lstat`-ing every entry. Entries that vanish between
-/// the directory read and their stat are left out, and so are pareco's own
-/// temporaries (see [`crate::temp`]).
-pub(crate) fn list_dir(root: BorrowedFd<'_>, path: &RelPath) -> Result<Vec<Entry>, FsError> {
+/// Lists a directory, `lstat`-ing every entry: its entries, then its
+/// partial files apart. Entries that vanish between the directory read and
+/// their stat are left out, and so are pareco's other temporaries (see
+/// [`crate::temp`]).
+pub(crate) fn list_dir(root: BorrowedFd<'_>, path: &RelPath) -> Result<(Vec<Entry>, Vec<Entry>), FsError> {
     let fd = beneath::open(root, path, OFlags::RDONLY | OFlags::DIRECTORY, Mode::empty())
         .map_err(|e| FsError::io("open directory", e))?;
     let dir = Dir::read_from(&fd).map_err(|e| FsError::io("read directory", e))?;
-    let mut entries = Vec::new();
+    let (mut entries, mut partials) = (Vec::new(), Vec::new());
     for item in dir {
         let item = item.map_err(|e| FsError::io("read directory", e))?;
         let raw = item.file_name().to_bytes();
-        if raw == b"." || raw == b".." || temp::is_temp(raw) {
+        if raw == b"." || raw == b".." {
             continue;
         }
+        let list = match (temp::is_temp(raw), is_partial(raw)) {
+            (false, _) => &mut entries,
+            (true, true) => &mut partials,
+            (true, false) => continue,
+        };
         let Ok(name) = Name::new(raw) else { continue };
         match meta::stat_at(fd.as_fd(), raw) {
-            Ok(stat) => entries.push(Entry { name, stat }),
+            Ok(stat) => list.push(Entry { name, stat }),
             Err(Errno::NOENT) => continue,
             Err(e) => return Err(FsError::io("stat directory entry", e)),
         }
     }
-    Ok(entries)
+    Ok((entries, partials))
 }
 
 /// Digests of consecutive `piece`-byte pieces of `[offset, offset + len)`,

@@ -227,9 +227,15 @@ fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
     let data = Bytes::from_static(b"complete");
     let write = Request::WriteData { path: part.clone(), offset: 0, checksum: Some(Checksum::of(&data)), data };
     assert_eq!(tree.execute(&write), Response::Done);
-    // Hidden while it is being written: not listed, not there by its name.
-    let Response::Listing { entries, .. } = tree.execute(&Request::ListDir { path: RelPath::root() }) else { panic!() };
+    // Hidden while it is being written: not listed, not there by its name;
+    // listed apart, as a partial file (and other temporaries not at all).
+    std::fs::write(root(&dir).join(".pareco-tmp.1.2"), b"another process's").unwrap();
+    let listing = tree.execute(&Request::ListDir { path: RelPath::root() });
+    let Response::Listing { entries, partials, .. } = listing else { panic!() };
     assert!(entries.is_empty(), "{entries:?}");
+    let names: Vec<_> = partials.iter().map(|e| (e.name.clone(), e.stat.size)).collect();
+    assert_eq!(names, [(part.split_last().unwrap().1, 8)]);
+    std::fs::remove_file(root(&dir).join(".pareco-tmp.1.2")).unwrap();
     assert!(!root(&dir).join("new.db").exists());
     let mtime = Some(Timestamp { secs: 1_500_000_000, nanos: 7 });
     let finish = Request::FinishFile { path: part, size: 8, mode: 0o640, mtime, place_at: Some(target) };

@@ -165,15 +165,15 @@ impl Shared {
             return Err(NetError::Protocol("response to an unknown request"));
         };
         let response = match response {
-            Response::Listing { entries, now, more } => {
-                if waiter.pages.len() + entries.len() > MAX_LISTING_ENTRIES {
+            Response::Listing { entries, partials, now, more } => {
+                if waiter.pages.len() + entries.len() + partials.len() > MAX_LISTING_ENTRIES {
                     return Err(NetError::Protocol("directory listing larger than the limit"));
                 }
                 waiter.pages.extend(entries);
                 if more {
                     return Ok(());
                 }
-                Response::Listing { entries: std::mem::take(&mut waiter.pages), now, more: false }
+                Response::Listing { entries: std::mem::take(&mut waiter.pages), partials, now, more: false }
             }
             other => other,
         };

@@ -29,7 +29,7 @@ impl Service for Echo {
                 let entries = (0..50_000)
                     .map(|i| Entry { name: Name::new(format!("entry-{i:06}").as_bytes()).unwrap(), stat: stat.clone() })
                     .collect();
-                Response::Listing { entries, now: Timestamp::default(), more: false }
+                Response::Listing { entries, partials: Vec::new(), now: Timestamp::default(), more: false }
             }
             _ => Response::Done,
         }

@@ -32,7 +32,12 @@ fn listing(n: usize) -> Frame {
         (0..n).map(|i| Entry { name: Name::new(format!("file-{i:07}.dat").as_bytes()).unwrap(), stat: stat.clone() });
     Frame::Response {
         id: 7,
-        response: Response::Listing { entries: entries.collect(), now: Timestamp::default(), more: false },
+        response: Response::Listing {
+            entries: entries.collect(),
+            partials: Vec::new(),
+            now: Timestamp::default(),
+            more: false,
+        },
     }
 }
 

@@ -459,6 +459,10 @@ pub enum Response {
     Listing {
         /// Entries of this page.
         entries: Vec<Entry>,
+        /// Partial files in the directory (see [`crate::path::partial_name`]),
+        /// which `entries` leaves out: an interrupted run's new files. On the
+        /// last page.
+        partials: Vec<Entry>,
         /// The answering side's clock when it started listing.
         now: Timestamp,
         /// Whether more pages follow.
@@ -1092,20 +1096,25 @@ impl Response {
     /// Splits a large listing into pages of about `page_bytes` encoded bytes
     /// each (other responses are returned as they are).
     pub fn into_pages(self, page_bytes: usize) -> Vec<Response> {
-        let Response::Listing { entries, now, more: _ } = self else { return vec![self] };
+        let Response::Listing { entries, partials, now, more: _ } = self else { return vec![self] };
         let mut pages = Vec::new();
         let mut page = Vec::new();
         let mut size = 0;
         for e in entries {
             let entry_size = 64 + e.name.as_bytes().len() + e.stat.target.as_ref().map_or(0, |t| t.len());
             if size + entry_size > page_bytes && !page.is_empty() {
-                pages.push(Response::Listing { entries: std::mem::take(&mut page), now, more: true });
+                pages.push(Response::Listing {
+                    entries: std::mem::take(&mut page),
+                    partials: Vec::new(),
+                    now,
+                    more: true,
+                });
                 size = 0;
             }
             size += entry_size;
             page.push(e);
         }
-        pages.push(Response::Listing { entries: page, now, more: false });
+        pages.push(Response::Listing { entries: page, partials, now, more: false });
         pages
     }
 
@@ -1123,14 +1132,16 @@ impl Response {
                     None => w.u8(0),
                 }
             }
-            Response::Listing { entries, now, more } => {
+            Response::Listing { entries, partials, now, more } => {
                 w.u8(3);
                 w.timestamp(*now);
                 w.bool(*more);
-                w.varint(entries.len() as u64);
-                for e in entries {
-                    w.bytes(e.name.as_bytes());
-                    encode_stat(w, &e.stat);
+                for list in [entries, partials] {
+                    w.varint(list.len() as u64);
+                    for e in list {
+                        w.bytes(e.name.as_bytes());
+                        encode_stat(w, &e.stat);
+                    }
                 }
             }
             Response::Digests(digests) => {
@@ -1234,7 +1245,16 @@ impl Response {
                 for _ in 0..n {
                     entries.push(Entry { name: r.name()?, stat: decode_stat(r)? });
                 }
-                Response::Listing { entries, now, more }
+                let n = r.count(9, usize::MAX, "partial file count")?;
+                let mut partials = Vec::with_capacity(n);
+                for _ in 0..n {
+                    let name = r.name()?;
+                    if !crate::path::is_partial(name.as_bytes()) {
+                        return Err(CodecError::Invalid("a partial file's name expected"));
+                    }
+                    partials.push(Entry { name, stat: decode_stat(r)? });
+                }
+                Response::Listing { entries, partials, now, more }
             }
             4 => {
                 let n = r.count(32, MAX_DIGESTS, "digest count")?;

@@ -5,6 +5,7 @@
 use bytes::{Bytes, BytesMut};
 use pareco_proto::codec::{self, CodecError, Frame};
 use pareco_proto::limits::MAX_FRAME;
+use pareco_proto::path::partial_name;
 use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_proto::{
     Block, Checksum, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath,
@@ -205,9 +206,18 @@ fn response() -> impl Strategy<Value = Response> {
     prop_oneof![
         Just(Response::Done),
         (proptest::option::of(stat()), timestamp()).prop_map(|(stat, now)| Response::Stat { stat, now }),
-        (proptest::collection::vec((name(), stat()), 0..5), timestamp(), any::<bool>()).prop_map(|(es, now, more)| {
-            Response::Listing { entries: es.into_iter().map(|(name, stat)| Entry { name, stat }).collect(), now, more }
-        }),
+        (
+            proptest::collection::vec((name(), stat()), 0..5),
+            proptest::collection::vec((name(), stat()), 0..3),
+            timestamp(),
+            any::<bool>()
+        )
+            .prop_map(|(es, ps, now, more)| Response::Listing {
+                entries: es.into_iter().map(|(name, stat)| Entry { name, stat }).collect(),
+                partials: ps.into_iter().map(|(name, stat)| Entry { name: partial_name(&name), stat }).collect(),
+                now,
+                more
+            }),
         proptest::collection::vec(digest(), 0..10).prop_map(Response::Digests),
         proptest::collection::vec((1u32..1 << 20, any::<u64>()), 0..10).prop_map(|p| {
             Response::Pieces(p.into_iter().map(|(len, digest)| pareco_proto::Piece { len, digest }).collect())
@@ -425,19 +435,47 @@ fn big_listings_are_split_into_bounded_pages() {
     let entries: Vec<Entry> = (0..10_000)
         .map(|i| Entry { name: Name::new(format!("file-{i}").as_bytes()).unwrap(), stat: stat.clone() })
         .collect();
-    let pages =
-        Response::Listing { entries: entries.clone(), now: Timestamp::default(), more: false }.into_pages(64 << 10);
+    let partials = vec![Entry { name: partial_name(&entries[0].name), stat: stat.clone() }];
+    let listing = Response::Listing {
+        entries: entries.clone(),
+        partials: partials.clone(),
+        now: Timestamp::default(),
+        more: false,
+    };
+    let pages = listing.into_pages(64 << 10);
     assert!(pages.len() > 5);
     let last = pages.len() - 1;
-    let mut all = Vec::new();
+    let (mut all, mut all_partials) = (Vec::new(), Vec::new());
     for (i, page) in pages.into_iter().enumerate() {
         let frame = Frame::Response { id: 1, response: page };
         assert!(codec::encode_to_vec(&frame).len() <= 64 << 10);
-        let Frame::Response { response: Response::Listing { entries, more, .. }, .. } = frame else { unreachable!() };
+        let Frame::Response { response: Response::Listing { entries, partials, more, .. }, .. } = frame else {
+            unreachable!()
+        };
         assert_eq!(more, i != last, "only the last page says it is the last");
         all.extend(entries);
+        all_partials.extend(partials);
     }
-    assert_eq!(all, entries);
+    assert_eq!((all, all_partials), (entries, partials));
+}
+
+#[test]
+fn a_listing_s_partial_files_are_partial_files() {
+    let stat = Stat::new(Kind::File, 1);
+    let listing = |name: &[u8]| Response::Listing {
+        entries: Vec::new(),
+        partials: vec![Entry { name: Name::new(name).unwrap(), stat: stat.clone() }],
+        now: Timestamp::default(),
+        more: false,
+    };
+    let ok = partial_name(&Name::new(b"f").unwrap());
+    let bytes = codec::encode_to_vec(&Frame::Response { id: 1, response: listing(ok.as_bytes()) });
+    assert!(codec::decode(&mut BytesMut::from(&bytes[..])).is_ok());
+    for name in [&b"f"[..], b".pareco-tmp.12.3"] {
+        let bytes = codec::encode_to_vec(&Frame::Response { id: 1, response: listing(name) });
+        let refused = codec::decode(&mut BytesMut::from(&bytes[..]));
+        assert_eq!(refused, Err(CodecError::Invalid("a partial file's name expected")), "{name:?}");
+    }
 }
 
 /// A compressed body is framed with its announced size and split off whole

@@ -105,14 +105,17 @@ pub(crate) async fn transfer(
     ticket: Ticket,
 ) -> Outcome {
     let dst = ctx.dst.path(rel);
-    let partial = partial_of(&dst);
-    let outcome = match try_transfer(ctx, rel, listed, basis, partial.as_ref(), change, ticket).await {
+    let (partial, mut ticket) = (partial_of(&dst), Some(ticket));
+    let outcome = match try_transfer(ctx, rel, listed, basis, partial.as_ref(), change, &mut ticket).await {
         Ok(outcome) | Err(outcome) => outcome,
     };
     // Kept for the next attempt to resume from, unless there is nothing left
-    // to resume.
-    if let (Some(partial), Outcome::Vanished, None) = (partial, &outcome, basis) {
-        let _ = ctx.dst.tree.remove(partial).await;
+    // to resume (removed while the directory still waits for this entry).
+    if let (Some(partial), Outcome::Vanished, None) = (partial, &outcome, basis)
+        && ctx.dst.tree.remove(partial).await.is_ok()
+        && let Some(ticket) = &ticket
+    {
+        ticket.dir().touch();
     }
     outcome
 }
@@ -132,7 +135,7 @@ async fn try_transfer(
     basis: Option<&Stat>,
     partial: Option<&RelPath>,
     change: Change,
-    ticket: Ticket,
+    ticket: &mut Option<Ticket>,
 ) -> Result<Outcome, Outcome> {
     let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
     let (before, settled) = settled_stat(ctx, &src).await?;
@@ -149,7 +152,7 @@ async fn try_transfer(
         }
         None => Way::InPlace(None),
     };
-    let (mut way, mut ticket, mut _alive) = (way, Some(ticket), None);
+    let (mut way, mut _alive) = (way, None);
     let (job, target, placed) = loop {
         let in_place = basis.is_some() && matches!(way, Way::InPlace(_));
         if in_place && basis.is_some_and(|b| b.nlink > 1) {
@@ -198,7 +201,7 @@ async fn try_transfer(
     let mtime = (stable && settled).then_some(before.mtime);
     let place_at = placed.then_some(dst);
     ctx.dst.tree.finish_file(target, before.size, before.mode, mtime, place_at).await.map_err(destination_failure)?;
-    if let Some(ticket) = ticket {
+    if let Some(ticket) = ticket.take() {
         ticket.dir().touch();
     }
     let sent = job.sent.load(Ordering::Relaxed);

@@ -65,7 +65,7 @@ pub(crate) async fn set_owners(
     }
     if !wanted.is_empty() {
         let have: HashMap<Name, (u32, u32)> = match ctx.dst.tree.list(ctx.dst.path(dir)).await {
-            Ok((entries, _)) => entries.into_iter().map(|e| (e.name, (e.stat.uid, e.stat.gid))).collect(),
+            Ok(listing) => listing.entries.into_iter().map(|e| (e.name, (e.stat.uid, e.stat.gid))).collect(),
             Err(e) => return ctx.finish(dir, 0, destination_failure(e)),
         };
         for e in wanted {

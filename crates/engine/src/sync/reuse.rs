@@ -301,8 +301,8 @@ async fn remember_below(ctx: &std::sync::Arc<Ctx>, dirs: Vec<RelPath>) {
         if ctx.index.full() {
             return;
         }
-        let Ok((entries, _)) = ctx.dst.tree.list(ctx.dst.path(&dir)).await else { continue };
-        for e in entries {
+        let Ok(listing) = ctx.dst.tree.list(ctx.dst.path(&dir)).await else { continue };
+        for e in listing.entries {
             let Ok(rel) = dir.join(&e.name) else { continue };
             match e.stat.kind {
                 Kind::File => ctx.index.add(rel, e.stat),

@@ -10,11 +10,13 @@
 //! a large file that already exists). Everything in flight holds an [`Alive`]
 //! handle, directly or through a node; the run is over when none is left.
 
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 
 use pareco_plan::dir::{Action, DirOptions, Planned, SkipReason, plan_dir};
-use pareco_proto::{DirAttrs, Kind, RelPath, Stat, Timestamp};
+use pareco_proto::path::partial_name;
+use pareco_proto::{DirAttrs, Kind, Name, RelPath, Stat, Timestamp};
 use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::small::{self, SmallFile};
@@ -242,7 +244,7 @@ pub(crate) async fn run(
         let options = DirOptions { checksum: ctx.opts.checksum, delete: false, specials: ctx.opts.specials };
         for planned in plan_dir(src, src_now, dst, options) {
             let mut places = Places::new(&ctx, 1);
-            dispatch(&ctx, &small_tx, &Queue::default(), &root, RelPath::root(), planned, &mut places).await;
+            dispatch(&ctx, &small_tx, &Queue::default(), &root, RelPath::root(), planned, None, &mut places).await;
         }
     } else {
         Stats::add(&ctx.stats.dirs_total, 1);
@@ -337,11 +339,11 @@ async fn plan_and_dispatch(
         if list_dst { Some(ctx.dst.tree.list(dst_path).await) } else { None }
     });
     let (src_entries, src_now) = match src_list {
-        Ok(listing) => listing,
+        Ok(listing) => (listing.entries, listing.now),
         Err(e) => return ctx.finish(&node.rel, 0, source_failure(e)),
     };
-    let dst_entries = match dst_list.transpose() {
-        Ok(listing) => listing.map(|(entries, _)| entries),
+    let (dst_entries, partials) = match dst_list.transpose() {
+        Ok(listing) => listing.map_or((None, Vec::new()), |l| (Some(l.entries), l.partials)),
         Err(e) => return ctx.finish(&node.rel, 0, destination_failure(e)),
     };
     if ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs {
@@ -351,6 +353,7 @@ async fn plan_and_dispatch(
     let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
     let planned = plan_dir(src_entries, src_now, dst_entries, options);
     let planned = reuse::copy_what_is_there(ctx, &node.rel, src_now, planned, || node.touch()).await;
+    let mut leftovers = Leftovers::new(partials, &planned);
     let wanted =
         planned.iter().filter(|p| !matches!(p.action, Action::Descend { .. } | Action::Nothing | Action::Skip(_)));
     let mut places = Places::new(ctx, wanted.count());
@@ -362,9 +365,69 @@ async fn plan_and_dispatch(
                 continue;
             }
         };
-        dispatch(ctx, small, queue, node, rel, planned, &mut places).await;
+        let partial = leftovers.of(&planned.name);
+        dispatch(ctx, small, queue, node, rel, planned, partial, &mut places).await;
+    }
+    // Of names the source no longer has: extraneous, as the rest.
+    if ctx.opts.delete {
+        for orphan in leftovers.orphans {
+            if node.rel.join(&orphan).is_ok_and(|rel| ctx.opts.shard.owns_path(&rel)) {
+                remove_leftover(ctx, node, orphan);
+            }
+        }
     }
     drop(ticket);
+}
+
+/// The partial files an earlier run left in a directory (new files it was
+/// writing when it stopped), by the name of the entry each was for. A new
+/// large file resumes from its own; any other use of the name leaves it
+/// litter, removed by the shard that does the entry (see [`dispatch`]).
+#[derive(Default)]
+struct Leftovers {
+    by_entry: HashMap<Name, Name>,
+    /// Those of names the source no longer has.
+    orphans: Vec<Name>,
+}
+
+impl Leftovers {
+    fn new(partials: Vec<pareco_proto::Entry>, planned: &[Planned]) -> Leftovers {
+        if partials.is_empty() {
+            return Leftovers::default();
+        }
+        let mut left: HashSet<Name> = partials.into_iter().map(|e| e.name).collect();
+        let mut by_entry = HashMap::new();
+        for p in planned.iter().filter(|p| p.src.is_some()) {
+            let partial = partial_name(&p.name);
+            if left.remove(&partial) {
+                by_entry.insert(p.name.clone(), partial);
+            }
+        }
+        Leftovers { by_entry, orphans: left.into_iter().collect() }
+    }
+
+    /// The partial file left for the entry `name`, if any.
+    fn of(&mut self, name: &Name) -> Option<Name> {
+        if self.by_entry.is_empty() { None } else { self.by_entry.remove(name) }
+    }
+}
+
+/// Removes a partial file that nothing will resume, before the directory
+/// gets its attributes (nothing in a dry run).
+fn remove_leftover(ctx: &Arc<Ctx>, node: &Arc<DirNode>, name: Name) {
+    let Ok(rel) = node.rel.join(&name) else { return };
+    if ctx.opts.dry_run {
+        return;
+    }
+    let (ctx, ticket) = (ctx.clone(), Ticket::new(node, ctx));
+    tokio::spawn(async move {
+        match ctx.dst.tree.remove(ctx.dst.path(&rel)).await {
+            Ok(()) => ticket.dir().touch(),
+            Err(e) if e.kind() == Some(pareco_proto::FailureKind::NotFound) => {}
+            Err(e) => ctx.finish(&rel, 0, destination_failure(e)),
+        }
+        drop(ticket);
+    });
 }
 
 /// Places among the entries in flight for the entries of one directory,
@@ -407,7 +470,9 @@ impl Places {
     }
 }
 
-/// Starts the work one planned entry needs.
+/// Starts the work one planned entry needs; `partial` is what an earlier
+/// run left of it.
+#[allow(clippy::too_many_arguments)]
 async fn dispatch(
     ctx: &Arc<Ctx>,
     small: &mpsc::Sender<SmallFile>,
@@ -415,6 +480,7 @@ async fn dispatch(
     node: &Arc<DirNode>,
     rel: RelPath,
     p: Planned,
+    partial: Option<Name>,
     places: &mut Places,
 ) {
     let owned = ctx.owns(&rel, &p);
@@ -437,10 +503,17 @@ async fn dispatch(
         }
     }
     // Another path of a file already seen: linked once everything else is done.
-    if let Some(src) = p.src.as_ref().filter(|s| s.kind == Kind::File && s.nlink > 1)
-        && let Some((dir, _)) = &node.attrs
-        && ctx.links.defer(&rel, src, &p, (&node.rel, dir))
-    {
+    let deferred = p.src.as_ref().filter(|s| s.kind == Kind::File && s.nlink > 1).is_some_and(|src| {
+        node.attrs.as_ref().is_some_and(|(dir, _)| ctx.links.defer(&rel, src, &p, (&node.rel, dir)))
+    });
+    // Only a new large file's copy resumes from its partial file.
+    let resumes = !deferred
+        && matches!(p.action, Action::CopyFile { .. })
+        && p.src.as_ref().is_some_and(|s| s.size > SMALL_FILE_MAX as u64);
+    if let Some(partial) = partial.filter(|_| owned && !resumes) {
+        remove_leftover(ctx, node, partial);
+    }
+    if deferred {
         return;
     }
     match p.action {
