@@ -29,10 +29,13 @@ const FLUSH_AT: usize = 256 << 10;
 /// Reads into at least this much room…
 const READ_MIN: usize = 64 << 10;
 
-/// …made this large when less is left: few reads, and (encrypted) few
-/// reallocations of the buffer records are opened in, the only times a
-/// frame's plaintext is copied.
+/// …made this large when less is left: few reads, and few reallocations of
+/// the buffer, the only times received bytes are copied.
 const READ_RESERVE: usize = 512 << 10;
+
+/// A frame at least this large, once begun, gets room for the rest of it
+/// and no more (see [`FrameReader::make_room`]).
+const BIG_FRAME: usize = 64 << 10;
 
 /// Plaintext per record.
 const RECORD_PLAIN: usize = MAX_RECORD - TAG;
@@ -87,9 +90,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             if self.open_records()? {
                 continue;
             }
-            if self.buf.capacity() - self.buf.len() < READ_MIN {
-                self.buf.reserve(READ_RESERVE);
-            }
+            self.make_room()?;
             let n = self.inner.read_buf(&mut self.buf).await?;
             if self.opener.is_none() {
                 self.plain += n;
@@ -103,6 +104,38 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
             }
             self.counters.received.fetch_add(n as u64, Ordering::Relaxed);
         }
+    }
+
+    /// Makes room to read into. Frames go out as slices of the buffer, so
+    /// it grows by moving to a new one, copying what it holds of the frame
+    /// not complete yet. A large frame begun gets room for the rest of it
+    /// only, made once: it then ends at the end of its buffer, and the next
+    /// frame starts in a new one with nothing to copy. The first read into an
+    /// empty buffer is small, so that little of a large frame is copied
+    /// when its length is known.
+    fn make_room(&mut self) -> Result<(), NetError> {
+        let room = self.buf.capacity() - self.buf.len();
+        let big = codec::frame_len(&self.buf[..self.plain])?.filter(|&total| total >= BIG_FRAME);
+        let Some(total) = big else {
+            let want = if self.buf.is_empty() { READ_MIN } else { READ_RESERVE };
+            if room < READ_MIN {
+                self.buf.reserve(want);
+            }
+            return Ok(());
+        };
+        // Plaintext still to come, then as it arrives: in whole records if
+        // encrypted (the writer seals a large frame's data in records of its
+        // own), less the sealed bytes received already.
+        let rest = total - self.plain;
+        let wire = match self.opener {
+            None => rest,
+            Some(_) => rest + (rest.div_ceil(RECORD_PLAIN) + 1) * (2 + TAG),
+        };
+        let need = wire.saturating_sub(self.buf.len() - self.plain).max(MAX_RECORD.min(rest));
+        if room < need {
+            self.buf.reserve(need);
+        }
+        Ok(())
     }
 
     /// Opens every complete record received; whether any was. Records are

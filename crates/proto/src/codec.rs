@@ -152,11 +152,11 @@ pub fn split(buf: &mut BytesMut) -> Result<Option<Body>, CodecError> {
 }
 
 /// [`split`] where only `buf[..avail]` holds frames (what follows is not
-/// decoded yet, such as records still sealed).
+/// decoded yet, such as records still sealed). Making room for the rest of
+/// an incomplete frame is the caller's.
 pub fn split_within(buf: &mut BytesMut, avail: usize) -> Result<Option<Body>, CodecError> {
     let Some(total) = frame_len(&buf[..avail])? else { return Ok(None) };
     if avail < total {
-        buf.reserve(total - avail);
         return Ok(None);
     }
     let mut body = buf.split_to(total);
