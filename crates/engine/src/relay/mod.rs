@@ -442,6 +442,50 @@ mod tests {
         assert!(bucket.list("s/", None).await.unwrap().is_empty(), "the verified stream's objects are removed");
     }
 
+    /// A bucket whose first create is made but its answer lost (the
+    /// connection cut on its way back), as a flaky link does.
+    struct FirstAnswerLost(DirBucket, std::sync::atomic::AtomicBool);
+
+    impl Bucket for FirstAnswerLost {
+        async fn put(&self, name: &str, body: Bytes) -> Result<(), StoreError> {
+            self.0.put(name, body).await
+        }
+        async fn create(&self, name: &str, body: Bytes) -> Result<bool, StoreError> {
+            let created = self.0.create(name, body).await?;
+            match self.1.swap(true, Ordering::Relaxed) {
+                false => Err(StoreError::Transient("Connection reset by peer".into())),
+                true => Ok(created),
+            }
+        }
+        async fn get(&self, name: &str, limit: u64) -> Result<Option<Bytes>, StoreError> {
+            self.0.get(name, limit).await
+        }
+        async fn list(&self, prefix: &str, limit: Option<usize>) -> Result<Vec<String>, StoreError> {
+            self.0.list(prefix, limit).await
+        }
+        async fn delete(&self, names: Vec<String>) -> Result<(), StoreError> {
+            self.0.delete(names).await
+        }
+        fn url(&self, name: &str) -> String {
+            self.0.url(name)
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread")]
+    async fn a_sender_whose_claim_was_made_but_not_answered_finds_its_own_header() {
+        let tmp = tempfile::tempdir().unwrap();
+        let bucket = Arc::new(FirstAnswerLost(DirBucket::new(tmp.path()), Default::default()));
+        let (names, data, stats) = (Names::new("s"), content(), Arc::new(RelayStats::default()));
+        let sent =
+            send(Cursor::new(data.clone()), bucket.clone(), names.clone(), plan(false), options(), stats.clone());
+        sent.await.unwrap();
+        assert_eq!(stats.retries.load(Ordering::Relaxed), 1);
+        let out = Output::default();
+        let plan = ReceivePlan { skip: 0, keep: false };
+        receive(out.clone(), bucket.clone(), names, plan, options(), stats).await.unwrap();
+        assert_eq!(*out.0.lock().unwrap(), data);
+    }
+
     #[tokio::test(flavor = "multi_thread")]
     async fn empty_streams_and_streams_of_whole_objects_arrive_whole() {
         let tmp = tempfile::tempdir().unwrap();

@@ -208,7 +208,10 @@ async fn begin<B: Bucket>(
         let sealed = Bytes::from(key.seal(Kind::Header, 0, nonce()?, &plain));
         let created =
             retrying(|| bucket.url(&header), retry_for, stats, || bucket.create(&header, sealed.clone())).await?;
-        if !created {
+        // A create whose answer was lost and was sent again finds its own
+        // header there (the stream id and nonce are new: no other is the same).
+        let ours = || bucket.get(&header, SMALL_OBJECT_LIMIT);
+        if !created && retrying(|| bucket.url(&header), retry_for, stats, ours).await?.as_ref() != Some(&sealed) {
             return Err(RelayError::InUse { url: bucket.url(&header) });
         }
         // An end left by an earlier stream whose removal was interrupted.
