@@ -13,7 +13,7 @@ use futures_util::{StreamExt, TryStreamExt};
 use object_store::aws::{AmazonS3, AmazonS3Builder, S3ConditionalPut};
 use object_store::path::Path;
 use object_store::{
-    ClientOptions, GetOptions, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
+    ClientOptions, GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload, RetryConfig,
 };
 
 use super::store::{Bucket, StoreError};
@@ -171,16 +171,55 @@ impl Bucket for S3Bucket {
         }
     }
 
+    /// A body cut short after some of it arrived is asked for again from
+    /// where it stopped (of the same version of the object), for as long as
+    /// each request brings more: over a link that drops connections every
+    /// few seconds, an object that takes longer than that still arrives.
     async fn get(&self, name: &str, limit: u64) -> Result<Option<Bytes>, StoreError> {
-        let result = match self.store.get_opts(&path(name)?, GetOptions::default()).await {
+        let path = path(name)?;
+        let result = match self.store.get_opts(&path, GetOptions::default()).await {
             Ok(result) => result,
             Err(object_store::Error::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(classify(e)),
         };
-        if result.meta.size > limit {
-            return Err(StoreError::TooLarge(result.meta.size));
+        let size = result.meta.size;
+        if size > limit {
+            return Err(StoreError::TooLarge(size));
         }
-        result.bytes().await.map(Some).map_err(classify)
+        let etag = result.meta.e_tag.clone();
+        let mut body = bytes::BytesMut::with_capacity(size as usize);
+        let (mut stream, mut asked_at) = (result.into_stream(), 0);
+        loop {
+            match stream.next().await {
+                Some(Ok(piece)) if body.len() as u64 + piece.len() as u64 <= size => body.extend_from_slice(&piece),
+                Some(Ok(_)) => {
+                    return Err(StoreError::Failed(format!("{name}: longer than its announced {size} bytes")));
+                }
+                None if body.len() as u64 == size => return Ok(Some(body.freeze())),
+                None => return Err(StoreError::Transient(format!("{name}: cut short"))),
+                Some(Err(e)) => {
+                    let e = classify(e);
+                    let got = body.len() as u64;
+                    if got == size {
+                        return Ok(Some(body.freeze()));
+                    }
+                    if !e.is_transient() || got == asked_at || etag.is_none() {
+                        return Err(e);
+                    }
+                    let options = GetOptions {
+                        range: Some(GetRange::Offset(got)),
+                        if_match: etag.clone(),
+                        ..GetOptions::default()
+                    };
+                    stream = match self.store.get_opts(&path, options).await {
+                        Ok(rest) => rest.into_stream(),
+                        // Gone or replaced meanwhile: the caller sees it on its next try.
+                        Err(_) => return Err(e),
+                    };
+                    asked_at = got;
+                }
+            }
+        }
     }
 
     async fn list(&self, prefix: &str, limit: Option<usize>) -> Result<Vec<String>, StoreError> {
