@@ -310,6 +310,24 @@ fn a_receiver_killed_mid_stream_resumes_with_skip_and_the_output_is_whole() {
     assert!(relay.list("k").is_empty());
 }
 
+/// A sender and a receiver of one stream at once (arguments, environment
+/// each: their endpoints may differ); both must succeed, the output be the
+/// input.
+fn send_and_receive_at_once(
+    send: (&[&str], &[(&str, String)]),
+    recv: (&[&str], &[(&str, String)]),
+    input: &Path,
+    output: &Path,
+) {
+    let recv = End::spawn_with("recv", recv.0, Stdio::null(), file_out(output), TOKEN, recv.1);
+    let send = End::spawn_with("send", send.0, file_in(input), Stdio::null(), TOKEN, send.1);
+    for end in [send, recv] {
+        let (status, stderr) = end.finish();
+        assert!(status.success(), "{stderr}");
+    }
+    assert_eq!(hash(input), hash(output));
+}
+
 #[test]
 fn connections_cut_by_the_wan_emulator_are_retried_and_nothing_is_lost() {
     let relay = Relay::new("cuts");
@@ -320,14 +338,8 @@ fn connections_cut_by_the_wan_emulator_are_retried_and_nothing_is_lost() {
     let (send_json, recv_json, output) = (tmp.path().join("s.json"), tmp.path().join("r.json"), tmp.path().join("out"));
     let url = relay.url("c");
     let recv_args = [url.as_str(), "-j", "8", "--stats-json", recv_json.to_str().unwrap()];
-    let recv = End::spawn_with("recv", &recv_args, Stdio::null(), file_out(&output), TOKEN, &env);
     let send_args = [url.as_str(), "-j", "8", "--object-size", "1M", "--stats-json", send_json.to_str().unwrap()];
-    let send = End::spawn_with("send", &send_args, file_in(&input), Stdio::null(), TOKEN, &env);
-    let (status, stderr) = send.finish();
-    assert!(status.success(), "{stderr}");
-    let (status, stderr) = recv.finish();
-    assert!(status.success(), "{stderr}");
-    assert_eq!(hash(&input), hash(&output));
+    send_and_receive_at_once((&send_args, &env), (&recv_args, &env), &input, &output);
     // Its final counters: a fast run can end before the periodic ones show a cut.
     let cuts = wan.stop()["cut"].as_u64().unwrap_or(0);
     assert!(cuts >= 2, "the emulator cut {cuts} connections");
@@ -344,18 +356,10 @@ fn objects_longer_than_any_connection_lasts_arrive_in_parts() {
     let input = tmp.path().join("input");
     std::fs::write(&input, bytes(8, 6 << 20)).unwrap();
     let wan = Wan::start(relay.moto.port, &["--cut-after", "600K"]);
-    let (direct, cut) = (&relay.env, Moto::env(&format!("http://127.0.0.1:{}", wan.port)));
-    let (recv_json, output) = (tmp.path().join("r.json"), tmp.path().join("out"));
-    let url = relay.url("p");
-    let recv_args = [url.as_str(), "-j", "4", "--stats-json", recv_json.to_str().unwrap()];
-    let recv = End::spawn_with("recv", &recv_args, Stdio::null(), file_out(&output), TOKEN, &cut);
+    let cut = Moto::env(&format!("http://127.0.0.1:{}", wan.port));
+    let (url, output) = (relay.url("p"), tmp.path().join("out"));
     let send_args = [url.as_str(), "-j", "4", "--object-size", "1M"];
-    let send = End::spawn_with("send", &send_args, file_in(&input), Stdio::null(), TOKEN, direct);
-    let (status, stderr) = send.finish();
-    assert!(status.success(), "{stderr}");
-    let (status, stderr) = recv.finish();
-    assert!(status.success(), "{stderr}");
-    assert_eq!(hash(&input), hash(&output));
+    send_and_receive_at_once((&send_args, &relay.env), (&[url.as_str(), "-j", "4"], &cut), &input, &output);
     let cuts = wan.stop()["cut"].as_u64().unwrap_or(0);
     assert!(cuts >= 8, "the emulator cut {cuts} connections");
 }
