@@ -786,7 +786,9 @@ def connections(args, work: Path) -> list[Row]:
 
 
 def encryption(args, work: Path) -> list[Row]:
-    """The cost of encryption: a 1 GiB file over loopback, encrypted and not."""
+    """The cost of encryption: a 1 GiB file over loopback, encrypted and not; with --baselines,
+    the rsync daemon interleaved with both, so that their CPU per GiB is compared within one set
+    of runs (this machine's CPU figures move by a third from one scenario to the next)."""
     size = 1024 * MiB if not args.quick else 64 * MiB
     src = work / "enc-src"
     random_file(src / "big.bin", size)
@@ -800,8 +802,20 @@ def encryption(args, work: Path) -> list[Row]:
             return run_pareco(src, dst, None, work, 16, extra)
         return go
 
+    def rsync():
+        clear(dst)
+        flush()
+        return run_rsync(src, dst, None, work)
+
     tools = {"pareco (encrypted)": pareco([]), "pareco --insecure-no-encryption": pareco(["--insecure-no-encryption"])}
-    return summarize("encryption cost: 1 GiB file over loopback", interleave(tools, max(args.repeat, 5)), size, None)
+    if args.baselines:
+        tools["rsync (daemon)"] = rsync
+    rows = summarize("encryption cost: 1 GiB file over loopback", interleave(tools, max(args.repeat, 5)), size, None)
+    rsync_cpu = next((r.cpu_per_gib for r in rows if r.tool == "rsync (daemon)"), None)
+    for r in rows:
+        if rsync_cpu and r.tool.startswith("pareco") and r.cpu_per_gib is not None:
+            r.note = f"CPU {r.cpu_per_gib / rsync_cpu:.2f}x the rsync daemon's in these runs"
+    return rows
 
 
 def final_round(args, work: Path) -> list[Row]:
