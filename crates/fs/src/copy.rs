@@ -17,8 +17,10 @@ use crate::read::{extents_of, read_range, read_upto};
 use crate::{beneath, meta, temp};
 
 /// Copies the ranges of `from` into the existing file `path`. A range that
-/// lands beyond `path`'s end keeps `from`'s holes; one over existing bytes
-/// is copied whole (its holes read as zeros, so the result is exact).
+/// lands where `path` holds no data (beyond its end, or in a hole, as when
+/// several requests fill one new file at once) keeps `from`'s holes; one
+/// over existing bytes is copied whole (its holes read as zeros, so the
+/// result is exact).
 pub(crate) fn copy_ranges(
     root: BorrowedFd<'_>,
     path: &RelPath,
@@ -30,7 +32,7 @@ pub(crate) fn copy_ranges(
     let target = open(path, OFlags::WRONLY).map_err(|e| FsError::io("open for writing", e))?;
     let end = target.metadata().map_err(|e| FsError::std("stat", e))?.len();
     for r in ranges {
-        if r.to >= end {
+        if r.to >= end || extents_of(&target, r.to, r.len, 1)?.is_empty() {
             sparse(&source, &target, r.from, r.to, r.len)?;
         } else {
             whole(&source, &target, r.from, r.to, r.len)?;

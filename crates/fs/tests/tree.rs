@@ -250,6 +250,38 @@ fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
 }
 
 #[test]
+fn copies_into_a_new_file_in_any_order_keep_the_holes_and_copies_over_data_are_exact() {
+    use std::io::{Seek, SeekFrom, Write};
+    let (dir, tree) = setup();
+    let r = root(&dir);
+    // Data, an 8 MiB hole, data, another 8 MiB hole, data.
+    let mut f = std::fs::File::create(r.join("old")).unwrap();
+    for at in [0u64, 8 << 20, 16 << 20] {
+        f.seek(SeekFrom::Start(at)).unwrap();
+        f.write_all(&[b'x'; 4096]).unwrap();
+    }
+    drop(f);
+    let size = (16 << 20) + 4096;
+    std::fs::write(r.join("new"), b"").unwrap();
+    let copy = |to, len| Request::CopyRanges {
+        path: p("new"),
+        from: p("old"),
+        ranges: vec![pareco_proto::CopyRange { to, from: to, len }],
+    };
+    // The second half first (as concurrent requests may come), then the
+    // first half into what is by then a hole of the new file.
+    assert_eq!(tree.execute(&copy(12 << 20, size - (12 << 20))), Response::Done);
+    assert_eq!(tree.execute(&copy(0, 12 << 20)), Response::Done);
+    let new = std::fs::metadata(r.join("new")).unwrap();
+    assert!(new.blocks() * 512 < 1 << 20, "the holes were filled: {} blocks", new.blocks());
+    assert_eq!(std::fs::read(r.join("new")).unwrap(), std::fs::read(r.join("old")).unwrap());
+    // Over bytes already there, a hole of the source is written as zeros.
+    std::fs::write(r.join("new"), vec![b'y'; size as usize]).unwrap();
+    assert_eq!(tree.execute(&copy(0, size)), Response::Done);
+    assert_eq!(std::fs::read(r.join("new")).unwrap(), std::fs::read(r.join("old")).unwrap());
+}
+
+#[test]
 fn a_linked_file_is_given_a_copy_of_its_own_holes_and_all() {
     use std::io::{Seek, SeekFrom, Write};
     let (dir, tree) = setup();

@@ -269,6 +269,43 @@ fn rounds_until_converged_reuse_moved_content_too() {
     assert_eq!(first["bytes_transferred"].as_u64(), Some(0));
 }
 
+/// A sparse file (a VM image, a database file with holes) whose content
+/// shifted: rebuilt from the old version, it keeps its holes, whatever the
+/// order in which its copies from the old version arrive.
+#[test]
+fn a_sparse_file_rebuilt_after_a_shift_keeps_its_holes() {
+    use std::io::{Seek, SeekFrom, Write};
+    let sparse = |path: &Path, shift: u64| {
+        let mut f = std::fs::File::create(path).unwrap();
+        f.write_all(&bytes(3, 2 << 20)).unwrap();
+        f.write_all(&bytes(4, shift as usize)).unwrap();
+        for i in 1..8u64 {
+            f.seek(SeekFrom::Start(shift + i * (12 << 20))).unwrap();
+            f.write_all(&bytes(10 + i, 1 << 20)).unwrap();
+        }
+    };
+    for pull in [false, true] {
+        let t = Setup::new(pull);
+        sparse(&t.src.join("disk.img"), 0);
+        age(&t.src);
+        t.sync(&["-q"]).ok();
+        // 64 KiB inserted after the first 2 MiB: every data region and hole
+        // after it moved.
+        sparse(&t.src.join("disk.img"), 64 << 10);
+        age(&t.src);
+        let run = t.sync(&["-q"]).ok();
+        assert_same_tree(&t.src, &t.dst);
+        assert!(run.stat("bytes_matched_shifted") > 6 << 20, "pull={pull}: {}", run.stat("bytes_matched_shifted"));
+        let (src, dst) = (t.src.join("disk.img").metadata().unwrap(), t.dst.join("disk.img").metadata().unwrap());
+        assert!(
+            dst.blocks() <= src.blocks() + 2048,
+            "pull={pull}: holes filled: {} blocks for {}",
+            dst.blocks(),
+            src.blocks()
+        );
+    }
+}
+
 /// Bytes and files in a tree.
 fn dir_bytes(root: &Path) -> (u64, u64) {
     let snap = snapshot(root);
