@@ -6,7 +6,7 @@
 
 use std::fs::File;
 use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, MetadataExt};
 
 use pareco_proto::{CloneFile, CopyRange, Digest, Failure, Kind, Name, RelPath};
 use rustix::fs::{AtFlags, Mode, OFlags};
@@ -16,11 +16,12 @@ use crate::error::FsError;
 use crate::read::{extents_of, read_range, read_upto};
 use crate::{beneath, meta, temp};
 
-/// Copies the ranges of `from` into the existing file `path`. A range that
-/// lands where `path` holds no data (beyond its end, or in a hole, as when
-/// several requests fill one new file at once) keeps `from`'s holes; one
-/// over existing bytes is copied whole (its holes read as zeros, so the
-/// result is exact).
+/// Copies the ranges of `from` into the existing file `path`. When `from`
+/// has holes, a range that lands where `path` holds no data (beyond its
+/// end, or in a hole: the writes of a rebuilt file come in any order) keeps
+/// them; one over existing bytes is copied whole (its holes read as zeros,
+/// so the result is exact). A file without holes is copied whole, with no
+/// look for them (finding where a file's data ends walks all of it).
 pub(crate) fn copy_ranges(
     root: BorrowedFd<'_>,
     path: &RelPath,
@@ -31,14 +32,26 @@ pub(crate) fn copy_ranges(
     let source = open(from, OFlags::RDONLY).map_err(|e| FsError::io("open the file to copy from", e))?;
     let target = open(path, OFlags::WRONLY).map_err(|e| FsError::io("open for writing", e))?;
     let end = target.metadata().map_err(|e| FsError::std("stat", e))?.len();
+    let stat = source.metadata().map_err(|e| FsError::std("stat", e))?;
+    let holes = stat.blocks().saturating_mul(512) < stat.len();
     for r in ranges {
-        if r.to >= end || extents_of(&target, r.to, r.len, 1)?.is_empty() {
+        if holes && (r.to >= end || !has_data(&target, r.to, r.len)?) {
             sparse(&source, &target, r.from, r.to, r.len)?;
         } else {
             whole(&source, &target, r.from, r.to, r.len)?;
         }
     }
     Ok(())
+}
+
+/// Whether `file` holds data within `[at, at + len)`: one `SEEK_DATA`, not
+/// the extents.
+fn has_data(file: &File, at: u64, len: u64) -> Result<bool, FsError> {
+    match rustix::fs::seek(file, rustix::fs::SeekFrom::Data(at)) {
+        Ok(data) => Ok(data < at.saturating_add(len)),
+        Err(Errno::NXIO) => Ok(false),
+        Err(e) => Err(FsError::io("find data", e)),
+    }
 }
 
 /// Copies `len` bytes at `from_at` to `to_at`, only where `from` holds data.
