@@ -357,7 +357,8 @@ impl Tree {
     }
 
     /// Sets the final size, mode and mtime of a complete file, and puts it
-    /// at `place_at` if given (a partial file becoming the real one).
+    /// at `place_at` if given (a partial file becoming the real one), then
+    /// sets `dir`'s attributes if given.
     pub async fn finish_file(
         &self,
         path: RelPath,
@@ -365,8 +366,9 @@ impl Tree {
         mode: u32,
         mtime: Option<Timestamp>,
         place_at: Option<RelPath>,
+        dir: Option<DirAttrs>,
     ) -> Result<(), TreeError> {
-        let request = Request::FinishFile { path, size, mode, mtime, place_at };
+        let request = Request::FinishFile { path, size, mode, mtime, place_at, dir };
         expect!(self.call(request).await?, "finish", Response::Done => ())
     }
 

@@ -211,7 +211,14 @@ fn big_files_are_prepared_written_in_place_and_finished() {
     );
     let mtime = Timestamp { secs: 1_000_000_000, nanos: 1 };
     assert_eq!(
-        tree.execute(&Request::FinishFile { path: p("f"), size: 3, mode: 0o444, mtime: Some(mtime), place_at: None }),
+        tree.execute(&Request::FinishFile {
+            path: p("f"),
+            size: 3,
+            mode: 0o444,
+            mtime: Some(mtime),
+            place_at: None,
+            dir: None
+        }),
         Response::Done
     );
     assert_eq!(std::fs::read(&f).unwrap(), b"NEW");
@@ -238,14 +245,28 @@ fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
     std::fs::remove_file(root(&dir).join(".pareco-tmp.1.2")).unwrap();
     assert!(!root(&dir).join("new.db").exists());
     let mtime = Some(Timestamp { secs: 1_500_000_000, nanos: 7 });
-    let finish = Request::FinishFile { path: part, size: 8, mode: 0o640, mtime, place_at: Some(target) };
+    // Placed, it sets its directory's attributes after (the rename changed its mtime).
+    let dir_mtime = Timestamp { secs: 1_400_000_000, nanos: 9 };
+    let dir_attrs = pareco_proto::DirAttrs { path: RelPath::root(), mode: 0o750, mtime: dir_mtime };
+    let finish =
+        Request::FinishFile { path: part, size: 8, mode: 0o640, mtime, place_at: Some(target), dir: Some(dir_attrs) };
+    let dir_attrs_are_set = || {
+        let m = std::fs::metadata(root(&dir)).unwrap();
+        (m.mode() & 0o7777, m.mtime(), m.mtime_nsec()) == (0o750, 1_400_000_000, 9)
+    };
     assert_eq!(tree.execute(&finish), Response::Done);
     assert_eq!(std::fs::read(root(&dir).join("new.db")).unwrap(), b"complete");
     assert_eq!(std::fs::read_dir(root(&dir)).unwrap().count(), 1, "the partial name is gone");
-    // The same finish again (its answer was lost) succeeds; a different one does not.
+    assert!(dir_attrs_are_set());
+    // The same finish again (its answer was lost) succeeds, and sets them
+    // again; a different one does not.
+    std::fs::write(root(&dir).join("other"), b"").unwrap();
+    std::fs::remove_file(root(&dir).join("other")).unwrap();
+    assert!(!dir_attrs_are_set());
     assert_eq!(tree.execute(&finish), Response::Done);
-    let Request::FinishFile { path, mode, mtime, place_at, .. } = finish else { unreachable!() };
-    let other = Request::FinishFile { path, size: 9, mode, mtime, place_at };
+    assert!(dir_attrs_are_set());
+    let Request::FinishFile { path, mode, mtime, place_at, dir, .. } = finish else { unreachable!() };
+    let other = Request::FinishFile { path, size: 9, mode, mtime, place_at, dir };
     assert_eq!(failure(tree.execute(&other)), FailureKind::NotFound);
 }
 

@@ -189,6 +189,10 @@ pub enum Request {
         mtime: Option<Timestamp>,
         /// Where the finished file goes.
         place_at: Option<RelPath>,
+        /// The directory it goes into, with the attributes to set once it is
+        /// there (as [`Request::WriteFiles`]' `dirs`: when every write into
+        /// a directory sets them after, no round trip at the end is needed).
+        dir: Option<DirAttrs>,
     },
     /// Cut `[offset, offset + len)` of a file at content-defined boundaries
     /// (FastCDC v2020, normalization level 1, pieces between `avg / 4` and
@@ -432,7 +436,8 @@ pub struct FileContent {
     pub data: Bytes,
 }
 
-/// The final attributes of a directory, set after a [`Request::WriteFiles`].
+/// The final attributes of a directory, set after a [`Request::WriteFiles`]
+/// or a [`Request::FinishFile`].
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct DirAttrs {
     /// The directory.
@@ -758,7 +763,7 @@ impl Request {
                 w.u8(11);
                 w.path(path);
             }
-            Request::FinishFile { path, size, mode, mtime, place_at } => {
+            Request::FinishFile { path, size, mode, mtime, place_at, dir } => {
                 w.u8(12);
                 w.path(path);
                 w.varint(*size);
@@ -768,6 +773,15 @@ impl Request {
                     Some(p) => {
                         w.u8(1);
                         w.path(p);
+                    }
+                    None => w.u8(0),
+                }
+                match dir {
+                    Some(d) => {
+                        w.u8(1);
+                        w.path(&d.path);
+                        w.varint(d.mode as u64);
+                        w.timestamp(d.mtime);
                     }
                     None => w.u8(0),
                 }
@@ -985,6 +999,11 @@ impl Request {
                 mode: mode(r)?,
                 mtime: r.opt_timestamp("mtime")?,
                 place_at: if r.bool("place flag")? { Some(r.path()?) } else { None },
+                dir: if r.bool("directory flag")? {
+                    Some(DirAttrs { path: r.path()?, mode: mode(r)?, mtime: r.timestamp("mtime")? })
+                } else {
+                    None
+                },
             },
             25 => {
                 let (path, offset, len) = (r.path()?, r.varint("offset")?, r.varint("length")?);

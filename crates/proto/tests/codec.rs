@@ -152,8 +152,22 @@ fn request() -> impl Strategy<Value = Request> {
                 }
             }),
         path().prop_map(|path| Request::PrepareFile { path }),
-        (path(), any::<u64>(), 0u32..=0o7777, proptest::option::of(timestamp()), proptest::option::of(path()))
-            .prop_map(|(path, size, mode, mtime, place_at)| Request::FinishFile { path, size, mode, mtime, place_at }),
+        (
+            path(),
+            any::<u64>(),
+            0u32..=0o7777,
+            proptest::option::of(timestamp()),
+            proptest::option::of(path()),
+            proptest::option::of((path(), 0u32..=0o7777, timestamp())),
+        )
+            .prop_map(|(path, size, mode, mtime, place_at, dir)| Request::FinishFile {
+                path,
+                size,
+                mode,
+                mtime,
+                place_at,
+                dir: dir.map(|(path, mode, mtime)| DirAttrs { path, mode, mtime }),
+            }),
         (path(), proptest::option::of(0u32..=0o7777), proptest::option::of(timestamp()))
             .prop_map(|(path, mode, mtime)| Request::Unshare { path, mode, mtime }),
         (path(), any::<u64>(), 0u64..65535, 8u32..=18).prop_map(|(path, offset, pieces, bits)| Request::Pieces {

@@ -117,6 +117,11 @@ pub(crate) async fn transfer(
     {
         ticket.dir().touch();
     }
+    // Failed before its finish set the directory's attributes: its partial
+    // file may have changed the directory since the last write that did.
+    if let (Outcome::Failed(_), Some(ticket)) = (&outcome, &ticket) {
+        ticket.dir().touch();
+    }
     outcome
 }
 
@@ -200,9 +205,13 @@ async fn try_transfer(
     let stable = after.is_some_and(|after| before.same_version(&after));
     let mtime = (stable && settled).then_some(before.mtime);
     let place_at = placed.then_some(dst);
-    ctx.dst.tree.finish_file(target, before.size, before.mode, mtime, place_at).await.map_err(destination_failure)?;
+    // Put in place, it also sets its directory's attributes (the last write
+    // into the directory then leaves them right).
+    let dir = ticket.as_ref().and_then(|t| t.dir().attrs_after_write(ctx));
+    let finish = ctx.dst.tree.finish_file(target, before.size, before.mode, mtime, place_at, dir.clone());
+    finish.await.map_err(destination_failure)?;
     if let Some(ticket) = ticket.take() {
-        ticket.dir().touch();
+        ticket.dir().after_write(dir.is_some());
     }
     let sent = job.sent.load(Ordering::Relaxed);
     if mtime.is_none() {
