@@ -70,8 +70,8 @@ impl DirNode {
         self.dirty.store(true, Ordering::Relaxed);
     }
 
-    /// The attributes a write of small files into this directory sets after
-    /// its files. When every write into it does, whichever ends last leaves
+    /// The attributes a write into this directory sets after it (a batch of
+    /// small files, a large file put in place). When every write into it does, whichever ends last leaves
     /// them right, and no round trip at the end is needed. `None` for the
     /// virtual root of a single file, and for a mode without the owner's
     /// write and search bits, which would stop the writes after it.
