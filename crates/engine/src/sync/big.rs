@@ -165,7 +165,18 @@ async fn try_transfer(
             ctx.dst.tree.unshare(dst.clone(), None, None).await.map_err(destination_failure)?;
         }
         let target = if in_place { dst.clone() } else { partial.unwrap_or(&dst).clone() };
-        let existing = ctx.dst.tree.prepare_file(target.clone()).await.map_err(destination_failure)?;
+        // A rebuild's plan (round trips to both sides) and its partial file
+        // are made at once.
+        let prepared = ctx.dst.tree.prepare_file(target.clone());
+        let (existing, mut ops) = match &way {
+            Way::Rebuilt(compared) => {
+                let old_size = basis.map_or(0, |b| b.size);
+                let (existing, ops) =
+                    tokio::join!(prepared, rebuild::plan(ctx, &src, &dst, layout, old_size, compared));
+                (existing.map_err(destination_failure)?, Some(ops?))
+            }
+            Way::InPlace(_) => (prepared.await.map_err(destination_failure)?, None),
+        };
         // Updated in place, the name is final already; a partial file is not.
         let placed = target != dst;
         if !placed {
@@ -182,7 +193,10 @@ async fn try_transfer(
         });
         let copied = match &way {
             Way::InPlace(compared) => patch(ctx, &job, compared.as_ref()).await,
-            Way::Rebuilt(compared) => rebuild::rebuild(ctx, &job, &dst, basis.map_or(0, |b| b.size), compared).await,
+            Way::Rebuilt(compared) => {
+                let ops = ops.take().expect("planned above");
+                rebuild::rebuild(ctx, &job, &dst, ops, compared).await
+            }
         };
         // The whole file is counted as processed when its outcome is.
         ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
@@ -208,10 +222,11 @@ async fn try_transfer(
     // Put in place, it also sets its directory's attributes (the last write
     // into the directory then leaves them right).
     let dir = ticket.as_ref().and_then(|t| t.dir().attrs_after_write(ctx));
-    let finish = ctx.dst.tree.finish_file(target, before.size, before.mode, mtime, place_at, dir.clone());
+    let sets_dir = dir.is_some();
+    let finish = ctx.dst.tree.finish_file(target, before.size, before.mode, mtime, place_at, dir);
     finish.await.map_err(destination_failure)?;
     if let Some(ticket) = ticket.take() {
-        ticket.dir().after_write(dir.is_some());
+        ticket.dir().after_write(sets_dir);
     }
     let sent = job.sent.load(Ordering::Relaxed);
     if mtime.is_none() {

@@ -115,17 +115,31 @@ async fn moved(
     Ok(verdict)
 }
 
-/// Assembles the new version in `job.dst` from `old` (of `old_size` bytes)
-/// and the source, then checks it chunk by chunk against the source.
+/// Where each range of the new version `src` (laid out as `layout`) comes
+/// from: `old` (of `old_size` bytes) or the source. It needs no partial
+/// file, so that one is made meanwhile.
+pub(super) async fn plan(
+    ctx: &Arc<Ctx>,
+    src: &RelPath,
+    old: &RelPath,
+    layout: Layout,
+    old_size: u64,
+    compared: &Compared,
+) -> Result<Vec<Op>, Fault> {
+    let (mut ops, gaps) = regions(&compared.plans, layout.chunk, layout.size, old_size);
+    ops.extend(match_gaps(ctx, src, old, gaps).await?);
+    Ok(ops)
+}
+
+/// Assembles the new version in `job.dst` from `old` and the source, as
+/// `ops` say, then checks it chunk by chunk against the source.
 pub(super) async fn rebuild(
     ctx: &Arc<Ctx>,
     job: &Arc<FileJob>,
     old: &RelPath,
-    old_size: u64,
+    ops: Vec<Op>,
     compared: &Compared,
 ) -> Result<(), Fault> {
-    let (mut ops, gaps) = regions(&compared.plans, job.layout.chunk, job.layout.size, old_size);
-    ops.extend(match_gaps(ctx, &job.src, old, gaps).await?);
     let same = compared.plans.iter().filter(|p| **p == ChunkPlan::Same).count() as u64;
     Stats::add(&ctx.stats.chunks_matched, same);
     Stats::add(&ctx.stats.chunks_sent, job.layout.chunks() - same);
