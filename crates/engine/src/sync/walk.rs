@@ -71,10 +71,11 @@ impl DirNode {
     }
 
     /// The attributes a write into this directory sets after it (a batch of
-    /// small files, a large file put in place). When every write into it does, whichever ends last leaves
-    /// them right, and no round trip at the end is needed. `None` for the
-    /// virtual root of a single file, and for a mode without the owner's
-    /// write and search bits, which would stop the writes after it.
+    /// small files, a large file put in place). When every write into it
+    /// does, whichever ends last leaves them right, and no round trip at the
+    /// end is needed. `None` for the virtual root of a single file, and for a
+    /// mode without the owner's write and search bits, which would stop the
+    /// writes after it.
     pub(crate) fn attrs_after_write(&self, ctx: &Ctx) -> Option<DirAttrs> {
         let (src, _) = self.attrs.as_ref()?;
         let path = ctx.dst.path(&self.rel);
