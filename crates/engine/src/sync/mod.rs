@@ -284,14 +284,21 @@ pub async fn sync(
 ) -> Result<Summary, SyncError> {
     check_options(&opts)?;
     let started = Instant::now();
-    let (src_root, src_now) = src.tree.stat(src.base.clone()).await.map_err(SyncError::Source)?;
+    // Each root is listed while it is looked at (a file's listing fails,
+    // and is dropped): one round trip to each side before the walk.
+    let (src_root, src_list) = tokio::join!(src.tree.stat(src.base.clone()), src.tree.list(src.base.clone()));
+    let (src_root, src_now) = src_root.map_err(SyncError::Source)?;
     let src_root = src_root.ok_or(SyncError::SourceMissing)?;
     let single = src_root.kind != Kind::Dir;
-    // One round trip looks at the destination and, for a tree, creates it.
-    let dst_root = if single || opts.dry_run {
-        dst.tree.stat(dst.base.clone()).await.map(|(stat, _)| stat)
+    // For a tree, the destination is created if missing.
+    let (dst_root, dst_list) = if single {
+        (dst.tree.stat(dst.base.clone()).await.map(|(stat, _)| stat), None)
+    } else if opts.dry_run {
+        let (root, list) = tokio::join!(dst.tree.stat(dst.base.clone()), dst.tree.list(dst.base.clone()));
+        (root.map(|(stat, _)| stat), Some(list))
     } else {
-        dst.tree.ensure_dir(dst.base.clone(), 0o700).await
+        let (root, list) = tokio::join!(dst.tree.ensure_dir(dst.base.clone(), 0o700), dst.tree.list(dst.base.clone()));
+        (root, Some(list))
     };
     let mut dst_root = dst_root.map_err(SyncError::Destination)?;
     if single && dst_root.as_ref().is_some_and(|d| d.kind == Kind::Dir) {
@@ -307,7 +314,16 @@ pub async fn sync(
     let hashed_before = src.tree.bytes_hashed() + dst.tree.bytes_hashed();
     let recovered_before = [src.tree.recoveries(), dst.tree.recoveries()];
     let ctx = Arc::new(Ctx::new(src, dst, opts, stats.clone(), reporter));
-    let walked = walk::run(ctx.clone(), src_root, src_now, dst_root, single).await;
+    // Of a destination that was not there, nothing needs listing. One that
+    // was may have been made meanwhile by another shard, after it was
+    // listed: a listing that failed is made again (and fails there if it
+    // has to).
+    let listed = match (src_list, dst_list) {
+        (Ok(src), _) if dst_root.is_none() => Some(walk::Listed { src, dst: None }),
+        (Ok(src), Some(Ok(dst))) => Some(walk::Listed { src, dst: Some(dst) }),
+        _ => None,
+    };
+    let walked = walk::run(ctx.clone(), src_root, src_now, dst_root, single, listed.filter(|_| !single)).await;
 
     let mut summary = stats.snapshot();
     summary.walk_s = walked.duration_since(started).as_secs_f64();

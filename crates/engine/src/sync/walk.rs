@@ -23,7 +23,7 @@ use super::small::{self, SmallFile};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
 use super::{meta, reuse};
 use crate::report::{Attrs, Change, Problem, Stats};
-use crate::tree::TreeError;
+use crate::tree::{Listing, TreeError};
 
 /// Keeps the run going while the work holding it is in flight.
 #[derive(Clone)]
@@ -182,6 +182,8 @@ struct DirJob {
     create: bool,
     /// The destination directory exists and must be listed.
     list_dst: bool,
+    /// Its listings, if already made.
+    listed: Option<Listed>,
 }
 
 /// Directories waiting to be listed, processed depth first.
@@ -224,14 +226,24 @@ impl Queue {
     }
 }
 
+/// A directory's listings, made before its job was (the root's, while it
+/// was looked at): `dst` is `None` if the destination has no directory to
+/// list.
+pub(crate) struct Listed {
+    pub(crate) src: Listing,
+    pub(crate) dst: Option<Listing>,
+}
+
 /// Runs the whole walk and waits until every entry is finished; returns
-/// when the last directory was listed.
+/// when the last directory was listed. A tree's root is listed unless
+/// `listed` already.
 pub(crate) async fn run(
     ctx: Arc<Ctx>,
     src_root: Stat,
     src_now: Timestamp,
     dst_root: Option<Stat>,
     single: bool,
+    listed: Option<Listed>,
 ) -> std::time::Instant {
     let (alive, mut finished) = mpsc::channel(1);
     let root =
@@ -252,7 +264,8 @@ pub(crate) async fn run(
         let queue = Arc::new(Queue::default());
         let ticket = Ticket::new(&root, &ctx);
         let list_dst = dst_root.is_some();
-        queue.push(DirJob { node: root.clone(), ticket, parent: None, remove_first: false, create: false, list_dst });
+        let (node, parent) = (root.clone(), None);
+        queue.push(DirJob { node, ticket, parent, remove_first: false, create: false, list_dst, listed });
         let workers = (2 * ctx.opts.parallelism).clamp(4, 64);
         let mut tasks = tokio::task::JoinSet::new();
         for _ in 0..workers {
@@ -305,7 +318,7 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
     }
     if ctx.opts.dry_run || !job.create || job.remove_first {
         drop(job.parent);
-        return plan_and_dispatch(ctx, small, queue, &node, job.list_dst, job.ticket).await;
+        return plan_and_dispatch(ctx, small, queue, &node, job.list_dst, job.listed, job.ticket).await;
     }
     // A new directory: its entries go out while it is being made (the
     // destination makes the missing parent of a new entry first), which
@@ -322,23 +335,30 @@ async fn process(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>, queue: &Queue,
         }
         drop((making, parent));
     };
-    tokio::join!(made, plan_and_dispatch(ctx, small, queue, &node, false, job.ticket));
+    tokio::join!(made, plan_and_dispatch(ctx, small, queue, &node, false, None, job.ticket));
 }
 
-/// Lists a directory (both sides if `list_dst`), plans it and dispatches
-/// its entries; `ticket` keeps it open until they are dispatched.
+/// Lists a directory (both sides if `list_dst`) unless it was `listed`,
+/// plans it and dispatches its entries; `ticket` keeps it open until they
+/// are dispatched.
 async fn plan_and_dispatch(
     ctx: &Arc<Ctx>,
     small: &mpsc::Sender<SmallFile>,
     queue: &Queue,
     node: &Arc<DirNode>,
     list_dst: bool,
+    listed: Option<Listed>,
     ticket: Ticket,
 ) {
-    let (src_path, dst_path) = (ctx.src.path(&node.rel), ctx.dst.path(&node.rel));
-    let (src_list, dst_list) = tokio::join!(ctx.src.tree.list(src_path), async {
-        if list_dst { Some(ctx.dst.tree.list(dst_path).await) } else { None }
-    });
+    let (src_list, dst_list) = match listed {
+        Some(Listed { src, dst }) => (Ok(src), dst.map(Ok)),
+        None => {
+            let (src_path, dst_path) = (ctx.src.path(&node.rel), ctx.dst.path(&node.rel));
+            tokio::join!(ctx.src.tree.list(src_path), async {
+                if list_dst { Some(ctx.dst.tree.list(dst_path).await) } else { None }
+            })
+        }
+    };
     let (src_entries, src_now) = match src_list {
         Ok(listing) => (listing.entries, listing.now),
         Err(e) => return ctx.finish(&node.rel, 0, source_failure(e)),
@@ -551,7 +571,8 @@ async fn dispatch(
             }
             let child = Arc::new(DirNode::new(rel, Some((src, dst)), node.alive.clone()));
             let (ticket, parent) = (Ticket::new(&child, ctx), Some(Ticket::new(node, ctx)));
-            queue.push(DirJob { node: child, ticket, parent, remove_first: p.remove_first, create, list_dst: !create });
+            let (remove_first, list_dst) = (p.remove_first, !create);
+            queue.push(DirJob { node: child, ticket, parent, remove_first, create, list_dst, listed: None });
         }
         Action::CopyFile { basis } => {
             let permit = places.take().await;
