@@ -165,37 +165,37 @@ async fn try_transfer(
             ctx.dst.tree.unshare(dst.clone(), None, None).await.map_err(destination_failure)?;
         }
         let target = if in_place { dst.clone() } else { partial.unwrap_or(&dst).clone() };
-        // A rebuild's plan (round trips to both sides) and its partial file
-        // are made at once.
         let prepared = ctx.dst.tree.prepare_file(target.clone());
-        let (existing, mut ops) = match &way {
-            Way::Rebuilt(compared) => {
-                let old_size = basis.map_or(0, |b| b.size);
-                let (existing, ops) =
-                    tokio::join!(prepared, rebuild::plan(ctx, &src, &dst, layout, old_size, compared));
-                (existing.map_err(destination_failure)?, Some(ops?))
-            }
-            Way::InPlace(_) => (prepared.await.map_err(destination_failure)?, None),
-        };
-        // Updated in place, the name is final already; a partial file is not.
         let placed = target != dst;
-        if !placed {
-            _alive = ticket.take().map(Ticket::release);
-        }
-        let job = Arc::new(FileJob {
-            src: src.clone(),
-            dst: target.clone(),
-            layout,
-            sent: AtomicU64::new(0),
-            done: AtomicU64::new(0),
-            sparse: before.blocks.saturating_mul(512) < before.size,
-            basis: if matches!(way, Way::Rebuilt(_)) { 0 } else { existing.size },
-        });
-        let copied = match &way {
-            Way::InPlace(compared) => patch(ctx, &job, compared.as_ref()).await,
+        let new_job = |basis| {
+            Arc::new(FileJob {
+                src: src.clone(),
+                dst: target.clone(),
+                layout,
+                sent: AtomicU64::new(0),
+                done: AtomicU64::new(0),
+                sparse: before.blocks.saturating_mul(512) < before.size,
+                basis,
+            })
+        };
+        let (job, copied) = match &way {
             Way::Rebuilt(compared) => {
-                let ops = ops.take().expect("planned above");
-                rebuild::rebuild(ctx, &job, &dst, ops, compared).await
+                // Nothing of the old version is overwritten: its partial file
+                // is made while the plan is worked out.
+                let job = new_job(0);
+                let old_size = basis.map_or(0, |b| b.size);
+                let copied = rebuild::rebuild(ctx, &job, &dst, old_size, compared, prepared).await;
+                (job, copied)
+            }
+            Way::InPlace(compared) => {
+                let existing = prepared.await.map_err(destination_failure)?;
+                // Updated in place, the name is final already; a partial file is not.
+                if !placed {
+                    _alive = ticket.take().map(Ticket::release);
+                }
+                let job = new_job(existing.size);
+                let copied = patch(ctx, &job, compared.as_ref()).await;
+                (job, copied)
             }
         };
         // The whole file is counted as processed when its outcome is.

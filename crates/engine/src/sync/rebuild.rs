@@ -23,7 +23,8 @@ use std::sync::Arc;
 use pareco_plan::delta::{Gap, Op, finer, first_avg, locate, match_pieces, moved_bytes, regions, shifted};
 use pareco_plan::file::{ChunkPlan, Layout};
 use pareco_proto::limits::{MAX_COPY_RANGES, MAX_DIGESTS, MIN_PIECE_AVG};
-use pareco_proto::{CopyRange, Digest, Piece, RelPath};
+use pareco_proto::{CopyRange, Digest, Piece, RelPath, Stat};
+use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::Ctx;
@@ -115,104 +116,156 @@ async fn moved(
     Ok(verdict)
 }
 
-/// Where each range of the new version `src` (laid out as `layout`) comes
-/// from: `old` (of `old_size` bytes) or the source. It needs no partial
-/// file, so that one is made meanwhile.
-pub(super) async fn plan(
+/// Rebuilds `job.dst` (made by `prepared`) from `old` (of `old_size`
+/// bytes) and the source, then checks it chunk by chunk against the
+/// source. Ranges are copied or sent as soon as the plan finds where they
+/// come from, while it looks for the rest.
+pub(super) async fn rebuild(
+    ctx: &Arc<Ctx>,
+    job: &Arc<FileJob>,
+    old: &RelPath,
+    old_size: u64,
+    compared: &Compared,
+    prepared: impl Future<Output = Result<Stat, TreeError>>,
+) -> Result<(), Fault> {
+    let same = compared.plans.iter().filter(|p| **p == ChunkPlan::Same).count() as u64;
+    Stats::add(&ctx.stats.chunks_matched, same);
+    Stats::add(&ctx.stats.chunks_sent, job.layout.chunks() - same);
+    let (found, ops) = mpsc::unbounded_channel();
+    let planned = plan(ctx, &job.src, old, job.layout, old_size, compared, found);
+    let assembled = async {
+        prepared.await.map_err(Fault::Destination)?;
+        assemble(ctx, job, old, ops).await
+    };
+    tokio::try_join!(planned, assembled)?;
+    verify(ctx, job, compared).await
+}
+
+/// Finds where each range of the new version `src` (laid out as `layout`)
+/// comes from, `old` (of `old_size` bytes) or the source, and sends the
+/// ops to `found` as they are known.
+async fn plan(
     ctx: &Arc<Ctx>,
     src: &RelPath,
     old: &RelPath,
     layout: Layout,
     old_size: u64,
     compared: &Compared,
-) -> Result<Vec<Op>, Fault> {
-    let (mut ops, gaps) = regions(&compared.plans, layout.chunk, layout.size, old_size);
-    ops.extend(match_gaps(ctx, src, old, gaps).await?);
-    Ok(ops)
+    found: mpsc::UnboundedSender<Vec<Op>>,
+) -> Result<(), Fault> {
+    let (ops, gaps) = regions(&compared.plans, layout.chunk, layout.size, old_size);
+    let _ = found.send(ops);
+    match_gaps(ctx, src, old, gaps, &found).await
 }
 
-/// Assembles the new version in `job.dst` from `old` and the source, as
-/// `ops` say, then checks it chunk by chunk against the source.
-pub(super) async fn rebuild(
+/// Copy requests in flight at once, each with all the copies found while
+/// none could go: enough that finding more costs no round trip at the end,
+/// few since the writes into one file take turns on it anyway.
+const COPIES_IN_FLIGHT: usize = 4;
+
+/// Carries out ops as they come until the plan is complete: copies on the
+/// destination's side, new bytes in pieces, or together when scattered.
+async fn assemble(
     ctx: &Arc<Ctx>,
     job: &Arc<FileJob>,
     old: &RelPath,
-    ops: Vec<Op>,
-    compared: &Compared,
+    mut ops: mpsc::UnboundedReceiver<Vec<Op>>,
 ) -> Result<(), Fault> {
-    let same = compared.plans.iter().filter(|p| **p == ChunkPlan::Same).count() as u64;
-    Stats::add(&ctx.stats.chunks_matched, same);
-    Stats::add(&ctx.stats.chunks_sent, job.layout.chunks() - same);
-    Stats::add(&ctx.stats.bytes_matched_shifted, moved_bytes(&ops));
-
-    let mut tasks = JoinSet::new();
-    let (mut copies, mut scattered) = (Vec::new(), Vec::new());
-    for op in ops {
-        match op {
-            Op::Reuse { at, from, len } => copies.push(CopyRange { to: at, from, len }),
-            Op::Literal(range) if range.end - range.start >= LITERAL_BATCH / 2 => {
-                spawn_pieces(ctx, job, range, &mut tasks).await?
+    let (mut tasks, mut copying) = (JoinSet::new(), JoinSet::new());
+    let (mut copies, mut scattered, mut scattered_len) = (Vec::new(), Vec::new(), 0);
+    let mut planning = true;
+    while planning || !copies.is_empty() || !copying.is_empty() {
+        tokio::select! {
+            next = ops.recv(), if planning => {
+                let Some(next) = next else {
+                    planning = false;
+                    if !scattered.is_empty() {
+                        send_scattered(ctx, job, std::mem::take(&mut scattered), &mut tasks).await;
+                    }
+                    continue;
+                };
+                Stats::add(&ctx.stats.bytes_matched_shifted, moved_bytes(&next));
+                for op in next {
+                    match op {
+                        Op::Reuse { at, from, len } => copies.push(CopyRange { to: at, from, len }),
+                        Op::Literal(range) if range.end - range.start >= LITERAL_BATCH / 2 => {
+                            spawn_pieces(ctx, job, range, &mut tasks).await?
+                        }
+                        Op::Literal(range) => {
+                            let len = range.end - range.start;
+                            if scattered_len + len > LITERAL_BATCH || scattered.len() >= MAX_COPY_RANGES {
+                                send_scattered(ctx, job, std::mem::take(&mut scattered), &mut tasks).await;
+                                scattered_len = 0;
+                            }
+                            scattered.push(range);
+                            scattered_len += len;
+                        }
+                    }
+                }
             }
-            Op::Literal(range) => scattered.push(range),
+            Some(done) = copying.join_next(), if !copying.is_empty() => done.expect("copy task panicked")?,
+            else => {}
         }
-    }
-    scattered.sort_by_key(|r| r.start);
-    for batch in literal_batches(scattered) {
-        let budget = ctx.data.clone().acquire_many_owned(Ctx::kib(LITERAL_BATCH)).await.expect("never closed");
-        let (ctx, job) = (ctx.clone(), job.clone());
-        tasks.spawn(async move {
-            let len = batch.iter().map(|r| r.end - r.start).sum();
-            let (checksum, data) =
-                ctx.src.tree.read_ranges(job.src.clone(), batch.clone()).await.map_err(Fault::Source)?;
-            ctx.dst.tree.write_ranges(job.dst.clone(), batch, checksum, data).await.map_err(Fault::Destination)?;
-            job.sent(&ctx, len);
-            drop(budget);
-            Ok(())
-        });
-        check(&mut tasks)?;
-    }
-    for batch in copies.chunks(MAX_COPY_RANGES) {
-        let reused = batch.iter().map(|c| c.len).sum();
-        ctx.dst.tree.copy_ranges(job.dst.clone(), old.clone(), batch.to_vec()).await.map_err(Fault::Destination)?;
-        job.progress(ctx, reused);
+        while copying.len() < COPIES_IN_FLIGHT && !copies.is_empty() {
+            let batch: Vec<CopyRange> = copies.drain(..copies.len().min(MAX_COPY_RANGES)).collect();
+            let (ctx, job, old) = (ctx.clone(), job.clone(), old.clone());
+            copying.spawn(async move {
+                let reused = batch.iter().map(|c| c.len).sum();
+                ctx.dst.tree.copy_ranges(job.dst.clone(), old, batch).await.map_err(Fault::Destination)?;
+                job.progress(&ctx, reused);
+                Ok::<_, Fault>(())
+            });
+        }
         check(&mut tasks)?;
     }
     while let Some(result) = tasks.join_next().await {
         result.expect("rebuild task panicked")?;
     }
-    verify(ctx, job, compared).await
+    Ok(())
 }
 
 /// Scattered new bytes travel together, up to this many per request (one
 /// frame, compressed as one).
 const LITERAL_BATCH: u64 = 128 << 10;
 
-/// Groups small literal ranges, in order, into batches of at most
-/// [`LITERAL_BATCH`] bytes.
-fn literal_batches(ranges: Vec<Range<u64>>) -> Vec<Vec<Range<u64>>> {
-    let mut batches: Vec<Vec<Range<u64>>> = Vec::new();
-    let mut bytes = LITERAL_BATCH;
-    for r in ranges {
-        let len = r.end - r.start;
-        if bytes + len > LITERAL_BATCH || batches.last().is_some_and(|b| b.len() >= MAX_COPY_RANGES) {
-            batches.push(Vec::new());
-            bytes = 0;
-        }
-        bytes += len;
-        batches.last_mut().expect("a batch").push(r);
-    }
-    batches
+/// Sends scattered ranges of new bytes in one request.
+async fn send_scattered(
+    ctx: &Arc<Ctx>,
+    job: &Arc<FileJob>,
+    mut batch: Vec<Range<u64>>,
+    tasks: &mut JoinSet<Result<(), Fault>>,
+) {
+    batch.sort_by_key(|r| r.start);
+    let len = batch.iter().map(|r| r.end - r.start).sum();
+    let budget = ctx.data.clone().acquire_many_owned(Ctx::kib(len)).await.expect("never closed");
+    let (ctx, job) = (ctx.clone(), job.clone());
+    tasks.spawn(async move {
+        let (checksum, data) =
+            ctx.src.tree.read_ranges(job.src.clone(), batch.clone()).await.map_err(Fault::Source)?;
+        ctx.dst.tree.write_ranges(job.dst.clone(), batch, checksum, data).await.map_err(Fault::Destination)?;
+        job.sent(&ctx, len);
+        drop(budget);
+        Ok(())
+    });
 }
 
 /// Matches every gap piece by piece, finer and finer, many at once; what
-/// is found nowhere becomes literal data.
-async fn match_gaps(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, gaps: Vec<Gap>) -> Result<Vec<Op>, Fault> {
+/// is found nowhere becomes literal data. Ops go to `found` as each cut
+/// is matched.
+async fn match_gaps(
+    ctx: &Arc<Ctx>,
+    src: &RelPath,
+    old: &RelPath,
+    gaps: Vec<Gap>,
+    found: &mpsc::UnboundedSender<Vec<Op>>,
+) -> Result<(), Fault> {
     // Gaps are many and their requests small: keep plenty in flight, so
     // that round trips overlap.
     let limit = (ctx.opts.parallelism * 16).max(256);
     let mut work: Vec<(Gap, u32)> = gaps.into_iter().map(|g| (g.clone(), first_avg(g.src.end - g.src.start))).collect();
-    let (mut ops, mut tasks) = (Vec::new(), JoinSet::new());
+    let mut tasks = JoinSet::new();
     loop {
+        let mut ops = Vec::new();
         while tasks.len() < limit
             && let Some((gap, avg)) = work.pop()
         {
@@ -234,17 +287,22 @@ async fn match_gaps(ctx: &Arc<Ctx>, src: &RelPath, old: &RelPath, gaps: Vec<Gap>
                 Ok::<_, Fault>((found, gaps, avg))
             });
         }
-        let Some(done) = tasks.join_next().await else { break };
-        let (found, gaps, avg) = done.expect("match task panicked")?;
-        ops.extend(found);
-        for gap in gaps {
-            match finer(avg, gap.src.end - gap.src.start) {
-                Some(next) => work.push((gap, next)),
-                None => ops.push(Op::Literal(gap.src)),
+        let done = tasks.join_next().await;
+        if let Some(done) = done {
+            let (matched, gaps, avg) = done.expect("match task panicked")?;
+            ops.extend(matched);
+            for gap in gaps {
+                match finer(avg, gap.src.end - gap.src.start) {
+                    Some(next) => work.push((gap, next)),
+                    None => ops.push(Op::Literal(gap.src)),
+                }
             }
+        } else if ops.is_empty() {
+            return Ok(());
         }
+        // Not received only once assembling failed, which ends the rebuild.
+        let _ = found.send(ops);
     }
-    Ok(ops)
 }
 
 /// Bytes cut per request at most: a big region is cut by many requests at
