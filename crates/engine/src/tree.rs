@@ -10,8 +10,8 @@ use bytes::Bytes;
 use pareco_fs::FsTree;
 use pareco_net::{NetError, Pool};
 use pareco_proto::{
-    Block, Checksum, CloneFile, CopyRange, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Name,
-    Piece, RelPath, Request, Response, Stat, Timestamp, Xattrs,
+    Block, Checksum, CloneFile, CopyRange, Digest, DirAttrs, Entry, Failure, FailureKind, FileCheck, FileContent,
+    FileRead, Name, Piece, RelPath, Request, Response, Stat, Timestamp, Xattrs,
 };
 use tokio::sync::Semaphore;
 
@@ -96,6 +96,24 @@ pub enum Tree {
     Local(BlockingTree),
     /// On a server.
     Remote(Arc<Pool>),
+}
+
+/// How a complete file is finished (see [`Tree::finish_file`]).
+#[derive(Clone)]
+pub struct Finish {
+    /// Its size (it is truncated or extended to it).
+    pub size: u64,
+    /// Its permission bits.
+    pub mode: u32,
+    /// Its mtime; `None` leaves the write time (the next run re-checks it).
+    pub mtime: Option<Timestamp>,
+    /// Where it goes (a partial file becoming the real one).
+    pub place_at: Option<RelPath>,
+    /// The directory it goes into, with the attributes to set after.
+    pub dir: Option<DirAttrs>,
+    /// What it must hold, checked before anything else is done (else a
+    /// `Mismatch` failure, and the file is left as it was).
+    pub check: Option<FileCheck>,
 }
 
 /// A directory's entries.
@@ -356,19 +374,10 @@ impl Tree {
         expect!(self.call(Request::PrepareFile { path }).await?, "prepare", Response::Stat { stat: Some(s), .. } => s)
     }
 
-    /// Sets the final size, mode and mtime of a complete file, and puts it
-    /// at `place_at` if given (a partial file becoming the real one), then
-    /// sets `dir`'s attributes if given.
-    pub async fn finish_file(
-        &self,
-        path: RelPath,
-        size: u64,
-        mode: u32,
-        mtime: Option<Timestamp>,
-        place_at: Option<RelPath>,
-        dir: Option<DirAttrs>,
-    ) -> Result<(), TreeError> {
-        let request = Request::FinishFile { path, size, mode, mtime, place_at, dir };
+    /// Finishes a complete file as `finish` says.
+    pub async fn finish_file(&self, path: RelPath, finish: Finish) -> Result<(), TreeError> {
+        let Finish { size, mode, mtime, place_at, dir, check } = finish;
+        let request = Request::FinishFile { path, size, mode, mtime, place_at, dir, check };
         expect!(self.call(request).await?, "finish", Response::Done => ())
     }
 

@@ -161,8 +161,8 @@ impl FsTree {
             Request::PrepareFile { path } => {
                 Response::Stat { stat: Some(write::prepare_file(root, path)?), now: meta::now() }
             }
-            Request::FinishFile { path, size, mode, mtime, place_at, dir } => {
-                write::finish_file(root, path, *size, *mode, *mtime, place_at.as_ref())?;
+            Request::FinishFile { path, size, mode, mtime, place_at, dir, check } => {
+                write::finish_file(root, path, *size, *mode, *mtime, place_at.as_ref(), check.as_ref())?;
                 if let Some(d) = dir {
                     write::set_attrs(root, &d.path, Some(d.mode), Some(d.mtime))?;
                 }

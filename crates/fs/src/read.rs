@@ -7,7 +7,7 @@ use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
 use pareco_proto::path::is_partial;
-use pareco_proto::{Block, Checksum, Digest, Entry, FileRead, Kind, Name, RelPath};
+use pareco_proto::{Block, Checksum, Digest, Entry, FileCheck, FileChecker, FileRead, Kind, Name, RelPath};
 use rustix::fs::{Dir, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -119,6 +119,39 @@ pub(crate) fn hash_pieces(
         }
     }
     Ok(digests)
+}
+
+/// Bytes each thread hashes per turn in [`holds`]: the digests waiting to
+/// be added stay few whatever the chunk size.
+const CHECK_TURN: u64 = 64 << 20;
+
+/// Whether the first `size` bytes of `file` are what `check` says, hashed
+/// on as many threads as there are cores (at most 8).
+pub(crate) fn holds(file: &File, size: u64, check: &FileCheck) -> Result<bool, FsError> {
+    let chunk = check.chunk_size as u64;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()).min(8) as u64;
+    let per_thread = (CHECK_TURN / chunk).max(1) * chunk;
+    let mut checker = FileChecker::new(check.chunk_size);
+    let mut at = 0;
+    // An empty file has no chunk.
+    while at < size {
+        let parts = std::thread::scope(|scope| {
+            let hashing: Vec<_> = (0..threads)
+                .map(|i| at + i * per_thread)
+                .take_while(|start| *start < size)
+                .map(|start| {
+                    scope
+                        .spawn(move || read_pieces(file, size, start, (start + per_thread).min(size), check.chunk_size))
+                })
+                .collect();
+            hashing.into_iter().map(|h| h.join().expect("hashing thread panicked")).collect::<Vec<_>>()
+        });
+        for part in parts {
+            part?.iter().for_each(|d| checker.add(d));
+        }
+        at += threads * per_thread;
+    }
+    Ok(checker.finish() == *check)
 }
 
 fn read_pieces(file: &File, size: u64, offset: u64, end: u64, piece: u32) -> Result<Vec<Digest>, FsError> {

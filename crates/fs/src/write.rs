@@ -11,7 +11,9 @@ use std::os::fd::{AsFd, BorrowedFd, OwnedFd};
 use std::os::unix::fs::FileExt;
 
 use bytes::Bytes;
-use pareco_proto::{Block, Checksum, Digest, DirAttrs, Failure, FileContent, Kind, Name, RelPath, Stat, Timestamp};
+use pareco_proto::{
+    Block, Checksum, Digest, DirAttrs, Failure, FileCheck, FileContent, Kind, Name, RelPath, Stat, Timestamp,
+};
 use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
@@ -19,7 +21,7 @@ use crate::beneath;
 use crate::copy;
 use crate::error::FsError;
 use crate::meta;
-use crate::read::read_range;
+use crate::read::{self, read_range};
 use crate::temp;
 
 /// Checks `data` against the `checksum` it came with, if the tree `checks`
@@ -196,8 +198,9 @@ pub(crate) fn prepare_file(root: BorrowedFd<'_>, path: &RelPath) -> Result<Stat,
     Ok(stat)
 }
 
-/// Sets the final size, mode and (if given) mtime of a complete file, then
-/// renames it to `place_at` if given.
+/// Sets the final size of a complete file, checks that it holds what
+/// `check` says (if given; nothing else changes if not), sets its mode and
+/// (if given) mtime, then renames it to `place_at` if given.
 pub(crate) fn finish_file(
     root: BorrowedFd<'_>,
     path: &RelPath,
@@ -205,19 +208,26 @@ pub(crate) fn finish_file(
     mode: u32,
     mtime: Option<Timestamp>,
     place_at: Option<&RelPath>,
+    check: Option<&FileCheck>,
 ) -> Result<(), FsError> {
-    let fd = match beneath::open(root, path, OFlags::WRONLY, Mode::empty()) {
+    let access = if check.is_some() { OFlags::RDWR } else { OFlags::WRONLY };
+    let file = match beneath::open(root, path, access, Mode::empty()) {
         // A retry of a finish whose answer was lost: already in place.
         Err(Errno::NOENT) if let Some(dst) = place_at => return already_placed(root, dst, size, mtime),
-        other => other.map_err(|e| FsError::io("open for writing", e))?,
+        other => File::from(other.map_err(|e| FsError::io("open for writing", e))?),
     };
-    let st = rustix::fs::fstat(&fd).map_err(|e| FsError::io("stat", e))?;
+    let st = rustix::fs::fstat(&file).map_err(|e| FsError::io("stat", e))?;
     if st.st_size as u64 != size {
-        rustix::fs::ftruncate(&fd, size).map_err(|e| FsError::io("set size", e))?;
+        rustix::fs::ftruncate(&file, size).map_err(|e| FsError::io("set size", e))?;
     }
-    rustix::fs::fchmod(&fd, Mode::from_raw_mode(mode)).map_err(|e| FsError::io("set permissions", e))?;
+    if let Some(check) = check
+        && !read::holds(&file, size, check)?
+    {
+        return Err(FsError::mismatch("verify", "the finished file does not hold what its source does"));
+    }
+    rustix::fs::fchmod(&file, Mode::from_raw_mode(mode)).map_err(|e| FsError::io("set permissions", e))?;
     if let Some(mtime) = mtime {
-        meta::set_mtime_fd(fd.as_fd(), mtime)?;
+        meta::set_mtime_fd(file.as_fd(), mtime)?;
     }
     if let Some(dst) = place_at {
         let (from_dir, from) = beneath::parent(root, path, "put the file in place")?;

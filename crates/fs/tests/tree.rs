@@ -217,7 +217,8 @@ fn big_files_are_prepared_written_in_place_and_finished() {
             mode: 0o444,
             mtime: Some(mtime),
             place_at: None,
-            dir: None
+            dir: None,
+            check: None,
         }),
         Response::Done
     );
@@ -248,8 +249,8 @@ fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
     // Placed, it sets its directory's attributes after (the rename changed its mtime).
     let dir_mtime = Timestamp { secs: 1_400_000_000, nanos: 9 };
     let dir_attrs = pareco_proto::DirAttrs { path: RelPath::root(), mode: 0o750, mtime: dir_mtime };
-    let finish =
-        Request::FinishFile { path: part, size: 8, mode: 0o640, mtime, place_at: Some(target), dir: Some(dir_attrs) };
+    let (place_at, dir_attrs) = (Some(target), Some(dir_attrs));
+    let finish = Request::FinishFile { path: part, size: 8, mode: 0o640, mtime, place_at, dir: dir_attrs, check: None };
     let dir_attrs_are_set = || {
         let m = std::fs::metadata(root(&dir)).unwrap();
         (m.mode() & 0o7777, m.mtime(), m.mtime_nsec()) == (0o750, 1_400_000_000, 9)
@@ -266,8 +267,59 @@ fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
     assert_eq!(tree.execute(&finish), Response::Done);
     assert!(dir_attrs_are_set());
     let Request::FinishFile { path, mode, mtime, place_at, dir, .. } = finish else { unreachable!() };
-    let other = Request::FinishFile { path, size: 9, mode, mtime, place_at, dir };
+    let other = Request::FinishFile { path, size: 9, mode, mtime, place_at, dir, check: None };
     assert_eq!(failure(tree.execute(&other)), FailureKind::NotFound);
+}
+
+#[test]
+fn a_file_finished_with_a_check_is_placed_only_if_it_holds_what_the_check_says() {
+    use std::os::unix::fs::FileExt;
+    let (dir, tree) = setup();
+    let (target, part) = (p("image"), pareco_proto::path::partial_of(&p("image")).unwrap());
+    assert!(matches!(tree.execute(&Request::PrepareFile { path: part.clone() }), Response::Stat { stat: Some(_), .. }));
+    // More than two threads hash in one turn (64 MiB each), mostly holes, in
+    // chunks that do not divide it.
+    let size: u64 = (200 << 20) + 1000;
+    let file = std::fs::OpenOptions::new().write(true).open(root(&dir).join(part.to_string())).unwrap();
+    file.set_len(size).unwrap();
+    for at in [0, 70 << 20, 140 << 20, size - 10] {
+        file.write_all_at(b"some data!", at).unwrap();
+    }
+    let chunk = 3 << 19;
+    let check_of = |changed_at: Option<u64>| {
+        let content = std::fs::read(root(&dir).join(part.to_string())).unwrap();
+        let digests: Vec<Digest> = content
+            .chunks(chunk as usize)
+            .enumerate()
+            .map(|(i, c)| {
+                let mut c = c.to_vec();
+                if let Some(at) = changed_at.filter(|at| at / chunk as u64 == i as u64) {
+                    c[(at % chunk as u64) as usize] ^= 1;
+                }
+                Digest::of(&c)
+            })
+            .collect();
+        pareco_proto::FileCheck::of(chunk, &digests)
+    };
+    let finish = |check| Request::FinishFile {
+        path: part.clone(),
+        size,
+        mode: 0o640,
+        mtime: None,
+        place_at: Some(target.clone()),
+        dir: None,
+        check: Some(check),
+    };
+    for changed_at in [0, 140 << 20, size - 1] {
+        assert_eq!(failure(tree.execute(&finish(check_of(Some(changed_at))))), FailureKind::Mismatch);
+        assert!(!root(&dir).join("image").exists(), "not placed");
+        let m = std::fs::metadata(root(&dir).join(part.to_string())).unwrap();
+        assert_eq!((m.len(), m.mode() & 0o777), (size, 0o600), "left as it was");
+    }
+    assert_eq!(tree.execute(&finish(check_of(None))), Response::Done);
+    assert!(!root(&dir).join(part.to_string()).exists());
+    let m = std::fs::metadata(root(&dir).join("image")).unwrap();
+    assert_eq!((m.len(), m.mode() & 0o777), (size, 0o640));
 }
 
 #[test]

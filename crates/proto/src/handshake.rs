@@ -8,10 +8,10 @@ use crate::codec::CodecError;
 use crate::wire::{Reader, Writer};
 
 /// The protocol version this build speaks.
-pub const PROTOCOL_VERSION: u16 = 7;
+pub const PROTOCOL_VERSION: u16 = 8;
 
 /// The oldest protocol version this build accepts.
-pub const MIN_PROTOCOL_VERSION: u16 = 7;
+pub const MIN_PROTOCOL_VERSION: u16 = 8;
 
 /// Feature: either side may send frame bodies compressed with zstd (frame
 /// type 9, see [`crate::codec`]).

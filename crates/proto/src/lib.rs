@@ -37,4 +37,4 @@ pub use message::{
     Xattrs,
 };
 pub use path::{Name, PathError, RelPath};
-pub use stat::{Checksum, Digest, Entry, Kind, Stat, Timestamp};
+pub use stat::{Checksum, Digest, Entry, FileCheck, FileChecker, Kind, Stat, Timestamp};

@@ -30,7 +30,7 @@ use crate::limits::{
     MAX_XATTR_NAME, MAX_XATTR_VALUE, MAX_XATTRS, MIN_BLOCK,
 };
 use crate::path::{Name, RelPath};
-use crate::stat::{Checksum, Digest, Entry, Kind, Stat, Timestamp};
+use crate::stat::{Checksum, Digest, Entry, FileCheck, Kind, Stat, Timestamp};
 use crate::wire::{Reader, Writer};
 
 /// An operation on the peer's tree. Paths are relative to the server's root.
@@ -193,6 +193,10 @@ pub enum Request {
         /// there (as [`Request::WriteFiles`]' `dirs`: when every write into
         /// a directory sets them after, no round trip at the end is needed).
         dir: Option<DirAttrs>,
+        /// What the file must hold, checked (once its size is final)
+        /// before anything else is done: else the answer is a `Mismatch`
+        /// failure, and the file is left as it was, under its name.
+        check: Option<FileCheck>,
     },
     /// Cut `[offset, offset + len)` of a file at content-defined boundaries
     /// (FastCDC v2020, normalization level 1, pieces between `avg / 4` and
@@ -763,7 +767,7 @@ impl Request {
                 w.u8(11);
                 w.path(path);
             }
-            Request::FinishFile { path, size, mode, mtime, place_at, dir } => {
+            Request::FinishFile { path, size, mode, mtime, place_at, dir, check } => {
                 w.u8(12);
                 w.path(path);
                 w.varint(*size);
@@ -782,6 +786,14 @@ impl Request {
                         w.path(&d.path);
                         w.varint(d.mode as u64);
                         w.timestamp(d.mtime);
+                    }
+                    None => w.u8(0),
+                }
+                match check {
+                    Some(c) => {
+                        w.u8(1);
+                        w.varint(c.chunk_size as u64);
+                        w.digest(&c.digest);
                     }
                     None => w.u8(0),
                 }
@@ -1001,6 +1013,11 @@ impl Request {
                 place_at: if r.bool("place flag")? { Some(r.path()?) } else { None },
                 dir: if r.bool("directory flag")? {
                     Some(DirAttrs { path: r.path()?, mode: mode(r)?, mtime: r.timestamp("mtime")? })
+                } else {
+                    None
+                },
+                check: if r.bool("check flag")? {
+                    Some(FileCheck { chunk_size: chunk_size(r)?, digest: r.digest("file check")? })
                 } else {
                     None
                 },

@@ -161,6 +161,49 @@ impl Digest {
     }
 }
 
+/// What a whole file holds, in one digest: the BLAKE3 of its chunks'
+/// digests one after the other (chunks of `chunk_size` bytes from its
+/// start, the last one shorter), the digests a sync compares anyway.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct FileCheck {
+    /// Chunk size the digests are of.
+    pub chunk_size: u32,
+    /// Digest of the chunk digests.
+    pub digest: Digest,
+}
+
+impl FileCheck {
+    /// The check of a file whose chunks have `digests`, in order.
+    pub fn of<'a>(chunk_size: u32, digests: impl IntoIterator<Item = &'a Digest>) -> FileCheck {
+        let mut checker = FileChecker::new(chunk_size);
+        digests.into_iter().for_each(|d| checker.add(d));
+        checker.finish()
+    }
+}
+
+/// Makes a [`FileCheck`] from chunk digests given in order, a few at a time.
+pub struct FileChecker {
+    chunk_size: u32,
+    hasher: blake3::Hasher,
+}
+
+impl FileChecker {
+    /// A check of chunks of `chunk_size` bytes.
+    pub fn new(chunk_size: u32) -> FileChecker {
+        FileChecker { chunk_size, hasher: blake3::Hasher::new() }
+    }
+
+    /// Adds the next chunk's digest.
+    pub fn add(&mut self, digest: &Digest) {
+        self.hasher.update(&digest.0);
+    }
+
+    /// The check of the chunks added.
+    pub fn finish(self) -> FileCheck {
+        FileCheck { chunk_size: self.chunk_size, digest: Digest(*self.hasher.finalize().as_bytes()) }
+    }
+}
+
 impl fmt::Debug for Digest {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         for b in &self.0[..8] {

@@ -4,12 +4,12 @@
 
 use bytes::{Bytes, BytesMut};
 use pareco_proto::codec::{self, CodecError, Frame};
-use pareco_proto::limits::MAX_FRAME;
+use pareco_proto::limits::{MAX_CHUNK, MAX_FRAME, MIN_BLOCK};
 use pareco_proto::path::partial_name;
 use pareco_proto::stream::{Encoding, StreamMessage, StreamRole};
 use pareco_proto::{
-    Block, Checksum, Digest, DirAttrs, Entry, Failure, FailureKind, FileContent, FileRead, Kind, Name, RelPath,
-    Request, Response, Stat, Timestamp, Xattrs,
+    Block, Checksum, Digest, DirAttrs, Entry, Failure, FailureKind, FileCheck, FileContent, FileRead, Kind, Name,
+    RelPath, Request, Response, Stat, Timestamp, Xattrs,
 };
 use proptest::prelude::*;
 
@@ -159,14 +159,16 @@ fn request() -> impl Strategy<Value = Request> {
             proptest::option::of(timestamp()),
             proptest::option::of(path()),
             proptest::option::of((path(), 0u32..=0o7777, timestamp())),
+            proptest::option::of((MIN_BLOCK..=MAX_CHUNK, digest())),
         )
-            .prop_map(|(path, size, mode, mtime, place_at, dir)| Request::FinishFile {
+            .prop_map(|(path, size, mode, mtime, place_at, dir, check)| Request::FinishFile {
                 path,
                 size,
                 mode,
                 mtime,
                 place_at,
                 dir: dir.map(|(path, mode, mtime)| DirAttrs { path, mode, mtime }),
+                check: check.map(|(chunk_size, digest)| FileCheck { chunk_size, digest }),
             }),
         (path(), proptest::option::of(0u32..=0o7777), proptest::option::of(timestamp()))
             .prop_map(|(path, mode, mtime)| Request::Unshare { path, mode, mtime }),

@@ -32,7 +32,7 @@ use tokio::task::JoinSet;
 use super::walk::Ticket;
 use super::{Ctx, Outcome, TRANSIT_ATTEMPTS, destination_failure, rebuild, source_failure};
 use crate::report::{Attrs, Change, Stats};
-use crate::tree::TreeError;
+use crate::tree::{Finish, TreeError};
 
 /// Content is streamed in pieces of at least this size (larger on fast
 /// links, see [`piece_size`]): small enough to spread a file over many
@@ -158,7 +158,7 @@ async fn try_transfer(
         None => Way::InPlace(None),
     };
     let (mut way, mut _alive) = (way, None);
-    let (job, target, placed) = loop {
+    let (job, target, placed, check) = loop {
         let in_place = basis.is_some() && matches!(way, Way::InPlace(_));
         if in_place && basis.is_some_and(|b| b.nlink > 1) {
             ticket.as_ref().expect("ticket held until the name is final").dir().touch();
@@ -194,14 +194,14 @@ async fn try_transfer(
                     _alive = ticket.take().map(Ticket::release);
                 }
                 let job = new_job(existing.size);
-                let copied = patch(ctx, &job, compared.as_ref()).await;
+                let copied = patch(ctx, &job, compared.as_ref()).await.map(|()| None);
                 (job, copied)
             }
         };
         // The whole file is counted as processed when its outcome is.
         ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
         match copied {
-            Ok(()) => break (job, target, placed),
+            Ok(check) => break (job, target, placed, check),
             Err(Fault::Destination(e)) if placed && e.kind() == Some(FailureKind::NoSpace) => {
                 // It is what filled the disk: give the space back, and
                 // update the old version in place if there is one.
@@ -223,8 +223,18 @@ async fn try_transfer(
     // into the directory then leaves them right).
     let dir = ticket.as_ref().and_then(|t| t.dir().attrs_after_write(ctx));
     let sets_dir = dir.is_some();
-    let finish = ctx.dst.tree.finish_file(target, before.size, before.mode, mtime, place_at, dir);
-    finish.await.map_err(destination_failure)?;
+    let finish = Finish { size: before.size, mode: before.mode, mtime, place_at, dir, check };
+    let finished = match (ctx.dst.tree.finish_file(target.clone(), finish.clone()).await, &way) {
+        // A rebuilt file checked as it is finished: some chunk differs from
+        // the source's (a short digest that lied, a side that changed
+        // meanwhile); found, sent again, and the file finished as it is.
+        (Err(e), Way::Rebuilt(compared)) if e.kind() == Some(FailureKind::Mismatch) => {
+            rebuild::verify(ctx, &job, compared).await?;
+            ctx.dst.tree.finish_file(target, Finish { check: None, ..finish }).await
+        }
+        (finished, _) => finished,
+    };
+    finished.map_err(destination_failure)?;
     if let Some(ticket) = ticket.take() {
         ticket.dir().after_write(sets_dir);
     }

@@ -12,10 +12,13 @@
 //! again finer, many regions and gaps at once. The new version is assembled
 //! under the file's partial name: copies from the old file are made on the
 //! destination's side (`CopyRanges`, no byte on the wire), the rest travels
-//! compressed like any data. Before it replaces the old version, every
-//! chunk is checked against the source's full digest; one that differs
-//! (a short digest that lied, a side that changed meanwhile) is sent whole.
-//! A failure leaves the old version as it was.
+//! compressed like any data, each as soon as the plan knows where it comes
+//! from. Before it replaces the old version, the result is checked against
+//! the source's chunk digests: by the finish itself (one digest of them
+//! all), or, for a file too big to hash within one request, chunk by chunk
+//! first. If it differs (a short digest that lied, a side that changed
+//! meanwhile), the chunks that differ are found and sent whole. A failure
+//! leaves the old version as it was.
 
 use std::ops::Range;
 use std::sync::Arc;
@@ -23,7 +26,7 @@ use std::sync::Arc;
 use pareco_plan::delta::{Gap, Op, finer, first_avg, locate, match_pieces, moved_bytes, regions, shifted};
 use pareco_plan::file::{ChunkPlan, Layout};
 use pareco_proto::limits::{MAX_COPY_RANGES, MAX_DIGESTS, MIN_PIECE_AVG};
-use pareco_proto::{CopyRange, Digest, Piece, RelPath, Stat};
+use pareco_proto::{CopyRange, Digest, FileCheck, Piece, RelPath, Stat};
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
@@ -117,9 +120,10 @@ async fn moved(
 }
 
 /// Rebuilds `job.dst` (made by `prepared`) from `old` (of `old_size`
-/// bytes) and the source, then checks it chunk by chunk against the
-/// source. Ranges are copied or sent as soon as the plan finds where they
-/// come from, while it looks for the rest.
+/// bytes) and the source. Ranges are copied or sent as soon as the plan
+/// finds where they come from, while it looks for the rest. Returns what
+/// the file must hold, for the finish to check (then [`verify`] if it does
+/// not); a file too big for that is checked here.
 pub(super) async fn rebuild(
     ctx: &Arc<Ctx>,
     job: &Arc<FileJob>,
@@ -127,7 +131,7 @@ pub(super) async fn rebuild(
     old_size: u64,
     compared: &Compared,
     prepared: impl Future<Output = Result<Stat, TreeError>>,
-) -> Result<(), Fault> {
+) -> Result<Option<FileCheck>, Fault> {
     let same = compared.plans.iter().filter(|p| **p == ChunkPlan::Same).count() as u64;
     Stats::add(&ctx.stats.chunks_matched, same);
     Stats::add(&ctx.stats.chunks_sent, job.layout.chunks() - same);
@@ -137,8 +141,47 @@ pub(super) async fn rebuild(
         prepared.await.map_err(Fault::Destination)?;
         assemble(ctx, job, old, ops).await
     };
-    tokio::try_join!(planned, assembled)?;
-    verify(ctx, job, compared).await
+    let ((), (), check) = tokio::try_join!(planned, assembled, expected(ctx, job, compared))?;
+    if check.is_none() {
+        verify(ctx, job, compared).await?;
+    }
+    Ok(check)
+}
+
+/// Files up to this size are checked as they are finished, in one request:
+/// hashing one takes the destination seconds at most, well within the time
+/// a connection may stay silent; the round trips saved matter less the
+/// longer a file takes to hash.
+const CHECKED_AT_FINISH: u64 = 1 << 30;
+
+/// What the rebuilt file must hold: the source's chunk digests, those the
+/// comparison did not hash (beyond the old version's end) hashed now; `None`
+/// for a file checked chunk by chunk instead.
+async fn expected(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: &Compared) -> Result<Option<FileCheck>, Fault> {
+    let (layout, known) = (job.layout, compared.src.len() as u64);
+    if layout.size > CHECKED_AT_FINISH || !known.is_multiple_of(GROUP_CHUNKS) && known < layout.chunks() {
+        return Ok(None);
+    }
+    let mut tasks = JoinSet::new();
+    for group in layout.groups(GROUP_CHUNKS).filter(|g| g.start >= known) {
+        let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+        let (ctx, job) = (ctx.clone(), job.clone());
+        tasks.spawn(async move {
+            let span = job.layout.span(&group);
+            let digests =
+                ctx.src.tree.hash_chunks(job.src.clone(), span.start, span.end - span.start, job.layout.chunk);
+            let digests = digests.await.map_err(Fault::Source);
+            drop(permit);
+            Ok::<_, Fault>((group.start, digests?))
+        });
+    }
+    let mut rest = Vec::new();
+    while let Some(done) = tasks.join_next().await {
+        rest.push(done.expect("hash task panicked")?);
+    }
+    rest.sort_by_key(|g| g.0);
+    let digests = compared.src.iter().chain(rest.iter().flat_map(|g| &g.1));
+    Ok(Some(FileCheck::of(layout.chunk, digests)))
 }
 
 /// Finds where each range of the new version `src` (laid out as `layout`)
@@ -240,8 +283,7 @@ async fn send_scattered(
     let budget = ctx.data.clone().acquire_many_owned(Ctx::kib(len)).await.expect("never closed");
     let (ctx, job) = (ctx.clone(), job.clone());
     tasks.spawn(async move {
-        let (checksum, data) =
-            ctx.src.tree.read_ranges(job.src.clone(), batch.clone()).await.map_err(Fault::Source)?;
+        let (checksum, data) = ctx.src.tree.read_ranges(job.src.clone(), batch.clone()).await.map_err(Fault::Source)?;
         ctx.dst.tree.write_ranges(job.dst.clone(), batch, checksum, data).await.map_err(Fault::Destination)?;
         job.sent(&ctx, len);
         drop(budget);
@@ -333,7 +375,7 @@ async fn pieces(tree: &Tree, path: &RelPath, range: Range<u64>, avg: u32) -> Res
 
 /// Checks the rebuilt file against the source, chunk by chunk (many groups
 /// at once), and sends whole the chunks that differ.
-async fn verify(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: &Compared) -> Result<(), Fault> {
+pub(super) async fn verify(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: &Compared) -> Result<(), Fault> {
     let mut checks = JoinSet::new();
     for group in job.layout.groups(GROUP_CHUNKS) {
         let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
