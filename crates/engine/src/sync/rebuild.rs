@@ -54,6 +54,19 @@ pub(super) async fn worth_it(
     old_size: u64,
     compared: &mut Compared,
 ) -> Result<bool, Fault> {
+    // Content inserted or removed makes every chunk after it differ. When
+    // all do, from the first that differs on, the next one lies wholly
+    // beyond the change: its blocks cannot match where they are, and only
+    // whether its content moved is worth a look.
+    let first = compared.differences().next();
+    if let Some(first) = first
+        && compared.plans.len() as u64 >= first + PROBED_CHUNKS as u64
+        && compared.plans[first as usize..].iter().all(|p| *p != ChunkPlan::Same)
+        && layout.chunk_range(first + 1).end <= old_size
+        && layout.chunk as u64 >= 16 * MIN_PIECE_AVG as u64
+    {
+        return moved(ctx, src, old, layout, old_size, first + 1).await;
+    }
     let differing: Vec<u64> = compared.differences().take(PROBED_CHUNKS).collect();
     for i in differing {
         let chunk = layout.chunk_range(i);
