@@ -84,6 +84,50 @@ fn one_byte_inserted_costs_a_few_pieces_not_the_rest_of_the_file() {
     }
 }
 
+/// A source rewritten all the time while its shifted version is rebuilt:
+/// the result is not what the digests of the comparison say, which the
+/// finish finds; the chunk that differs is then found and sent whole (a
+/// megabyte, where the rebuild alone sends a few KiB), and the next run,
+/// once the writes stopped, leaves an exact copy.
+#[test]
+fn a_rebuilt_file_that_fails_its_check_is_mended_chunk_by_chunk() {
+    use std::os::unix::fs::FileExt;
+    let (_tmp, src, srv) = dirs();
+    let mut data = bytes(3, 8 << 20);
+    write(&src.join("dump"), &data);
+    age(&src);
+    let server = Server::start(&srv);
+    // Round trips long enough for the writer below to get in between.
+    let wan = Wan::start(server.port, &["--delay-ms", "20"]);
+    sync(&src, wan.url("copy"), &["-q"]).ok();
+    data.insert(1 << 20, b'!');
+    write(&src.join("dump"), &data);
+    age(&src);
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let writer = {
+        let (path, stop) = (src.join("dump"), stop.clone());
+        std::thread::spawn(move || {
+            let file = std::fs::OpenOptions::new().write(true).open(path).unwrap();
+            for i in 1u64.. {
+                if stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    break;
+                }
+                file.write_all_at(&bytes(i, 4096), 5 << 20).unwrap();
+            }
+        })
+    };
+    let run = sync(&src, wan.url("copy"), &["-q", "-j", "4"]);
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    writer.join().unwrap();
+    assert_eq!(run.code(), 24, "{}", run.stderr());
+    assert!(run.stderr().contains("dump: changed while being copied"), "{}", run.stderr());
+    assert!(run.stat("bytes_matched_shifted") > 6 << 20, "{}", run.stat("bytes_matched_shifted"));
+    assert!(run.stat("bytes_transferred") >= 1 << 20, "the chunk that differs, sent whole");
+    age(&src);
+    sync(&src, wan.url("copy"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("copy"));
+}
+
 /// Bytes inserted late in a chunk (an archive with a member grown or
 /// removed): the first differing chunk still mostly matches where it is,
 /// every one after it is shifted. Found on a 115 MiB tar of /usr/share/doc,

@@ -229,6 +229,7 @@ async fn try_transfer(
         // the source's (a short digest that lied, a side that changed
         // meanwhile); found, sent again, and the file finished as it is.
         (Err(e), Way::Rebuilt(compared)) if e.kind() == Some(FailureKind::Mismatch) => {
+            tracing::debug!("{rel}: the rebuilt file is not what the source's digests say; checking every chunk");
             rebuild::verify(ctx, &job, compared).await?;
             ctx.dst.tree.finish_file(target, Finish { check: None, ..finish }).await
         }
