@@ -251,7 +251,10 @@ impl Connection {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
         self.shared.waiters.lock().expect("waiters lock").insert(id, Waiter { reply, pages: Vec::new() });
-        if self.frames.send(Frame::Request { id, request }).await.is_err() {
+        // Dead since it was picked: its waiters were failed already, and
+        // nothing would ever answer or fail this one (the writer may still
+        // take frames into a socket the peer closed).
+        if !self.alive() || self.frames.send(Frame::Request { id, request }).await.is_err() {
             self.shared.waiters.lock().expect("waiters lock").remove(&id);
             return Err(NetError::Closed);
         }
@@ -708,5 +711,26 @@ impl Pool {
     /// Connections opened to replace dead ones, and requests sent again.
     pub fn recoveries(&self) -> (u64, u64) {
         (self.inner.reconnects.load(Ordering::Relaxed), self.inner.retries.load(Ordering::Relaxed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use pareco_proto::RelPath;
+
+    use super::*;
+
+    /// A connection that died between being picked and taking a request (its
+    /// reader gone and its waiters failed, its writer still taking frames)
+    /// fails the request at once: nothing would ever answer it there.
+    #[tokio::test]
+    async fn a_request_given_to_a_connection_that_just_died_fails_at_once() {
+        let shared = Arc::new(Shared::new());
+        shared.fail_all(&NetError::Closed);
+        let (frames, _writer) = mpsc::channel(8);
+        let connection = Connection { frames, shared, next_id: AtomicU32::new(0) };
+        let call = connection.call(Request::Stat { path: RelPath::root() });
+        let answer = tokio::time::timeout(Duration::from_secs(10), call).await;
+        assert!(matches!(answer, Ok(Err(NetError::Closed))), "{answer:?}");
     }
 }
