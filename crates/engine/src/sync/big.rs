@@ -304,30 +304,16 @@ async fn compare(
     layout: Layout,
     old_size: u64,
 ) -> Result<Compared, Fault> {
-    let mut tasks = JoinSet::new();
-    for group in layout.groups(GROUP_CHUNKS) {
-        if layout.span(&group).start >= old_size {
-            break;
-        }
-        let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+    let groups = layout.groups(GROUP_CHUNKS).take_while(|g| layout.span(g).start < old_size);
+    let compared = each_group(ctx, groups, |group| {
         let (ctx, src, old) = (ctx.clone(), src.clone(), old.clone());
-        tasks.spawn(async move {
+        async move {
             let (s, d) = hash_both(&ctx, &src, &old, layout.span(&group)).await?;
-            drop(permit);
-            Ok::<_, Fault>((group.start, diff_chunks(&layout, &group, &s, &d, ctx.opts.block_size), s))
-        });
-        // Fails fast.
-        while let Some(done) = tasks.try_join_next() {
-            done.expect("compare task panicked")?;
+            Ok((diff_chunks(&layout, &group, &s, &d, ctx.opts.block_size), s))
         }
-    }
-    let mut groups = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        groups.push(done.expect("compare task panicked")?);
-    }
-    groups.sort_by_key(|g| g.0);
+    });
     let (mut plans, mut digests) = (Vec::new(), Vec::new());
-    for (_, p, d) in groups {
+    for (p, d) in compared.await? {
         plans.extend(p);
         digests.extend(d);
     }
@@ -407,6 +393,37 @@ pub(super) async fn stream(
         spawn_pieces(ctx, job, extent, tasks).await?;
     }
     Ok(())
+}
+
+/// Runs `work` on each group of chunks, as many at once as `ctx.groups`
+/// allows, failing fast; returns every result, in the groups' order.
+pub(super) async fn each_group<T, F>(
+    ctx: &Ctx,
+    groups: impl Iterator<Item = Range<u64>>,
+    work: impl Fn(Range<u64>) -> F,
+) -> Result<Vec<T>, Fault>
+where
+    T: Send + 'static,
+    F: Future<Output = Result<T, Fault>> + Send + 'static,
+{
+    let (mut tasks, mut done) = (JoinSet::new(), Vec::new());
+    for group in groups {
+        let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+        let (first, work) = (group.start, work(group));
+        tasks.spawn(async move {
+            let result = work.await;
+            drop(permit);
+            result.map(|t| (first, t))
+        });
+        while let Some(finished) = tasks.try_join_next() {
+            done.push(finished.expect("group task panicked")?);
+        }
+    }
+    while let Some(finished) = tasks.join_next().await {
+        done.push(finished.expect("group task panicked")?);
+    }
+    done.sort_by_key(|d| d.0);
+    Ok(done.into_iter().map(|d| d.1).collect())
 }
 
 /// Fails fast if a finished task failed.

@@ -31,7 +31,7 @@ use tokio::sync::mpsc;
 use tokio::task::JoinSet;
 
 use super::Ctx;
-use super::big::{Compared, Fault, FileJob, GROUP_CHUNKS, check, hash_both, spawn_pieces};
+use super::big::{Compared, Fault, FileJob, GROUP_CHUNKS, check, each_group, hash_both, spawn_pieces};
 use crate::report::Stats;
 use crate::tree::{Tree, TreeError};
 
@@ -176,25 +176,17 @@ async fn expected(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: &Compared) -> Re
     if layout.size > CHECKED_AT_FINISH || (!known.is_multiple_of(GROUP_CHUNKS) && known < layout.chunks()) {
         return Ok(None);
     }
-    let mut tasks = JoinSet::new();
-    for group in layout.groups(GROUP_CHUNKS).filter(|g| g.start >= known) {
-        let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+    let rest = each_group(ctx, layout.groups(GROUP_CHUNKS).filter(|g| g.start >= known), |group| {
         let (ctx, job) = (ctx.clone(), job.clone());
-        tasks.spawn(async move {
+        async move {
             let span = job.layout.span(&group);
             let digests =
                 ctx.src.tree.hash_chunks(job.src.clone(), span.start, span.end - span.start, job.layout.chunk);
-            let digests = digests.await.map_err(Fault::Source);
-            drop(permit);
-            Ok::<_, Fault>((group.start, digests?))
-        });
-    }
-    let mut rest = Vec::new();
-    while let Some(done) = tasks.join_next().await {
-        rest.push(done.expect("hash task panicked")?);
-    }
-    rest.sort_by_key(|g| g.0);
-    let digests = compared.src.iter().chain(rest.iter().flat_map(|g| &g.1));
+            digests.await.map_err(Fault::Source)
+        }
+    });
+    let rest = rest.await?;
+    let digests = compared.src.iter().chain(rest.iter().flatten());
     Ok(Some(FileCheck::of(layout.chunk, digests)))
 }
 
@@ -390,12 +382,10 @@ async fn pieces(tree: &Tree, path: &RelPath, range: Range<u64>, avg: u32) -> Res
 /// Checks the rebuilt file against the source, chunk by chunk (many groups
 /// at once), and sends whole the chunks that differ.
 pub(super) async fn verify(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: &Compared) -> Result<(), Fault> {
-    let mut checks = JoinSet::new();
-    for group in job.layout.groups(GROUP_CHUNKS) {
-        let permit = ctx.groups.clone().acquire_owned().await.expect("never closed");
+    let wrong = each_group(ctx, job.layout.groups(GROUP_CHUNKS), |group| {
         let known = compared.src.get(group.start as usize..group.end as usize).map(<[_]>::to_vec);
         let (ctx, job) = (ctx.clone(), job.clone());
-        checks.spawn(async move {
+        async move {
             let span = job.layout.span(&group);
             let (want, have) = match known {
                 Some(want) => {
@@ -405,23 +395,17 @@ pub(super) async fn verify(ctx: &Arc<Ctx>, job: &Arc<FileJob>, compared: &Compar
                 }
                 None => hash_both(&ctx, &job.src, &job.dst, span).await?,
             };
-            drop(permit);
             let first = group.start;
             let wrong = group.filter(|i| {
                 let k = (i - first) as usize;
                 want.get(k).is_none_or(|w| have.get(k) != Some(w))
             });
-            Ok::<_, Fault>(wrong.collect::<Vec<u64>>())
-        });
-        while let Some(done) = checks.try_join_next() {
-            done.expect("check task panicked")?;
+            Ok(wrong.collect::<Vec<u64>>())
         }
-    }
+    });
     let mut resend = JoinSet::new();
-    while let Some(done) = checks.join_next().await {
-        for i in done.expect("check task panicked")? {
-            spawn_pieces(ctx, job, job.layout.chunk_range(i), &mut resend).await?;
-        }
+    for i in wrong.await?.into_iter().flatten() {
+        spawn_pieces(ctx, job, job.layout.chunk_range(i), &mut resend).await?;
     }
     while let Some(result) = resend.join_next().await {
         result.expect("resend task panicked")?;
