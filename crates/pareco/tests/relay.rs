@@ -360,8 +360,11 @@ fn objects_longer_than_any_connection_lasts_arrive_in_parts() {
     let (url, output) = (relay.url("p"), tmp.path().join("out"));
     let send_args = [url.as_str(), "-j", "4", "--object-size", "1M"];
     send_and_receive_at_once((&send_args, &relay.env), (&[url.as_str(), "-j", "4"], &cut), &input, &output);
+    // No connection carries a whole 1 MiB object, so each of the six was cut
+    // at least once on its way (how many more depends on how many
+    // connections were still open at the end: 7 to 11 have been seen).
     let cuts = wan.stop()["cut"].as_u64().unwrap_or(0);
-    assert!(cuts >= 8, "the emulator cut {cuts} connections");
+    assert!(cuts >= 6, "the emulator cut {cuts} connections");
 }
 
 #[test]
