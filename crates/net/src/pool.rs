@@ -99,6 +99,8 @@ impl PoolOptions {
 
 struct Waiter {
     reply: oneshot::Sender<Result<Response, NetError>>,
+    /// When the request was given to the connection.
+    since: tokio::time::Instant,
     /// Entries of the listing pages received so far.
     pages: Vec<Entry>,
 }
@@ -250,7 +252,11 @@ impl Connection {
     async fn call(&self, request: Request) -> Result<Response, NetError> {
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
         let (reply, answer) = oneshot::channel();
-        self.shared.waiters.lock().expect("waiters lock").insert(id, Waiter { reply, pages: Vec::new() });
+        self.shared
+            .waiters
+            .lock()
+            .expect("waiters lock")
+            .insert(id, Waiter { reply, since: tokio::time::Instant::now(), pages: Vec::new() });
         // Dead since it was picked: its waiters were failed already, and
         // nothing would ever answer or fail this one (the writer may still
         // take frames into a socket the peer closed).
@@ -293,15 +299,31 @@ async fn write_loop(mut writer: FrameWriter<OwnedWriteHalf>, mut rx: mpsc::Recei
     }
 }
 
+/// Reads answers until the connection fails. It is taken for dead once
+/// nothing has come for `stall` while a request has waited that long (a
+/// request given to a connection quiet for a while gets its own `stall`; a
+/// server busy with a long one says so with keepalive frames).
 async fn read_loop(mut reader: FrameReader<OwnedReadHalf>, shared: Arc<Shared>, stall: Duration) {
+    let mut deadline = tokio::time::Instant::now() + stall;
     let err = loop {
         // (`next` keeps what it has read when the wait is cut short.)
-        let next = match tokio::time::timeout(stall, reader.next()).await {
+        let next = match tokio::time::timeout_at(deadline, reader.next()).await {
             Ok(next) => next,
-            Err(_) if shared.waiters.lock().expect("waiters lock").is_empty() => continue,
-            Err(_) => break NetError::Timeout("waiting for the server (no progress)"),
+            Err(_) => {
+                let oldest = shared.waiters.lock().expect("waiters lock").values().map(|w| w.since).min();
+                match oldest {
+                    Some(since) if since.elapsed() >= stall => {
+                        break NetError::Timeout("waiting for the server (no progress)");
+                    }
+                    Some(since) => deadline = since + stall,
+                    None => deadline = tokio::time::Instant::now() + stall,
+                }
+                continue;
+            }
         };
+        deadline = tokio::time::Instant::now() + stall;
         match next {
+            Ok(Some(Frame::Working)) => {}
             Ok(Some(Frame::Response { id, response })) => {
                 if let Err(e) = shared.deliver(id, response) {
                     break e;

@@ -7,21 +7,25 @@
 //! handshake (an idle or slow connection is dropped), a delay before
 //! answering a wrong token (slows guessing), a cap on requests in flight per
 //! connection (back-pressure instead of memory growth), an idle timeout, and
-//! a malformed frame ends that connection only.
+//! a malformed frame ends that connection only. A connection whose requests
+//! take long hears that the server is working (keepalive frames), so that
+//! the client does not take it for dead and ask again.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use pareco_compress::Compression;
+use pareco_proto::handshake::{FEATURE_KEEPALIVE, KEEPALIVE_EVERY};
 use pareco_proto::{Frame, Request, Response};
 use tokio::net::tcp::OwnedWriteHalf;
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio::task::JoinSet;
+use tokio::time::MissedTickBehavior;
 
 use crate::WireCounters;
 use crate::channel::{self, Channel, Security, TokenKey};
@@ -263,28 +267,45 @@ async fn serve_requests<S: Service>(
     service: Arc<S>,
     mut stopping: watch::Receiver<bool>,
 ) {
-    let Channel { mut reader, writer, .. } = channel;
+    let Channel { mut reader, writer, session } = channel;
 
     let (frames, rx) = mpsc::channel::<Frame>(256);
     let writing = tokio::spawn(write_loop(writer, rx, peer));
     let in_flight = Arc::new(Semaphore::new(config.max_requests_per_connection));
+    let busy = || in_flight.available_permits() < config.max_requests_per_connection;
+    // Whether an answer went out since the last keepalive tick.
+    let answered = Arc::new(AtomicBool::new(false));
+    let keepalive = session.features & FEATURE_KEEPALIVE != 0;
+    let mut ticks = tokio::time::interval(KEEPALIVE_EVERY);
+    ticks.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    let idle = tokio::time::sleep(config.idle_timeout);
+    tokio::pin!(idle);
     loop {
         let next = tokio::select! {
             next = reader.next() => next,
             _ = stopping.wait_for(|stop| *stop) => break,
-            () = tokio::time::sleep(config.idle_timeout) => {
-                if in_flight.available_permits() < config.max_requests_per_connection {
+            _ = ticks.tick(), if keepalive => {
+                if busy() && !answered.swap(false, Ordering::Relaxed) {
+                    // A full queue means frames are going out anyway.
+                    let _ = frames.try_send(Frame::Working);
+                }
+                continue;
+            }
+            () = &mut idle => {
+                idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
+                if busy() {
                     continue; // the client waits for answers, not idle
                 }
                 tracing::info!(%peer, "closing a connection idle for {:?}", config.idle_timeout);
                 break;
             }
         };
+        idle.as_mut().reset(tokio::time::Instant::now() + config.idle_timeout);
         match next {
             Ok(Some(Frame::Request { id, request })) => {
                 config.stats.requests.fetch_add(1, Ordering::Relaxed);
                 let permit = in_flight.clone().acquire_owned().await.expect("semaphore never closed");
-                let (service, frames) = (service.clone(), frames.clone());
+                let (service, frames, answered) = (service.clone(), frames.clone(), answered.clone());
                 tokio::spawn(async move {
                     let response = service.call(request).await;
                     for page in response.into_pages(LISTING_PAGE) {
@@ -292,6 +313,7 @@ async fn serve_requests<S: Service>(
                             break;
                         }
                     }
+                    answered.store(true, Ordering::Relaxed);
                     drop(permit);
                 });
             }

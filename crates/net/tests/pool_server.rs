@@ -13,7 +13,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Answers ReadData with `len` bytes of the path's first byte, ListDir with
-/// many entries, anything else with Done.
+/// many entries, a Stat of `slow` after 3 s, anything else with Done.
 struct Echo;
 
 impl Service for Echo {
@@ -30,6 +30,10 @@ impl Service for Echo {
                     .map(|i| Entry { name: Name::new(format!("entry-{i:06}").as_bytes()).unwrap(), stat: stat.clone() })
                     .collect();
                 Response::Listing { entries, partials: Vec::new(), now: Timestamp::default(), more: false }
+            }
+            Request::Stat { path } if path.as_bytes() == b"slow" => {
+                tokio::time::sleep(Duration::from_secs(3)).await;
+                Response::Done
             }
             _ => Response::Done,
         }
@@ -254,6 +258,23 @@ async fn a_server_restarted_on_its_port_is_reconnected_and_requests_go_on() {
         assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
     }
     assert!(pool.recoveries().0 >= 1, "{:?}", pool.recoveries());
+}
+
+/// A request that takes longer than the stall timeout, given to a
+/// connection that has been quiet for most of it, is waited for: the server
+/// says it is working, so the connection is neither taken for dead nor the
+/// request sent again (before, it was, every second, until `retry_for`).
+#[tokio::test]
+async fn a_request_longer_than_the_stall_timeout_is_waited_for_not_sent_again() {
+    let (addr, _stop, _server) = start(b"t").await;
+    let options =
+        PoolOptions { stall_timeout: Duration::from_secs(1), retry_for: Duration::from_secs(5), ..options(1) };
+    let pool = Pool::connect(&addr, TokenKey::from_token(b"t"), &options).await.unwrap();
+    assert_eq!(pool.call(Request::Stat { path: RelPath::root() }).await.unwrap(), Response::Done);
+    tokio::time::sleep(Duration::from_millis(900)).await;
+    let slow = Request::Stat { path: RelPath::new(b"slow").unwrap() };
+    assert_eq!(pool.call(slow).await.unwrap(), Response::Done);
+    assert_eq!(pool.recoveries(), (0, 0), "(reconnects, requests sent again)");
 }
 
 #[tokio::test]

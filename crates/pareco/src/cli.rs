@@ -408,6 +408,8 @@ pub struct NetArgs {
     pub connect_timeout: u64,
     /// A connection with requests outstanding and nothing received for this
     /// many seconds is dropped and replaced (its requests are sent again).
+    /// A server busy with a long request (copying or hashing gigabytes) says
+    /// so four times a second, so this measures silence, not work.
     #[arg(long, value_name = "SECONDS", default_value_t = 60,
           value_parser = clap::value_parser!(u64).range(1..))]
     pub timeout: u64,

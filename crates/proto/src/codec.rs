@@ -5,12 +5,15 @@
 //! body  = type:u8 id:varint message          type 6 request, 7 response
 //!       | 8 stream-message
 //!       | 9 raw_length:varint zstd(body)     raw_length <= MAX_FRAME, not nested
+//!       | 10                                  working (server to client)
 //! ```
 //! Requests and responses carry the id that pairs them, so any number may be
 //! in flight on one connection and answered in any order. Compressed bodies
 //! (type 9) are sent only when the handshake agreed on
 //! [`FEATURE_COMPRESSED_FRAMES`](crate::handshake::FEATURE_COMPRESSED_FRAMES);
 //! this module frames them, the connection compresses and decompresses.
+//! Working frames (type 10) are sent only when it agreed on
+//! [`FEATURE_KEEPALIVE`](crate::handshake::FEATURE_KEEPALIVE).
 
 use bytes::{Buf, Bytes, BytesMut};
 
@@ -24,6 +27,7 @@ use crate::wire::{Reader, Writer};
 pub const HEADER_LEN: usize = 4;
 
 const COMPRESSED: u8 = 9;
+const WORKING: u8 = 10;
 
 /// What [`split`] takes off the front of a buffer.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -58,6 +62,11 @@ pub enum Frame {
     },
     /// A message of the stream pipe.
     Stream(StreamMessage),
+    /// The server is still answering requests of this connection: sent
+    /// while one takes long and nothing else went out (see
+    /// [`KEEPALIVE_EVERY`](crate::handshake::KEEPALIVE_EVERY)), so that a
+    /// client's stall timeout measures silence, not work.
+    Working,
 }
 
 /// Why bytes could not be decoded. Any of these means the peer is broken or
@@ -97,6 +106,10 @@ pub fn encode(frame: &Frame, out: &mut BytesMut) -> Option<Bytes> {
         Frame::Stream(message) => {
             w.u8(8);
             message.encode(&mut w)
+        }
+        Frame::Working => {
+            w.u8(WORKING);
+            None
         }
     };
     let len = out.len() - start - HEADER_LEN + tail.as_ref().map_or(0, Bytes::len);
@@ -197,6 +210,7 @@ pub fn decode_body(body: Bytes) -> Result<Frame, CodecError> {
             Frame::Response { id, response: Response::decode(&mut r)? }
         }
         8 => Frame::Stream(StreamMessage::decode(&mut r)?),
+        WORKING => Frame::Working,
         _ => return Err(CodecError::Invalid("unknown frame type")),
     };
     r.finish()?;

@@ -17,9 +17,19 @@ pub const MIN_PROTOCOL_VERSION: u16 = 8;
 /// type 9, see [`crate::codec`]).
 pub const FEATURE_COMPRESSED_FRAMES: u64 = 1;
 
+/// Feature: the server sends [`Frame::Working`](crate::Frame::Working)
+/// every [`KEEPALIVE_EVERY`] while it answers requests of a connection and
+/// sends nothing else, so that a long request (copying or hashing gigabytes
+/// on a slow disk) is not taken for a dead connection and sent again.
+pub const FEATURE_KEEPALIVE: u64 = 2;
+
+/// How often a busy server says it is working: a quarter of the shortest
+/// stall timeout a client may set (1 s).
+pub const KEEPALIVE_EVERY: std::time::Duration = std::time::Duration::from_millis(250);
+
 /// Optional protocol features this build knows, negotiated as the
 /// intersection of both sides'.
-pub const FEATURES: u64 = FEATURE_COMPRESSED_FRAMES;
+pub const FEATURES: u64 = FEATURE_COMPRESSED_FRAMES | FEATURE_KEEPALIVE;
 
 /// The client's offer.
 #[derive(Debug, Clone, PartialEq, Eq)]

@@ -307,6 +307,7 @@ fn frame() -> impl Strategy<Value = Frame> {
         (any::<u32>(), request()).prop_map(|(id, request)| Frame::Request { id, request }),
         (any::<u32>(), response()).prop_map(|(id, response)| Frame::Response { id, response }),
         stream_message().prop_map(Frame::Stream),
+        Just(Frame::Working),
     ]
 }
 
