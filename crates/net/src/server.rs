@@ -284,7 +284,8 @@ async fn serve_requests<S: Service>(
         let next = tokio::select! {
             next = reader.next() => next,
             _ = stopping.wait_for(|stop| *stop) => break,
-            _ = ticks.tick(), if keepalive => {
+            // (Only while requests are in flight: idle connections sleep.)
+            _ = ticks.tick(), if keepalive && busy() => {
                 if busy() && !answered.swap(false, Ordering::Relaxed) {
                     // A full queue means frames are going out anyway.
                     let _ = frames.try_send(Frame::Working);
