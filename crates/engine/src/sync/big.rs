@@ -443,12 +443,18 @@ const MAX_PIECE: u32 = 1 << 20;
 /// (1 MiB pieces took a fifth off the sender's CPU over loopback); on a slow
 /// one a big piece is a long tail, a piece being one connection's at a time.
 fn piece_size(ctx: &Ctx) -> u32 {
-    let elapsed = ctx.started.elapsed().as_secs_f64();
-    if elapsed < 0.25 {
-        return PIECE;
-    }
-    let rate = ctx.stats.bytes_transferred.load(std::sync::atomic::Ordering::Relaxed) as f64 / elapsed;
-    let want = (rate * 0.002) as u64;
+    let sent = ctx.stats.bytes_transferred.load(std::sync::atomic::Ordering::Relaxed);
+    piece_for(sent, ctx.started.elapsed().as_secs_f64())
+}
+
+/// The piece size after `sent` bytes were written in `elapsed` seconds.
+/// The rate is counted from the run's start and in bytes the other side
+/// has written, so it never runs ahead of the link: the first pieces are
+/// small until answers come back, and a fast link grows them within its
+/// first tens of milliseconds (waiting a quarter of a second sent the
+/// first third of a 1 GiB push over loopback in 128 KiB pieces).
+fn piece_for(sent: u64, elapsed: f64) -> u32 {
+    let want = (sent as f64 / elapsed.max(1e-3) * 0.002) as u64;
     if want <= PIECE as u64 {
         return PIECE;
     }
@@ -579,4 +585,23 @@ pub(super) async fn hash_both(
         async { ctx.src.tree.hash_chunks(src.clone(), span.start, len, chunk).await.map_err(Fault::Source) },
         async { ctx.dst.tree.hash_chunks(dst.clone(), span.start, len, chunk).await.map_err(Fault::Destination) },
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pieces_follow_the_rate_and_start_small() {
+        assert_eq!(piece_for(0, 0.0), PIECE);
+        assert_eq!(piece_for(0, 0.01), PIECE);
+        // 64 MiB/s and less: the smallest piece.
+        assert_eq!(piece_for(64 << 20, 1.0), PIECE);
+        assert_eq!(piece_for(1 << 20, 1.0), PIECE);
+        // 200 MiB/s: 400 KiB wanted, 256 KiB given (a power of two).
+        assert_eq!(piece_for(200 << 20, 1.0), 256 << 10);
+        // 20 MiB written in 20 ms over loopback: the largest.
+        assert_eq!(piece_for(20 << 20, 0.02), MAX_PIECE);
+        assert_eq!(piece_for(u64::MAX, 1e-9), MAX_PIECE);
+    }
 }
