@@ -332,7 +332,11 @@ fn send_and_receive_at_once(
 fn connections_cut_by_the_wan_emulator_are_retried_and_nothing_is_lost() {
     let relay = Relay::new("cuts");
     let tmp = tempfile::tempdir().unwrap();
-    let input = mixed(tmp.path(), 32);
+    // One live connection is cut every 0.3 s from the emulator's start: 96
+    // MiB last long enough for several cuts (32 MiB could be through in 0.6
+    // s). The rate lets an object through between two cuts even when its
+    // connection is the only one left (at 1 MiB/s none could be).
+    let input = mixed(tmp.path(), 96);
     let wan = Wan::start(relay.moto.port, &["--cut-every", "0.3", "--conn-rate", "8M", "--delay-ms", "2"]);
     let env = Moto::env(&format!("http://127.0.0.1:{}", wan.port));
     let (send_json, recv_json, output) = (tmp.path().join("s.json"), tmp.path().join("r.json"), tmp.path().join("out"));
