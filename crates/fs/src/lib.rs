@@ -22,7 +22,6 @@ mod error;
 mod meta;
 mod pieces;
 mod read;
-mod recycle;
 mod temp;
 mod write;
 mod xattr;

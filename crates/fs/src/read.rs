@@ -40,7 +40,7 @@ pub(crate) fn read_range(file: &File, offset: u64, len: usize) -> Result<Vec<u8>
 /// straight into fresh memory: no zero-filling of buffers about to be
 /// overwritten.
 pub(crate) fn read_upto(file: &File, offset: u64, len: usize) -> Result<Vec<u8>, FsError> {
-    let mut buf = crate::recycle::take(len);
+    let mut buf = pareco_proto::recycle::take(len);
     while buf.len() < len {
         let at = offset + buf.len() as u64;
         match rustix::io::pread(file, rustix::buffer::spare_capacity(&mut buf), at) {
@@ -190,7 +190,7 @@ pub(crate) fn read_data(
     checksums: bool,
 ) -> Result<(Option<Checksum>, Bytes), FsError> {
     let file = open_read(root, path)?;
-    let data = crate::recycle::bytes(read_range(&file, offset, len as usize)?);
+    let data = pareco_proto::recycle::bytes(read_range(&file, offset, len as usize)?);
     Ok((transit_checksum(&data, checksums), data))
 }
 

@@ -9,7 +9,7 @@ use std::cell::RefCell;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
-use bytes::{Bytes, BytesMut};
+use bytes::{BufMut, Bytes, BytesMut};
 use pareco_compress::{Compression, DEFAULT_LEVEL, Encoder};
 use pareco_proto::codec::{self, Body, Frame, HEADER_LEN};
 use pareco_proto::stream::Encoding;
@@ -33,9 +33,14 @@ const READ_MIN: usize = 64 << 10;
 /// the buffer, the only times received bytes are copied.
 const READ_RESERVE: usize = 512 << 10;
 
-/// A frame at least this large, once begun, gets room for the rest of it
-/// and no more (see [`FrameReader::make_room`]).
+/// A frame at least this large that does not fit the room left is received
+/// into a buffer of its own (see [`BigFrame`]).
 const BIG_FRAME: usize = 64 << 10;
+
+/// Buffers for large frames are taken from the pool in multiples of this,
+/// so that frames of nearly the same size (the same data, other paths) use
+/// the same buffers again.
+const BIG_GRAIN: usize = 64 << 10;
 
 /// Plaintext per record.
 const RECORD_PLAIN: usize = MAX_RECORD - TAG;
@@ -48,12 +53,74 @@ pub struct FrameReader<R> {
     inner: R,
     /// What was received: plaintext not yet decoded into frames
     /// (`buf[..plain]`), then records not yet opened (encrypted channels).
+    /// Empty while a large frame is received into `big`.
     buf: BytesMut,
     plain: usize,
+    big: Option<BigFrame>,
     opener: Option<RecordCipher>,
     counters: Arc<WireCounters>,
     /// Whether the peer may send compressed frames.
     inflate: bool,
+}
+
+/// A large frame received into a buffer of its own, from the pool of data
+/// buffers ([`pareco_proto::recycle`]) and given back to it when the last
+/// part of the frame is dropped. Frames are handed out as slices of the
+/// buffer they arrived in, and a write's data lives until it is on disk: in
+/// a buffer shared with the frames around it, memory could only be given
+/// back to the allocator, which hands it to the kernel, and every large
+/// frame arrived in fresh pages (a fault and a zeroed page per 4 KiB).
+struct BigFrame {
+    /// The frame's plaintext so far (`buf[..plain]`), then records not yet
+    /// opened; after the frame's end, what follows it.
+    buf: Vec<u8>,
+    plain: usize,
+    /// The frame's length, header included.
+    total: usize,
+}
+
+impl BigFrame {
+    /// Moves the start of a frame of `total` bytes out of `buf` (whose first
+    /// `plain` bytes are plaintext) into a buffer with room for the rest.
+    fn begin(buf: &mut BytesMut, plain: usize, total: usize, encrypted: bool) -> BigFrame {
+        let unopened = buf.len() - plain;
+        // Room for the frame and, encrypted, its records' lengths and tags,
+        // with room for one whole record more: the last one may hold the
+        // start of what follows.
+        let room = match encrypted {
+            false => total,
+            true => plain + unopened + wire_len(total - plain) + 2 + MAX_RECORD,
+        };
+        let mut big = pareco_proto::recycle::take(room.next_multiple_of(BIG_GRAIN));
+        big.extend_from_slice(buf);
+        buf.clear();
+        BigFrame { buf: big, plain, total }
+    }
+
+    /// How much to read next: the rest of the frame (encrypted: the rest of
+    /// the record begun, then the records the rest of the frame's plaintext
+    /// makes if the records are full, as this writer seals large frames), so
+    /// that little of what follows is read into this buffer.
+    fn want(&self, encrypted: bool) -> usize {
+        let rest = self.total.saturating_sub(self.plain);
+        if !encrypted {
+            return rest;
+        }
+        let held = &self.buf[self.plain..];
+        let want = match held {
+            [a, b, ..] => {
+                let record = u16::from_le_bytes([*a, *b]) as usize;
+                (2 + record).saturating_sub(held.len()) + wire_len(rest.saturating_sub(record.saturating_sub(TAG)))
+            }
+            _ => wire_len(rest).saturating_sub(held.len()),
+        };
+        want.max(1)
+    }
+}
+
+/// Bytes on the wire for `plain` bytes of plaintext in full records.
+fn wire_len(plain: usize) -> usize {
+    plain + plain.div_ceil(RECORD_PLAIN) * (2 + TAG)
 }
 
 impl<R: AsyncRead + Unpin> FrameReader<R> {
@@ -61,7 +128,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// encrypted records. Received bytes are added to `counters`.
     pub(crate) fn new(inner: R, counters: Arc<WireCounters>, opener: Option<RecordCipher>) -> Self {
         let buf = BytesMut::with_capacity(64 << 10);
-        FrameReader { inner, buf, plain: 0, opener, counters, inflate: false }
+        FrameReader { inner, buf, plain: 0, big: None, opener, counters, inflate: false }
     }
 
     /// Accepts compressed frames from now on (the handshake agreed on them).
@@ -72,9 +139,7 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
     /// The next frame; `None` when the peer closed cleanly between frames.
     pub async fn next(&mut self) -> Result<Option<Frame>, NetError> {
         loop {
-            let before = self.buf.len();
-            if let Some(body) = codec::split_within(&mut self.buf, self.plain)? {
-                self.plain -= before - self.buf.len();
+            if let Some(body) = self.complete()? {
                 let body = match body {
                     Body::Plain(body) => body,
                     Body::Compressed { raw_len, payload } if self.inflate => {
@@ -91,12 +156,26 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
                 continue;
             }
             self.make_room()?;
-            let n = self.inner.read_buf(&mut self.buf).await?;
-            if self.opener.is_none() {
-                self.plain += n;
-            }
+            let encrypted = self.opener.is_some();
+            let n = match &mut self.big {
+                Some(big) => {
+                    let want = big.want(encrypted).min(big.buf.capacity() - big.buf.len());
+                    let n = self.inner.read_buf(&mut (&mut big.buf).limit(want)).await?;
+                    if !encrypted {
+                        big.plain += n;
+                    }
+                    n
+                }
+                None => {
+                    let n = self.inner.read_buf(&mut self.buf).await?;
+                    if !encrypted {
+                        self.plain += n;
+                    }
+                    n
+                }
+            };
             if n == 0 {
-                return if self.buf.is_empty() {
+                return if self.buf.is_empty() && self.big.is_none() {
                     Ok(None)
                 } else {
                     Err(std::io::Error::new(std::io::ErrorKind::UnexpectedEof, "connection closed mid-frame").into())
@@ -106,63 +185,98 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
         }
     }
 
+    /// The body of the next frame if it is all here.
+    fn complete(&mut self) -> Result<Option<Body>, NetError> {
+        let Some(big) = &mut self.big else {
+            let before = self.buf.len();
+            let body = codec::split_within(&mut self.buf, self.plain)?;
+            self.plain -= before - self.buf.len();
+            return Ok(body);
+        };
+        if big.plain < big.total {
+            return Ok(None);
+        }
+        // What follows the frame goes back to the main buffer (empty while
+        // the frame was received).
+        let mut big = self.big.take().expect("a large frame is being received");
+        self.buf.extend_from_slice(&big.buf[big.total..]);
+        self.plain = big.plain - big.total;
+        big.buf.truncate(big.total);
+        Ok(Some(codec::body(pareco_proto::recycle::bytes(big.buf))?))
+    }
+
     /// Makes room to read into. Frames go out as slices of the buffer, so
     /// it grows by moving to a new one, copying what it holds of the frame
-    /// not complete yet. A large frame begun gets room for the rest of it
-    /// only, made once: it then ends at the end of its buffer, and the next
-    /// frame starts in a new one with nothing to copy. The first read into an
-    /// empty buffer is small, so that little of a large frame is copied
+    /// not complete yet. A large frame begun that does not fit the room
+    /// left moves to a buffer of its own ([`BigFrame`]); the first read into
+    /// an empty buffer is small, so that little of a large frame is copied
     /// when its length is known.
     fn make_room(&mut self) -> Result<(), NetError> {
-        let room = self.buf.capacity() - self.buf.len();
-        let big = codec::frame_len(&self.buf[..self.plain])?.filter(|&total| total >= BIG_FRAME);
-        let Some(total) = big else {
-            let want = if self.buf.is_empty() { READ_MIN } else { READ_RESERVE };
-            if room < READ_MIN {
-                self.buf.reserve(want);
+        let encrypted = self.opener.is_some();
+        if let Some(big) = &mut self.big {
+            // Only records far smaller than this writer's can fill it.
+            if big.buf.len() == big.buf.capacity() {
+                big.buf.reserve(2 + MAX_RECORD);
             }
             return Ok(());
-        };
-        // Plaintext still to come, then as it arrives: in whole records if
-        // encrypted (the writer seals a large frame's data in records of its
-        // own), less the sealed bytes received already.
-        let rest = total - self.plain;
-        let wire = match self.opener {
-            None => rest,
-            Some(_) => rest + (rest.div_ceil(RECORD_PLAIN) + 1) * (2 + TAG),
-        };
-        let need = wire.saturating_sub(self.buf.len() - self.plain).max(MAX_RECORD.min(rest));
-        if room < need {
-            self.buf.reserve(need);
+        }
+        let room = self.buf.capacity() - self.buf.len();
+        if let Some(total) = codec::frame_len(&self.buf[..self.plain])?.filter(|&total| total >= BIG_FRAME) {
+            let rest = total - self.plain;
+            let wire = if encrypted { wire_len(rest) + 2 + TAG } else { rest };
+            if room < wire.saturating_sub(self.buf.len() - self.plain) {
+                self.big = Some(BigFrame::begin(&mut self.buf, self.plain, total, encrypted));
+                self.plain = 0;
+            }
+            return Ok(());
+        }
+        let want = if self.buf.is_empty() { READ_MIN } else { READ_RESERVE };
+        if room < READ_MIN {
+            self.buf.reserve(want);
         }
         Ok(())
     }
 
-    /// Opens every complete record received; whether any was. Records are
-    /// opened where they arrived, each plaintext moved down by the cipher
-    /// itself to follow the plaintext before it, so that a frame spanning
-    /// records is contiguous and its data is never copied in user space;
-    /// only the part of a record not received yet is moved down after them.
+    /// Opens every complete record received, in the large frame's buffer
+    /// if one is being received; whether any was.
     fn open_records(&mut self) -> Result<bool, NetError> {
         let Some(opener) = &mut self.opener else { return Ok(false) };
-        let (start, mut at) = (self.plain, self.plain);
-        while self.buf.len() - at >= 2 {
-            let len = u16::from_le_bytes([self.buf[at], self.buf[at + 1]]) as usize;
-            let end = at + 2 + len;
-            if self.buf.len() < end {
-                break;
+        match &mut self.big {
+            Some(big) => {
+                let Some(len) = open_within(opener, &mut big.buf, &mut big.plain)? else { return Ok(false) };
+                big.buf.truncate(len);
             }
-            self.plain += opener.open_within(&mut self.buf[..end], self.plain, at + 2)?;
-            at = end;
+            None => {
+                let Some(len) = open_within(opener, &mut self.buf, &mut self.plain)? else { return Ok(false) };
+                self.buf.truncate(len);
+            }
         }
-        if at == start {
-            return Ok(false);
-        }
-        let rest = self.buf.len() - at;
-        self.buf.copy_within(at.., self.plain);
-        self.buf.truncate(self.plain + rest);
         Ok(true)
     }
+}
+
+/// Opens every complete record in `buf[*plain..]`, each plaintext moved
+/// down by the cipher itself to follow the plaintext before it, so that a
+/// frame spanning records is contiguous and its data is never copied in
+/// user space; only the part of a record not received yet is moved down
+/// after them. The new length of `buf`, if any record was opened.
+fn open_within(opener: &mut RecordCipher, buf: &mut [u8], plain: &mut usize) -> Result<Option<usize>, NetError> {
+    let (start, mut at) = (*plain, *plain);
+    while buf.len() - at >= 2 {
+        let len = u16::from_le_bytes([buf[at], buf[at + 1]]) as usize;
+        let end = at + 2 + len;
+        if buf.len() < end {
+            break;
+        }
+        *plain += opener.open_within(&mut buf[..end], *plain, at + 2)?;
+        at = end;
+    }
+    if at == start {
+        return Ok(None);
+    }
+    let rest = buf.len() - at;
+    buf.copy_within(at.., *plain);
+    Ok(Some(*plain + rest))
 }
 
 /// Writes frames, coalescing small ones into few system calls (and, when
@@ -399,6 +513,119 @@ mod tests {
             got
         };
         tokio::join!(write, read).1
+    }
+
+    /// What a reader makes of `wire`, written in bits of `chunk` bytes.
+    async fn read_all(wire: Vec<u8>, chunk: usize, opener: Option<RecordCipher>) -> Vec<Frame> {
+        let (mut a, b) = tokio::io::duplex(chunk);
+        let mut reader = FrameReader::new(b, Arc::new(WireCounters::default()), opener);
+        let write = async move {
+            for piece in wire.chunks(chunk) {
+                a.write_all(piece).await.unwrap();
+            }
+        };
+        let read = async {
+            let mut got = Vec::new();
+            while let Some(f) = reader.next().await.unwrap() {
+                got.push(f);
+            }
+            got
+        };
+        tokio::join!(write, read).1
+    }
+
+    #[tokio::test]
+    async fn frames_arrive_whole_in_records_of_any_size() {
+        // Another writer may seal records of any size, a large frame's end
+        // in the middle of one and the next frames after it.
+        let mut plain = BytesMut::new();
+        for f in frames() {
+            let tail = codec::encode(&f, &mut plain);
+            plain.extend_from_slice(tail.as_deref().unwrap_or_default());
+        }
+        for record in [1, 1000, 30_000, RECORD_PLAIN] {
+            let (key, mut sealer, mut wire, mut used) = ([5u8; 32], RecordCipher::new(&[5u8; 32]), Vec::new(), 0);
+            seal_all_in(&mut sealer, &plain, record, &mut wire, &mut used);
+            wire.truncate(used);
+            for chunk in [4096, 70_001] {
+                let got = read_all(wire.clone(), chunk, Some(RecordCipher::new(&key))).await;
+                assert!(got == frames(), "records of {record}, reads of {chunk}");
+            }
+        }
+    }
+
+    fn seal_all_in(sealer: &mut RecordCipher, plain: &[u8], record: usize, out: &mut Vec<u8>, used: &mut usize) {
+        for piece in plain.chunks(record) {
+            sealer.seal(piece, out, used);
+        }
+    }
+
+    #[tokio::test]
+    async fn large_compressed_frames_arrive_whole() {
+        // A compressed frame is sealed with the frames around it, so its end
+        // is not a record's.
+        // Sixteen letters in a random order: about half of it after zstd,
+        // still a large frame.
+        let mut state = 1u32;
+        let text: Vec<u8> = (0..3 << 20)
+            .map(|_| {
+                state = state.wrapping_mul(1_103_515_245).wrapping_add(12_345);
+                b"abcdefghijklmnop"[(state >> 28) as usize]
+            })
+            .collect();
+        let (path, data) = (RelPath::new(b"t").unwrap(), Bytes::from(text));
+        let sent: Vec<Frame> = (0..4)
+            .map(|id| Frame::Request {
+                id,
+                request: Request::WriteData {
+                    path: path.clone(),
+                    offset: 0,
+                    checksum: None,
+                    data: data.slice(id as usize..),
+                },
+            })
+            .chain(frames())
+            .collect();
+        for encrypted in [false, true] {
+            let (a, b) = tokio::io::duplex(1 << 16);
+            let cipher = || encrypted.then(|| RecordCipher::new(&[3u8; 32]));
+            let counters = Arc::new(WireCounters::default());
+            let mut writer = FrameWriter::new(a, counters.clone(), cipher());
+            writer.compress(Compression::Zstd(1));
+            let mut reader = FrameReader::new(b, counters.clone(), cipher());
+            reader.inflate();
+            let write = async {
+                for f in &sent {
+                    writer.write(f).await.unwrap();
+                }
+                writer.shutdown().await.unwrap();
+            };
+            let read = async {
+                let mut got = Vec::new();
+                while let Some(f) = reader.next().await.unwrap() {
+                    got.push(f);
+                }
+                got
+            };
+            let got = tokio::join!(write, read).1;
+            assert!(got == sent, "encrypted {encrypted}");
+            assert!(counters.sent.load(Ordering::Relaxed) < 8 << 20, "the text went compressed");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_connection_closed_in_a_large_frame_is_an_error() {
+        let mut plain = BytesMut::new();
+        let tail = codec::encode(&frames()[3], &mut plain).expect("a large frame's data is its tail");
+        plain.extend_from_slice(&tail[..tail.len() / 2]);
+        let (mut a, b) = tokio::io::duplex(1 << 16);
+        let mut reader = FrameReader::new(b, Arc::new(WireCounters::default()), None);
+        let write = async move {
+            a.write_all(&plain).await.unwrap();
+        };
+        let (_, got) = tokio::join!(write, reader.next());
+        let err = got.expect_err("half a frame");
+        assert!(err.to_string().contains("closed mid-frame"), "{err}");
     }
 
     #[tokio::test]

@@ -15,7 +15,7 @@
 //! Working frames (type 10) are sent only when it agreed on
 //! [`FEATURE_KEEPALIVE`](crate::handshake::FEATURE_KEEPALIVE).
 
-use bytes::{Buf, Bytes, BytesMut};
+use bytes::{Bytes, BytesMut};
 
 use crate::limits::MAX_FRAME;
 use crate::message::{Request, Response};
@@ -172,11 +172,18 @@ pub fn split_within(buf: &mut BytesMut, avail: usize) -> Result<Option<Body>, Co
     if avail < total {
         return Ok(None);
     }
-    let mut body = buf.split_to(total);
-    body.advance(HEADER_LEN);
-    let body = body.freeze();
+    body(buf.split_to(total).freeze()).map(Some)
+}
+
+/// The body of one complete frame, `frame` (header included, as
+/// [`frame_len`] measured it).
+pub fn body(mut frame: Bytes) -> Result<Body, CodecError> {
+    if frame.len() < HEADER_LEN {
+        return Err(CodecError::Invalid("frame shorter than its header"));
+    }
+    let body = frame.split_off(HEADER_LEN);
     if body.first() != Some(&COMPRESSED) {
-        return Ok(Some(Body::Plain(body)));
+        return Ok(Body::Plain(body));
     }
     let mut r = Reader::new(body);
     r.u8("frame type")?;
@@ -184,7 +191,7 @@ pub fn split_within(buf: &mut BytesMut, avail: usize) -> Result<Option<Body>, Co
     if raw_len as usize > MAX_FRAME {
         return Err(CodecError::TooLarge(raw_len as u64));
     }
-    Ok(Some(Body::Compressed { raw_len, payload: r.rest() }))
+    Ok(Body::Compressed { raw_len, payload: r.rest() })
 }
 
 /// Takes one plain frame off the front of `buf` (a compressed one is an

@@ -27,6 +27,7 @@ pub mod handshake;
 pub mod limits;
 pub mod message;
 pub mod path;
+pub mod recycle;
 pub mod stat;
 pub mod stream;
 mod wire;
