@@ -554,6 +554,50 @@ mod tests {
         }
     }
 
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(24))]
+
+        /// Frames of any sizes, small and large, in records of any sizes,
+        /// read in pieces of any size, arrive whole and in order.
+        #[test]
+        fn frames_survive_any_records_and_reads(
+            sizes in proptest::collection::vec(0usize..200_000, 1..8),
+            records in proptest::collection::vec(1usize..=RECORD_PLAIN, 1..6),
+            chunk in 1usize..100_000,
+        ) {
+            let sent: Vec<Frame> = sizes
+                .iter()
+                .enumerate()
+                .map(|(i, &n)| {
+                    let data = Bytes::from((0..n).map(|j| (i * 13 + j * 5) as u8).collect::<Vec<u8>>());
+                    let request = Request::WriteData { path: RelPath::new(b"p").unwrap(), offset: i as u64, checksum: None, data };
+                    Frame::Request { id: i as u32, request }
+                })
+                .collect();
+            let mut plain = BytesMut::new();
+            for f in &sent {
+                let tail = codec::encode(f, &mut plain);
+                plain.extend_from_slice(tail.as_deref().unwrap_or_default());
+            }
+            // Records in the sizes given, in turn.
+            let (mut sealer, mut wire, mut used, mut at) = (RecordCipher::new(&[8u8; 32]), Vec::new(), 0, 0);
+            for &record in records.iter().cycle() {
+                if at == plain.len() {
+                    break;
+                }
+                let end = (at + record).min(plain.len());
+                sealer.seal(&plain[at..end], &mut wire, &mut used);
+                at = end;
+            }
+            wire.truncate(used);
+            let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
+            let got = runtime.block_on(read_all(wire, chunk, Some(RecordCipher::new(&[8u8; 32]))));
+            proptest::prop_assert!(got == sent);
+            let plain_got = runtime.block_on(read_all(plain.to_vec(), chunk, None));
+            proptest::prop_assert!(plain_got == sent);
+        }
+    }
+
     fn seal_all_in(sealer: &mut RecordCipher, plain: &[u8], record: usize, out: &mut Vec<u8>, used: &mut usize) {
         for piece in plain.chunks(record) {
             sealer.seal(piece, out, used);
