@@ -114,6 +114,7 @@ impl BigFrame {
             }
             _ => wire_len(rest).saturating_sub(held.len()),
         };
+        // Never nothing: a read of no bytes would look like the end.
         want.max(1)
     }
 }
@@ -187,18 +188,19 @@ impl<R: AsyncRead + Unpin> FrameReader<R> {
 
     /// The body of the next frame if it is all here.
     fn complete(&mut self) -> Result<Option<Body>, NetError> {
-        let Some(big) = &mut self.big else {
-            let before = self.buf.len();
-            let body = codec::split_within(&mut self.buf, self.plain)?;
-            self.plain -= before - self.buf.len();
-            return Ok(body);
-        };
-        if big.plain < big.total {
-            return Ok(None);
+        match &self.big {
+            None => {
+                let before = self.buf.len();
+                let body = codec::split_within(&mut self.buf, self.plain)?;
+                self.plain -= before - self.buf.len();
+                return Ok(body);
+            }
+            Some(big) if big.plain < big.total => return Ok(None),
+            Some(_) => {}
         }
         // What follows the frame goes back to the main buffer (empty while
         // the frame was received).
-        let mut big = self.big.take().expect("a large frame is being received");
+        let mut big = self.big.take().expect("a large frame is complete");
         self.buf.extend_from_slice(&big.buf[big.total..]);
         self.plain = big.plain - big.total;
         big.buf.truncate(big.total);
@@ -498,21 +500,56 @@ mod tests {
         let counters = Arc::new(WireCounters::default());
         let mut writer = FrameWriter::new(a, counters.clone(), cipher());
         let mut reader = FrameReader::new(b, counters, cipher());
-        let sent = frames();
+        through(&mut writer, &mut reader, &frames()).await
+    }
+
+    /// What `reader` makes of `sent`, written through `writer`.
+    async fn through<W: AsyncWrite + Unpin, R: AsyncRead + Unpin>(
+        writer: &mut FrameWriter<W>,
+        reader: &mut FrameReader<R>,
+        sent: &[Frame],
+    ) -> Vec<Frame> {
         let write = async {
-            for f in &sent {
+            for f in sent {
                 writer.write(f).await.unwrap();
             }
             writer.shutdown().await.unwrap();
         };
-        let read = async {
-            let mut got = Vec::new();
-            while let Some(f) = reader.next().await.unwrap() {
-                got.push(f);
+        tokio::join!(write, collect(reader)).1
+    }
+
+    /// Every frame until the peer closes.
+    async fn collect<R: AsyncRead + Unpin>(reader: &mut FrameReader<R>) -> Vec<Frame> {
+        let mut got = Vec::new();
+        while let Some(f) = reader.next().await.unwrap() {
+            got.push(f);
+        }
+        got
+    }
+
+    /// `frames` encoded, as they are before sealing.
+    fn encoded(frames: &[Frame]) -> BytesMut {
+        let mut plain = BytesMut::new();
+        for f in frames {
+            let tail = codec::encode(f, &mut plain);
+            plain.extend_from_slice(tail.as_deref().unwrap_or_default());
+        }
+        plain
+    }
+
+    /// `plain` sealed in records of the sizes given, in turn.
+    fn sealed(key: &[u8; 32], plain: &[u8], records: &[usize]) -> Vec<u8> {
+        let (mut sealer, mut wire, mut used, mut at) = (RecordCipher::new(key), Vec::new(), 0, 0);
+        for &record in records.iter().cycle() {
+            if at == plain.len() {
+                break;
             }
-            got
-        };
-        tokio::join!(write, read).1
+            let end = (at + record).min(plain.len());
+            sealer.seal(&plain[at..end], &mut wire, &mut used);
+            at = end;
+        }
+        wire.truncate(used);
+        wire
     }
 
     /// What a reader makes of `wire`, written in bits of `chunk` bytes.
@@ -524,29 +561,16 @@ mod tests {
                 a.write_all(piece).await.unwrap();
             }
         };
-        let read = async {
-            let mut got = Vec::new();
-            while let Some(f) = reader.next().await.unwrap() {
-                got.push(f);
-            }
-            got
-        };
-        tokio::join!(write, read).1
+        tokio::join!(write, collect(&mut reader)).1
     }
 
     #[tokio::test]
     async fn frames_arrive_whole_in_records_of_any_size() {
         // Another writer may seal records of any size, a large frame's end
         // in the middle of one and the next frames after it.
-        let mut plain = BytesMut::new();
-        for f in frames() {
-            let tail = codec::encode(&f, &mut plain);
-            plain.extend_from_slice(tail.as_deref().unwrap_or_default());
-        }
+        let (key, plain) = ([5u8; 32], encoded(&frames()));
         for record in [1, 1000, 30_000, RECORD_PLAIN] {
-            let (key, mut sealer, mut wire, mut used) = ([5u8; 32], RecordCipher::new(&[5u8; 32]), Vec::new(), 0);
-            seal_all_in(&mut sealer, &plain, record, &mut wire, &mut used);
-            wire.truncate(used);
+            let wire = sealed(&key, &plain, &[record]);
             for chunk in [4096, 70_001] {
                 let got = read_all(wire.clone(), chunk, Some(RecordCipher::new(&key))).await;
                 assert!(got == frames(), "records of {record}, reads of {chunk}");
@@ -574,33 +598,13 @@ mod tests {
                     Frame::Request { id: i as u32, request }
                 })
                 .collect();
-            let mut plain = BytesMut::new();
-            for f in &sent {
-                let tail = codec::encode(f, &mut plain);
-                plain.extend_from_slice(tail.as_deref().unwrap_or_default());
-            }
-            // Records in the sizes given, in turn.
-            let (mut sealer, mut wire, mut used, mut at) = (RecordCipher::new(&[8u8; 32]), Vec::new(), 0, 0);
-            for &record in records.iter().cycle() {
-                if at == plain.len() {
-                    break;
-                }
-                let end = (at + record).min(plain.len());
-                sealer.seal(&plain[at..end], &mut wire, &mut used);
-                at = end;
-            }
-            wire.truncate(used);
+            let plain = encoded(&sent);
+            let wire = sealed(&[8u8; 32], &plain, &records);
             let runtime = tokio::runtime::Builder::new_current_thread().build().unwrap();
             let got = runtime.block_on(read_all(wire, chunk, Some(RecordCipher::new(&[8u8; 32]))));
             proptest::prop_assert!(got == sent);
             let plain_got = runtime.block_on(read_all(plain.to_vec(), chunk, None));
             proptest::prop_assert!(plain_got == sent);
-        }
-    }
-
-    fn seal_all_in(sealer: &mut RecordCipher, plain: &[u8], record: usize, out: &mut Vec<u8>, used: &mut usize) {
-        for piece in plain.chunks(record) {
-            sealer.seal(piece, out, used);
         }
     }
 
@@ -638,20 +642,7 @@ mod tests {
             writer.compress(Compression::Zstd(1));
             let mut reader = FrameReader::new(b, counters.clone(), cipher());
             reader.inflate();
-            let write = async {
-                for f in &sent {
-                    writer.write(f).await.unwrap();
-                }
-                writer.shutdown().await.unwrap();
-            };
-            let read = async {
-                let mut got = Vec::new();
-                while let Some(f) = reader.next().await.unwrap() {
-                    got.push(f);
-                }
-                got
-            };
-            let got = tokio::join!(write, read).1;
+            let got = through(&mut writer, &mut reader, &sent).await;
             assert!(got == sent, "encrypted {encrypted}");
             assert!(counters.sent.load(Ordering::Relaxed) < 8 << 20, "the text went compressed");
         }
