@@ -232,8 +232,8 @@ async fn read_message(stream: &mut TcpStream, counters: &WireCounters) -> Result
 }
 
 async fn write_all(stream: &mut TcpStream, bytes: &[u8], counters: &WireCounters) -> Result<(), NetError> {
-    stream.write_all(bytes).await?;
     counters.sent.fetch_add(bytes.len() as u64, Ordering::Relaxed);
+    stream.write_all(bytes).await?;
     Ok(())
 }
 

@@ -328,8 +328,8 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
                 seal_all(sealer, &tail, &mut self.sealed, &mut self.used);
             } else {
                 self.write_out().await?;
-                self.inner.write_all(&tail).await?;
                 self.counters.sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
+                self.inner.write_all(&tail).await?;
             }
         }
         if self.buf.len() + self.used >= FLUSH_AT {
@@ -364,8 +364,10 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         }
         let pending: &[u8] = if self.sealer.is_some() { &self.sealed[..self.used] } else { &self.buf };
         if !pending.is_empty() {
-            self.inner.write_all(pending).await?;
+            // Counted before it is written: the peer's answer may come, and
+            // the caller's statistics be taken, before this task runs again.
             self.counters.sent.fetch_add(pending.len() as u64, Ordering::Relaxed);
+            self.inner.write_all(pending).await?;
         }
         self.buf.clear();
         self.used = 0;
