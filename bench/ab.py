@@ -7,7 +7,8 @@ Each run pushes one random file (1 GiB by default) to a local `pareco serve`, on
 and mode (encrypted, --insecure-no-encryption), and with --rsync once into an rsync daemon,
 in turn. Printed per binary and mode: CPU seconds per GiB of client + server (user + system),
 median and minimum (this machine's noise only ever adds: see BENCHMARKS.md, "Noise on this
-machine"), the server's system seconds, and the page faults and context switches of each side.
+machine"), the client's share (median), the server's system seconds, and the page faults and
+context switches of each side.
 """
 
 import argparse
@@ -66,7 +67,8 @@ def push(binary: str | None, plaintext: bool, src: Path, dst: Path, work: Path) 
         server.terminate()
         server.wait()
     shutil.rmtree(dst, ignore_errors=True)
-    return {"seconds": seconds, "cpu": after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime + s_user + (s_sys or 0.0),
+    client = after.ru_utime - before.ru_utime + after.ru_stime - before.ru_stime
+    return {"seconds": seconds, "cpu": client + s_user + (s_sys or 0.0), "client": client,
             "server_sys": s_sys, "client_faults": after.ru_minflt - before.ru_minflt, "server_faults": s_faults,
             "client_switches": after.ru_nvcsw + after.ru_nivcsw - before.ru_nvcsw - before.ru_nivcsw,
             "server_switches": s_switches}
@@ -97,10 +99,10 @@ def main() -> None:
         values = [r[key] for r in runs if r[key] is not None]
         return statistics.median(values) if values else float("nan")
 
-    print(f"{'':24} {'CPU s/GiB med':>13} {'min':>6} {'server sys':>10} {'faults c/s':>15} {'switches c/s':>13} {'wall':>6}")
+    print(f"{'':24} {'CPU s/GiB med':>13} {'min':>6} {'client':>6} {'server sys':>10} {'faults c/s':>15} {'switches c/s':>13} {'wall':>6}")
     for label, runs in results.items():
         cpu = [r["cpu"] / args.gib for r in runs]
-        print(f"{label:24} {statistics.median(cpu):13.2f} {min(cpu):6.2f} {med(runs, 'server_sys') / args.gib:10.2f} "
+        print(f"{label:24} {statistics.median(cpu):13.2f} {min(cpu):6.2f} {med(runs, 'client') / args.gib:6.2f} {med(runs, 'server_sys') / args.gib:10.2f} "
               f"{med(runs, 'client_faults'):7.0f}/{med(runs, 'server_faults'):<7.0f} "
               f"{med(runs, 'client_switches'):6.0f}/{med(runs, 'server_switches'):<6.0f} {med(runs, 'seconds'):6.2f}")
 
