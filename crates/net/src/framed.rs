@@ -45,6 +45,10 @@ const BIG_GRAIN: usize = 64 << 10;
 /// Plaintext per record.
 const RECORD_PLAIN: usize = MAX_RECORD - TAG;
 
+/// A large payload is sealed this many bytes at a time (whole records: they
+/// come out as if sealed at once).
+const SEAL_RUN: usize = 4 * RECORD_PLAIN;
+
 /// Smaller frame bodies are never compressed.
 pub const COMPRESS_MIN: usize = 1 << 10;
 
@@ -322,10 +326,20 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
         if let Some(tail) = tail {
             if tail.len() < ZERO_COPY_MIN {
                 self.buf.extend_from_slice(&tail);
-            } else if let Some(sealer) = &mut self.sealer {
-                seal_all(sealer, &self.buf, &mut self.sealed, &mut self.used);
-                self.buf.clear();
-                seal_all(sealer, &tail, &mut self.sealed, &mut self.used);
+            } else if self.sealer.is_some() {
+                // A few records at a time, each run written before the next
+                // is sealed: the seal buffer stays in the cache for the copy
+                // in, the cipher and the socket's copy out (sealed whole, a
+                // large frame went through memory three times).
+                for run in tail.chunks(SEAL_RUN) {
+                    let sealer = self.sealer.as_mut().expect("sealed connection");
+                    seal_all(sealer, &self.buf, &mut self.sealed, &mut self.used);
+                    self.buf.clear();
+                    seal_all(sealer, run, &mut self.sealed, &mut self.used);
+                    if self.used >= FLUSH_AT {
+                        self.write_out().await?;
+                    }
+                }
             } else {
                 self.write_out().await?;
                 self.counters.sent.fetch_add(tail.len() as u64, Ordering::Relaxed);
