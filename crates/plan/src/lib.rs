@@ -11,6 +11,8 @@
 //! - [`reuse`]: which file the destination already has holds the content
 //!   of a file it lacks (renamed, moved, rotated, copied).
 //! - [`shard`]: which part of a tree one of N processes does (`--shard`).
+//! - [`budget`]: how much file data a run keeps in flight, from the round
+//!   trips and rate of its answers.
 //! - [`connections`]: how many connections a transfer keeps open
 //!   (`-j auto`), from the throughput it measures.
 //! - [`verify`]: how two entries differ, how hard links differ, and why the
@@ -20,6 +22,7 @@
 //! - [`freshness`]: when a file's metadata can be trusted — the quick check
 //!   and the "racy timestamp" rule that keeps it safe on live data.
 
+pub mod budget;
 pub mod connections;
 pub mod delta;
 pub mod dir;
