@@ -222,6 +222,31 @@ fn pages_changed_in_place_are_still_patched_in_place() {
     assert_eq!(std::fs::metadata(t.dst.join("table")).unwrap().ino(), inode, "patched where it is, not rebuilt");
 }
 
+/// Chunks of 16 MiB, twice the data budget a run starts with: each takes
+/// all of it (and waits for the others), none waits for more than there is.
+#[test]
+fn chunks_larger_than_the_data_budget_are_patched_one_at_a_time() {
+    use std::os::unix::fs::FileExt;
+    let t = Setup::new(false);
+    let path = t.src.join("image");
+    let file = std::fs::File::create(&path).unwrap();
+    file.set_len(96 << 20).unwrap();
+    for mb in (0..96u64).step_by(5) {
+        file.write_all_at(&bytes(mb, 4096), mb << 20).unwrap();
+    }
+    age(&t.src);
+    t.sync(&["-q", "--chunk-size", "16M"]).ok();
+    for mb in (0..96u64).step_by(16) {
+        file.write_all_at(&bytes(500 + mb, 4096), (mb << 20) + 8191).unwrap();
+    }
+    drop(file);
+    age(&t.src);
+    let run = t.sync(&["-q", "--chunk-size", "16M"]).ok();
+    assert_same_tree(&t.src, &t.dst);
+    assert_eq!(run.stat("chunks_sent"), 6, "one per 16 MiB chunk");
+    assert!(run.stat("bytes_transferred") < 1 << 20, "{} bytes sent for 6 pages", run.stat("bytes_transferred"));
+}
+
 /// More groups of chunks than are compared at once (`-j 1`: four): every
 /// group's result counts, whichever finished while the next waited. Found
 /// in review: the results of groups that finished early were dropped, and

@@ -474,13 +474,12 @@ pub(super) async fn spawn_pieces(
     while at < range.end {
         let piece = at..(at + piece_size(ctx) as u64).min(range.end);
         at = piece.end;
-        let budget =
-            ctx.data.clone().acquire_many_owned(Ctx::kib(piece.end - piece.start)).await.expect("never closed");
+        let share = ctx.data.take(piece.end - piece.start).await;
         let (ctx, job) = (ctx.clone(), job.clone());
         tasks.spawn(async move {
-            let result = send_piece(&ctx, &job, piece).await;
-            drop(budget);
-            result
+            send_piece(&ctx, &job, piece).await?;
+            ctx.data.done(share);
+            Ok(())
         });
         check(tasks)?;
     }
@@ -522,7 +521,7 @@ async fn refine(ctx: &Arc<Ctx>, job: &Arc<FileJob>, i: u64, known: Option<Vec<Di
     let range = job.layout.chunk_range(i);
     let len = (range.end - range.start) as u32;
     let block = ctx.opts.block_size;
-    let budget = ctx.data.acquire_many(Ctx::kib(len as u64)).await.expect("never closed");
+    let share = ctx.data.take(len as u64).await;
     let dst_blocks = match known {
         Some(blocks) => blocks,
         None => ctx.dst.tree.hash_blocks(job.dst.clone(), range.start, len, block).await.map_err(Fault::Destination)?,
@@ -533,10 +532,12 @@ async fn refine(ctx: &Arc<Ctx>, job: &Arc<FileJob>, i: u64, known: Option<Vec<Di
     let (count, bytes) = (blocks.len() as u64, blocks.iter().map(|b| b.data.len() as u64).sum::<u64>());
     match ctx.dst.tree.apply_patch(job.dst.clone(), range.start, len, block, chunk_digest, blocks).await {
         Ok(()) if count == 0 => {
+            ctx.data.done(share);
             Stats::add(&ctx.stats.chunks_matched, 1);
             job.progress(ctx, len as u64);
         }
         Ok(()) => {
+            ctx.data.done(share);
             job.progress(ctx, len as u64);
             Stats::add(&ctx.stats.chunks_sent, 1);
             Stats::add(&ctx.stats.blocks_sent, count);
@@ -546,7 +547,7 @@ async fn refine(ctx: &Arc<Ctx>, job: &Arc<FileJob>, i: u64, known: Option<Vec<Di
         }
         Err(e) if e.kind() == Some(FailureKind::Mismatch) => {
             // One side moved between hashing and patching: send it whole.
-            drop(budget);
+            drop(share);
             Stats::add(&ctx.stats.chunks_sent, 1);
             let mut tasks = JoinSet::new();
             spawn_pieces(ctx, job, range, &mut tasks).await?;

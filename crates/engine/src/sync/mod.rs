@@ -18,6 +18,7 @@
 //! - [`reuse`]: a file the destination has under another name (renamed,
 //!   moved, rotated) is copied there instead of sent; deletions wait for the
 //!   end of the run, so that nothing is removed before it has served.
+//! - [`budget`]: file data in flight is held to what the link needs.
 //! - [`meta`]: with `owner`/`group`/`xattrs`, each directory's entries get
 //!   their owners and extended attributes once their names are final.
 //!
@@ -27,6 +28,7 @@
 //! them is done. A failure on one path is reported and counted; the rest go on.
 
 mod big;
+mod budget;
 mod links;
 mod meta;
 mod rebuild;
@@ -137,8 +139,8 @@ pub(crate) struct Ctx {
     groups: Arc<Semaphore>,
     /// Small-file batches in flight.
     batches: Arc<Semaphore>,
-    /// KiB of file data in flight.
-    data: Arc<Semaphore>,
+    /// File data in flight.
+    data: budget::DataBudget,
     /// When the run started (its rate decides the size of pieces).
     started: std::time::Instant,
     /// Paths sharing an inode.
@@ -172,14 +174,16 @@ pub(crate) enum Outcome {
 impl Ctx {
     fn new(src: Endpoint, dst: Endpoint, opts: SyncOptions, stats: Arc<Stats>, reporter: Arc<dyn Reporter>) -> Self {
         let j = opts.parallelism.max(1);
-        let data_kib = (j * 4096).clamp(64 << 10, 512 << 10);
+        // As much as 4 MiB per connection may be in flight on a long, fat
+        // link, if the link needs it.
+        let ceiling = (j as u64 * (4 << 20)).clamp(64 << 20, 512 << 20);
         Ctx {
             src,
             dst,
             files: Arc::new(Semaphore::new((128 * j).clamp(1024, 8192))),
             groups: Arc::new(Semaphore::new(4 * j)),
             batches: Arc::new(Semaphore::new(4 * j)),
-            data: Arc::new(Semaphore::new(data_kib)),
+            data: budget::DataBudget::new(ceiling),
             started: std::time::Instant::now(),
             links: links::Links::default(),
             index: Default::default(),
@@ -250,11 +254,6 @@ impl Ctx {
     fn fail(&self, rel: &RelPath, why: String) {
         Stats::add(&self.stats.errors, 1);
         self.reporter.problem(rel, &Problem::Failed(why));
-    }
-
-    /// KiB of data budget for `bytes` (at least one).
-    fn kib(bytes: u64) -> u32 {
-        bytes.div_ceil(1024).clamp(1, 1 << 20) as u32
     }
 }
 

@@ -286,13 +286,13 @@ async fn send_scattered(
 ) {
     batch.sort_by_key(|r| r.start);
     let len = batch.iter().map(|r| r.end - r.start).sum();
-    let budget = ctx.data.clone().acquire_many_owned(Ctx::kib(len)).await.expect("never closed");
+    let share = ctx.data.take(len).await;
     let (ctx, job) = (ctx.clone(), job.clone());
     tasks.spawn(async move {
         let (checksum, data) = ctx.src.tree.read_ranges(job.src.clone(), batch.clone()).await.map_err(Fault::Source)?;
         ctx.dst.tree.write_ranges(job.dst.clone(), batch, checksum, data).await.map_err(Fault::Destination)?;
         job.sent(&ctx, len);
-        drop(budget);
+        ctx.data.done(share);
         Ok(())
     });
 }

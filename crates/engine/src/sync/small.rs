@@ -103,7 +103,7 @@ pub(crate) async fn batcher(ctx: Arc<Ctx>, mut queue: mpsc::Receiver<SmallFile>)
 
 async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
     let bytes = batch.iter().map(|f| f.src.size).sum();
-    let _budget = ctx.data.acquire_many(Ctx::kib(bytes)).await.expect("never closed");
+    let share = ctx.data.take(bytes).await;
     let paths = batch.iter().map(|f| ctx.src.path(&f.rel)).collect();
     let reads = match ctx.src.tree.read_files(paths, SMALL_FILE_MAX).await {
         Ok(reads) => reads,
@@ -137,6 +137,7 @@ async fn transfer_batch(ctx: &Arc<Ctx>, batch: Vec<SmallFile>) {
     let files: Vec<&SmallFile> = pending.iter().map(|(file, ..)| file).collect();
     match write(ctx, writes, &files).await {
         Ok(results) => {
+            ctx.data.done(share);
             for ((file, size, stamped), result) in pending.into_iter().zip(results) {
                 if result.as_ref().is_err_and(|f| f.kind == FailureKind::Mismatch) {
                     // Corrupted on its way: sent again on its own.
