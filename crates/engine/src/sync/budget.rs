@@ -64,12 +64,9 @@ impl DataBudget {
 
     /// The transfer `share` was for was answered.
     pub(super) fn done(&self, share: Share) {
-        let Share { permit, bytes, since } = share;
-        drop(permit);
-        let now = self.started.elapsed();
+        let Share { mut permit, bytes, since } = share;
         let mut state = self.state.lock().expect("budget lock");
-        if let Some(step) = state.budget.answered(now, bytes, since.elapsed()) {
-            let (from, to) = (kib(step.from), kib(step.to));
+        if let Some(step) = state.budget.answered(self.started.elapsed(), bytes, since.elapsed()) {
             tracing::debug!(
                 "data in flight: {} -> {} ({}/s with {})",
                 pareco_plan::human_size(step.from),
@@ -77,16 +74,28 @@ impl DataBudget {
                 pareco_plan::human_size(step.rate as u64),
                 pareco_plan::human_size(step.from)
             );
-            if to > from {
-                let paid = state.owed.min(to - from);
-                state.owed -= paid;
-                self.permits.add_permits(to - from - paid);
-            } else {
-                state.owed += from - to;
-            }
+            self.resize(&mut state, kib(step.from), kib(step.to));
         }
-        if state.owed > 0 {
-            state.owed -= self.permits.forget_permits(state.owed);
+        // Paid out of what comes back, before it goes back: transfers
+        // waiting would take it first.
+        let pay = state.owed.min(permit.num_permits());
+        if pay > 0 {
+            permit.split(pay).expect("no more than the share holds").forget();
+            state.owed -= pay;
+        }
+        drop(state);
+        drop(permit);
+    }
+
+    /// The budget goes from `from` to `to` KiB: more permits at once, or
+    /// fewer as shares come back.
+    fn resize(&self, state: &mut State, from: usize, to: usize) {
+        if to > from {
+            let paid = state.owed.min(to - from);
+            state.owed -= paid;
+            self.permits.add_permits(to - from - paid);
+        } else {
+            state.owed += from - to;
         }
     }
 }
@@ -94,4 +103,50 @@ impl DataBudget {
 /// KiB for `bytes` (at least one).
 fn kib(bytes: u64) -> usize {
     bytes.div_ceil(1024).max(1) as usize
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const MIB: usize = 1 << 10; // in KiB
+
+    #[tokio::test]
+    async fn a_smaller_budget_is_paid_by_the_shares_that_come_back_not_handed_to_waiters() {
+        let budget = Arc::new(DataBudget::new(64 << 20));
+        budget.resize(&mut budget.state.lock().unwrap(), 8 * MIB, 16 * MIB);
+        let mut out = Vec::new();
+        for _ in 0..16 {
+            out.push(budget.take(1 << 20).await);
+        }
+        assert_eq!(budget.permits.available_permits(), 0);
+        // Back to 8 MiB while 16 are out, and a transfer waits.
+        budget.resize(&mut budget.state.lock().unwrap(), 16 * MIB, 8 * MIB);
+        let waiting = tokio::spawn({
+            let budget = budget.clone();
+            async move { budget.take(1 << 20).await }
+        });
+        tokio::task::yield_now().await;
+        for share in out.drain(..8) {
+            budget.done(share);
+        }
+        tokio::task::yield_now().await;
+        assert!(!waiting.is_finished(), "the first 8 MiB back pay what the budget owes");
+        budget.done(out.remove(0));
+        let share = waiting.await.unwrap();
+        assert_eq!(budget.state.lock().unwrap().owed, 0);
+        for share in out.drain(..).chain([share]) {
+            budget.done(share);
+        }
+        assert_eq!(budget.permits.available_permits(), 8 * MIB);
+    }
+
+    #[tokio::test]
+    async fn a_transfer_larger_than_the_budget_takes_all_of_it() {
+        let budget = DataBudget::new(64 << 20);
+        let share = budget.take(16 << 20).await;
+        assert_eq!(share.permit.num_permits(), kib(FLOOR));
+        budget.done(share);
+        assert_eq!(budget.permits.available_permits(), kib(FLOOR));
+    }
 }
