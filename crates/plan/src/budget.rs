@@ -22,10 +22,9 @@
 //!   is low: at worst the budget stops where the rate is within `KEEP_GAIN`
 //!   of the link's.
 //! - **Steady state.** Every [`PROBE_EVERY`] (and [`STEADY_RTTS`] round
-//!   trips) it tries again, so that a run
-//!   whose limit moves (small files, then a big one; another transfer
-//!   leaving the link) follows it. It never goes below the floor or above
-//!   the ceiling.
+//!   trips) it tries again, so that a run whose limit moves (small files,
+//!   then a big one; another transfer leaving the link) follows it. It
+//!   never goes below the floor or above the ceiling.
 //!
 //! Never here: clocks, semaphores, or the transfers themselves.
 
@@ -67,7 +66,7 @@ struct Window {
     rtts: Duration,
 }
 
-/// A change the controller made, for the record (`-v`).
+/// A change the controller made, for the log.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Step {
     /// The budget before, in bytes.
@@ -164,7 +163,9 @@ impl Budget {
                     self.phase = Phase::Steady { since: now };
                 }
             }
-            Phase::Steady { since } if blocked && now.saturating_sub(since) >= PROBE_EVERY.max(STEADY_RTTS * average) => {
+            Phase::Steady { since }
+                if blocked && now.saturating_sub(since) >= PROBE_EVERY.max(STEADY_RTTS * average) =>
+            {
                 self.double(rate, now)
             }
             Phase::Steady { .. } => {}
@@ -268,7 +269,7 @@ mod tests {
         let path = Path { rate: 200e6, latency: Duration::from_millis(100), noise: 0.0 };
         let (history, _) = run(&mut b, &path, Duration::ZERO, 3.0);
         let got = *history.last().unwrap() as f64;
-        assert!(got >= 20e6 && got <= 4.0 * 20e6, "{got} for a path that holds 20 MB");
+        assert!((20e6..=4.0 * 20e6).contains(&got), "{got} for a path that holds 20 MB");
         // Full from then on.
         let (_, moved) = run(&mut b, &path, Duration::from_secs(3), 10.0);
         assert!(moved / 10.0 >= 0.95 * path.rate, "{} MB/s", moved / 10.0 / 1e6);
