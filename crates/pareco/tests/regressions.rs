@@ -371,7 +371,7 @@ fn verify_names_the_exact_first_differing_byte() {
 fn nobody_listening_is_said_at_once_and_retry_for_bounds_the_wait() {
     let (_tmp, src, _) = dirs();
     write(&src.join("f"), b"x");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let (_held, port) = refusing_port();
     let started = Instant::now();
     let run = sync(&src, format!("pareco://127.0.0.1:{port}/x"), &["--retry-for", "2"]);
     // Not a timing measurement: without the fix this waits for the 30 s

@@ -690,3 +690,15 @@ impl Drop for Moto {
         let _ = self.child.wait();
     }
 }
+
+/// A port on 127.0.0.1 where nobody listens: a socket bound to it that
+/// never listens, so that connections are refused and no other test's
+/// server can take the port while the socket lives (a port merely found
+/// free could be, by a test running alongside).
+pub fn refusing_port() -> (rustix::fd::OwnedFd, u16) {
+    use rustix::net::{AddressFamily, SocketType};
+    let fd = rustix::net::socket(AddressFamily::INET, SocketType::STREAM, None).unwrap();
+    rustix::net::bind(&fd, &std::net::SocketAddrV4::new(std::net::Ipv4Addr::LOCALHOST, 0)).unwrap();
+    let addr = std::net::SocketAddrV4::try_from(rustix::net::getsockname(&fd).unwrap()).unwrap();
+    (fd, addr.port())
+}
