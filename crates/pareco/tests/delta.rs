@@ -226,19 +226,11 @@ fn pages_changed_in_place_are_still_patched_in_place() {
 /// all of it (and waits for the others), none waits for more than there is.
 #[test]
 fn chunks_larger_than_the_data_budget_are_patched_one_at_a_time() {
-    use std::os::unix::fs::FileExt;
     let t = Setup::new(false);
-    let path = t.src.join("image");
-    let file = std::fs::File::create(&path).unwrap();
-    file.set_len(96 << 20).unwrap();
-    for mb in (0..96u64).step_by(5) {
-        file.write_all_at(&bytes(mb, 4096), mb << 20).unwrap();
-    }
+    let file = image(&t.src.join("image"), 96, 5);
     age(&t.src);
     t.sync(&["-q", "--chunk-size", "16M"]).ok();
-    for mb in (0..96u64).step_by(16) {
-        file.write_all_at(&bytes(500 + mb, 4096), (mb << 20) + 8191).unwrap();
-    }
+    pages(&file, 96, 16, 500, 8191);
     drop(file);
     age(&t.src);
     let run = t.sync(&["-q", "--chunk-size", "16M"]).ok();
@@ -254,20 +246,11 @@ fn chunks_larger_than_the_data_budget_are_patched_one_at_a_time() {
 /// pages, and a copy that differed).
 #[test]
 fn a_file_of_many_groups_compared_few_at_a_time_is_patched_exactly() {
-    use std::os::unix::fs::FileExt;
     let t = Setup::new(false);
-    let path = t.src.join("image");
-    // Mostly a hole: quick to make, hashed like any data.
-    let file = std::fs::File::create(&path).unwrap();
-    file.set_len(200 << 20).unwrap();
-    for mb in (0..200u64).step_by(3) {
-        file.write_all_at(&bytes(mb, 4096), mb << 20).unwrap();
-    }
+    let file = image(&t.src.join("image"), 200, 3);
     age(&t.src);
     t.sync(&["-q"]).ok();
-    for mb in (0..200u64).step_by(7) {
-        file.write_all_at(&bytes(1000 + mb, 4096), (mb << 20) + 12345).unwrap();
-    }
+    pages(&file, 200, 7, 1000, 12345);
     drop(file);
     age(&t.src);
     let run = t.sync(&["-q", "-j", "1"]).ok();
@@ -408,4 +391,22 @@ fn dir_bytes(root: &Path) -> (u64, u64) {
     let snap = snapshot(root);
     let files = snap.values().filter_map(|n| if let Node::File { size, .. } = n { Some(*size) } else { None });
     files.fold((0, 0), |(b, n), s| (b + s, n + 1))
+}
+
+/// A file of `mib` MiB, mostly a hole (quick to make, hashed like any
+/// data), with a page of data every `every` MiB; left open to change.
+fn image(path: &Path, mib: u64, every: usize) -> std::fs::File {
+    let file = std::fs::File::create(path).unwrap();
+    file.set_len(mib << 20).unwrap();
+    pages(&file, mib, every, 0, 0);
+    file
+}
+
+/// Writes a page of data from `seed` every `every` MiB of the first `mib`
+/// MiB of `file`, `skew` bytes into each MiB.
+fn pages(file: &std::fs::File, mib: u64, every: usize, seed: u64, skew: u64) {
+    use std::os::unix::fs::FileExt;
+    for mb in (0..mib).step_by(every) {
+        file.write_all_at(&bytes(seed + mb, 4096), (mb << 20) + skew).unwrap();
+    }
 }

@@ -207,6 +207,11 @@ mod tests {
         noise: f64,
     }
 
+    /// A path without noise: `rate` bytes a second, `ms` of latency.
+    fn steady(rate: f64, ms: u64) -> Path {
+        Path { rate, latency: Duration::from_millis(ms), noise: 0.0 }
+    }
+
     /// A sender that keeps the budget in flight for `seconds` from `from`
     /// (answers every millisecond, or twice per round trip if that is
     /// shorter). Returns the budgets it had, one per step, and the bytes
@@ -247,7 +252,7 @@ mod tests {
         // Loopback: 2 GB/s, answers in a millisecond when nothing waits:
         // 2 MB fill it.
         let mut b = Budget::new(8 * MIB, 64 * MIB);
-        let path = Path { rate: 2e9, latency: Duration::from_millis(1), noise: 0.0 };
+        let path = steady(2e9, 1);
         let (history, _) = run(&mut b, &path, Duration::ZERO, 10.0);
         assert!(at(&history, 8 * MIB) >= 0.9, "{:.2} at the floor", at(&history, 8 * MIB));
         assert!(history.iter().all(|&b| b <= 16 * MIB));
@@ -257,7 +262,7 @@ mod tests {
     fn noise_does_not_ratchet_it_up() {
         // The same with the rate moving ±5 % every 50 ms, for a minute.
         let mut b = Budget::new(8 * MIB, 64 * MIB);
-        let path = Path { rate: 2e9, latency: Duration::from_millis(1), noise: 0.05 };
+        let path = Path { noise: 0.05, ..steady(2e9, 1) };
         let (history, _) = run(&mut b, &path, Duration::ZERO, 60.0);
         assert!(at(&history, 8 * MIB) >= 0.8, "{:.2} at the floor", at(&history, 8 * MIB));
     }
@@ -266,7 +271,7 @@ mod tests {
     fn a_long_fat_link_gets_what_it_holds_within_seconds() {
         // 200 MB/s, 100 ms round trips: 20 MB in flight fill it.
         let mut b = Budget::new(8 * MIB, 512 * MIB);
-        let path = Path { rate: 200e6, latency: Duration::from_millis(100), noise: 0.0 };
+        let path = steady(200e6, 100);
         let (history, _) = run(&mut b, &path, Duration::ZERO, 3.0);
         let got = *history.last().unwrap() as f64;
         assert!((20e6..=4.0 * 20e6).contains(&got), "{got} for a path that holds 20 MB");
@@ -279,7 +284,7 @@ mod tests {
     fn it_stops_at_the_ceiling() {
         // 1 GB/s over 100 ms holds 100 MB, more than the ceiling.
         let mut b = Budget::new(8 * MIB, 64 * MIB);
-        let path = Path { rate: 1e9, latency: Duration::from_millis(100), noise: 0.0 };
+        let path = steady(1e9, 100);
         let (history, _) = run(&mut b, &path, Duration::ZERO, 5.0);
         assert_eq!(*history.last().unwrap(), 64 * MIB);
         assert!(history.iter().all(|&b| b <= 64 * MIB));
@@ -290,7 +295,7 @@ mod tests {
         // 16 MiB/s over 100 ms holds 1.6 MiB: most of the floor waits, and
         // a trial's round trips are long (half a second, then a second).
         let mut b = Budget::new(8 * MIB, 512 * MIB);
-        let path = Path { rate: 16e6, latency: Duration::from_millis(100), noise: 0.0 };
+        let path = steady(16e6, 100);
         let (history, _) = run(&mut b, &path, Duration::ZERO, 30.0);
         assert!(at(&history, 8 * MIB) >= 0.6, "{:.2} at the floor", at(&history, 8 * MIB));
         assert!(history.iter().all(|&b| b <= 16 * MIB));
@@ -299,7 +304,7 @@ mod tests {
     #[test]
     fn it_follows_a_link_that_gets_faster_and_never_leaves_the_floor() {
         let mut b = Budget::new(8 * MIB, 512 * MIB);
-        let slow = Path { rate: 16e6, latency: Duration::from_millis(100), noise: 0.0 };
+        let slow = steady(16e6, 100);
         run(&mut b, &slow, Duration::ZERO, 5.0);
         let fast = Path { rate: 400e6, ..slow };
         let (history, moved) = run(&mut b, &fast, Duration::from_secs(5), 10.0);
