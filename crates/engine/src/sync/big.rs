@@ -472,7 +472,11 @@ pub(super) async fn spawn_pieces(
 ) -> Result<(), Fault> {
     let mut at = range.start;
     while at < range.end {
-        let piece = at..(at + piece_size(ctx) as u64).min(range.end);
+        // Each piece ends at a multiple of its size: pieces of any of the
+        // sizes a run goes through tile an aligned region (a run of zeros
+        // left as a hole by --sparse) the same way.
+        let size = piece_size(ctx) as u64;
+        let piece = at..((at / size + 1) * size).min(range.end);
         at = piece.end;
         let share = ctx.data.take(piece.end - piece.start).await;
         let (ctx, job) = (ctx.clone(), job.clone());
