@@ -294,7 +294,8 @@ pub struct SyncArgs {
     /// Show what would change, one line per entry; change nothing.
     #[arg(short = 'n', long)]
     pub dry_run: bool,
-    /// Print one line per changed entry.
+    /// Print one line per changed entry, and each change of the
+    /// connection count and of the data kept in flight.
     #[arg(short = 'v', long)]
     pub verbose: bool,
     /// No progress bar and no summary.

@@ -36,6 +36,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         xattrs: args.metadata.xattrs,
         parallelism: parallelism(args.net.connections),
         shard: args.shard.unwrap_or(Shard::ALL),
+        notices: told(args.verbose),
     };
     let source = Endpoint::source(&src, &dst, &options).await.context("source")?;
     let destination = Endpoint::destination(&dst, &src, &options).await.context("destination")?;
@@ -324,6 +325,15 @@ pub(crate) fn connection_count(connections: Connections, max: usize, notices: No
     }
 }
 
+/// How a run tells the user how it tunes itself: on standard error with
+/// `-v`, else not at all.
+fn told(verbose: bool) -> Notices {
+    match verbose {
+        true => Notices::to(|line| eprintln!("pareco: {line}")),
+        false => Notices::default(),
+    }
+}
+
 /// How to reach a server, for whichever of `locations` is remote (the token
 /// is required only then); `verbose` tells how `-j auto` moves the count.
 pub(crate) fn remote_options(
@@ -339,8 +349,7 @@ pub(crate) fn remote_options(
         TokenKey::from_token(b"")
     };
     let max = net.max_connections as usize;
-    let notices = if verbose { Notices::to(|line| eprintln!("pareco: {line}")) } else { Notices::default() };
-    let (connections, tuning) = connection_count(net.connections, max, notices);
+    let (connections, tuning) = connection_count(net.connections, max, told(verbose));
     Ok(RemoteOptions {
         key,
         pool: PoolOptions {

@@ -497,6 +497,20 @@ fn unsettled_and_vanishing_files_are_reported() {
     assert!(!srv.join("t/doomed-big").exists(), "nothing half-made under the real name");
 }
 
+/// On a long link the data kept in flight grows past the 8 MiB a run
+/// starts with (8 MiB per 200 ms round trip is at most 40 MiB/s), and `-v`
+/// says so.
+#[test]
+fn verbose_says_how_the_data_in_flight_grows_on_a_long_link() {
+    let (_tmp, src, srv) = dirs();
+    std::fs::write(src.join("big"), bytes(5, 48 << 20)).unwrap();
+    let server = Server::start(&srv);
+    let wan = Wan::start(server.port, &["--delay-ms", "100"]);
+    let run = sync(&src, wan.url("t"), &["-v", "-j", "16"]).ok();
+    assert_same_tree(&src, &srv.join("t"));
+    assert!(run.stderr().contains("pareco: data in flight: 8.0 MiB -> 16.0 MiB ("), "{}", run.stderr());
+}
+
 /// `-j auto` (the default), on a link where each connection gets 512 KiB/s:
 /// the count grows past the 8 it starts with, `-v` says how it moved, the
 /// stats say the most open at once, and the copy is exact.

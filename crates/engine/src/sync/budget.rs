@@ -10,6 +10,7 @@
 use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
+use pareco_net::Notices;
 use pareco_plan::budget::Budget;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
@@ -22,6 +23,7 @@ pub(super) struct DataBudget {
     permits: Arc<Semaphore>,
     state: Mutex<State>,
     started: Instant,
+    notices: Notices,
 }
 
 struct State {
@@ -39,13 +41,15 @@ pub(super) struct Share {
 }
 
 impl DataBudget {
-    /// A budget from [`FLOOR`] up to `ceiling` bytes.
-    pub(super) fn new(ceiling: u64) -> Self {
+    /// A budget from [`FLOOR`] up to `ceiling` bytes, its changes told to
+    /// `notices`.
+    pub(super) fn new(ceiling: u64, notices: Notices) -> Self {
         let budget = Budget::new(FLOOR, ceiling);
         DataBudget {
             permits: Arc::new(Semaphore::new(kib(budget.bytes()))),
             state: Mutex::new(State { budget, owed: 0 }),
             started: Instant::now(),
+            notices,
         }
     }
 
@@ -67,13 +71,16 @@ impl DataBudget {
         let Share { mut permit, bytes, since } = share;
         let mut state = self.state.lock().expect("budget lock");
         if let Some(step) = state.budget.answered(self.started.elapsed(), bytes, since.elapsed()) {
-            tracing::debug!(
+            let size = pareco_plan::human_size;
+            let line = format!(
                 "data in flight: {} -> {} ({}/s with {})",
-                pareco_plan::human_size(step.from),
-                pareco_plan::human_size(step.to),
-                pareco_plan::human_size(step.rate as u64),
-                pareco_plan::human_size(step.from)
+                size(step.from),
+                size(step.to),
+                size(step.rate as u64),
+                size(step.from)
             );
+            tracing::debug!("{line}");
+            self.notices.tell(&line);
             self.resize(&mut state, kib(step.from), kib(step.to));
         }
         // Paid out of what comes back, before it goes back: transfers
@@ -113,7 +120,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_smaller_budget_is_paid_by_the_shares_that_come_back_not_handed_to_waiters() {
-        let budget = Arc::new(DataBudget::new(64 << 20));
+        let budget = Arc::new(DataBudget::new(64 << 20, Notices::default()));
         budget.resize(&mut budget.state.lock().unwrap(), 8 * MIB, 16 * MIB);
         let mut out = Vec::new();
         for _ in 0..16 {
@@ -143,7 +150,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_transfer_larger_than_the_budget_takes_all_of_it() {
-        let budget = DataBudget::new(64 << 20);
+        let budget = DataBudget::new(64 << 20, Notices::default());
         let share = budget.take(16 << 20).await;
         assert_eq!(share.permit.num_permits(), kib(FLOOR));
         budget.done(share);

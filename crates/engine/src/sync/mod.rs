@@ -39,6 +39,7 @@ mod walk;
 use std::sync::Arc;
 use std::time::Instant;
 
+use pareco_net::Notices;
 use pareco_plan::shard::Shard;
 use pareco_proto::{FailureKind, Kind, RelPath, Stat};
 use tokio::sync::Semaphore;
@@ -84,6 +85,9 @@ pub struct SyncOptions {
     pub parallelism: usize,
     /// Which part of the tree this process does (`--shard I/N`).
     pub shard: Shard,
+    /// Where the run says how it tunes itself (`-v`): each change of the
+    /// data it keeps in flight.
+    pub notices: Notices,
 }
 
 impl Default for SyncOptions {
@@ -101,6 +105,7 @@ impl Default for SyncOptions {
             xattrs: false,
             parallelism: 16,
             shard: Shard::ALL,
+            notices: Notices::default(),
         }
     }
 }
@@ -183,7 +188,7 @@ impl Ctx {
             files: Arc::new(Semaphore::new((128 * j).clamp(1024, 8192))),
             groups: Arc::new(Semaphore::new(4 * j)),
             batches: Arc::new(Semaphore::new(4 * j)),
-            data: budget::DataBudget::new(ceiling),
+            data: budget::DataBudget::new(ceiling, opts.notices.clone()),
             started: std::time::Instant::now(),
             links: links::Links::default(),
             index: Default::default(),
