@@ -497,6 +497,27 @@ fn unsettled_and_vanishing_files_are_reported() {
     assert!(!srv.join("t/doomed-big").exists(), "nothing half-made under the real name");
 }
 
+/// Directories missing above the destination are made 0o755 (as `mkdir -p`
+/// under the usual umask), for a tree and for a single file; the tree's own
+/// root gets the source's mode.
+#[test]
+fn missing_parents_of_the_destination_are_made_readable() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_tmp, src, srv) = dirs();
+    std::fs::write(src.join("f"), b"f").unwrap();
+    std::fs::set_permissions(&src, std::fs::Permissions::from_mode(0o750)).unwrap();
+    let server = Server::start(&srv);
+    sync(&src, server.url("p1/p2/p3"), &["-q"]).ok();
+    sync(src.join("f"), server.url("q1/q2/f"), &["-q"]).ok();
+    assert_same_tree(&src, &srv.join("p1/p2/p3"));
+    assert_eq!(std::fs::read(srv.join("q1/q2/f")).unwrap(), b"f");
+    let mode = |p: &str| std::fs::metadata(srv.join(p)).unwrap().permissions().mode() & 0o7777;
+    for dir in ["p1", "p1/p2", "q1", "q1/q2"] {
+        assert_eq!(mode(dir), 0o755, "{dir}");
+    }
+    assert_eq!(mode("p1/p2/p3"), 0o750);
+}
+
 /// On a long link the data kept in flight grows past the 8 MiB a run
 /// starts with (8 MiB per 200 ms round trip is at most 40 MiB/s), and `-v`
 /// says so.

@@ -294,6 +294,12 @@ pub async fn sync(
     let (src_root, src_now) = src_root.map_err(SyncError::Source)?;
     let src_root = src_root.ok_or(SyncError::SourceMissing)?;
     let single = src_root.kind != Kind::Dir;
+    // Missing directories above the destination are made as `mkdir -p`
+    // would under the usual umask: the sync never sets their mode, and
+    // 0o700 would keep a service of another user out of its own data.
+    if let Some((parent, _)) = dst.base.split_last().filter(|(p, _)| !opts.dry_run && *p != RelPath::root()) {
+        dst.tree.ensure_dir(parent, 0o755).await.map_err(SyncError::Destination)?;
+    }
     // For a tree, the destination is created if missing.
     let (dst_root, dst_list) = if single {
         (dst.tree.stat(dst.base.clone()).await.map(|(stat, _)| stat), None)
