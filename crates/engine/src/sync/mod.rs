@@ -297,7 +297,10 @@ pub async fn sync(
     // Missing directories above the destination are made as `mkdir -p`
     // would under the usual umask: the sync never sets their mode, and
     // 0o700 would keep a service of another user out of its own data.
-    if let Some((parent, _)) = dst.base.split_last().filter(|(p, _)| !opts.dry_run && *p != RelPath::root()) {
+    if !opts.dry_run
+        && let Some((parent, _)) = dst.base.split_last()
+        && parent != RelPath::root()
+    {
         dst.tree.ensure_dir(parent, 0o755).await.map_err(SyncError::Destination)?;
     }
     // For a tree, the destination is created if missing.
