@@ -2,8 +2,11 @@
 //! appears as `.pareco-tmp.<pid>.<n>` in its final directory and is then
 //! renamed into place, so nobody ever sees half of it under its real name.
 //!
-//! Such names belong to pareco: listings leave them out (they are never
-//! copied, planned for or verified). A process killed in the middle of a
+//! Names of exactly these forms belong to pareco: listings leave them out
+//! (they are never copied, planned for or verified; a source that is itself
+//! being written by pareco does not pass on its half-made files). Other
+//! names that merely begin with `.pareco-tmp.` are the user's and are listed
+//! like any other. A process killed in the middle of a
 //! write leaves its temporary behind; the next process that creates one in
 //! the same directory first removes those whose process no longer exists on
 //! this host. Temporaries of live processes (a concurrent run, a recycled
@@ -34,9 +37,10 @@ const PARTIAL_MAX_AGE: std::time::Duration = std::time::Duration::from_secs(7 * 
 static SWEPT: Mutex<Option<HashSet<(u64, u64)>>> = Mutex::new(None);
 const MAX_SWEPT: usize = 1 << 16;
 
-/// Whether a directory entry is one of pareco's temporaries.
+/// Whether a directory entry is one of pareco's temporaries: a partial file
+/// or exactly what [`new_name`] makes.
 pub(crate) fn is_temp(name: &[u8]) -> bool {
-    name.starts_with(TEMP_PREFIX.as_bytes())
+    is_partial(name) || owner(name).is_some()
 }
 
 /// A fresh temporary name in `dir`, after removing (once per directory per
@@ -87,10 +91,16 @@ fn stale(dir: BorrowedFd<'_>, name: &std::ffi::CStr) -> bool {
     (now.as_secs() as i64).saturating_sub(st.st_mtime) > PARTIAL_MAX_AGE.as_secs() as i64
 }
 
-/// The process id in a temporary name.
+/// The process id in a name of [`new_name`]'s form, `<prefix><pid>.<n>`
+/// (decimal digits only); `None` for any other name.
 fn owner(name: &[u8]) -> Option<Pid> {
+    let digits = |s: &[u8]| !s.is_empty() && s.len() <= 20 && s.iter().all(u8::is_ascii_digit);
     let rest = name.strip_prefix(TEMP_PREFIX.as_bytes())?;
-    let pid = rest.split(|&b| b == b'.').next()?;
+    let dot = rest.iter().position(|&b| b == b'.')?;
+    let (pid, n) = (&rest[..dot], &rest[dot + 1..]);
+    if !digits(pid) || !digits(n) {
+        return None;
+    }
     Pid::from_raw(std::str::from_utf8(pid).ok()?.parse().ok()?)
 }
 
@@ -104,6 +114,28 @@ mod tests {
     use super::*;
 
     #[test]
+    fn only_names_of_pareco_s_own_forms_are_temporaries() {
+        let partial = pareco_proto::path::partial_name(&pareco_proto::path::Name::new(b"a.db").unwrap());
+        for ours in [b".pareco-tmp.1234.0".as_slice(), b".pareco-tmp.7.18446744073709551615", partial.as_bytes()] {
+            assert!(is_temp(ours), "{:?}", String::from_utf8_lossy(ours));
+        }
+        let users = [
+            b".pareco-tmp.".as_slice(),
+            b".pareco-tmp.c",
+            b".pareco-tmp.12",
+            b".pareco-tmp.12.",
+            b".pareco-tmp.12.3.bak",
+            b".pareco-tmp.-1.3",
+            b".pareco-tmp.0.3",
+            b".pareco-tmp.part.notes",
+            b"x.pareco-tmp.1.2",
+        ];
+        for name in users {
+            assert!(!is_temp(name), "{:?}", String::from_utf8_lossy(name));
+        }
+    }
+
+    #[test]
     fn temporaries_of_dead_processes_are_removed_and_others_kept() {
         let tmp = tempfile::tempdir().unwrap();
         let mut child = std::process::Command::new("true").spawn().unwrap();
@@ -111,13 +143,18 @@ mod tests {
         child.wait().unwrap();
         let ours = std::process::id();
         let keep = [
-            format!("{TEMP_PREFIX}{ours}.7"), // this process: maybe being written now
-            format!("{TEMP_PREFIX}1.3"),      // init is alive
-            format!("{TEMP_PREFIX}x.1"),      // not ours to judge
+            format!("{TEMP_PREFIX}{ours}.7"),      // this process: maybe being written now
+            format!("{TEMP_PREFIX}1.3"),           // init is alive
+            format!("{TEMP_PREFIX}x.1"),           // the user's, not a temporary
+            format!("{TEMP_PREFIX}{dead}.12.bak"), // the user's, not a temporary
             "data".to_string(),
         ];
         let gone = format!("{TEMP_PREFIX}{dead}.12");
-        let (fresh, stale) = (format!("{TEMP_PREFIX}part.aa"), format!("{TEMP_PREFIX}part.bb"));
+        let partial = |n: &[u8]| {
+            let name = pareco_proto::path::partial_name(&pareco_proto::path::Name::new(n).unwrap());
+            String::from_utf8(name.as_bytes().to_vec()).unwrap()
+        };
+        let (fresh, stale) = (partial(b"a"), partial(b"b"));
         for name in keep.iter().chain([&gone, &fresh, &stale]) {
             std::fs::write(tmp.path().join(name), b"x").unwrap();
         }

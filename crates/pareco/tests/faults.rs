@@ -114,6 +114,32 @@ fn temporaries_left_by_a_killed_process_are_hidden_and_cleaned_up() {
     verify(&src, &dst, &[]).ok();
 }
 
+/// Only names of pareco's own forms are hidden: the user's files and
+/// directories that merely begin with `.pareco-tmp.` are copied, verified
+/// and deleted like any other.
+#[test]
+fn names_that_only_look_like_temporaries_are_copied_and_deleted() {
+    let (_tmp, src, srv) = dirs();
+    let users = [".pareco-tmp.c/d", ".pareco-tmp.notes", ".pareco-tmp.12.3.bak", ".pareco-tmp.part.x"];
+    for name in users {
+        let path = src.join(name);
+        std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+        std::fs::write(&path, name).unwrap();
+    }
+    age(&src);
+    let dst = srv.join("copy");
+    std::fs::create_dir_all(dst.join(".pareco-tmp.old")).unwrap();
+    std::fs::write(dst.join(".pareco-tmp.old/x"), b"extraneous").unwrap();
+    let server = Server::start(&srv);
+    let run = sync(&src, server.url("copy"), &["-q", "--delete"]).ok();
+    assert_eq!(run.stat("entries_deleted"), 1, "{:?}", run.stats);
+    assert!(!dst.join(".pareco-tmp.old").exists());
+    assert_same_tree(&src, &dst);
+    verify(&src, &dst, &[]).ok();
+    std::fs::write(src.join(".pareco-tmp.c/d"), b".pareco-tmp.c/D").unwrap();
+    assert_eq!(verify(&src, &dst, &[]).code(), 1, "verify did not see the difference");
+}
+
 /// Bytes allocated to regular files below `root` (partial and temporary
 /// ones too; what has really arrived, holes not counted).
 fn du(root: &Path) -> u64 {

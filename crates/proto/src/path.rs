@@ -153,8 +153,10 @@ impl RelPath {
     }
 }
 
-/// Names beginning with this belong to pareco: entries being made (renamed
-/// into place when complete) and partial files. Listings leave them out.
+/// Pareco's temporary names begin with this: entries being made (renamed
+/// into place when complete) and partial files. Only names of exactly those
+/// forms are pareco's (see [`is_partial`] and `pareco_fs`); anything else
+/// that merely begins with this is the user's and is copied as usual.
 pub const TEMP_PREFIX: &str = ".pareco-tmp.";
 
 /// Names of partial files begin with this (after [`TEMP_PREFIX`]).
@@ -169,9 +171,11 @@ pub fn partial_name(name: &Name) -> Name {
     Name(format!("{TEMP_PREFIX}{PARTIAL_MARK}{hex}").into_bytes().into())
 }
 
-/// Whether `name` is a partial file's.
+/// Whether `name` is a partial file's: exactly what [`partial_name`] makes.
 pub fn is_partial(name: &[u8]) -> bool {
-    name.strip_prefix(TEMP_PREFIX.as_bytes()).is_some_and(|rest| rest.starts_with(PARTIAL_MARK.as_bytes()))
+    name.strip_prefix(TEMP_PREFIX.as_bytes())
+        .and_then(|rest| rest.strip_prefix(PARTIAL_MARK.as_bytes()))
+        .is_some_and(|hex| hex.len() == 32 && hex.iter().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f')))
 }
 
 /// The path of `path`'s partial file (`None` for the root, or if the path
@@ -255,7 +259,13 @@ mod tests {
             assert!(p.as_bytes().starts_with(TEMP_PREFIX.as_bytes()) && is_partial(p.as_bytes()));
             assert!(p.as_bytes().len() <= MAX_NAME);
         }
-        assert!(!is_partial(b".pareco-tmp.123.4") && !is_partial(b"part.x"));
+        let ours = partial_name(&a);
+        let mark = TEMP_PREFIX.len() + PARTIAL_MARK.len();
+        let upper = [&ours.as_bytes()[..mark], &ours.as_bytes()[mark..].to_ascii_uppercase()].concat();
+        let longer = [ours.as_bytes(), b"0"].concat();
+        for users in [&b".pareco-tmp.123.4"[..], b"part.x", b".pareco-tmp.part.x", &longer, &upper] {
+            assert!(!is_partial(users), "{:?}", String::from_utf8_lossy(users));
+        }
         let at = partial_of(&RelPath::new(b"d/a.db").unwrap()).unwrap();
         assert_eq!(at.split_last().unwrap(), (RelPath::new(b"d").unwrap(), partial_name(&a)));
         assert_eq!(partial_of(&RelPath::root()), None);

@@ -488,7 +488,7 @@ fn a_listing_s_partial_files_are_partial_files() {
     let ok = partial_name(&Name::new(b"f").unwrap());
     let bytes = codec::encode_to_vec(&Frame::Response { id: 1, response: listing(ok.as_bytes()) });
     assert!(codec::decode(&mut BytesMut::from(&bytes[..])).is_ok());
-    for name in [&b"f"[..], b".pareco-tmp.12.3"] {
+    for name in [&b"f"[..], b".pareco-tmp.12.3", b".pareco-tmp.part.notes"] {
         let bytes = codec::encode_to_vec(&Frame::Response { id: 1, response: listing(name) });
         let refused = codec::decode(&mut BytesMut::from(&bytes[..]));
         assert_eq!(refused, Err(CodecError::Invalid("a partial file's name expected")), "{name:?}");
