@@ -348,9 +348,11 @@ fn kind_changes_replace_destination_entries() {
     std::fs::write(src.join("was-dir"), b"now a file").unwrap();
     symlink("target", src.join("was-big-file")).unwrap();
     std::fs::write(src.join("was-link"), bytes(3, 200_000)).unwrap();
+    symlink("target", src.join("was-dir-too")).unwrap();
     age(&src);
     let t = srv.join("t");
     std::fs::create_dir_all(t.join("was-dir/with/content")).unwrap();
+    std::fs::create_dir_all(t.join("was-dir-too/x")).unwrap();
     std::fs::write(t.join("was-file"), b"old").unwrap();
     std::fs::write(t.join("was-big-file"), bytes(4, 300_000)).unwrap();
     symlink("elsewhere", t.join("was-link")).unwrap();
@@ -361,10 +363,25 @@ fn kind_changes_replace_destination_entries() {
     let run = sync(&src, server.url("t"), &["-q"]);
     assert_eq!(run.code(), 1);
     assert!(run.stderr().contains("was-dir: a directory is in the way"), "{}", run.stderr());
-    assert_eq!(run.stat("errors"), 1);
+    assert!(run.stderr().contains("was-dir-too: a directory is in the way"), "{}", run.stderr());
+    assert_eq!(run.stat("errors"), 2);
     assert_eq!(std::fs::read(t.join("was-file/inside")).unwrap(), b"x");
     assert_eq!(std::fs::read(t.join("was-link")).unwrap(), bytes(3, 200_000));
-    sync(&src, server.url("t"), &["-q", "--delete"]).ok();
+    // A directory that gives way goes with all it holds: said as a deletion,
+    // in a dry run as in the real one.
+    let said = |run: &Run| {
+        let lines: Vec<Vec<String>> =
+            run.stdout().lines().map(|l| l.split_whitespace().map(str::to_string).collect()).collect();
+        let mut deleted: Vec<_> = lines.iter().filter(|w| w[0] == "delete").map(|w| w[1].clone()).collect();
+        deleted.sort();
+        (deleted, run.stat("entries_deleted"))
+    };
+    let want = (vec!["was-dir".to_string(), "was-dir-too".to_string()], 2);
+    let dry = sync(&src, server.url("t"), &["-n", "--delete"]).ok();
+    assert_eq!(said(&dry), want, "{}", dry.stdout());
+    assert!(t.join("was-dir/with/content").is_dir() && t.join("was-dir-too/x").is_dir());
+    let run = sync(&src, server.url("t"), &["-v", "--delete"]).ok();
+    assert_eq!(said(&run), want, "{}", run.stdout());
     assert_same_tree(&src, &t);
 }
 

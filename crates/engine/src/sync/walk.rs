@@ -537,6 +537,7 @@ async fn dispatch(
     if deferred {
         return;
     }
+    let way = in_the_way(&p);
     match p.action {
         // Put off to the end of the run: it may hold content that moved.
         Action::Delete if !ctx.opts.dry_run => {
@@ -578,7 +579,7 @@ async fn dispatch(
             let permit = places.take().await;
             let ticket = Ticket::new(node, ctx);
             let src = p.src.expect("copy has a source");
-            let batched = src.size <= SMALL_FILE_MAX as u64 && !p.remove_first && !ctx.opts.checksum;
+            let batched = src.size <= SMALL_FILE_MAX as u64 && way.is_none() && !ctx.opts.checksum;
             if batched && !ctx.opts.dry_run {
                 let file = SmallFile { rel, src, basis, ticket, _permit: permit, attempt: 0 };
                 if let Err(mpsc::error::SendError(file)) = small.send(file).await {
@@ -589,7 +590,7 @@ async fn dispatch(
             let (ctx, alive) = (ctx.clone(), ticket.alive());
             tokio::spawn(async move {
                 let size = src.size;
-                let outcome = copy_file(&ctx, &rel, src, basis, p.remove_first, ticket, permit).await;
+                let outcome = copy_file(&ctx, &rel, src, basis, way, ticket, permit).await;
                 ctx.finish_file(&rel, size, outcome);
                 drop(alive);
             });
@@ -618,7 +619,7 @@ async fn copy_file(
     rel: &RelPath,
     src: Stat,
     basis: Option<Stat>,
-    remove_first: bool,
+    in_the_way: Option<Kind>,
     ticket: Ticket,
     permit: OwnedSemaphorePermit,
 ) -> Outcome {
@@ -654,14 +655,14 @@ async fn copy_file(
             Err(outcome) => return outcome,
         }
     }
-    if ctx.opts.dry_run {
-        return Outcome::Synced { transferred: true, change: Some(change) };
-    }
-    if remove_first {
-        if let Err(e) = ctx.dst.tree.remove(ctx.dst.path(rel)).await {
+    if let Some(kind) = in_the_way {
+        if let Err(e) = make_way(ctx, rel, kind).await {
             return destination_failure(e);
         }
         ticket.dir().touch();
+    }
+    if ctx.opts.dry_run {
+        return Outcome::Synced { transferred: true, change: Some(change) };
     }
     if src.size <= SMALL_FILE_MAX as u64 {
         return small::transfer_one(ctx, rel, src, basis, ticket, permit).await;
@@ -670,19 +671,38 @@ async fn copy_file(
     big::transfer(ctx, rel, src.size, basis.as_ref(), change, ticket).await
 }
 
+/// The kind of destination entry the plan removes before making the new one.
+fn in_the_way(p: &Planned) -> Option<Kind> {
+    p.dst.as_ref().filter(|_| p.remove_first).map(|d| d.kind)
+}
+
+/// Removes the destination entry in the way of another kind (nothing in a
+/// dry run). A directory goes with all it holds, so it is said and counted
+/// as a deletion, as `--delete` would.
+async fn make_way(ctx: &Ctx, rel: &RelPath, kind: Kind) -> Result<(), TreeError> {
+    if !ctx.opts.dry_run {
+        ctx.dst.tree.remove(ctx.dst.path(rel)).await?;
+    }
+    if kind == Kind::Dir {
+        Stats::add(&ctx.stats.entries_deleted, 1);
+        ctx.reporter.change(rel, Change::Delete);
+    }
+    Ok(())
+}
+
 /// Creates an entry with `make` (nothing in a dry run), first removing the
 /// destination entry if the plan says it must go.
 async fn replace(
     ctx: &Ctx,
-    path: &RelPath,
-    remove_first: bool,
+    rel: &RelPath,
+    in_the_way: Option<Kind>,
     make: impl std::future::Future<Output = Result<(), TreeError>>,
 ) -> Result<(), TreeError> {
+    if let Some(kind) = in_the_way {
+        make_way(ctx, rel, kind).await?;
+    }
     if ctx.opts.dry_run {
         return Ok(());
-    }
-    if remove_first {
-        ctx.dst.tree.remove(path.clone()).await?;
     }
     make.await
 }
@@ -694,7 +714,7 @@ async fn set_attrs(ctx: &Ctx, path: RelPath, mode: Option<u32>, mtime: Option<Ti
 
 /// Everything that is not a file's content: links, permissions, deletions.
 async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome {
-    let path = ctx.dst.path(rel);
+    let (path, in_the_way) = (ctx.dst.path(rel), in_the_way(&p));
     let (change, result) = match p.action {
         Action::Delete if ctx.opts.dry_run => {
             Stats::add(&ctx.stats.entries_deleted, 1);
@@ -723,12 +743,12 @@ async fn entry(ctx: &Ctx, rel: &RelPath, p: Planned, ticket: &Ticket) -> Outcome
             let target = bytes::Bytes::copy_from_slice(src.target.as_deref().unwrap_or_default());
             ticket.dir().touch();
             let make = ctx.dst.tree.make_symlink(path.clone(), target, Some(src.mtime));
-            (Change::Symlink, replace(ctx, &path, p.remove_first, make).await)
+            (Change::Symlink, replace(ctx, rel, in_the_way, make).await)
         }
         Action::Special => {
             let src = p.src.expect("a special file has a source");
             ticket.dir().touch();
-            let result = replace(ctx, &path, p.remove_first, ctx.dst.tree.make_special(path.clone(), &src)).await;
+            let result = replace(ctx, rel, in_the_way, ctx.dst.tree.make_special(path.clone(), &src)).await;
             if let Err(e) = &result
                 && e.kind() == Some(pareco_proto::FailureKind::PermissionDenied)
             {
