@@ -303,6 +303,41 @@ fn a_renamed_directory_and_rotated_logs_cost_no_content() {
     }
 }
 
+/// Files moved between directories are copied from where they were, however
+/// the parallel walk orders the directories: out of a deep directory into
+/// the root (planned before the deep one is listed), and around a ring of
+/// sibling directories.
+#[test]
+fn files_moved_to_other_directories_are_copied_from_where_they_were() {
+    for pull in [false, true] {
+        let t = Setup::new(pull);
+        let (big, ring) = (3 << 20, 8);
+        write(&t.src.join("deep/a/b/c/image"), &bytes(7, big));
+        for i in 0..ring {
+            write(&t.src.join(format!("d{i}/seg-{i}")), &bytes(20 + i as u64, (1 << 20) + i));
+            write(&t.src.join(format!("d{i}/small-{i}")), &bytes(40 + i as u64, 1000));
+        }
+        age(&t.src);
+        t.sync(&["-q"]).ok();
+
+        std::fs::rename(t.src.join("deep/a/b/c/image"), t.src.join("image")).unwrap();
+        for i in 0..ring {
+            let to = (i + 1) % ring;
+            for name in [format!("seg-{i}"), format!("small-{i}")] {
+                std::fs::rename(t.src.join(format!("d{i}/{name}")), t.src.join(format!("d{to}/{name}"))).unwrap();
+            }
+        }
+        let moved = big as u64 + (0..ring).map(|i| (1 << 20) + i as u64).sum::<u64>();
+        let run = t.sync(&["-v", "--delete"]).ok();
+        assert_same_tree(&t.src, &t.dst);
+        // (A small file is copied if the walk listed where it was first.)
+        let (reused, sent) = (run.stat("bytes_reused_local"), run.stat("bytes_transferred"));
+        assert!(reused >= moved && sent <= ring as u64 * 1000, "pull={pull}: {reused} reused, {sent} sent");
+        assert_eq!(reused + sent, moved + ring as u64 * 1000, "pull={pull}:\n{}", run.stdout());
+        assert!(run.stdout().lines().any(|l| l == "copy   image"), "{}", run.stdout());
+    }
+}
+
 /// Candidates of the same size and mtime that hold other content are not
 /// copied: what the destination has is checked against the source's digests.
 #[test]

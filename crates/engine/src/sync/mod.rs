@@ -152,6 +152,8 @@ pub(crate) struct Ctx {
     links: links::Links,
     /// Destination files the source lacks: where moved content may be.
     index: reuse::Index,
+    /// New large files held until the walk is over (see `reuse`).
+    later: reuse::Later<walk::Held>,
     /// Removals put off to the end of the run.
     deletions: reuse::Deletions,
     /// Whether setting an owner was refused once already (not root).
@@ -192,6 +194,7 @@ impl Ctx {
             started: std::time::Instant::now(),
             links: links::Links::default(),
             index: Default::default(),
+            later: Default::default(),
             deletions: Default::default(),
             owner_refused: Default::default(),
             gave_up: Default::default(),

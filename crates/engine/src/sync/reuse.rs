@@ -10,6 +10,14 @@
 //!   directories of a directory where something is created (a directory
 //!   renamed within its parent is listed once, then copied from).
 //!
+//! The walk lists directories in parallel, so a file moved to another
+//! directory may be planned before the directory it left is listed. A new
+//! large file that finds no candidate is therefore [held](Later) until the
+//! walk has listed everything, then looked for again in the index; only
+//! then is it sent. Nothing is held when the destination was empty at the
+//! start (a first copy), and nothing small: such a file costs less to send
+//! than to wait for.
+//!
 //! Copies of one directory go in one `CloneFiles` request, made before the
 //! directory's other entries are dispatched, so that a file that serves as
 //! a candidate is read before it is itself updated; the server makes all
@@ -20,7 +28,7 @@
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::Mutex;
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use pareco_plan::dir::{Action, Planned};
 use pareco_plan::freshness::settle_delay;
@@ -28,7 +36,7 @@ use pareco_plan::reuse::{ranked, wants_content};
 use pareco_proto::limits::{MAX_BATCH_FILES, MAX_CLONE_CANDIDATES, MAX_DIGESTS};
 use pareco_proto::{CloneFile, Kind, Name, RelPath, Stat, Timestamp};
 
-use super::{Ctx, Outcome, destination_failure};
+use super::{Ctx, Outcome, SMALL_FILE_MAX, destination_failure};
 use crate::report::{Change, Stats};
 
 /// Most destination files remembered as candidates (about 100 bytes each).
@@ -71,6 +79,41 @@ impl Index {
         let named = self.by_name.lock().expect("index lock").get(&(src.size, name.clone())).cloned();
         let alike = self.by_size.lock().expect("index lock").get(&src.size).cloned().unwrap_or_default();
         named.into_iter().chain(alike).filter_map(|(rel, stat)| Some((rel.split_last()?.1, rel, stat))).collect()
+    }
+}
+
+/// New large files that found no candidate while the walk was going, held
+/// (each group with what keeps its directory open) until it is over.
+pub(crate) struct Later<Group> {
+    open: AtomicBool,
+    held: Mutex<Vec<Group>>,
+}
+
+impl<Group> Default for Later<Group> {
+    fn default() -> Self {
+        Later { open: AtomicBool::new(false), held: Mutex::default() }
+    }
+}
+
+impl<Group> Later<Group> {
+    /// Files are held from now on (the destination holds something that
+    /// content may have moved from).
+    pub(crate) fn open(&self) {
+        self.open.store(true, Ordering::Relaxed);
+    }
+
+    fn is_open(&self) -> bool {
+        self.open.load(Ordering::Relaxed)
+    }
+
+    pub(crate) fn hold(&self, group: Group) {
+        self.held.lock().expect("later lock").push(group);
+    }
+
+    /// Everything held; nothing is held after this.
+    pub(crate) fn take(&self) -> Vec<Group> {
+        self.open.store(false, Ordering::Relaxed);
+        std::mem::take(&mut *self.held.lock().expect("later lock"))
     }
 }
 
@@ -117,19 +160,26 @@ impl Deletions {
     }
 }
 
+/// What [`copy_what_is_there`] leaves: the entries to dispatch, and the
+/// new large files to look for again once the walk is over (see [`Later`]).
+pub(crate) struct Left {
+    pub(crate) now: Vec<Planned>,
+    pub(crate) later: Vec<Planned>,
+}
+
 /// Before a directory's entries are dispatched: remembers its extraneous
 /// files (and, if it creates anything, lists its extraneous directories to
 /// remember theirs), then copies from what the destination has every file
-/// that can be. Returns the entries still to be dispatched.
+/// that can be.
 pub(crate) async fn copy_what_is_there(
     ctx: &std::sync::Arc<Ctx>,
     dir: &RelPath,
     src_now: Timestamp,
     planned: Vec<Planned>,
-    mut touched: impl FnMut(),
-) -> Vec<Planned> {
+    touched: impl FnMut(),
+) -> Left {
     if ctx.opts.checksum {
-        return planned;
+        return Left { now: planned, later: Vec::new() };
     }
     let creates =
         planned.iter().any(|p| matches!(p.action, Action::CopyFile { basis: None } | Action::Descend { create: true }));
@@ -148,7 +198,7 @@ pub(crate) async fn copy_what_is_there(
     // (Whether a candidate holds the content is only known by trying: a dry
     // run lists such files as new or updated.)
     if ctx.opts.dry_run || !planned.iter().any(wants_content) {
-        return planned;
+        return Left { now: planned, later: Vec::new() };
     }
 
     // Candidates: this directory's destination files, then the index.
@@ -158,22 +208,61 @@ pub(crate) async fn copy_what_is_there(
             here.entry(d.size).or_default().push((p.name.clone(), d.clone()));
         }
     }
-    let (mut wanted, mut rest) = (Vec::new(), Vec::new());
+    let (mut wanted, mut rest, mut held) = (Vec::new(), Vec::new(), Vec::new());
     for p in planned {
         let found = match (&p.src, dir.join(&p.name)) {
             (Some(src), Ok(rel))
                 if wants_content(&p) && settle_delay(src, src_now).is_none() && ctx.opts.shard.owns(&rel, src) =>
             {
-                Some(candidates(ctx, dir, &here, &p.name, src)).filter(|c| !c.is_empty()).map(|from| (rel, from))
+                Some((rel, candidates(ctx, dir, &here, &p.name, src)))
             }
             _ => None,
         };
         match found {
-            Some((rel, from)) => wanted.push((rel, from, p)),
-            None => rest.push(p),
+            Some((rel, from)) if !from.is_empty() => wanted.push((rel, from, p)),
+            Some(_) if ctx.later.is_open() && is_new_and_large(&p) => held.push(p),
+            _ => rest.push(p),
         }
     }
+    rest.extend(copy_found(ctx, dir, wanted, touched).await);
+    Left { now: rest, later: held }
+}
+
+/// Whether a planned file is new at the destination and not small.
+fn is_new_and_large(p: &Planned) -> bool {
+    matches!(p.action, Action::CopyFile { basis: None })
+        && p.src.as_ref().is_some_and(|s| s.size > SMALL_FILE_MAX as u64)
+}
+
+/// Once the walk is over: copies from what the index holds every file of
+/// `held` (new large files of `dir`) that can be. Returns the entries
+/// still to be sent.
+pub(crate) async fn copy_held(ctx: &std::sync::Arc<Ctx>, dir: &RelPath, held: Vec<Planned>) -> Vec<Planned> {
+    let (mut wanted, mut rest) = (Vec::new(), Vec::new());
+    for p in held {
+        let from = match (&p.src, dir.join(&p.name)) {
+            (Some(src), Ok(rel)) => Some((rel, candidates(ctx, dir, &HashMap::new(), &p.name, src))),
+            _ => None,
+        };
+        match from {
+            Some((rel, from)) if !from.is_empty() => wanted.push((rel, from, p)),
+            _ => rest.push(p),
+        }
+    }
+    rest.extend(copy_found(ctx, dir, wanted, || {}).await);
+    rest
+}
+
+/// Asks for the copies of `wanted`; returns the entries that could not be
+/// made so.
+async fn copy_found(
+    ctx: &std::sync::Arc<Ctx>,
+    dir: &RelPath,
+    wanted: Vec<Wanted>,
+    mut touched: impl FnMut(),
+) -> Vec<Planned> {
     tracing::debug!("{dir}: {} file(s) may be copied from what the destination has", wanted.len());
+    let mut rest = Vec::new();
     if wanted.is_empty() {
         return rest;
     }

@@ -261,6 +261,11 @@ pub(crate) async fn run(
         }
     } else {
         Stats::add(&ctx.stats.dirs_total, 1);
+        // Content may have moved only in a destination that holds something.
+        let empty = listed.as_ref().and_then(|l| l.dst.as_ref()).is_some_and(|d| d.entries.is_empty());
+        if dst_root.is_some() && !empty {
+            ctx.later.open();
+        }
         let queue = Arc::new(Queue::default());
         let ticket = Ticket::new(&root, &ctx);
         let list_dst = dst_root.is_some();
@@ -278,6 +283,7 @@ pub(crate) async fn run(
             });
         }
         while tasks.join_next().await.is_some() {}
+        dispatch_held(&ctx, &small_tx).await;
     }
     ctx.stats.listed.store(true, Ordering::Relaxed);
     let listed = std::time::Instant::now();
@@ -373,8 +379,13 @@ async fn plan_and_dispatch(
     }
     let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
     let planned = plan_dir(src_entries, src_now, dst_entries, options);
-    let planned = reuse::copy_what_is_there(ctx, &node.rel, src_now, planned, || node.touch()).await;
-    let mut leftovers = Leftovers::new(partials, &planned);
+    let reuse::Left { now: planned, later } =
+        reuse::copy_what_is_there(ctx, &node.rel, src_now, planned, || node.touch()).await;
+    let mut leftovers = Leftovers::new(partials, planned.iter().chain(&later));
+    if !later.is_empty() {
+        let partials = later.iter().filter_map(|p| Some((p.name.clone(), leftovers.of(&p.name)?))).collect();
+        ctx.later.hold(Held { node: node.clone(), ticket: Ticket::new(node, ctx), files: later, partials });
+    }
     let wanted =
         planned.iter().filter(|p| !matches!(p.action, Action::Descend { .. } | Action::Nothing | Action::Skip(_)));
     let mut places = Places::new(ctx, wanted.count());
@@ -400,6 +411,39 @@ async fn plan_and_dispatch(
     drop(ticket);
 }
 
+/// New large files of one directory held until the walk is over (see
+/// `reuse`), with what keeps the directory open meanwhile and the partial
+/// files earlier runs left of them.
+pub(crate) struct Held {
+    node: Arc<DirNode>,
+    ticket: Ticket,
+    files: Vec<Planned>,
+    partials: HashMap<Name, Name>,
+}
+
+/// Once the walk is over: copies the held files from what the destination
+/// has where it can, and dispatches the others.
+async fn dispatch_held(ctx: &Arc<Ctx>, small: &mpsc::Sender<SmallFile>) {
+    let mut tasks = tokio::task::JoinSet::new();
+    for Held { node, ticket, files, mut partials } in ctx.later.take() {
+        while tasks.len() >= ctx.opts.parallelism.max(1) {
+            tasks.join_next().await;
+        }
+        let (ctx, small) = (ctx.clone(), small.clone());
+        tasks.spawn(async move {
+            let rest = reuse::copy_held(&ctx, &node.rel, files).await;
+            let mut places = Places::new(&ctx, rest.len());
+            for p in rest {
+                let Ok(rel) = node.rel.join(&p.name) else { continue };
+                let partial = partials.remove(&p.name);
+                dispatch(&ctx, &small, &Queue::default(), &node, rel, p, partial, &mut places).await;
+            }
+            drop(ticket);
+        });
+    }
+    while tasks.join_next().await.is_some() {}
+}
+
 /// The partial files an earlier run left in a directory (new files it was
 /// writing when it stopped), by the name of the entry each was for. A new
 /// large file resumes from its own; any other use of the name leaves it
@@ -412,13 +456,13 @@ struct Leftovers {
 }
 
 impl Leftovers {
-    fn new(partials: Vec<pareco_proto::Entry>, planned: &[Planned]) -> Leftovers {
+    fn new<'a>(partials: Vec<pareco_proto::Entry>, planned: impl Iterator<Item = &'a Planned>) -> Leftovers {
         if partials.is_empty() {
             return Leftovers::default();
         }
         let mut left: HashSet<Name> = partials.into_iter().map(|e| e.name).collect();
         let mut by_entry = HashMap::new();
-        for p in planned.iter().filter(|p| p.src.is_some()) {
+        for p in planned.filter(|p| p.src.is_some()) {
             let partial = partial_name(&p.name);
             if left.remove(&partial) {
                 by_entry.insert(p.name.clone(), partial);
