@@ -194,6 +194,9 @@ enum Work<T> {
 pub(crate) enum Written<T> {
     /// A frame is written: its tag and length.
     Frame(T, usize),
+    /// The first bytes of a frame were written, then writing failed (the
+    /// error follows).
+    Part(usize),
     /// Everything is written and flushed; the count and digest of all of it.
     Flushed(Box<Tally>),
 }
@@ -205,6 +208,20 @@ pub(crate) struct OutputSide<T> {
     /// Reports, one per frame written, then one for the flush.
     pub written: mpsc::UnboundedReceiver<std::io::Result<Written<T>>>,
     stop: Arc<AtomicBool>,
+}
+
+/// `write_all` that says, when it fails, how many bytes it wrote first.
+fn write_counted(output: &mut impl Write, data: &[u8]) -> Result<(), (usize, std::io::Error)> {
+    let mut written = 0;
+    while written < data.len() {
+        match output.write(&data[written..]) {
+            Ok(0) => return Err((written, std::io::ErrorKind::WriteZero.into())),
+            Ok(n) => written += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err((written, e)),
+        }
+    }
+    Ok(())
 }
 
 impl<T: Send + 'static> OutputSide<T> {
@@ -224,7 +241,15 @@ impl<T: Send + 'static> OutputSide<T> {
                     Work::Frame(tag, data) => {
                         // Hashed first: the write then copies from the cache.
                         tally.add(&data);
-                        output.write_all(&data).map(|()| Written::Frame(tag, data.len()))
+                        match write_counted(&mut output, &data) {
+                            Ok(()) => Ok(Written::Frame(tag, data.len())),
+                            Err((written, e)) => {
+                                if written > 0 {
+                                    let _ = report.send(Ok(Written::Part(written)));
+                                }
+                                Err(e)
+                            }
+                        }
                     }
                     Work::Flush => output.flush().map(|()| Written::Flushed(Box::new(std::mem::take(&mut tally)))),
                 };
@@ -265,7 +290,7 @@ impl<T: Send + 'static> OutputSide<T> {
         self.stop.store(true, Ordering::Relaxed);
         drop(self.work);
         let _ = tokio::time::timeout(limit, async {
-            while let Some(Ok(Written::Frame(_, len))) = self.written.recv().await {
+            while let Some(Ok(Written::Frame(_, len) | Written::Part(len))) = self.written.recv().await {
                 delivered.fetch_add(len as u64, Ordering::Relaxed);
             }
         })

@@ -224,6 +224,32 @@ fn killing_the_receiver_makes_the_sender_fail() {
     assert!(stderr.contains("stream incomplete"), "{stderr}");
 }
 
+/// A consumer that stops reading (`recv | head -c 1000`) ends the stream at
+/// once: the receiver's abort reaches the sender before the receiver exits,
+/// so the sender says why and does not wait out `--retry-for` for a
+/// receiver that is never coming back (a race, so tried a few times); the
+/// receiver counts the bytes its output took.
+#[test]
+fn a_receiver_whose_output_closes_tells_the_sender_before_it_exits() {
+    for _ in 0..4 {
+        let mut recv = End::spawn("recv", &LISTEN, Stdio::null(), Stdio::piped(), TOKEN);
+        let mut consumer = recv.child.stdout.take().unwrap();
+        let fed = Arc::new(AtomicU64::new(0));
+        let (send, _input_open) = feeding_sender(&recv.url(), &["--retry-for", "120"], fed, 64);
+        let mut head = [0u8; 1000];
+        consumer.read_exact(&mut head).unwrap();
+        assert_eq!(&head[..], &text(1000)[..]);
+        drop(consumer);
+        let (status, stderr) = recv.finish();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        // Counted as written: at least what was read (the pipe took more).
+        assert!(delivered(&stderr) >= 1000, "{stderr}");
+        let (status, stderr) = send.finish();
+        assert_eq!(status.code(), Some(1), "{stderr}");
+        assert!(stderr.contains("aborted") && stderr.contains("output failed"), "{stderr}");
+    }
+}
+
 #[test]
 fn a_slow_consumer_holds_the_sender_back_instead_of_growing_memory() {
     let tmp = tempfile::tempdir().unwrap();

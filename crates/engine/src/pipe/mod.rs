@@ -195,6 +195,38 @@ struct Links {
     redial: Option<mpsc::UnboundedSender<()>>,
     /// `-j auto` (connecting side only).
     auto: Option<Auto>,
+    /// Links whose writer still runs.
+    writing: Arc<Writing>,
+}
+
+/// How long an end that stops waits for its last words (an `Abort`) to
+/// leave: the process exits right after, and what is still queued is lost.
+const LAST_WORDS: Duration = Duration::from_secs(2);
+
+/// Counts the links' writer tasks, so that an end can wait for them to
+/// drain.
+#[derive(Default)]
+struct Writing {
+    count: AtomicU64,
+    idle: tokio::sync::Notify,
+}
+
+/// Held by a writer task while it runs.
+struct Writer(Arc<Writing>);
+
+impl Writer {
+    fn new(writing: &Arc<Writing>) -> Writer {
+        writing.count.fetch_add(1, Ordering::AcqRel);
+        Writer(writing.clone())
+    }
+}
+
+impl Drop for Writer {
+    fn drop(&mut self) {
+        if self.0.count.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.0.idle.notify_waiters();
+        }
+    }
 }
 
 impl Links {
@@ -215,6 +247,7 @@ impl Links {
             next_id: Arc::new(AtomicU64::new(0)),
             redial: None,
             auto: None,
+            writing: Arc::default(),
         };
         match rendezvous {
             Rendezvous::Connect { addr, connections, tuning } => {
@@ -241,7 +274,25 @@ impl Links {
             next_id: self.next_id.clone(),
             redial: None,
             auto: None,
+            writing: self.writing.clone(),
         }
+    }
+
+    /// Waits (at most `limit`) until every link's writer has sent what was
+    /// queued on it and closed it.
+    async fn drained(&self, limit: Duration) {
+        let _ = tokio::time::timeout(limit, async {
+            loop {
+                let idle = self.writing.idle.notified();
+                tokio::pin!(idle);
+                idle.as_mut().enable();
+                if self.writing.count.load(Ordering::Acquire) == 0 {
+                    return;
+                }
+                idle.await;
+            }
+        })
+        .await;
     }
 
     /// A link was lost: the connecting side opens another.
@@ -412,8 +463,9 @@ impl Links {
         if events.send(LinkEvent::Opened(id, tx, peer_window)).is_err() {
             return;
         }
-        let closed = events.clone();
+        let (closed, writing) = (events.clone(), Writer::new(&self.writing));
         tokio::spawn(async move {
+            let _writing = writing;
             if let Err(e) = pareco_net::framed::pump(&mut writer, &mut rx).await {
                 tracing::debug!("link {id}: writing failed: {e}");
                 let _ = closed.send(LinkEvent::Closed(id));
@@ -444,12 +496,15 @@ impl Links {
 }
 
 /// Tells the peer why this end stops (unless the peer said so first), and
-/// closes the links so that the message goes out.
-fn abort(table: &mut LinkTable, e: &PipeError) {
+/// closes the links, waiting a little for the message to go out: else the
+/// process may exit first, and the peer, seeing only connections drop,
+/// waits `--retry-for` for this end to come back.
+async fn abort(links: &Links, table: &mut LinkTable, e: &PipeError) {
     if !matches!(e, PipeError::Aborted(_)) {
         table.broadcast(&StreamMessage::Abort { reason: e.to_string() });
     }
     table.close_all();
+    links.drained(LAST_WORDS).await;
 }
 
 /// The open links of one end, by id.

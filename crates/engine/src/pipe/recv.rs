@@ -114,6 +114,9 @@ pub async fn receive(
                         table.send(any, StreamMessage::Ack { seq });
                     }
                 }
+                Ok(Written::Part(len)) => {
+                    stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                }
                 Ok(Written::Flushed(tally)) => {
                     // (Flushed only once the end is known.)
                     let Some((frames, bytes, digest)) = end else { unreachable!("flushed before the end") };
@@ -171,7 +174,7 @@ pub async fn receive(
             // Tell the sender at once (it would otherwise wait --retry-for),
             // stop writing, and count what the output thread still completes,
             // so that the bytes reported are exactly the bytes delivered.
-            abort(&mut table, &e);
+            abort(&links, &mut table, &e).await;
             output.stop(&stats.bytes, FAREWELL).await;
             return Err(e);
         }

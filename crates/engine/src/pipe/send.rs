@@ -126,7 +126,7 @@ pub async fn send(
         waited |= out.next_unsent().is_some();
     };
     if let Err(e) = &result {
-        abort(&mut table, e);
+        abort(&links, &mut table, e).await;
     }
     table.close_all();
     result?;

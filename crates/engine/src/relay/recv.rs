@@ -153,6 +153,9 @@ pub async fn receive<B: Bucket>(
                         written = index + 1;
                     }
                 }
+                Ok(Written::Part(len)) => {
+                    stats.bytes.fetch_add(len as u64, Ordering::Relaxed);
+                }
                 Ok(Written::Flushed(tally)) => {
                     if let Some(e) = failure.take() {
                         break Err(e);
