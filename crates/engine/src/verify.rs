@@ -41,6 +41,8 @@ pub struct VerifyOptions {
     pub checks: Checks,
     /// Extended attributes too (`system.*` ones, which hold ACLs, aside).
     pub xattrs: bool,
+    /// Fifos and device files too (sockets never: sync skips them).
+    pub specials: bool,
     /// Which part of the trees to compare (`--shard I/N`, as sync divides them).
     pub shard: Shard,
     /// Live counters, for the caller to poll.
@@ -82,6 +84,9 @@ pub struct VerifyReport {
     pub differences: u64,
     /// Paths that could not be compared.
     pub errors: u64,
+    /// Entries left out, on either side, as sync leaves them out: sockets,
+    /// and fifos and devices unless `specials`.
+    pub skipped: u64,
     /// Space taken by A's files.
     #[serde(skip)]
     pub usage_a: Usage,
@@ -245,6 +250,7 @@ impl Ctx {
                 return Vec::new();
             }
         };
+        let (la, lb) = (self.compared(&rel, la), self.compared(&rel, lb));
         let mut b: BTreeMap<_, Stat> = lb.into_iter().map(|Entry { name, stat }| (name, stat)).collect();
         let mut work = Vec::new();
         let none = Xattrs::new();
@@ -286,6 +292,28 @@ impl Ctx {
             return Ok(HashMap::new());
         }
         Ok(side.tree.dir_xattrs(side.path(rel)).await?.into_iter().collect())
+    }
+
+    /// The entries of directory `rel` that sync would copy (counting this
+    /// shard's others).
+    fn compared(&self, rel: &RelPath, entries: Vec<Entry>) -> Vec<Entry> {
+        let (mut kept, mut skipped) = (Vec::with_capacity(entries.len()), 0);
+        for e in entries {
+            let copied = match e.stat.kind {
+                Kind::Socket => false,
+                Kind::Fifo | Kind::CharDevice | Kind::BlockDevice => self.opts.specials,
+                _ => true,
+            };
+            if copied {
+                kept.push(e);
+            } else if rel.join(&e.name).is_ok_and(|path| self.opts.shard.owns(&path, &e.stat)) {
+                skipped += 1;
+            }
+        }
+        if skipped > 0 {
+            self.state.lock().expect("verify state").report.skipped += skipped;
+        }
+        kept
     }
 
     fn only_in(&self, path: &RelPath, side: Side) {

@@ -284,9 +284,6 @@ pub struct SyncArgs {
     pub delete: bool,
     #[command(flatten)]
     pub metadata: MetadataArgs,
-    /// Recreate fifos and device files (devices need root at the receiving side).
-    #[arg(long)]
-    pub specials: bool,
     /// Leave all-zero runs of new content as holes, even where the source
     /// allocates them (holes of sparse source files are always kept).
     #[arg(short = 'S', long)]
@@ -380,6 +377,10 @@ pub struct MetadataArgs {
     /// Extended attributes too (all but system.*, which holds ACLs).
     #[arg(short = 'X', long)]
     pub xattrs: bool,
+    /// Fifos and device files too: sync recreates them (devices need root at
+    /// the receiving side), verify compares them. Sockets never are.
+    #[arg(long)]
+    specials: bool,
 }
 
 impl MetadataArgs {
@@ -391,6 +392,11 @@ impl MetadataArgs {
     /// Groups, asked for alone or by -a.
     pub fn group(&self) -> bool {
         self.group || self.archive
+    }
+
+    /// Fifos and devices, asked for alone or by -a.
+    pub fn specials(&self) -> bool {
+        self.specials || self.archive
     }
 }
 

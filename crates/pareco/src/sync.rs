@@ -30,7 +30,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         delete: args.delete,
         dry_run: args.dry_run,
         sparse: args.sparse,
-        specials: args.specials || args.metadata.archive,
+        specials: args.metadata.specials(),
         owner: args.metadata.owner(),
         group: args.metadata.group(),
         xattrs: args.metadata.xattrs,

@@ -61,6 +61,7 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         parallelism: crate::sync::parallelism(net.connections),
         checks: Checks { owner: args.metadata.owner(), group: args.metadata.group() },
         xattrs: args.metadata.xattrs,
+        specials: args.metadata.specials(),
         shard: args.shard.unwrap_or(pareco_plan::shard::Shard::ALL),
         progress: Arc::default(),
     };
@@ -118,6 +119,15 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
             human(report.bytes_hashed),
             report.duration_s
         );
+        if report.skipped > 0 {
+            let what = if args.metadata.specials() {
+                "sockets"
+            } else {
+                "sockets, fifos and devices; -a or --specials compares fifos and devices"
+            };
+            let entries = if report.skipped == 1 { "entry" } else { "entries" };
+            eprintln!("pareco: {} {entries} not compared, as sync skips them ({what})", report.skipped);
+        }
         for (side, usage) in [("A", &report.usage_a), ("B", &report.usage_b)] {
             eprintln!(
                 "pareco: {side}: {} files, apparent size {}, allocated {} ({})",
