@@ -77,8 +77,8 @@ fn read_only_and_write_only_servers_refuse_the_other_direction() {
 
     let read_only = Server::start_with(&srv, TOKEN, &["--read-only"]);
     let push = sync(&src, read_only.url("new"), &["-q"]);
-    assert_ne!(push.code(), 0);
-    assert!(push.stderr().contains("read-only"), "{}", push.stderr());
+    assert_eq!(push.code(), 2, "{}", push.stderr());
+    assert_eq!(push.stderr().matches("read-only").count(), 1, "{}", push.stderr());
     assert!(!srv.join("new").exists());
     sync(read_only.url("existing"), tmp.path().join("pulled"), &["-q"]).ok();
     assert_eq!(std::fs::read(tmp.path().join("pulled/file")).unwrap(), b"served");
@@ -87,9 +87,10 @@ fn read_only_and_write_only_servers_refuse_the_other_direction() {
     let write_only = Server::start_with(&srv, TOKEN, &["--write-only"]);
     sync(&src, write_only.url("pushed"), &["-q"]).ok();
     assert_same_tree(&src, &srv.join("pushed"));
+    // Refused up front, said once (not once per file).
     let pull = sync(write_only.url("existing"), tmp.path().join("pulled2"), &["-q"]);
-    assert_ne!(pull.code(), 0);
-    assert!(pull.stderr().contains("write-only"), "{}", pull.stderr());
+    assert_eq!(pull.code(), 2, "{}", pull.stderr());
+    assert_eq!(pull.stderr().matches("write-only").count(), 1, "{}", pull.stderr());
     assert!(!tmp.path().join("pulled2/file").exists());
 }
 

@@ -293,7 +293,17 @@ pub async fn sync(
     let started = Instant::now();
     // Each root is listed while it is looked at (a file's listing fails,
     // and is dropped): one round trip to each side before the walk.
-    let (src_root, src_list) = tokio::join!(src.tree.stat(src.base.clone()), src.tree.list(src.base.clone()));
+    // An empty read asks whether the source sends content at all (a
+    // `--write-only` server does not): refused up front, not file by file.
+    let (src_root, src_list, reads) =
+        tokio::join!(src.tree.stat(src.base.clone()), src.tree.list(src.base.clone()), async {
+            if opts.dry_run { Ok(Vec::new()) } else { src.tree.read_files(Vec::new(), 0).await }
+        });
+    if let Err(e) = reads
+        && e.kind() == Some(FailureKind::Refused)
+    {
+        return Err(SyncError::Source(e));
+    }
     let (src_root, src_now) = src_root.map_err(SyncError::Source)?;
     let src_root = src_root.ok_or(SyncError::SourceMissing)?;
     let single = src_root.kind != Kind::Dir;
