@@ -2,7 +2,7 @@
 //! by a server that has none.
 
 use std::io::Write;
-use std::os::unix::fs::OpenOptionsExt;
+use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
 
 use anyhow::{Context, Result, bail};
@@ -17,6 +17,14 @@ pub fn load(file: Option<&Path>) -> Result<Option<String>> {
             return Ok(None);
         }
         let text = std::fs::read_to_string(path).with_context(|| format!("reading token file {}", path.display()))?;
+        let mode = std::fs::metadata(path).map_or(0, |m| m.permissions().mode());
+        if mode & 0o077 != 0 {
+            warn(format!(
+                "token file {} can be read by other users (mode {:04o}); chmod 600 it",
+                path.display(),
+                mode & 0o7777
+            ));
+        }
         return Ok(Some(check(text.trim(), &path.display().to_string())?));
     }
     match std::env::var(ENV) {
@@ -34,11 +42,33 @@ pub fn require(file: Option<&Path>) -> Result<String> {
     }
 }
 
+/// Shorter tokens are said to be weak: the handshake is keyed by the token
+/// alone, so a short or guessable one can be found offline from one
+/// recorded connection.
+const MIN_TOKEN_LEN: usize = 16;
+
 fn check(token: &str, origin: &str) -> Result<String> {
     if token.is_empty() {
         bail!("the token from {origin} is empty");
     }
+    if token.len() < MIN_TOKEN_LEN {
+        warn(format!(
+            "the token from {origin} has only {} characters; use one of at least {MIN_TOKEN_LEN} random ones \
+             (a server started without one makes a 128-bit token)",
+            token.len()
+        ));
+    }
     Ok(token.to_string())
+}
+
+/// Prints a warning about the token, once per process.
+fn warn(text: String) {
+    static SAID: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+    let mut said = SAID.lock().unwrap_or_else(|e| e.into_inner());
+    if !said.contains(&text) {
+        eprintln!("pareco: warning: {text}");
+        said.push(text);
+    }
 }
 
 /// A server's token: the configured one, or a new random one (128 bits),

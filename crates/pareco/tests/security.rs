@@ -222,3 +222,27 @@ fn a_bit_flipped_in_transit_is_never_written_encrypted_or_not() {
     assert_same_tree(&src, &srv.join("sealed"));
     assert!(encrypted.log().contains("a record failed authentication"), "{}", encrypted.log());
 }
+
+/// A short token and a token file others can read work, but each is said
+/// once, with what to do about it.
+#[test]
+fn a_short_token_and_a_readable_token_file_are_warned_about() {
+    let (tmp, src, srv) = dirs();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    age(&src);
+    let server = Server::start_with(&srv, "abc", &[]);
+    let token_file = tmp.path().join("token");
+    std::fs::write(&token_file, "abc\n").unwrap();
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let run = sync(&src, server.url("t"), &["-q", "--token-file", token_file.to_str().unwrap()]).ok();
+    let err = run.stderr();
+    assert_eq!(err.matches("has only 3 characters; use one of at least 16").count(), 1, "{err}");
+    assert_eq!(err.matches("can be read by other users (mode 0644); chmod 600 it").count(), 1, "{err}");
+    assert!(server.log().contains("the token from PARECO_TOKEN has only 3 characters"), "{}", server.log());
+    std::fs::set_permissions(&token_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::write(&token_file, format!("{TOKEN}\n")).unwrap();
+    let good = Server::start(&srv);
+    let quiet =
+        sync(good.url("t"), tmp.path().join("back"), &["-q", "--token-file", token_file.to_str().unwrap()]).ok();
+    assert!(!quiet.stderr().contains("warning"), "{}", quiet.stderr());
+}
