@@ -203,10 +203,10 @@ fn a_client_with_a_wrong_token_is_logged_once_not_once_per_connection() {
     let (_tmp, src, srv) = dirs();
     std::fs::write(src.join("f"), b"x").unwrap();
     let server = Server::start(&srv);
-    let run = sync_with_token(&src, server.url("copy"), &["-q", "-j", "16"], "not-the-token");
+    let run = sync_with_token(&src, server.url("copy"), &["-q", "-j", "16"], WRONG_TOKEN);
     assert_ne!(run.code(), 0);
     // And a second attempt within the minute is counted, not logged.
-    sync_with_token(&src, server.url("copy"), &["-q", "-j", "16"], "not-the-token");
+    sync_with_token(&src, server.url("copy"), &["-q", "-j", "16"], WRONG_TOKEN);
     let log = server.log();
     let refusals: Vec<&str> = log.lines().filter(|l| l.contains("WARN")).collect();
     assert_eq!(refusals.len(), 1, "{log}");
@@ -259,7 +259,7 @@ fn logs_are_json_objects_when_asked() {
     let mut line = String::new();
     BufReader::new(child.stdout.take().unwrap()).read_line(&mut line).unwrap();
     let port = line.trim().rsplit(':').next().unwrap().to_owned();
-    sync_with_token(&src, format!("pareco://127.0.0.1:{port}/x"), &["-q"], "wrong");
+    sync_with_token(&src, format!("pareco://127.0.0.1:{port}/x"), &["-q"], WRONG_TOKEN);
     let _ = Command::new("kill").arg(child.id().to_string()).status();
     child.wait().unwrap();
     let log = std::fs::read_to_string(&stderr).unwrap();

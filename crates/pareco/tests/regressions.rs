@@ -391,7 +391,7 @@ fn each_cause_of_a_fatal_error_is_said_once() {
     assert_eq!(missing.code(), 2);
     assert_eq!(missing.stderr().matches("No such file or directory").count(), 1, "{}", missing.stderr());
     let server = Server::start(&srv);
-    let wrong = sync_with_token(&src, server.url("x"), &[], "not-the-token");
+    let wrong = sync_with_token(&src, server.url("x"), &[], WRONG_TOKEN);
     assert_eq!(wrong.code(), 2);
     assert_eq!(wrong.stderr().matches("authentication failed").count(), 1, "{}", wrong.stderr());
 }

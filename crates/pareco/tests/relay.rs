@@ -164,15 +164,21 @@ fn a_wrong_token_fails_at_the_first_object_with_nothing_on_stdout() {
     std::fs::write(&input, text(1 << 20)).unwrap();
     send_all(&relay, "t", &input, &["--object-size", "64K"]);
     let output = tmp.path().join("out");
-    let recv =
-        End::spawn_with("recv", &[&relay.url("t")], Stdio::null(), file_out(&output), "not-the-token", &relay.env);
+    let recv = End::spawn_with("recv", &[&relay.url("t")], Stdio::null(), file_out(&output), WRONG_TOKEN, &relay.env);
     let (status, stderr) = recv.finish();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("header does not open with this token"), "{stderr}");
     assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
     assert_eq!(std::fs::metadata(&output).unwrap().len(), 0);
     // A resumed sender with the wrong token is refused the same way.
-    let send = End::spawn_with("send", &[&relay.url("t"), "--resume"], file_in(&input), Stdio::null(), "x", &relay.env);
+    let send = End::spawn_with(
+        "send",
+        &[&relay.url("t"), "--resume"],
+        file_in(&input),
+        Stdio::null(),
+        WRONG_TOKEN,
+        &relay.env,
+    );
     let (status, stderr) = send.finish();
     assert_eq!(status.code(), Some(2), "{stderr}");
     // The right token still opens it all.

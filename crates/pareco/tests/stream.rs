@@ -294,7 +294,7 @@ fn a_wrong_token_is_refused_and_the_receiver_still_takes_the_right_sender() {
     std::fs::write(&input, text(3 << 20)).unwrap();
     let output = tmp.path().join("output");
     let recv = End::spawn("recv", &LISTEN, Stdio::null(), file_out(&output), TOKEN);
-    let intruder = End::spawn("send", &[&recv.url(), "-j", "2"], file_in(&input), Stdio::null(), "not-the-token");
+    let intruder = End::spawn("send", &[&recv.url(), "-j", "2"], file_in(&input), Stdio::null(), WRONG_TOKEN);
     let (status, stderr) = intruder.finish();
     assert_eq!(status.code(), Some(2), "{stderr}");
     assert!(stderr.contains("authentication failed"), "{stderr}");

@@ -281,7 +281,7 @@ fn a_wrong_or_missing_token_is_refused_and_nothing_is_written() {
     let (_tmp, src, srv) = dirs();
     awkward_tree(&src);
     let server = Server::start(&srv);
-    let run = sync_with_token(&src, server.url("t"), &["-q"], "not-the-token");
+    let run = sync_with_token(&src, server.url("t"), &["-q"], WRONG_TOKEN);
     assert_eq!(run.code(), 2);
     assert!(run.stderr().contains("authentication failed"), "{}", run.stderr());
     let output = std::process::Command::new(bin())

@@ -17,6 +17,8 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime};
 
 pub const TOKEN: &str = "e2e-test-token-5d41402abc4b2a76";
+/// A token of the same strength that is not [`TOKEN`].
+pub const WRONG_TOKEN: &str = "not-the-token-9f86d081884c7d65";
 
 pub fn bin() -> &'static str {
     env!("CARGO_BIN_EXE_pareco")
