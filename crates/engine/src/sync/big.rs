@@ -217,6 +217,21 @@ async fn try_transfer(
 
     let (after, _) = ctx.src.tree.stat(src).await.map_err(source_failure)?;
     let stable = after.is_some_and(|after| before.same_version(&after));
+    if placed && !stable {
+        // Written or replaced at the source meanwhile, its copy may mix two
+        // versions: it is not put in place. The old version, if any, stays
+        // as it was; a new file's partial stays, the basis of the next try.
+        if basis.is_some() {
+            let _ = ctx.dst.tree.remove(target).await;
+        }
+        if let Some(ticket) = ticket.take() {
+            ticket.dir().touch();
+        }
+        if job.sent.load(Ordering::Relaxed) > 0 {
+            Stats::add(&ctx.stats.files_transferred, 1);
+        }
+        return Ok(Outcome::Changed);
+    }
     let mtime = (stable && settled).then_some(before.mtime);
     let place_at = placed.then_some(dst);
     // Put in place, it also sets its directory's attributes (the last write
