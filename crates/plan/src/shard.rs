@@ -36,7 +36,10 @@ impl Shard {
         let (i, n) = s.split_once('/').ok_or_else(|| format!("expected I/N (such as 0/4), not {s:?}"))?;
         let index = i.trim().parse::<u32>().map_err(|_| format!("not a shard number: {i:?}"))?;
         let count = n.trim().parse::<u32>().map_err(|_| format!("not a shard count: {n:?}"))?;
-        if count == 0 || index >= count {
+        if count == 0 {
+            return Err("the shard count N must be at least 1".to_string());
+        }
+        if index >= count {
             return Err(format!("the shard index must be from 0 to {} (N−1), not {index}", count.saturating_sub(1)));
         }
         Ok(Shard { index, count })
@@ -95,6 +98,7 @@ mod tests {
             assert!(Shard::parse(bad).is_err(), "{bad}");
         }
         assert!(Shard::parse("4/4").unwrap_err().contains("from 0 to 3"));
+        assert_eq!(Shard::parse("0/0").unwrap_err(), "the shard count N must be at least 1");
     }
 
     #[test]
