@@ -170,6 +170,13 @@ fn progress_lines_appear_without_a_terminal_and_metrics_are_served_during_a_sync
     let progress: Vec<&String> = rest.iter().filter(|l| l.starts_with("pareco: progress: ")).collect();
     assert!(!progress.is_empty(), "no progress line in {rest:?}");
     assert!(progress[0].contains("% ") && progress[0].contains(" files"), "{}", progress[0]);
+    // Progress never goes back (a big file leaves "in progress" only as it
+    // is counted done).
+    let percents: Vec<u32> = progress
+        .iter()
+        .filter_map(|l| l.strip_prefix("pareco: progress: ")?.split('%').next()?.trim().parse().ok())
+        .collect();
+    assert!(percents.windows(2).all(|w| w[0] <= w[1]), "{progress:?}");
     let summary = rest.iter().find(|l| l.starts_with("pareco: synced: ")).expect("a summary");
     assert!(summary.contains("21 files (6.2 MiB), 21 transferred"), "{summary}");
     let stats = support::stats(stats.path());

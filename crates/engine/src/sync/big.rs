@@ -105,8 +105,8 @@ pub(crate) async fn transfer(
     ticket: Ticket,
 ) -> Outcome {
     let dst = ctx.dst.path(rel);
-    let (partial, mut ticket) = (partial_of(&dst), Some(ticket));
-    let outcome = match try_transfer(ctx, rel, listed, basis, partial.as_ref(), change, &mut ticket).await {
+    let (partial, mut ticket, mut job) = (partial_of(&dst), Some(ticket), None);
+    let outcome = match try_transfer(ctx, rel, listed, basis, partial.as_ref(), change, &mut ticket, &mut job).await {
         Ok(outcome) | Err(outcome) => outcome,
     };
     // Kept for the next attempt to resume from, unless there is nothing left
@@ -122,7 +122,17 @@ pub(crate) async fn transfer(
     if let (Outcome::Failed(_), Some(ticket)) = (&outcome, &ticket) {
         ticket.dir().touch();
     }
+    // The whole file is counted as processed with its outcome, right after:
+    // taken out of what is in progress only now, progress never goes back.
+    if let Some(job) = job {
+        finished_with(ctx, &job);
+    }
     outcome
+}
+
+/// Takes a job's bytes out of what is in progress.
+fn finished_with(ctx: &Ctx, job: &FileJob) {
+    ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
 }
 
 /// How a file's content gets to the destination.
@@ -133,6 +143,7 @@ enum Way {
     Rebuilt(Compared),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn try_transfer(
     ctx: &Arc<Ctx>,
     rel: &RelPath,
@@ -141,6 +152,7 @@ async fn try_transfer(
     partial: Option<&RelPath>,
     change: Change,
     ticket: &mut Option<Ticket>,
+    last_job: &mut Option<Arc<FileJob>>,
 ) -> Result<Outcome, Outcome> {
     let (src, dst) = (ctx.src.path(rel), ctx.dst.path(rel));
     let (before, settled) = settled_stat(ctx, &src).await?;
@@ -198,8 +210,9 @@ async fn try_transfer(
                 (job, copied)
             }
         };
-        // The whole file is counted as processed when its outcome is.
-        ctx.stats.bytes_in_progress.fetch_sub(job.done.load(Ordering::Relaxed), Ordering::Relaxed);
+        if let Some(given_up) = last_job.replace(job.clone()) {
+            finished_with(ctx, &given_up);
+        }
         match copied {
             Ok(check) => break (job, target, placed, check),
             Err(Fault::Destination(e)) if placed && e.kind() == Some(FailureKind::NoSpace) => {
