@@ -5,6 +5,7 @@
 
 use std::ops::Range;
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use pareco_fs::FsTree;
@@ -369,9 +370,31 @@ impl Tree {
         Ok(outcomes)
     }
 
-    /// Makes sure a regular file exists and can be written at offsets.
+    /// Makes sure a regular file exists and can be written at offsets; a
+    /// partial file is claimed for this process's runs. While another run
+    /// writes it, this waits (as long as a claim lasts unrenewed: a run that
+    /// is gone leaves it then), then fails.
     pub async fn prepare_file(&self, path: RelPath) -> Result<Stat, TreeError> {
-        expect!(self.call(Request::PrepareFile { path }).await?, "prepare", Response::Stat { stat: Some(s), .. } => s)
+        let waited = std::time::Instant::now();
+        loop {
+            let request = Request::PrepareFile { path: path.clone(), claim: run_claim() };
+            match expect!(self.call(request).await?, "prepare", Response::Stat { stat: Some(s), .. } => s) {
+                Err(e)
+                    if e.kind() == Some(FailureKind::Busy)
+                        && waited.elapsed() < pareco_fs::CLAIM_LEASE + Duration::from_secs(5) =>
+                {
+                    tracing::debug!("{path}: another run is writing it; waiting");
+                    tokio::time::sleep(Duration::from_secs(1)).await;
+                }
+                other => return other,
+            }
+        }
+    }
+
+    /// Stops writing a partial file this process prepared, and keeps it for
+    /// a later attempt: another run may take it over at once.
+    pub async fn release(&self, path: RelPath) -> Result<(), TreeError> {
+        expect!(self.call(Request::Release { path, claim: run_claim() }).await?, "release", Response::Done => ())
     }
 
     /// Finishes a complete file as `finish` says.
@@ -443,4 +466,18 @@ impl Tree {
     pub async fn set_attrs(&self, path: RelPath, mode: Option<u32>, mtime: Option<Timestamp>) -> Result<(), TreeError> {
         expect!(self.call(Request::SetAttrs { path, mode, mtime }).await?, "set attributes", Response::Done => ())
     }
+}
+
+/// This process's claim on the partial files it writes: random, the same for
+/// all its runs (rounds follow each other, and resume each other's files).
+fn run_claim() -> u64 {
+    static CLAIM: std::sync::OnceLock<u64> = std::sync::OnceLock::new();
+    *CLAIM.get_or_init(|| {
+        let mut bytes = [0u8; 8];
+        // Without randomness, the process id still tells runs apart here.
+        match getrandom::fill(&mut bytes) {
+            Ok(()) => u64::from_le_bytes(bytes) | 1,
+            Err(_) => std::process::id() as u64 | 1 << 63,
+        }
+    })
 }

@@ -54,6 +54,11 @@ impl FsError {
         FsError { kind: FailureKind::Mismatch, op, detail: detail.into() }
     }
 
+    /// Another run is writing this file now.
+    pub fn busy(op: &'static str, detail: impl Into<String>) -> FsError {
+        FsError { kind: FailureKind::Busy, op, detail: detail.into() }
+    }
+
     /// A request that makes no sense for this entry.
     pub fn bad_request(op: &'static str, detail: impl Into<String>) -> FsError {
         FsError { kind: FailureKind::BadRequest, op, detail: detail.into() }

@@ -17,6 +17,7 @@
 
 mod beneath;
 mod cache;
+mod claims;
 mod copy;
 mod error;
 mod meta;
@@ -30,10 +31,12 @@ use std::os::fd::{AsFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use pareco_proto::path::is_partial;
 use pareco_proto::{Request, Response};
 use rustix::fs::{Mode, OFlags};
 
 pub use cache::DigestCache;
+pub use claims::LEASE as CLAIM_LEASE;
 pub use error::FsError;
 pub use meta::now;
 
@@ -47,6 +50,8 @@ pub struct FsTree {
     /// Whether data read for sending gets a checksum, and data to be written
     /// is checked against the checksum it came with.
     checksums: bool,
+    /// Which run writes each partial file now.
+    claims: claims::Claims,
 }
 
 impl FsTree {
@@ -54,7 +59,13 @@ impl FsTree {
     /// reached through symlinks: the root is the caller's choice).
     pub fn open(path: &Path) -> std::io::Result<FsTree> {
         let root = rustix::fs::open(path, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?;
-        Ok(FsTree { root, path: path.to_path_buf(), cache: Arc::default(), checksums: true })
+        Ok(FsTree {
+            root,
+            path: path.to_path_buf(),
+            cache: Arc::default(),
+            checksums: true,
+            claims: Default::default(),
+        })
     }
 
     /// Reads data for sending without a checksum, and writes data without
@@ -147,21 +158,31 @@ impl FsTree {
                 Response::Files(read::read_files(root, paths, *max_size, self.checksums))
             }
             Request::WriteData { path, offset, checksum, data } => {
+                self.claims.renew(path);
                 write::write_data(root, path, *offset, *checksum, self.checksums, data)?;
                 Response::Done
             }
             Request::ApplyPatch { path, offset, len, block_size, chunk_digest, blocks } => {
+                self.claims.renew(path);
                 write::apply_patch(root, path, *offset, *len, *block_size, chunk_digest, blocks)?;
                 Response::Done
             }
             Request::WriteFiles { files, dirs } => {
                 Response::Outcomes(write::write_files(root, files, dirs, self.checksums))
             }
-            Request::PrepareFile { path } => {
-                Response::Stat { stat: Some(write::prepare_file(root, path)?), now: meta::now() }
+            Request::PrepareFile { path, claim } => {
+                let stat = write::prepare_file(root, path)?;
+                let partial = path.split_last().is_some_and(|(_, name)| is_partial(name.as_bytes()));
+                if *claim != 0 && partial {
+                    self.claims.claim(root, path, *claim)?;
+                }
+                Response::Stat { stat: Some(stat), now: meta::now() }
             }
             Request::FinishFile { path, size, mode, mtime, place_at, dir, check } => {
                 write::finish_file(root, path, *size, *mode, *mtime, place_at.as_ref(), check.as_ref())?;
+                if place_at.is_some() {
+                    self.claims.release(path);
+                }
                 if let Some(d) = dir {
                     write::set_attrs(root, &d.path, Some(d.mode), Some(d.mtime))?;
                 }
@@ -175,11 +196,13 @@ impl FsTree {
                 Response::Data { checksum, data }
             }
             Request::WriteRanges { path, ranges, checksum, data } => {
+                self.claims.renew(path);
                 write::write_ranges(root, path, ranges, *checksum, self.checksums, data)?;
                 Response::Done
             }
             Request::CloneFiles { files } => Response::Outcomes(copy::clone_files(root, files)),
             Request::CopyRanges { path, from, ranges } => {
+                self.claims.renew(path);
                 copy::copy_ranges(root, path, from, ranges)?;
                 Response::Done
             }
@@ -215,11 +238,17 @@ impl FsTree {
                 write::make_link(root, path, existing)?;
                 Response::Done
             }
+            Request::Release { path, claim } => {
+                self.claims.give_up(path, *claim);
+                Response::Done
+            }
             Request::Unlink { path } => {
+                self.claims.release(path);
                 write::unlink(root, path)?;
                 Response::Done
             }
             Request::Remove { path } => {
+                self.claims.release(path);
                 write::remove(root, path)?;
                 Response::Done
             }

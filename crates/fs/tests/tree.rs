@@ -62,7 +62,7 @@ fn symlinks_inside_the_root_are_never_followed() {
         Request::MakeSymlink { path: p("escape/l"), target: data.clone(), mtime: None },
         Request::Remove { path: p("escape/secret") },
         Request::ListDir { path: p("escape") },
-        Request::PrepareFile { path: p("secret_link") },
+        Request::PrepareFile { path: p("secret_link"), claim: 1 },
         Request::SetAttrs { path: p("escape/secret"), mode: Some(0o777), mtime: None },
     ];
     for req in attempts {
@@ -203,7 +203,10 @@ fn big_files_are_prepared_written_in_place_and_finished() {
     let f = root(&dir).join("f");
     std::fs::write(&f, b"old content that is longer").unwrap();
     std::fs::set_permissions(&f, std::fs::Permissions::from_mode(0o444)).unwrap();
-    assert!(matches!(tree.execute(&Request::PrepareFile { path: p("f") }), Response::Stat { stat: Some(_), .. }));
+    assert!(matches!(
+        tree.execute(&Request::PrepareFile { path: p("f"), claim: 1 }),
+        Response::Stat { stat: Some(_), .. }
+    ));
     let data = Bytes::from_static(b"NEW");
     assert_eq!(
         tree.execute(&Request::WriteData { path: p("f"), offset: 0, checksum: Some(Checksum::of(&data)), data }),
@@ -231,7 +234,10 @@ fn big_files_are_prepared_written_in_place_and_finished() {
 fn a_new_file_is_written_under_its_partial_name_and_placed_when_finished() {
     let (dir, tree) = setup();
     let (target, part) = (p("new.db"), pareco_proto::path::partial_of(&p("new.db")).unwrap());
-    assert!(matches!(tree.execute(&Request::PrepareFile { path: part.clone() }), Response::Stat { stat: Some(_), .. }));
+    assert!(matches!(
+        tree.execute(&Request::PrepareFile { path: part.clone(), claim: 1 }),
+        Response::Stat { stat: Some(_), .. }
+    ));
     let data = Bytes::from_static(b"complete");
     let write = Request::WriteData { path: part.clone(), offset: 0, checksum: Some(Checksum::of(&data)), data };
     assert_eq!(tree.execute(&write), Response::Done);
@@ -276,7 +282,10 @@ fn a_file_finished_with_a_check_is_placed_only_if_it_holds_what_the_check_says()
     use std::os::unix::fs::FileExt;
     let (dir, tree) = setup();
     let (target, part) = (p("image"), pareco_proto::path::partial_of(&p("image")).unwrap());
-    assert!(matches!(tree.execute(&Request::PrepareFile { path: part.clone() }), Response::Stat { stat: Some(_), .. }));
+    assert!(matches!(
+        tree.execute(&Request::PrepareFile { path: part.clone(), claim: 1 }),
+        Response::Stat { stat: Some(_), .. }
+    ));
     // More than two threads hash in one turn (64 MiB each), mostly holes, in
     // chunks that do not divide it.
     let size: u64 = (200 << 20) + 1000;
@@ -576,4 +585,44 @@ fn checksums_go_with_data_unless_the_transit_is_trusted_and_are_required_where_c
     );
     assert_eq!(std::fs::read(r.join("f")).unwrap(), b"CONTENT");
     assert_eq!(std::fs::read(r.join("g")).unwrap(), b"CONTENT");
+}
+
+/// A partial file is claimed by the run that prepares it: another run (in
+/// this process, as a server's clients are, or in another process) is told
+/// it is busy until the file is finished or removed; the claiming run may
+/// prepare it again (a retry) and write on.
+#[test]
+fn a_partial_file_is_written_by_one_run_at_a_time() {
+    let (dir, tree) = setup();
+    let part = pareco_proto::path::partial_of(&p("big")).unwrap();
+    let prepare = |tree: &FsTree, claim| tree.execute(&Request::PrepareFile { path: part.clone(), claim });
+    assert!(matches!(prepare(&tree, 7), Response::Stat { stat: Some(_), .. }));
+    assert!(matches!(prepare(&tree, 7), Response::Stat { stat: Some(_), .. }), "a retry of the same run");
+    assert_eq!(failure(prepare(&tree, 8)), FailureKind::Busy);
+    let elsewhere = FsTree::open(&root(&dir)).unwrap();
+    assert_eq!(failure(prepare(&elsewhere, 9)), FailureKind::Busy, "another process");
+    // Given up by its run (kept for later), it is free at once; not by another.
+    let release = |claim| tree.execute(&Request::Release { path: part.clone(), claim });
+    assert_eq!(release(8), Response::Done);
+    assert_eq!(failure(prepare(&tree, 8)), FailureKind::Busy);
+    assert_eq!(release(7), Response::Done);
+    assert!(matches!(prepare(&tree, 8), Response::Stat { stat: Some(_), .. }));
+    assert_eq!(release(8), Response::Done);
+    assert!(matches!(prepare(&tree, 7), Response::Stat { stat: Some(_), .. }));
+    // Not partial files, and unclaimed preparations, are not held.
+    assert!(matches!(tree.execute(&Request::PrepareFile { path: p("f"), claim: 8 }), Response::Stat { .. }));
+    assert!(matches!(prepare(&tree, 0), Response::Stat { stat: Some(_), .. }));
+    let data = Bytes::from_static(b"whole");
+    let write = Request::WriteData { path: part.clone(), offset: 0, checksum: Some(Checksum::of(&data)), data };
+    assert_eq!(tree.execute(&write), Response::Done);
+    let place_at = Some(p("big"));
+    let finish =
+        Request::FinishFile { path: part.clone(), size: 5, mode: 0o644, mtime: None, place_at, dir: None, check: None };
+    assert_eq!(tree.execute(&finish), Response::Done);
+    // Finished: the name is free for the next run, here or elsewhere; and
+    // removed, free again.
+    assert!(matches!(prepare(&elsewhere, 9), Response::Stat { stat: Some(_), .. }));
+    assert_eq!(failure(prepare(&tree, 8)), FailureKind::Busy);
+    assert_eq!(elsewhere.execute(&Request::Remove { path: part.clone() }), Response::Done);
+    assert!(matches!(prepare(&tree, 8), Response::Stat { stat: Some(_), .. }));
 }

@@ -165,10 +165,16 @@ pub enum Request {
         dirs: Vec<DirAttrs>,
     },
     /// Make sure `path` is a regular file that can be written at offsets,
-    /// creating it empty (mode 0600) if missing. Answer: [`Response::Stat`].
+    /// creating it empty (mode 0600) if missing. A partial file is claimed
+    /// for the run `claim` (unless 0) until it is finished or removed: while
+    /// another run's claim on it is alive (it wrote there lately), this
+    /// fails with [`FailureKind::Busy`], so that two runs never mix their
+    /// writes in one file. Answer: [`Response::Stat`].
     PrepareFile {
         /// File to prepare.
         path: RelPath,
+        /// The writing run's random id (0: no claim).
+        claim: u64,
     },
     /// The file's data is complete: set its size and mode, and its mtime if
     /// given; then, with `place_at`, rename it there (over a non-directory).
@@ -354,6 +360,15 @@ pub enum Request {
         uid: Option<u32>,
         /// New group, if it is to change.
         gid: Option<u32>,
+    },
+    /// The run `claim` stops writing the partial file `path` and keeps it
+    /// (the basis of a later attempt): its claim ends now, not once its lease
+    /// runs out (see [`Request::PrepareFile`]). Answer: [`Response::Done`].
+    Release {
+        /// The partial file.
+        path: RelPath,
+        /// The run that claimed it.
+        claim: u64,
     },
     /// Remove an entry; directories recursively, never following symlinks.
     /// Answer: [`Response::Done`].
@@ -591,6 +606,8 @@ pub enum FailureKind {
     Refused,
     /// Any other I/O error.
     Io,
+    /// Another run is writing this file now.
+    Busy,
 }
 
 impl FailureKind {
@@ -607,6 +624,7 @@ impl FailureKind {
             FailureKind::BadRequest => 9,
             FailureKind::Refused => 10,
             FailureKind::Io => 11,
+            FailureKind::Busy => 12,
         }
     }
 
@@ -622,6 +640,7 @@ impl FailureKind {
             8 => FailureKind::SymlinkInPath,
             9 => FailureKind::BadRequest,
             10 => FailureKind::Refused,
+            12 => FailureKind::Busy,
             // A newer peer's kind we do not know is still an I/O failure.
             _ => FailureKind::Io,
         }
@@ -641,7 +660,8 @@ impl Request {
             | Request::ReadPatch { path, .. }
             | Request::WriteData { path, .. }
             | Request::ApplyPatch { path, .. }
-            | Request::PrepareFile { path }
+            | Request::PrepareFile { path, .. }
+            | Request::Release { path, .. }
             | Request::FinishFile { path, .. }
             | Request::Unshare { path, .. }
             | Request::Pieces { path, .. }
@@ -763,9 +783,10 @@ impl Request {
                     w.timestamp(d.mtime);
                 }
             }
-            Request::PrepareFile { path } => {
+            Request::PrepareFile { path, claim } => {
                 w.u8(11);
                 w.path(path);
+                w.u64(*claim);
             }
             Request::FinishFile { path, size, mode, mtime, place_at, dir, check } => {
                 w.u8(12);
@@ -825,6 +846,11 @@ impl Request {
                 w.varint(*offset);
                 w.varint(*len);
                 w.varint(*avg as u64);
+            }
+            Request::Release { path, claim } => {
+                w.u8(31);
+                w.path(path);
+                w.u64(*claim);
             }
             Request::Unlink { path } => {
                 w.u8(30);
@@ -1004,7 +1030,7 @@ impl Request {
                 }
                 Request::WriteFiles { files, dirs }
             }
-            11 => Request::PrepareFile { path: r.path()? },
+            11 => Request::PrepareFile { path: r.path()?, claim: r.u64("claim")? },
             12 => Request::FinishFile {
                 path: r.path()?,
                 size: r.varint("size")?,
@@ -1063,6 +1089,7 @@ impl Request {
             }
             28 => Request::ReadRanges { path: r.path()?, ranges: decode_ranges(r)? },
             30 => Request::Unlink { path: r.path()? },
+            31 => Request::Release { path: r.path()?, claim: r.u64("claim")? },
             29 => {
                 let (path, ranges, checksum) = (r.path()?, decode_ranges(r)?, r.opt_checksum("checksum")?);
                 let data = r.rest();

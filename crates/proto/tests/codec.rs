@@ -82,7 +82,8 @@ fn failure() -> impl Strategy<Value = Failure> {
         Just(FailureKind::NoSpace),
         Just(FailureKind::Changed),
         Just(FailureKind::SymlinkInPath),
-        Just(FailureKind::Io)
+        Just(FailureKind::Io),
+        Just(FailureKind::Busy)
     ];
     (kind, ".{0,40}").prop_map(|(k, m)| Failure::new(k, m))
 }
@@ -151,7 +152,8 @@ fn request() -> impl Strategy<Value = Request> {
                     dirs: dirs.into_iter().map(|(path, mode, mtime)| DirAttrs { path, mode, mtime }).collect(),
                 }
             }),
-        path().prop_map(|path| Request::PrepareFile { path }),
+        (path(), any::<u64>()).prop_map(|(path, claim)| Request::PrepareFile { path, claim }),
+        (path(), any::<u64>()).prop_map(|(path, claim)| Request::Release { path, claim }),
         (
             path(),
             any::<u64>(),

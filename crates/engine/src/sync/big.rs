@@ -109,8 +109,13 @@ pub(crate) async fn transfer(
     let outcome = match try_transfer(ctx, rel, listed, basis, partial.as_ref(), change, &mut ticket, &mut job).await {
         Ok(outcome) | Err(outcome) => outcome,
     };
-    // Kept for the next attempt to resume from, unless there is nothing left
-    // to resume (removed while the directory still waits for this entry).
+    // Kept for the next attempt to resume from: another run may take it on
+    // at once. (Removed, or gone with the server, it is released already.)
+    if let (Some(partial), Outcome::Changed | Outcome::Failed(_)) = (&partial, &outcome) {
+        let _ = ctx.dst.tree.release(partial.clone()).await;
+    }
+    // Unless there is nothing left to resume (removed while the directory
+    // still waits for this entry).
     if let (Some(partial), Outcome::Vanished, None) = (partial, &outcome, basis)
         && ctx.dst.tree.remove(partial).await.is_ok()
         && let Some(ticket) = &ticket
