@@ -116,7 +116,7 @@ pub struct ForwardArgs {
     pub drain_timeout: MaybeDuration,
     /// Write per-rule counters as JSON to FILE every --stats-interval, and
     /// at exit (-: standard output, one object each time).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_stats_path)]
     pub stats_json: Option<PathBuf>,
     /// How often --stats-json is written.
     #[arg(long, value_name = "DURATION", default_value = "2s", value_parser = parse_positive_duration)]
@@ -214,7 +214,7 @@ pub struct StreamArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// Write statistics as JSON to FILE when done (-: standard output).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_stats_path)]
     pub stats_json: Option<PathBuf>,
     #[command(flatten)]
     pub progress: ProgressArgs,
@@ -299,7 +299,7 @@ pub struct SyncArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// Write statistics as JSON to FILE when done (-: standard output).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_stats_path)]
     pub stats_json: Option<PathBuf>,
     #[command(flatten)]
     pub progress: ProgressArgs,
@@ -350,7 +350,7 @@ pub struct VerifyArgs {
     #[arg(short = 'q', long)]
     pub quiet: bool,
     /// Write the counts as JSON to FILE when done (-: standard output).
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", value_parser = parse_stats_path)]
     pub stats_json: Option<PathBuf>,
     #[command(flatten)]
     pub progress: ProgressArgs,
@@ -456,6 +456,29 @@ fn parse_seconds(s: &str) -> Result<f64, String> {
         Ok(x) if x.is_finite() && x >= 0.0 => Ok(x),
         _ => Err(format!("expected a number of seconds, not {s:?}")),
     }
+}
+
+/// A `--stats-json` path: `-`, or a file in a directory that exists and may
+/// be written, checked before any work (a run that did its work must not
+/// fail at the end for want of a place to say so).
+fn parse_stats_path(s: &str) -> Result<PathBuf, String> {
+    let path = PathBuf::from(s);
+    if s == "-" {
+        return Ok(path);
+    }
+    let dir = match path.parent() {
+        Some(d) if !d.as_os_str().is_empty() => d,
+        _ => std::path::Path::new("."),
+    };
+    if !dir.is_dir() {
+        return Err(format!("{} is not a directory", dir.display()));
+    }
+    if path.is_dir() {
+        return Err(format!("{s} is a directory"));
+    }
+    rustix::fs::access(dir, rustix::fs::Access::WRITE_OK)
+        .map_err(|e| format!("cannot write in {}: {}", dir.display(), std::io::Error::from(e)))?;
+    Ok(path)
 }
 
 fn parse_shard(s: &str) -> Result<Shard, String> {

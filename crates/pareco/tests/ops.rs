@@ -454,3 +454,25 @@ fn verify_prints_progress_lines_and_serves_metrics() {
     assert!(line.contains(" compared") && line.contains(" entries"), "{line}");
     assert!(rest.contains("verify: identical"), "{rest}");
 }
+
+/// A `--stats-json` file that could not be written is refused before any
+/// work, by every command (not after a finished run, whose exit status
+/// would then say it failed).
+#[test]
+fn a_stats_file_that_cannot_be_written_is_refused_up_front() {
+    let (tmp, src, dst) = dirs();
+    std::fs::write(src.join("f"), b"x").unwrap();
+    let nowhere = tmp.path().join("missing/stats.json");
+    let nowhere = nowhere.to_str().unwrap();
+    for args in [
+        vec!["sync", src.to_str().unwrap(), dst.to_str().unwrap(), "--stats-json", nowhere],
+        vec!["verify", src.to_str().unwrap(), src.to_str().unwrap(), "--stats-json", nowhere],
+        vec!["recv", "127.0.0.1:1", "--stats-json", nowhere],
+        vec!["forward", "127.0.0.1:0", "127.0.0.1:1", "--stats-json", nowhere],
+    ] {
+        let out = Command::new(bin()).args(&args).env("PARECO_TOKEN", TOKEN).output().unwrap();
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("is not a directory"), "{args:?}");
+    }
+    assert!(!dst.join("f").exists(), "the sync ran");
+}
