@@ -106,6 +106,9 @@ pub struct Forwarder {
     listeners: Vec<Listener>,
     /// Removed rules whose connections are still open.
     retired: Vec<Listener>,
+    /// The rules of a forwarder that stopped accepting (it drains): still
+    /// counted, to the end.
+    stopped: Vec<Listener>,
     shared: Arc<Shared>,
 }
 
@@ -163,7 +166,7 @@ impl Forwarder {
             peak: AtomicU64::new(0),
             all_closed: Notify::new(),
         });
-        let mut forwarder = Forwarder { listeners: Vec::new(), retired: Vec::new(), shared };
+        let mut forwarder = Forwarder { listeners: Vec::new(), retired: Vec::new(), stopped: Vec::new(), shared };
         let global = config.access.clone();
         for rule in config.rules {
             let listener = forwarder.listen(rule, &global).await?;
@@ -234,6 +237,7 @@ impl Forwarder {
             l.state.stats.snapshot(l.rule.listen.to_string(), l.local.to_string(), l.rule.targets_text(), removed)
         };
         let mut rules: Vec<_> = self.listeners.iter().map(|l| row(l, false)).collect();
+        rules.extend(self.stopped.iter().map(|l| row(l, false)));
         rules.extend(self.retired.iter().filter(|l| l.state.stats.active() > 0).map(|l| row(l, true)));
         ForwardSnapshot { active: self.shared.active.load(Relaxed), connections: self.shared.peak.load(Relaxed), rules }
     }
@@ -241,16 +245,16 @@ impl Forwarder {
     /// Closes every listener (new connections are refused by the kernel);
     /// connections in progress go on. The first step of a drain.
     pub async fn stop_accepting(&mut self) {
-        for listener in std::mem::take(&mut self.listeners) {
-            self.retire(listener).await;
+        for mut listener in std::mem::take(&mut self.listeners) {
+            close(&mut listener).await;
+            self.stopped.push(listener);
         }
     }
 
-    /// Closes a listener (its socket is gone when this returns, so that
-    /// its port is free) and keeps its counters while its connections last.
+    /// Closes a listener whose rule was removed, and keeps its counters
+    /// while its connections last.
     async fn retire(&mut self, mut listener: Listener) {
-        listener.accept.abort();
-        let _ = (&mut listener.accept).await;
+        close(&mut listener).await;
         self.retired.push(listener);
     }
 
@@ -277,6 +281,13 @@ impl Forwarder {
         let accept = tokio::spawn(accept_loop(socket, local, receiver, state.clone(), self.shared.clone()));
         Ok(Listener { rule, local, settings: sender, state, accept })
     }
+}
+
+/// Stops a listener accepting: its socket is gone when this returns, so
+/// that its port is free.
+async fn close(listener: &mut Listener) {
+    listener.accept.abort();
+    let _ = (&mut listener.accept).await;
 }
 
 impl Drop for Forwarder {

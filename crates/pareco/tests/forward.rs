@@ -400,6 +400,9 @@ fn five_thousand_connections_open_at_once_each_echo_exactly() {
     assert_eq!(s["rules"][0]["total"].as_u64(), Some(N as u64));
     assert_eq!(s["rules"][0]["failed_connects"].as_u64(), Some(0));
     assert!(forward.stop().success());
+    // Written once more at exit, every rule's counters still in it.
+    let last = stats(&stats_path);
+    assert_eq!(last["rules"][0]["total"].as_u64(), Some(N as u64), "{last}");
 }
 
 #[test]
