@@ -115,6 +115,7 @@ fn a_256_mib_mixed_stream_arrives_identical_with_recv_started_before_send() {
     assert_eq!(received["digest"].as_str().unwrap(), hash(&input).to_hex().as_str());
     assert_eq!(sent["objects_put"], 17, "16 MiB objects: 16 full, one short");
     assert_eq!(received["objects_got"], 17);
+    assert_eq!(received["frames"], sent["frames"], "{received}");
     assert!(sent["compression_ratio"].as_f64().unwrap() > 1.3, "{sent}");
     assert!(recv_err.contains("verified"), "{recv_err}");
     assert!(relay.list("pg/base").is_empty(), "a verified stream's objects are removed");

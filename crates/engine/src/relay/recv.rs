@@ -388,6 +388,7 @@ impl<B: Bucket> Fetch<B> {
         let fetched = tokio::task::spawn_blocking(move || {
             let body = open_data(&key, &layout, index, sealed, url.clone())?;
             let compressed = body.frames.iter().filter(|f| f.encoding == Encoding::Zstd).count() as u64;
+            let count = (body.frames.len() as u64, compressed);
             let raw_len = body.raw_len();
             let frames = body
                 .frames
@@ -395,12 +396,13 @@ impl<B: Bucket> Fetch<B> {
                 .map(|f| pareco_compress::decode(f.encoding, f.payload, f.raw_len))
                 .collect::<Result<Vec<_>, _>>()
                 .map_err(|e| RelayError::Corrupt(format!("{url}: {e}")))?;
-            Ok::<_, RelayError>((Fetched { before: body.before, after: body.after, frames, raw_len }, compressed))
+            Ok::<_, RelayError>((Fetched { before: body.before, after: body.after, frames, raw_len }, count))
         })
         .await
         .map_err(|e| std::io::Error::other(e.to_string()))??;
         stats.objects_got.fetch_add(1, Ordering::Relaxed);
-        stats.compressed_frames.fetch_add(fetched.1, Ordering::Relaxed);
+        stats.frames.fetch_add(fetched.1.0, Ordering::Relaxed);
+        stats.compressed_frames.fetch_add(fetched.1.1, Ordering::Relaxed);
         Ok(Some(fetched.0))
     }
 }
