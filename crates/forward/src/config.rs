@@ -196,6 +196,13 @@ pub struct Rule {
 }
 
 impl Rule {
+    /// Whether `other` forwards the same way (wherever each was written).
+    pub fn same_as(&self, other: &Rule) -> bool {
+        Rule { line: other.line, ..self.clone() } == *other
+    }
+}
+
+impl Rule {
     /// The targets as the `listening on … -> …` line shows them.
     pub fn targets_text(&self) -> String {
         self.targets.iter().map(|t| t.to_string()).collect::<Vec<_>>().join(",")

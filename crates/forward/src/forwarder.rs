@@ -204,7 +204,7 @@ impl Forwarder {
                 Some(mut listener) => {
                     let old = listener.settings.borrow().clone();
                     if old.rule != rule || old.global != config.access {
-                        if old.rule != rule {
+                        if !old.rule.same_as(&rule) {
                             report.changed.push(rule.listen.clone());
                         }
                         listener

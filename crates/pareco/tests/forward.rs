@@ -845,6 +845,12 @@ fn sighup_under_load_keeps_connections_starts_new_rules_and_stops_removed_ones()
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused), "a removed rule no longer accepts");
     round_trip(&mut connect(SocketAddr::from(([127, 0, 0, 1], c))), b"the new rule works");
 
+    // The same rules on other lines (a comment added) change nothing.
+    write_file(dir.path(), "forward.conf", &("# moved down a line\n".to_string() + &rule(a) + &rule(c)));
+    forward.signal(Signal::HUP);
+    assert!(wait_until(WAIT, || forward.log().matches("reloaded").count() == 2), "{}", forward.log());
+    assert!(!forward.log().contains("rule changed"), "{}", forward.log());
+
     // A configuration that does not parse keeps the running rules.
     write_file(dir.path(), "forward.conf", &(rule(a) + "127.0.0.1 9 127.0.0.1\n"));
     forward.signal(Signal::HUP);
