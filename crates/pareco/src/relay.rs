@@ -191,6 +191,11 @@ fn finish(
             eprintln!("pareco: {e}");
             Ok(EXIT_FATAL)
         }
+        // A resume refused: nothing of this input was stored.
+        Err(e @ RelayError::InputChanged { .. }) => {
+            eprintln!("pareco: {e}");
+            Ok(EXIT_FATAL)
+        }
         Err(e) => {
             match end {
                 End::Send => eprintln!("pareco: stream incomplete: {bytes} bytes read: {e}"),

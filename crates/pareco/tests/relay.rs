@@ -280,8 +280,9 @@ fn a_sender_killed_mid_stream_resumes_on_the_same_input() {
     let other = tmp.path().join("other");
     std::fs::write(&other, bytes(4, 24 << 20)).unwrap();
     let (code, stderr) = relay.run("send", &[&url, "--resume"], file_in(&other), Stdio::null());
-    assert_eq!(code, Some(1), "{stderr}");
+    assert_eq!(code, Some(2), "{stderr}");
     assert!(stderr.contains("the input is not the one being uploaded"), "{stderr}");
+    assert!(!stderr.contains("incomplete"), "{stderr}");
 
     let json = tmp.path().join("send.json");
     send_all(&relay, "r", &input, &["--resume", "--stats-json", json.to_str().unwrap()]);
