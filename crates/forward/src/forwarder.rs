@@ -237,7 +237,7 @@ impl Forwarder {
             l.state.stats.snapshot(l.rule.listen.to_string(), l.local.to_string(), l.rule.targets_text(), removed)
         };
         let mut rules: Vec<_> = self.listeners.iter().map(|l| row(l, false)).collect();
-        rules.extend(self.stopped.iter().map(|l| row(l, false)));
+        rules.extend(self.stopped.iter().map(|l| row(l, true)));
         rules.extend(self.retired.iter().filter(|l| l.state.stats.active() > 0).map(|l| row(l, true)));
         ForwardSnapshot { active: self.shared.active.load(Relaxed), connections: self.shared.peak.load(Relaxed), rules }
     }

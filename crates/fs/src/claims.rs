@@ -58,7 +58,9 @@ impl Claims {
         match rustix::fs::flock(&file, FlockOperation::NonBlockingLockExclusive) {
             Ok(()) => {}
             Err(Errno::WOULDBLOCK) => return Err(busy()),
-            Err(e) => return Err(FsError::io("lock", e)),
+            // A filesystem without locks (some network ones): the claim
+            // holds in this process only.
+            Err(e) => tracing::debug!("{path}: no lock on this filesystem ({e}); claimed here only"),
         }
         claims.insert(path.clone(), Claim { run, _lock: file, renewed: Instant::now() });
         Ok(())
