@@ -209,6 +209,15 @@ fn symlinks_are_copied_as_links_and_never_followed_at_the_destination() {
     assert_eq!(std::fs::read(outside.join("victim")).unwrap(), b"precious");
 }
 
+/// Runs `change` on another thread 1.5 s from now: within a 4 MiB copy at
+/// 1 MiB/s.
+fn in_the_middle_of_the_copy(change: impl FnOnce() + Send + 'static) -> std::thread::JoinHandle<()> {
+    std::thread::spawn(move || {
+        std::thread::sleep(Duration::from_millis(1500));
+        change();
+    })
+}
+
 #[test]
 fn a_file_modified_during_the_copy_is_reported_and_recopied_by_the_next_run() {
     let (_tmp, src, srv) = dirs();
@@ -218,15 +227,12 @@ fn a_file_modified_during_the_copy_is_reported_and_recopied_by_the_next_run() {
     let server = Server::start(&srv);
     // 4 MiB at 1 MiB/s: the copy takes about four seconds.
     let wan = Wan::start(server.port, &["--link-rate", "1M"]);
-    let writer = {
-        let path = src.join("live.db");
-        std::thread::spawn(move || {
-            std::thread::sleep(Duration::from_millis(1500));
-            let mut data = std::fs::read(&path).unwrap();
-            data[10] ^= 0xff;
-            std::fs::write(&path, data).unwrap();
-        })
-    };
+    let path = src.join("live.db");
+    let writer = in_the_middle_of_the_copy(move || {
+        let mut data = std::fs::read(&path).unwrap();
+        data[10] ^= 0xff;
+        std::fs::write(&path, data).unwrap();
+    });
     let run = sync(&src, wan.url("t"), &["-q"]);
     writer.join().unwrap();
     assert_eq!(run.code(), 24, "{}", run.stderr());
@@ -258,14 +264,11 @@ fn a_file_replaced_by_rename_during_the_copy_is_not_put_in_place() {
         age(&tree);
         let server = Server::start(&srv);
         let wan = Wan::start(server.port, &["--link-rate", "1M"]);
-        let replacer = {
-            let dir = tree.clone();
-            std::thread::spawn(move || {
-                std::thread::sleep(Duration::from_millis(1500));
-                std::fs::write(dir.join(".dump.new"), bytes(2, 4 << 20)).unwrap();
-                std::fs::rename(dir.join(".dump.new"), dir.join("dump")).unwrap();
-            })
-        };
+        let dir = tree.clone();
+        let replacer = in_the_middle_of_the_copy(move || {
+            std::fs::write(dir.join(".dump.new"), bytes(2, 4 << 20)).unwrap();
+            std::fs::rename(dir.join(".dump.new"), dir.join("dump")).unwrap();
+        });
         let dst = if pull { tmp.path().join("pulled") } else { srv.join("t") };
         let run = if pull { sync(wan.url("tree"), &dst, &["-q"]) } else { sync(&tree, wan.url("t"), &["-q"]) };
         replacer.join().unwrap();
