@@ -319,6 +319,17 @@ fn dry_run_and_verbose_list_owner_and_xattr_only_changes() {
     let after = sync(&src, &dst, &["-n", "-a", "-X"]).ok();
     assert_eq!(after.stdout(), "", "the real run applied everything");
     verify(&src, &dst, &["-a", "-X"]).ok();
+
+    // A file whose content changes is replaced whole, and the new file gets
+    // the owner and extended attributes after: one `update` line says it all.
+    write(&src.join("f"), b"new content");
+    write(&src.join("g"), b"new content");
+    let dry = sync(&src, &dst, &["-n", "-a", "-X"]).ok();
+    let real = sync(&src, &dst, &["-v", "-a", "-X"]).ok();
+    for run in [&dry, &real] {
+        assert_eq!(lines(run), ["update f", "update g"], "{}", run.stderr());
+    }
+    verify(&src, &dst, &["-a", "-X"]).ok();
 }
 
 // ---- 6. verify names the first differing byte ------------------------------

@@ -2,10 +2,12 @@
 //! in it are final (so whatever wrote an entry, batch, stream or link, it
 //! exists), by comparing the source's listing with a second look at the
 //! destination directory, and changing only what differs. Changes to
-//! entries that existed before the run are itemized (`attrs NAME (owner)`),
-//! in a dry run too, where nothing is changed.
+//! entries that existed before the run, and that the run did not replace,
+//! are itemized (`attrs NAME (owner)`), in a dry run too, where nothing is
+//! changed: a file the run rewrote is already itemized as updated, and the
+//! owner it then gets is part of that.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 
@@ -15,40 +17,70 @@ use pareco_proto::{Entry, FailureKind, Name, RelPath, Stat};
 use super::{Ctx, destination_failure, source_failure};
 use crate::report::{Attrs, Change, Problem, Stats};
 
-/// A source entry's owner and group, and whether the destination had the
-/// name before the run (only those changes are itemized: a new entry is
-/// already reported as new).
+/// A source entry's owner and group, and the inode the destination had
+/// under its name before the run (only changes to those are itemized: a new
+/// entry is already reported as new).
 pub(crate) struct EntryMeta {
     name: Name,
     uid: u32,
     gid: u32,
-    existed: bool,
+    before: Option<u64>,
 }
 
 impl EntryMeta {
     /// The source entries of directory `dir` that are `shard`'s, given the
     /// destination's listing.
     pub(crate) fn of(dir: &RelPath, src: &[Entry], dst: Option<&[Entry]>, shard: Shard) -> Vec<EntryMeta> {
-        let there: HashSet<&Name> = dst.unwrap_or_default().iter().map(|e| &e.name).collect();
+        let there: HashMap<&Name, u64> = dst.unwrap_or_default().iter().map(|e| (&e.name, e.stat.ino)).collect();
         src.iter()
             .filter(|e| dir.join(&e.name).is_ok_and(|rel| shard.owns(&rel, &e.stat)))
             .map(|e| EntryMeta {
                 name: e.name.clone(),
                 uid: e.stat.uid,
                 gid: e.stat.gid,
-                existed: there.contains(&e.name),
+                before: there.get(&e.name).copied(),
             })
             .collect()
     }
+
+    /// Whether the entry was there before the run and is still the same one.
+    fn existed(&self) -> bool {
+        self.before.is_some()
+    }
+}
+
+/// The owner and group of each entry of a destination directory, by name.
+pub(crate) type Owners = HashMap<Name, (u32, u32)>;
+
+/// A second look at destination directory `dir` once the names in it are
+/// final: the owners of its entries, and `entries` marked as new where the
+/// run replaced the one there before (a file rewritten by rename). `None`
+/// once the failure is counted.
+pub(crate) async fn look_again(ctx: &Arc<Ctx>, dir: &RelPath, entries: &mut [EntryMeta]) -> Option<Owners> {
+    let listing = match ctx.dst.tree.list(ctx.dst.path(dir)).await {
+        Ok(listing) => listing,
+        Err(e) => {
+            ctx.finish(dir, 0, destination_failure(e));
+            return None;
+        }
+    };
+    let now: HashMap<&Name, &Stat> = listing.entries.iter().map(|e| (&e.name, &e.stat)).collect();
+    for e in entries.iter_mut() {
+        if e.before.is_some_and(|ino| now.get(&e.name).is_some_and(|st| st.ino != ino)) {
+            e.before = None;
+        }
+    }
+    Some(listing.entries.into_iter().map(|e| (e.name, (e.stat.uid, e.stat.gid))).collect())
 }
 
 /// Gives the entries of a directory (and the top directory itself) the
-/// source's owner and group where the destination's differ.
+/// source's owner and group where the destination's (`have`) differ.
 pub(crate) async fn set_owners(
     ctx: &Arc<Ctx>,
     dir: &RelPath,
     attrs: Option<&(Stat, Option<Stat>)>,
     wanted: &[EntryMeta],
+    have: &Owners,
 ) {
     let mut changes: Vec<(RelPath, Option<u32>, Option<u32>, bool)> = Vec::new();
     let differ = |src: (u32, u32), dst: Option<(u32, u32)>| {
@@ -63,19 +95,13 @@ pub(crate) async fn set_owners(
     {
         changes.push((dir.clone(), uid, gid, dst.is_some()));
     }
-    if !wanted.is_empty() {
-        let have: HashMap<Name, (u32, u32)> = match ctx.dst.tree.list(ctx.dst.path(dir)).await {
-            Ok(listing) => listing.entries.into_iter().map(|e| (e.name, (e.stat.uid, e.stat.gid))).collect(),
-            Err(e) => return ctx.finish(dir, 0, destination_failure(e)),
-        };
-        for e in wanted {
-            // Entries not there (failed, or hard links made later) are skipped.
-            if let Some(dst) = have.get(&e.name)
-                && let Some((uid, gid)) = differ((e.uid, e.gid), Some(*dst))
-                && let Ok(rel) = dir.join(&e.name)
-            {
-                changes.push((rel, uid, gid, e.existed));
-            }
+    for e in wanted {
+        // Entries not there (failed, or hard links made later) are skipped.
+        if let Some(dst) = have.get(&e.name)
+            && let Some((uid, gid)) = differ((e.uid, e.gid), Some(*dst))
+            && let Ok(rel) = dir.join(&e.name)
+        {
+            changes.push((rel, uid, gid, e.existed()));
         }
     }
     let mut tasks = tokio::task::JoinSet::new();
@@ -123,12 +149,12 @@ pub(crate) async fn copy_xattrs(ctx: &Arc<Ctx>, dir: &RelPath, entries: &[EntryM
             continue;
         }
         if ctx.opts.dry_run {
-            if e.existed {
+            if e.existed() {
                 ctx.reporter.change(&rel, change);
             }
             continue;
         }
-        let (ctx, want, existed) = (ctx.clone(), want.clone(), e.existed);
+        let (ctx, want, existed) = (ctx.clone(), want.clone(), e.existed());
         tasks.spawn(async move {
             match ctx.dst.tree.set_xattrs(ctx.dst.path(&rel), want).await {
                 Ok(()) if existed => ctx.reporter.change(&rel, change),

@@ -135,12 +135,19 @@ async fn finish_dir(ctx: &Arc<Ctx>, node: &DirNode) {
     // (A dry run has nothing to compare in a directory it would create.)
     let exists = node.attrs.as_ref().is_none_or(|(_, dst)| dst.is_some());
     if (ctx.opts.owner || ctx.opts.group || ctx.opts.xattrs) && (exists || !ctx.opts.dry_run) {
-        let entries = std::mem::take(&mut *node.entries.lock().expect("entries lock"));
-        if ctx.opts.owner || ctx.opts.group {
-            meta::set_owners(ctx, &node.rel, node.attrs.as_ref(), &entries).await;
-        }
-        if ctx.opts.xattrs && !entries.is_empty() {
-            meta::copy_xattrs(ctx, &node.rel, &entries).await;
+        let mut entries = std::mem::take(&mut *node.entries.lock().expect("entries lock"));
+        let owners = (ctx.opts.owner || ctx.opts.group) && !entries.is_empty();
+        let have = match owners || (ctx.opts.xattrs && !entries.is_empty() && !ctx.opts.dry_run) {
+            true => meta::look_again(ctx, &node.rel, &mut entries).await,
+            false => Some(meta::Owners::new()),
+        };
+        if let Some(have) = have {
+            if ctx.opts.owner || ctx.opts.group {
+                meta::set_owners(ctx, &node.rel, node.attrs.as_ref(), &entries, &have).await;
+            }
+            if ctx.opts.xattrs && !entries.is_empty() {
+                meta::copy_xattrs(ctx, &node.rel, &entries).await;
+            }
         }
     }
     let Some((src, dst)) = &node.attrs else { return };
