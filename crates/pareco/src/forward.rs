@@ -50,7 +50,7 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
         std::fs::write(path, format!("{}\n", std::process::id()))
             .with_context(|| format!("cannot write the pid file {}", path.display()))?;
     }
-    announce(&forwarder.listening())?;
+    announce(&forwarder.listening(), &args)?;
     let published = Arc::new(Mutex::new(forwarder.snapshot()));
     crate::metrics::serve(args.metrics.metrics_listen, {
         let published = published.clone();
@@ -77,7 +77,7 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
                     Err(e) => tracing::error!("reload failed, the running rules stay: {e:#}"),
                     Ok(config) => {
                         let report = forwarder.reload(config).await;
-                        announce(&report.started)?;
+                        announce(&report.started, &args)?;
                         for listen in &report.changed {
                             tracing::info!("{listen}: rule changed; new connections follow it");
                         }
@@ -158,9 +158,13 @@ fn rules_from_args(words: &[String], defaults: &RuleOptions) -> Result<Config> {
     Ok(config)
 }
 
-/// `listening on HOST:PORT -> TARGET`, one line per rule, on stdout.
-fn announce(rules: &[Listening]) -> Result<()> {
-    let mut out = std::io::stdout().lock();
+/// `listening on HOST:PORT -> TARGET`, one line per rule, on stdout (on
+/// stderr when stdout carries `--stats-json -`).
+fn announce(rules: &[Listening], args: &ForwardArgs) -> Result<()> {
+    let mut out: Box<dyn Write> = match crate::output::json_on_stdout(args.stats_json.as_deref()) {
+        true => Box::new(std::io::stderr().lock()),
+        false => Box::new(std::io::stdout().lock()),
+    };
     for l in rules {
         writeln!(out, "listening on {} -> {}", l.local, l.rule.targets_text())?;
     }

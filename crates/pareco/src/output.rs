@@ -13,6 +13,8 @@ use crate::progress::Figures;
 pub struct Console {
     /// Print itemized changes.
     pub itemize: bool,
+    /// Itemized changes go to stderr (stdout carries `--stats-json -`).
+    pub changes_to_stderr: bool,
     /// The progress bar to print around, if any.
     pub bar: Option<ProgressBar>,
     /// What to call the top of the tree: the file's name when the source is
@@ -48,7 +50,7 @@ impl Reporter for Console {
     fn change(&self, path: &RelPath, change: Change) {
         if self.itemize {
             let suffix = if change == Change::NewDir { "/" } else { "" };
-            self.print(false, format!("{:<6} {}{suffix}{}", change.word(), self.name(path), change.detail()));
+            self.print(self.changes_to_stderr, format!("{:<6} {}{suffix}{}", change.word(), self.name(path), change.detail()));
         }
     }
 
@@ -119,6 +121,12 @@ pub fn summary_line(s: &Summary, dry_run: bool) -> String {
         }
     }
     line
+}
+
+/// Whether `--stats-json` is `-`: standard output is then the statistics'
+/// alone, and what else would go there goes to standard error.
+pub fn json_on_stdout(stats_json: Option<&std::path::Path>) -> bool {
+    stats_json == Some(std::path::Path::new("-"))
 }
 
 /// Writes `value` as pretty JSON (one trailing newline) to `path`: the

@@ -42,6 +42,9 @@ pub async fn recv(args: RecvArgs) -> Result<u8> {
     if std::io::stdout().is_terminal() {
         bail!("standard output is a terminal: send the stream to a file or a command (pareco recv … > FILE)");
     }
+    if crate::output::json_on_stdout(args.stream.stats_json.as_deref()) {
+        bail!("--stats-json -: standard output carries the stream; give the statistics a file");
+    }
     if let Some(url) = crate::relay::url(&args.stream)? {
         return crate::relay::recv(args, url).await;
     }

@@ -80,6 +80,7 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         });
         let console = Arc::new(output::Console {
             itemize: args.dry_run || args.verbose,
+            changes_to_stderr: output::json_on_stdout(args.stats_json.as_deref()),
             bar: display.bar(),
             root_name: root_name.clone(),
         });

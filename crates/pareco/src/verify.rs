@@ -19,9 +19,10 @@ use crate::progress;
 use crate::sync::remote_options;
 use crate::{EXIT_FATAL, EXIT_PARTIAL};
 
-/// Prints each finding as one line: `PATH: WHAT`.
+/// Prints each finding as one line: `PATH: WHAT`, on stdout (on stderr
+/// when stdout carries `--stats-json -`).
 struct Lines {
-    out: Mutex<std::io::Stdout>,
+    out: Mutex<Box<dyn Write + Send>>,
     /// The progress bar to print around, if any.
     bar: Option<indicatif::ProgressBar>,
 }
@@ -94,7 +95,11 @@ pub async fn run(args: VerifyArgs) -> Result<u8> {
         verb: "compared",
         extra: format!("{} entries, {} difference(s)", live.entries.load(Relaxed), live.differences.load(Relaxed)),
     });
-    let lines = Lines { out: Mutex::new(std::io::stdout()), bar: display.bar() };
+    let out: Box<dyn Write + Send> = match crate::output::json_on_stdout(args.stats_json.as_deref()) {
+        true => Box::new(std::io::stderr()),
+        false => Box::new(std::io::stdout()),
+    };
+    let lines = Lines { out: Mutex::new(out), bar: display.bar() };
     let report = verify(ea, eb, opts, Arc::new(lines)).await;
     display.finish();
     let report = match report {

@@ -898,3 +898,28 @@ fn the_drain_timeout_resets_what_is_left_and_exits_zero() {
     assert!(log.contains("drain timeout: resetting 1 connections still open"), "{log}");
     assert!(log.contains("end=\"drain timeout\""), "{log}");
 }
+
+#[test]
+fn stats_json_on_standard_output_is_json_alone() {
+    let echo = echo_server();
+    let dir = tempfile::tempdir().unwrap();
+    let stderr = dir.path().join("stderr.log");
+    let child = Command::new(bin())
+        .args(["forward", "127.0.0.1:0", &echo.to_string(), "--stats-json", "-", "--stats-interval", "100ms"])
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(&stderr).unwrap())
+        .spawn()
+        .unwrap();
+    let log = || std::fs::read_to_string(&stderr).unwrap_or_default();
+    assert!(wait_until(WAIT, || log().contains("listening on 127.0.0.1:")), "{}", log());
+    std::thread::sleep(Duration::from_millis(300));
+    rustix::process::kill_process(rustix::process::Pid::from_child(&child), Signal::TERM).unwrap();
+    let out = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", log());
+    // Each write one whole object; the last is the one written at exit.
+    let objects: Vec<serde_json::Value> =
+        serde_json::Deserializer::from_slice(&out.stdout).into_iter().collect::<Result<_, _>>().unwrap_or_else(|e| {
+            panic!("{e}: {}", String::from_utf8_lossy(&out.stdout));
+        });
+    assert!(objects.len() >= 2 && objects.iter().all(|o| o["rules"].is_array()), "{objects:?}");
+}

@@ -279,14 +279,29 @@ fn logs_are_json_objects_when_asked() {
 }
 
 #[test]
-fn stats_json_dash_is_standard_output() {
+fn stats_json_dash_is_standard_output_and_nothing_else() {
     let (_tmp, src, dst) = dirs();
     std::fs::write(src.join("f"), b"abc").unwrap();
-    let out = Command::new(bin()).args(["sync", "-q", "--stats-json", "-"]).arg(&src).arg(&dst).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
-    assert_eq!(stats["files_transferred"], 1);
+    let run = |args: &[&str]| {
+        let out = Command::new(bin()).args(args).args(["--stats-json", "-"]).arg(&src).arg(&dst).output().unwrap();
+        let stats: serde_json::Value = serde_json::from_slice(&out.stdout)
+            .unwrap_or_else(|e| panic!("{e}: {:?}", String::from_utf8_lossy(&out.stdout)));
+        (out.status.code(), stats, String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    // What -v itemizes and verify finds goes to stderr instead.
+    let (code, stats, err) = run(&["verify"]);
+    assert_eq!((code, &stats["differences"]), (Some(1), &serde_json::json!(1)), "{err}");
+    assert!(err.lines().any(|l| l.starts_with("f: ")), "{err}");
+    let (code, stats, err) = run(&["sync", "-v"]);
+    assert_eq!((code, &stats["files_transferred"]), (Some(0), &serde_json::json!(1)), "{err}");
+    assert!(err.lines().any(|l| l == "new    f"), "{err}");
     assert!(!std::path::Path::new("-").exists() && !src.parent().unwrap().join("-").exists());
+
+    // Where standard output is the stream, it is refused before any work.
+    let out = Command::new(bin()).args(["recv", "--listen", "127.0.0.1:0", "--stats-json", "-"]).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty() && err.contains("standard output carries the stream"), "{err}");
 }
 
 #[test]
