@@ -177,7 +177,7 @@ pub async fn verify(
     let ctx = Arc::new(Ctx { a, b, opts, findings, state: Mutex::new(State::default()) });
 
     // Depth first (last in, first out), so that the queue stays small.
-    let mut queue: VecDeque<Work> = ctx.pair(RelPath::root(), &ra, &rb).into();
+    let mut queue: VecDeque<Work> = ctx.root(&ra, &rb).into();
     let mut tasks = JoinSet::new();
     loop {
         while tasks.len() < limit
@@ -258,11 +258,7 @@ impl Ctx {
             let Ok(path) = rel.join(&name) else { continue };
             match b.remove(&name) {
                 // Another shard's: only its directories are walked.
-                Some(sb) if !self.opts.shard.owns(&path, &sa) => {
-                    if (sa.kind, sb.kind) == (Kind::Dir, Kind::Dir) {
-                        work.push(Work::Dir(path));
-                    }
-                }
+                Some(sb) if !self.opts.shard.owns(&path, &sa) => work.extend(self.walk_only(path, &sa, &sb)),
                 None if !self.opts.shard.owns(&path, &sa) => {}
                 Some(sb) => {
                     let (x, y) = (xa.get(&name).unwrap_or(&none), xb.get(&name).unwrap_or(&none));
@@ -272,14 +268,14 @@ impl Ctx {
                     }
                     work.extend(self.pair(path, &sa, &sb))
                 }
-                None => self.only_in(&path, Side::A),
+                None => self.only_in(&path, Side::A, &sa),
             }
         }
         for (name, sb) in b {
             if let Ok(path) = rel.join(&name)
                 && self.opts.shard.owns(&path, &sb)
             {
-                self.only_in(&path, Side::B);
+                self.only_in(&path, Side::B, &sb);
             }
         }
         work
@@ -316,9 +312,35 @@ impl Ctx {
         kept
     }
 
-    fn only_in(&self, path: &RelPath, side: Side) {
+    /// An entry on one side only: a difference, and a file's space counted
+    /// on its side (a directory's content is not walked).
+    fn only_in(&self, path: &RelPath, side: Side, stat: &Stat) {
         let mut state = self.state.lock().expect("verify state");
         self.differ(&mut state.report, path, &Difference::OnlyIn(side));
+        if stat.kind == Kind::File {
+            match side {
+                Side::A => state.a.count(path, stat),
+                Side::B => state.b.count(path, stat),
+            }
+        }
+    }
+
+    /// The roots: compared by the shard that owns `.`, walked by every one.
+    fn root(&self, a: &Stat, b: &Stat) -> Vec<Work> {
+        let root = RelPath::root();
+        match self.opts.shard.owns(&root, a) {
+            true => self.pair(root, a, b),
+            false => self.walk_only(root, a, b).into_iter().collect(),
+        }
+    }
+
+    /// Another shard's entry: not compared, but walked if a directory on
+    /// both sides (this shard's entries may be inside).
+    fn walk_only(&self, path: RelPath, a: &Stat, b: &Stat) -> Option<Work> {
+        ((a.kind, b.kind) == (Kind::Dir, Kind::Dir)).then(|| {
+            self.opts.progress.dirs_pending.fetch_add(1, Relaxed);
+            Work::Dir(path)
+        })
     }
 
     /// Compares an entry present on both sides; returns the work it needs.

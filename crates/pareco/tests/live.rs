@@ -48,6 +48,28 @@ fn verify_finds_a_one_byte_difference_a_mode_change_and_a_missing_file() {
     assert!(out.lines().any(|l| l.starts_with(".: mtime: ")), "{out}");
     assert_eq!(run.stat("differences"), 5, "{out}");
     assert!(run.stderr().contains("5 difference(s)"), "{}", run.stderr());
+    // Each side's files add up, those on one side only included.
+    let files = |root: &Path| {
+        use std::os::unix::fs::MetadataExt;
+        let inodes = walkdir(root).map(|p| std::fs::symlink_metadata(p).unwrap()).filter(|m| m.is_file());
+        inodes.map(|m| m.ino()).collect::<std::collections::HashSet<_>>().len()
+    };
+    for (side, root) in [("A", &src), ("B", &dst)] {
+        let line = format!("pareco: {side}: {} files, apparent size ", files(root));
+        assert!(run.stderr().contains(&line), "missing {line:?} in:\n{}", run.stderr());
+    }
+}
+
+/// Every path below `root`.
+fn walkdir(root: &Path) -> impl Iterator<Item = std::path::PathBuf> {
+    let mut paths = Vec::new();
+    for e in std::fs::read_dir(root).unwrap().flatten() {
+        if e.file_type().unwrap().is_dir() {
+            paths.extend(walkdir(&e.path()));
+        }
+        paths.push(e.path());
+    }
+    paths.into_iter()
 }
 
 fn filetime(m: &std::fs::Metadata) -> (i64, i64) {

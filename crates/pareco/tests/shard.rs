@@ -119,6 +119,8 @@ fn four_shards_copy_a_tree_once_then_its_changes_and_deletions() {
     // by exactly one shard.
     let checks = all_shards("verify", &from, &to, &[]);
     assert_eq!(total(&checks, "differences"), 0);
+    // Each entry compared by one shard, the root too.
+    assert_eq!(total(&checks, "entries") as usize, count_entries(&src) + 1, "{checks:?}");
     let victim = copy.join("small/d9/f9");
     let m = std::fs::metadata(&victim).unwrap();
     let mut data = std::fs::read(&victim).unwrap();

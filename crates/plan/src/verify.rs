@@ -237,11 +237,8 @@ pub fn explain_usage(a: &Usage, b: &Usage) -> Option<String> {
     let (more, less, (big, small)) = if a.allocated > b.allocated { ("A", "B", (a, b)) } else { ("B", "A", (b, a)) };
     let mut why = format!("{more} allocates {} more than {less}", human_size(big.allocated - small.allocated));
     if a.apparent != b.apparent {
-        why.push_str(&format!(
-            " (the apparent sizes differ too: {} vs {})",
-            human_size(a.apparent),
-            human_size(b.apparent)
-        ));
+        let (x, y) = two_sizes(a.apparent, b.apparent);
+        why.push_str(&format!(" (the apparent sizes differ too: {x} vs {y})"));
     } else if small.sparse_bytes > big.sparse_bytes {
         why.push_str(&format!(
             ": {less} has {} in holes or filesystem compression, {more} {} (a copy that filled holes, or \
@@ -250,9 +247,22 @@ pub fn explain_usage(a: &Usage, b: &Usage) -> Option<String> {
             human_size(big.sparse_bytes)
         ));
     } else {
-        why.push_str(": block rounding and preallocation differ between the filesystems");
+        why.push_str(
+            ": the files' last blocks or preallocated space differ (other filesystems or block sizes, or files \
+             written another way), not their content",
+        );
     }
     Some(why)
+}
+
+/// Two sizes as people read them, in bytes where the rounded forms would
+/// look the same.
+fn two_sizes(a: u64, b: u64) -> (String, String) {
+    let (x, y) = (human_size(a), human_size(b));
+    match x == y {
+        true => (format!("{a} B"), format!("{b} B")),
+        false => (x, y),
+    }
 }
 
 #[cfg(test)]
@@ -367,5 +377,17 @@ mod tests {
         let mut small = Usage::default();
         small.add(&stat(Kind::File, 100, 0o644, 1));
         assert!(small.explain().contains("whole blocks"), "{}", small.explain());
+
+        // Sizes that round alike are told apart in bytes.
+        let (mut c, mut d) = (Usage::default(), Usage::default());
+        c.add(&stat(Kind::File, 5_000_000, 0o644, 1));
+        d.add(&Stat { blocks: 0, ..stat(Kind::File, 5_000_001, 0o644, 1) });
+        let why = explain_usage(&c, &d).unwrap();
+        assert!(why.ends_with("(the apparent sizes differ too: 5000000 B vs 5000001 B)"), "{why}");
+        // Same sizes, no holes, other allocation: not a content difference.
+        let mut e = Usage::default();
+        e.add(&Stat { blocks: 5_000_000 / 512 + 100, ..stat(Kind::File, 5_000_000, 0o644, 1) });
+        let why = explain_usage(&c, &e).unwrap();
+        assert!(why.contains("preallocated space differ") && why.ends_with("not their content"), "{why}");
     }
 }
