@@ -191,8 +191,9 @@ fn finish(
             eprintln!("pareco: {e}");
             Ok(EXIT_FATAL)
         }
-        // A resume refused: nothing of this input was stored.
-        Err(e @ RelayError::InputChanged { .. }) => {
+        // A resume refused (nothing of this input was stored), or a skip
+        // past the end (nothing delivered).
+        Err(e @ (RelayError::InputChanged { .. } | RelayError::SkipPastEnd { .. })) => {
             eprintln!("pareco: {e}");
             Ok(EXIT_FATAL)
         }

@@ -313,6 +313,12 @@ fn a_receiver_killed_mid_stream_resumes_with_skip_and_the_output_is_whole() {
     consumer.read_exact(&mut have).unwrap();
     recv.kill();
     drop(recv);
+    // A skip past the end is a mistake of the command line: exit 2, and
+    // nothing delivered or removed.
+    let past = (std::fs::metadata(&input).unwrap().len() + 1).to_string();
+    let (code, stderr) = relay.run("recv", &[&url, "--skip", &past], Stdio::null(), Stdio::piped());
+    assert_eq!(code, Some(2), "{stderr}");
+    assert!(stderr.contains("is past the end of the stream"), "{stderr}");
     let rest = tmp.path().join("rest");
     let skip = have.len().to_string();
     let (code, stderr) = relay.run("recv", &[&url, "--skip", &skip], Stdio::null(), file_out(&rest));
@@ -420,7 +426,7 @@ fn a_second_sender_on_a_prefix_in_use_is_refused() {
     std::fs::write(&other, b"another stream").unwrap();
     let (code, stderr) = relay.run("send", &[&url], file_in(&other), Stdio::null());
     assert_eq!(code, Some(2), "{stderr}");
-    assert!(stderr.contains("already holds a stream") && stderr.contains("--resume"), "{stderr}");
+    assert!(stderr.contains(&format!("{url}/ already holds a stream")) && stderr.contains("--resume"), "{stderr}");
     // The first one is unharmed.
     more.send(usize::MAX).unwrap();
     drop(more);
@@ -442,8 +448,9 @@ fn bad_locations_credentials_and_endpoints_are_one_clear_line_and_exit_2() {
     let mut no_keys = relay.env.clone();
     no_keys.retain(|(k, _)| !k.starts_with("AWS_ACCESS"));
     type Case<'a> = (&'a str, &'a [&'a str], &'a [(&'a str, String)], &'a str);
-    let cases: [Case; 7] = [
+    let cases: [Case; 8] = [
         ("recv", &["s3:/errors/x"], &relay.env, "malformed URL \"s3:/errors/x\": write s3://BUCKET/PREFIX"),
+        ("recv", &["s3://nobucket/x"], &relay.env, "s3://nobucket/x/: the bucket does not exist"),
         ("send", &["s3://"], &relay.env, "no bucket in \"s3://\""),
         ("recv", &["s3://Bad_Name/x"], &relay.env, "is not a bucket name"),
         ("send", &["s3://nobucket/x"], &relay.env, "s3://nobucket/x/data/: the bucket does not exist"),
@@ -458,6 +465,19 @@ fn bad_locations_credentials_and_endpoints_are_one_clear_line_and_exit_2() {
         assert!(stderr.contains(expect), "{command} {args:?}: {stderr}");
         assert_eq!(stderr.trim().lines().count(), 1, "{command} {args:?}: one line: {stderr}");
     }
+}
+
+#[test]
+fn a_bucket_removed_while_recv_waits_is_said_not_blamed_on_the_sender() {
+    let relay = Relay::new("vanishing");
+    let recv = relay.spawn("recv", &[&relay.url("p")], Stdio::null(), Stdio::null());
+    // Once it is waiting for a sender (its first listing done).
+    std::thread::sleep(Duration::from_millis(1500));
+    relay.moto.remove_bucket("vanishing");
+    let (status, stderr) = recv.finish();
+    assert_eq!(status.code(), Some(2), "{stderr}");
+    assert!(stderr.contains("the bucket does not exist"), "{stderr}");
+    assert!(!stderr.contains("sender"), "{stderr}");
 }
 
 #[test]

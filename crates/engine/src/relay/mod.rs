@@ -110,7 +110,7 @@ pub enum RelayError {
         "{url} already holds a stream: continue it with `pareco send --resume` on the same input, or use another prefix"
     )]
     InUse {
-        /// The prefix's header or first object.
+        /// The prefix.
         url: String,
     },
     /// `--resume` where no stream was started.

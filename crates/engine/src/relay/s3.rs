@@ -179,7 +179,10 @@ impl Bucket for S3Bucket {
         let path = path(name)?;
         let result = match self.store.get_opts(&path, GetOptions::default()).await {
             Ok(result) => result,
-            Err(object_store::Error::NotFound { .. }) => return Ok(None),
+            // (A bucket that is gone is a 404 too, said in the body.)
+            Err(e @ object_store::Error::NotFound { .. }) if !e.to_string().contains("NoSuchBucket") => {
+                return Ok(None);
+            }
             Err(e) => return Err(classify(e)),
         };
         let size = result.meta.size;

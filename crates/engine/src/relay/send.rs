@@ -196,8 +196,8 @@ async fn begin<B: Bucket>(
     // Also tells a missing bucket from a missing object.
     let first = retrying(|| bucket.url(&data), retry_for, stats, || bucket.list(&data, Some(1))).await?;
     if !plan.resume {
-        if let Some(name) = first.first() {
-            return Err(RelayError::InUse { url: bucket.url(name) });
+        if !first.is_empty() {
+            return Err(RelayError::InUse { url: bucket.url(names.base()) });
         }
         let mut stream = StreamId::default();
         getrandom::fill(&mut stream)
@@ -212,7 +212,7 @@ async fn begin<B: Bucket>(
         // header there (the stream id and nonce are new: no other is the same).
         let ours = || bucket.get(&header, SMALL_OBJECT_LIMIT);
         if !created && retrying(|| bucket.url(&header), retry_for, stats, ours).await?.as_ref() != Some(&sealed) {
-            return Err(RelayError::InUse { url: bucket.url(&header) });
+            return Err(RelayError::InUse { url: bucket.url(names.base()) });
         }
         // An end left by an earlier stream whose removal was interrupted.
         let end = names.end();

@@ -649,16 +649,25 @@ impl Moto {
 
     /// Creates a bucket (moto does not check signatures: a bare PUT does).
     pub fn bucket(&self, name: &str) {
+        self.bare("PUT", name, "200");
+    }
+
+    /// Removes an empty bucket.
+    pub fn remove_bucket(&self, name: &str) {
+        self.bare("DELETE", name, "204");
+    }
+
+    fn bare(&self, method: &str, name: &str, status: &str) {
         let mut conn = std::net::TcpStream::connect(("127.0.0.1", self.port)).unwrap();
         write!(
             conn,
-            "PUT /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
+            "{method} /{name} HTTP/1.1\r\nHost: 127.0.0.1:{}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n",
             self.port
         )
         .unwrap();
         let mut answer = String::new();
         conn.read_to_string(&mut answer).unwrap();
-        assert!(answer.starts_with("HTTP/1.1 200"), "creating bucket {name}: {answer}");
+        assert!(answer.starts_with(&format!("HTTP/1.1 {status}")), "{method} bucket {name}: {answer}");
     }
 
     /// The environment a client needs (AWS_ENDPOINT_URL may be another
