@@ -68,13 +68,14 @@ pub enum Ending {
 }
 
 impl Ending {
-    /// rinetd's result word for its log file.
+    /// rinetd's result word for its log file. In rinetd's words the target
+    /// is the "local" server and the client the "remote" end.
     pub fn rinetd_word(&self) -> &'static str {
         match self {
-            Ending::Closed { first: Side::Client } => "done-local-closed",
-            Ending::Closed { first: Side::Target } => "done-remote-closed",
-            Ending::Broken { side: Side::Client, .. } => "local-reset",
-            Ending::Broken { side: Side::Target, .. } => "remote-reset",
+            Ending::Closed { first: Side::Client } => "done-remote-closed",
+            Ending::Closed { first: Side::Target } => "done-local-closed",
+            Ending::Broken { side: Side::Client, .. } => "remote-reset",
+            Ending::Broken { side: Side::Target, .. } => "local-reset",
             Ending::IdleTimeout => "idle-timeout",
             Ending::DrainTimeout => "drain-timeout",
             Ending::ConnectFailed(_) => "local-connect-failed",
@@ -226,7 +227,7 @@ mod tests {
 
     #[test]
     fn rinetd_formats() {
-        let r = record(Ending::Closed { first: Side::Target });
+        let r = record(Ending::Closed { first: Side::Client });
         assert_eq!(
             r.rinetd_line(false, when()),
             "01/Dec/2026:08:41:47\t203.0.113.7\t0.0.0.0\t80\t10.1.1.2\t8080\t120\t4567\tdone-remote-closed\n"
