@@ -32,7 +32,7 @@ use crate::access::{self, AccessList, Verdict};
 use crate::config::{Config, Endpoint, Rule, WhenFull};
 use crate::pipes::{BufferPool, PipePool};
 use crate::proxy_header;
-use crate::record::{ConnectionRecord, Ending, Side};
+use crate::record::{ConnectionRecord, Cut, Ending, Side};
 use crate::relay::{self, RelayContext};
 use crate::stats::{ForwardSnapshot, RuleStats};
 
@@ -138,7 +138,7 @@ struct Shared {
     pipes: Option<PipePool>,
     buffers: BufferPool,
     log: Mutex<Option<LogFile>>,
-    abort: watch::Sender<bool>,
+    abort: watch::Sender<Option<Cut>>,
     active: AtomicU64,
     peak: AtomicU64,
     all_closed: Notify,
@@ -161,7 +161,7 @@ impl Forwarder {
             pipes: options.splice.then(PipePool::default),
             buffers: BufferPool::default(),
             log: Mutex::new(open_log(&config)?),
-            abort: watch::channel(false).0,
+            abort: watch::channel(None).0,
             active: AtomicU64::new(0),
             peak: AtomicU64::new(0),
             all_closed: Notify::new(),
@@ -263,11 +263,11 @@ impl Forwarder {
         self.shared.all_closed().await
     }
 
-    /// Resets every open connection (the drain timeout ran out); returns
-    /// how many there were. They are gone soon after: see [`Forwarder::closed`].
-    pub fn cut(&self) -> u64 {
+    /// Resets every open connection, for `why`; returns how many there
+    /// were. They are gone soon after: see [`Forwarder::closed`].
+    pub fn cut(&self, why: Cut) -> u64 {
         let open = self.shared.active.load(Relaxed);
-        self.shared.abort.send_replace(true);
+        self.shared.abort.send_replace(Some(why));
         open
     }
 

@@ -45,4 +45,5 @@ pub use config::{Config, ConfigError, Endpoint, Rule, RuleOptions, WhenFull};
 pub use forwarder::{Forwarder, ForwarderOptions, Listening, Reloaded, StartError};
 pub use load::{LoadError, load};
 pub use proxy_header::ProxyVersion;
+pub use record::Cut;
 pub use stats::{ForwardSnapshot, RuleSnapshot};

@@ -55,8 +55,8 @@ pub enum Ending {
     },
     /// Nothing moved either way for the rule's idle timeout.
     IdleTimeout,
-    /// Still open when the drain timeout ran out.
-    DrainTimeout,
+    /// Reset at shutdown while still open: why.
+    Cut(Cut),
     /// No target accepted: the reason for each attempt.
     ConnectFailed(String),
     /// The allow patterns did not admit the client.
@@ -65,6 +65,15 @@ pub enum Ending {
     Denied,
     /// The rule had `max` connections open (with `full=refuse`).
     Full,
+}
+
+/// Why the connections still open at shutdown were reset.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Cut {
+    /// The drain timeout ran out.
+    DrainTimeout,
+    /// A second SIGTERM or SIGINT came.
+    Signal,
 }
 
 impl Ending {
@@ -77,7 +86,8 @@ impl Ending {
             Ending::Broken { side: Side::Client, .. } => "remote-reset",
             Ending::Broken { side: Side::Target, .. } => "local-reset",
             Ending::IdleTimeout => "idle-timeout",
-            Ending::DrainTimeout => "drain-timeout",
+            Ending::Cut(Cut::DrainTimeout) => "drain-timeout",
+            Ending::Cut(Cut::Signal) => "cut",
             Ending::ConnectFailed(_) => "local-connect-failed",
             Ending::NotAllowed => "not-allowed",
             Ending::Denied => "denied",
@@ -100,7 +110,8 @@ impl fmt::Display for Ending {
             }
             Ending::Broken { side, error } => write!(f, "{side} failed: {error}"),
             Ending::IdleTimeout => f.write_str("idle timeout"),
-            Ending::DrainTimeout => f.write_str("drain timeout"),
+            Ending::Cut(Cut::DrainTimeout) => f.write_str("drain timeout"),
+            Ending::Cut(Cut::Signal) => f.write_str("cut by a second signal"),
             Ending::ConnectFailed(why) => write!(f, "no target reachable: {why}"),
             Ending::NotAllowed => f.write_str("refused: not allowed"),
             Ending::Denied => f.write_str("refused: denied"),

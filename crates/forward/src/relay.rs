@@ -11,7 +11,8 @@
 //!   closed with `SO_LINGER` 0, which sends it a reset instead of a FIN
 //!   that would look like a complete answer.
 //! - An idle timeout closes both sides after nothing moved either way for
-//!   that long; an abort (the drain timeout ran out) resets both.
+//!   that long; a cut at shutdown (the drain timeout ran out, or a second
+//!   signal came) resets both.
 //!
 //! Never spawns a thread or a task per connection, never holds a pipe or
 //! a buffer between bursts, and never buffers more than one burst: a slow
@@ -26,7 +27,7 @@ use tokio::net::TcpStream;
 use tokio::sync::watch;
 
 use crate::pipes::{BufferPool, PipePool};
-use crate::record::{Ending, Side};
+use crate::record::{Cut, Ending, Side};
 use crate::stats::RuleStats;
 
 /// Splices in one burst before letting other connections run.
@@ -42,8 +43,8 @@ pub(crate) struct RelayContext<'a> {
     pub(crate) buffers: &'a BufferPool,
     /// Close after this long with nothing moving.
     pub(crate) idle_timeout: Option<Duration>,
-    /// Becomes true when connections must be cut (drain timeout).
-    pub(crate) abort: watch::Receiver<bool>,
+    /// Becomes the reason when connections must be cut.
+    pub(crate) abort: watch::Receiver<Option<Cut>>,
 }
 
 /// How a relay went.
@@ -65,7 +66,7 @@ enum Event {
     /// The pump reading from this side stopped.
     Finished(Side, Result<(), Fault>),
     Idle,
-    Abort,
+    Cut(Cut),
 }
 
 /// Why a pump stopped early.
@@ -109,9 +110,11 @@ pub(crate) async fn relay(client: &TcpStream, target: &TcpStream, cx: RelayConte
     };
     let mut abort = cx.abort;
     let abort = async move {
-        // A dropped sender is no order to cut.
-        if abort.wait_for(|&cut| cut).await.is_err() {
-            std::future::pending::<()>().await;
+        let why = abort.wait_for(Option::is_some).await.ok().and_then(|cut| *cut);
+        match why {
+            Some(why) => why,
+            // A dropped sender is no order to cut.
+            None => std::future::pending().await,
         }
     };
     tokio::pin!(up, down, idle, abort);
@@ -121,7 +124,7 @@ pub(crate) async fn relay(client: &TcpStream, target: &TcpStream, cx: RelayConte
             r = &mut up, if !up_done => Event::Finished(Side::Client, r),
             r = &mut down, if !down_done => Event::Finished(Side::Target, r),
             () = &mut idle => Event::Idle,
-            () = &mut abort => Event::Abort,
+            why = &mut abort => Event::Cut(why),
         };
         match event {
             Event::Finished(reader, Ok(())) => {
@@ -142,10 +145,10 @@ pub(crate) async fn relay(client: &TcpStream, target: &TcpStream, cx: RelayConte
                 break Ending::Broken { side, error };
             }
             Event::Idle => break Ending::IdleTimeout,
-            Event::Abort => {
+            Event::Cut(why) => {
                 reset(client);
                 reset(target);
-                break Ending::DrainTimeout;
+                break Ending::Cut(why);
             }
         }
     };

@@ -109,7 +109,7 @@ async fn a_drain_refuses_new_connections_and_cut_resets_the_rest() {
     assert_eq!(ask(&mut open, "y").await, "y", "still relayed while draining");
     let snapshot = forwarder.snapshot();
     assert!(snapshot.rules[0].removed, "a stopped rule is shown while its connections last");
-    assert_eq!(forwarder.cut(), 1);
+    assert_eq!(forwarder.cut(pareco_forward::Cut::DrainTimeout), 1);
     let mut rest = Vec::new();
     let end = tokio::time::timeout(WAIT, open.read_to_end(&mut rest)).await.unwrap();
     assert_eq!(end.map_err(|e| e.kind()), Err(std::io::ErrorKind::ConnectionReset));

@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use anyhow::{Context, Result, bail};
 use pareco_forward::config::{self, Endpoint};
 use pareco_forward::stats::ForwardSnapshot;
-use pareco_forward::{Config, Forwarder, ForwarderOptions, Listening, RuleOptions};
+use pareco_forward::{Config, Cut, Forwarder, ForwarderOptions, Listening, RuleOptions};
 use tokio::signal::unix::{SignalKind, signal};
 
 use crate::cli::ForwardArgs;
@@ -46,17 +46,18 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
     let (mut term, mut int) = (signal(SignalKind::terminate())?, signal(SignalKind::interrupt())?);
     let pid_file = config.pid_file.clone();
     let mut forwarder = Forwarder::start(config, ForwarderOptions { splice: !args.no_splice }).await?;
-    if let Some(path) = &pid_file {
-        std::fs::write(path, format!("{}\n", std::process::id()))
-            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
-    }
-    announce(&forwarder.listening(), &args)?;
+    // Everything that can fail to start before anything says it started.
     let published = Arc::new(Mutex::new(forwarder.snapshot()));
     crate::metrics::serve(args.metrics.metrics_listen, {
         let published = published.clone();
         move |f| forward_metrics(&published.lock().expect("snapshot lock"), f)
     })
     .await?;
+    if let Some(path) = &pid_file {
+        std::fs::write(path, format!("{}\n", std::process::id()))
+            .with_context(|| format!("cannot write the pid file {}", path.display()))?;
+    }
+    announce(&forwarder.listening(), &args)?;
     let mut publish_tick = tokio::time::interval(PUBLISH_EVERY);
     let publish = |forwarder: &Forwarder| *published.lock().expect("snapshot lock") = forwarder.snapshot();
     let every = std::time::Duration::from_secs(args.progress_interval.max(1));
@@ -103,9 +104,13 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
     let open = forwarder.snapshot().active;
     tracing::info!("draining: listeners closed, waiting for {open} open connections to finish");
     let mut deadline = args.drain_timeout.0.map(|t| tokio::time::Instant::now() + t);
-    let cut_now = |forwarder: &Forwarder, why: &str| {
-        let n = forwarder.cut();
+    let cut_now = |forwarder: &Forwarder, why: Cut| {
+        let n = forwarder.cut(why);
         if n > 0 {
+            let why = match why {
+                Cut::DrainTimeout => "drain timeout",
+                Cut::Signal => "second signal",
+            };
             tracing::warn!("{why}: resetting {n} connections still open");
         }
     };
@@ -113,11 +118,11 @@ pub async fn run(args: ForwardArgs) -> Result<u8> {
         tokio::select! {
             () = forwarder.closed() => break,
             () = sleep_until(deadline) => {
-                cut_now(&forwarder, "drain timeout");
+                cut_now(&forwarder, Cut::DrainTimeout);
                 deadline = None;
             }
-            _ = term.recv() => cut_now(&forwarder, "second signal"),
-            _ = int.recv() => cut_now(&forwarder, "second signal"),
+            _ = term.recv() => cut_now(&forwarder, Cut::Signal),
+            _ = int.recv() => cut_now(&forwarder, Cut::Signal),
             _ = hup.recv() => tracing::info!("SIGHUP while draining: not reloading"),
             _ = usr1.recv() => print_stats(&forwarder),
             _ = stats_tick.tick(), if args.stats_json.is_some() => write_stats(&forwarder),

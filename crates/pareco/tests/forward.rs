@@ -933,6 +933,37 @@ fn the_drain_timeout_resets_what_is_left_and_exits_zero() {
 }
 
 #[test]
+fn a_second_signal_resets_what_is_left_and_says_so() {
+    let echo = echo_server();
+    let mut forward = Forward::start(&["127.0.0.1:0", &echo.to_string()], 1);
+    let mut open = connect(forward.addrs[0]);
+    round_trip(&mut open, b"before SIGTERM");
+    forward.signal(Signal::TERM);
+    forward.expect_log("draining: listeners closed");
+    forward.signal(Signal::INT);
+    assert_reset(&mut open);
+    assert_eq!(forward.wait().code(), Some(0));
+    let log = forward.log();
+    assert!(log.contains("second signal: resetting 1 connections still open"), "{log}");
+    assert!(log.contains("end=\"cut by a second signal\"") && !log.contains("drain timeout"), "{log}");
+}
+
+#[test]
+fn a_metrics_port_in_use_stops_the_start_before_anything_is_announced() {
+    let taken = TcpListener::bind("127.0.0.1:0").unwrap();
+    let metrics = taken.local_addr().unwrap().to_string();
+    let dir = tempfile::tempdir().unwrap();
+    let pid = dir.path().join("forward.pid");
+    let config = write_file(dir.path(), "f.conf", &format!("127.0.0.1 0 127.0.0.1 9\npidlogfile {}\n", pid.display()));
+    let out = forward_output(&["--config", config.to_str().unwrap(), "--metrics-listen", &metrics]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    assert!(out.stdout.is_empty(), "{}", String::from_utf8_lossy(&out.stdout));
+    assert!(err.contains(&format!("--metrics-listen {metrics}")) && err.contains("in use"), "{err}");
+    assert!(!pid.exists(), "no pid file for a forwarder that did not start");
+}
+
+#[test]
 fn stats_json_on_standard_output_is_json_alone() {
     let echo = echo_server();
     let dir = tempfile::tempdir().unwrap();
