@@ -65,10 +65,15 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     let mut wire_so_far = (0, 0);
     let mut previous_start: Option<Instant> = None;
     let converge_seconds = args.converge_seconds;
-    let settled = |s: &Summary| {
-        s.errors == 0
-            && (s.bytes_transferred <= args.converge_bytes
-                || converge_seconds.is_some_and(|limit| s.duration_s <= limit))
+    // Little enough left to call the next round the final one...
+    let small = |s: &Summary| {
+        s.bytes_transferred <= args.converge_bytes || converge_seconds.is_some_and(|limit| s.duration_s <= limit)
+    };
+    let settled = |s: &Summary| s.errors == 0 && small(s);
+    // ... but for paths that fail: twice in a row, and more rounds will not
+    // mend them.
+    let stuck = |s: &Summary, before: Option<&Summary>| {
+        s.errors > 0 && small(s) && before.is_some_and(|b| b.errors > 0 && small(b))
     };
     for round in 1..=rounds {
         let started = Instant::now();
@@ -119,7 +124,11 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
                 eprintln!("pareco: round {round}: {}", prediction_line(prediction.as_ref()));
             }
         }
-        let done = !args.until_converged || settled(&summary) || args.dry_run || summary.gave_up.is_some();
+        let done = !args.until_converged
+            || settled(&summary)
+            || stuck(&summary, summaries.last())
+            || args.dry_run
+            || summary.gave_up.is_some();
         summaries.push(summary);
         if done {
             break;
@@ -144,11 +153,17 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
         }
     }
     if args.until_converged && !args.quiet {
-        eprintln!(
-            "pareco: {} after {} round(s)",
-            if converged { "converged" } else { "did not converge" },
-            summaries.len()
-        );
+        let n = summaries.len();
+        let before = n.checked_sub(2).map(|i| &summaries[i]);
+        match (converged, stuck(last, before)) {
+            (true, _) => eprintln!("pareco: converged after {n} round(s)"),
+            (false, true) => eprintln!(
+                "pareco: did not converge after {n} round(s): {} path(s) failed in each of the last two, \
+                 everything else is in sync (more rounds would not mend them: see the errors above)",
+                last.errors
+            ),
+            (false, false) => eprintln!("pareco: did not converge after {n} round(s)"),
+        }
     }
     Ok(if last.errors > 0 {
         EXIT_PARTIAL

@@ -327,6 +327,15 @@ fn an_unreadable_source_file_is_reported_and_the_others_are_synced() {
     assert_eq!(std::fs::read(srv.join("copy/ok.txt")).unwrap(), b"fine");
     assert_eq!(std::fs::read(srv.join("copy/big.bin")).unwrap(), bytes(2, 3 << 20));
     assert!(!srv.join("copy/secret.txt").exists());
+
+    // Live rounds stop once the failure is all that is left, twice.
+    let rounds = ["--until-converged", "--converge-bytes", "0", "--max-rounds", "6", "--stats-json", "-"];
+    let out = command.args(rounds).output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let stats: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(stats["rounds"].as_array().map(Vec::len), Some(2), "{err}");
+    assert!(err.contains("did not converge after 2 round(s): 1 path(s) failed in each of the last two"), "{err}");
 }
 
 #[test]
