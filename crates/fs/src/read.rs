@@ -19,10 +19,16 @@ use crate::error::FsError;
 use crate::meta;
 use crate::temp;
 
-/// Opens a file for reading (never through a symlink).
+/// Opens a regular file for reading (never through a symlink). Anything
+/// else there now (it was a file when listed) is a change: a fifo is not
+/// waited on for a writer (`O_NONBLOCK`, which regular files ignore).
 pub(crate) fn open_read(root: BorrowedFd<'_>, path: &RelPath) -> Result<File, FsError> {
-    let fd =
-        beneath::open(root, path, OFlags::RDONLY, Mode::empty()).map_err(|e| FsError::io("open for reading", e))?;
+    let fd = beneath::open(root, path, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
+        .map_err(|e| FsError::io("open for reading", e))?;
+    let kind = meta::stat_fd(fd.as_fd()).map_err(|e| FsError::io("stat", e))?.kind;
+    if kind != Kind::File {
+        return Err(FsError::changed("open for reading", format!("no longer a regular file but a {}", kind.name())));
+    }
     Ok(File::from(fd))
 }
 

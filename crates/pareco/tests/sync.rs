@@ -281,6 +281,42 @@ fn a_file_replaced_by_rename_during_the_copy_is_not_put_in_place() {
     }
 }
 
+#[test]
+fn files_replaced_by_a_symlink_or_a_fifo_during_the_copy_are_changes_not_failures_or_hangs() {
+    for pull in [false, true] {
+        let (tmp, src, srv) = dirs();
+        let tree = if pull { srv.join("tree") } else { src.clone() };
+        std::fs::create_dir_all(&tree).unwrap();
+        for name in ["to-link", "to-fifo"] {
+            std::fs::write(tree.join(name), bytes(1, 3 << 20)).unwrap();
+        }
+        age(&tree);
+        let server = Server::start(&srv);
+        let wan = Wan::start(server.port, &["--link-rate", "1M"]);
+        let dir = tree.clone();
+        let replacer = in_the_middle_of_the_copy(move || {
+            std::fs::remove_file(dir.join("to-link")).unwrap();
+            std::os::unix::fs::symlink("elsewhere", dir.join("to-link")).unwrap();
+            std::fs::remove_file(dir.join("to-fifo")).unwrap();
+            let fifo = rustix::fs::FileType::Fifo;
+            rustix::fs::mknodat(rustix::fs::CWD, dir.join("to-fifo"), fifo, rustix::fs::Mode::from(0o644), 0).unwrap();
+        });
+        // (Opening a fifo to read would wait for a writer that never comes.)
+        let dst = if pull { tmp.path().join("pulled") } else { srv.join("t") };
+        let run = if pull { sync(wan.url("tree"), &dst, &["-q"]) } else { sync(&tree, wan.url("t"), &["-q"]) };
+        replacer.join().unwrap();
+        assert_eq!(run.code(), 24, "pull={pull}: {}", run.stderr());
+        for name in ["to-link", "to-fifo"] {
+            assert!(run.stderr().contains(&format!("{name}: changed while being copied")), "{}", run.stderr());
+        }
+        assert_eq!(run.stat("files_changed"), 2);
+        drop(wan);
+        let again = ["-q", "--specials"];
+        if pull { sync(server.url("tree"), &dst, &again) } else { sync(&tree, server.url("t"), &again) }.ok();
+        assert_same_tree(&tree, &dst);
+    }
+}
+
 /// The racy timestamp problem: a change that lands in the same clock tick as
 /// the version being copied leaves the mtime unchanged. pareco does not read
 /// a file before its mtime has settled, so the second version is the one

@@ -269,7 +269,9 @@ impl Ctx {
 fn source_failure(e: TreeError) -> Outcome {
     match e.kind() {
         Some(FailureKind::NotFound) => Outcome::Vanished,
-        Some(FailureKind::Changed) => Outcome::Changed,
+        // The walk lists no path through a symlink: one there now (the
+        // entry, or a directory above it, replaced since) is a change.
+        Some(FailureKind::Changed | FailureKind::SymlinkInPath) => Outcome::Changed,
         _ if e.gave_up() => Outcome::GaveUp(e.to_string()),
         _ => Outcome::Failed(format!("source: {e}")),
     }
