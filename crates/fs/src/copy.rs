@@ -13,8 +13,8 @@ use rustix::fs::{AtFlags, Mode, OFlags};
 use rustix::io::Errno;
 
 use crate::error::FsError;
-use crate::read::{extents_of, read_range, read_upto};
-use crate::{beneath, meta, temp};
+use crate::read::{extents_of, open_file, read_range, read_upto};
+use crate::{meta, temp};
 
 /// Copies the ranges of `from` into the existing file `path`. When `from`
 /// has holes, a range that lands where `path` holds no data (beyond its
@@ -28,9 +28,8 @@ pub(crate) fn copy_ranges(
     from: &RelPath,
     ranges: &[CopyRange],
 ) -> Result<(), FsError> {
-    let open = |p: &RelPath, flags| beneath::open(root, p, flags, Mode::empty()).map(File::from);
-    let source = open(from, OFlags::RDONLY).map_err(|e| FsError::io("open the file to copy from", e))?;
-    let target = open(path, OFlags::WRONLY).map_err(|e| FsError::io("open for writing", e))?;
+    let source = open_file(root, from, OFlags::RDONLY, "open the file to copy from")?;
+    let target = open_file(root, path, OFlags::WRONLY, "open for writing")?;
     let end = target.metadata().map_err(|e| FsError::std("stat", e))?.len();
     let stat = source.metadata().map_err(|e| FsError::std("stat", e))?;
     let holes = stat.blocks().saturating_mul(512) < stat.len();
@@ -145,7 +144,7 @@ fn make_copy(root: BorrowedFd<'_>, f: &CloneFile) -> Result<(OwnedFd, String, Na
 /// `candidate`, opened, if it is a regular file of the wanted size whose
 /// first chunk is the wanted one (a cheap test before copying it).
 fn holding(root: BorrowedFd<'_>, candidate: &RelPath, f: &CloneFile) -> Option<File> {
-    let file = File::from(beneath::open(root, candidate, OFlags::RDONLY, Mode::empty()).ok()?);
+    let file = open_file(root, candidate, OFlags::RDONLY, "open the file to copy from").ok()?;
     let st = meta::stat_fd(file.as_fd()).ok()?;
     let first = read_range(&file, 0, f.size.min(f.chunk_size as u64) as usize).ok()?;
     (st.kind == Kind::File && st.size == f.size && f.digests.first() == Some(&Digest::of(&first))).then_some(file)

@@ -19,15 +19,26 @@ use crate::error::FsError;
 use crate::meta;
 use crate::temp;
 
-/// Opens a regular file for reading (never through a symlink). Anything
-/// else there now (it was a file when listed) is a change: a fifo is not
-/// waited on for a writer (`O_NONBLOCK`, which regular files ignore).
+/// Opens a regular file for reading (never through a symlink).
 pub(crate) fn open_read(root: BorrowedFd<'_>, path: &RelPath) -> Result<File, FsError> {
-    let fd = beneath::open(root, path, OFlags::RDONLY | OFlags::NONBLOCK, Mode::empty())
-        .map_err(|e| FsError::io("open for reading", e))?;
+    open_file(root, path, OFlags::RDONLY, "open for reading")
+}
+
+/// Opens the regular file at `path` with `flags` (never through a
+/// symlink). Anything else there now (it was a file when listed) is a
+/// change: a fifo is not waited on for a peer (`O_NONBLOCK`, which regular
+/// files ignore), a device not opened.
+pub(crate) fn open_file(root: BorrowedFd<'_>, path: &RelPath, flags: OFlags, op: &'static str) -> Result<File, FsError> {
+    let not_a_file = |kind: &str| FsError::changed(op, format!("no longer a regular file but a {kind}"));
+    let fd = match beneath::open(root, path, flags | OFlags::NONBLOCK, Mode::empty()) {
+        Ok(fd) => fd,
+        // (A fifo with no reader, opened to write.)
+        Err(Errno::NXIO) => return Err(not_a_file("special file")),
+        Err(e) => return Err(FsError::io(op, e)),
+    };
     let kind = meta::stat_fd(fd.as_fd()).map_err(|e| FsError::io("stat", e))?.kind;
     if kind != Kind::File {
-        return Err(FsError::changed("open for reading", format!("no longer a regular file but a {}", kind.name())));
+        return Err(not_a_file(kind.name()));
     }
     Ok(File::from(fd))
 }

@@ -21,7 +21,7 @@ use crate::beneath;
 use crate::copy;
 use crate::error::FsError;
 use crate::meta;
-use crate::read::{self, read_range};
+use crate::read::{self, open_file, read_range};
 use crate::temp;
 
 /// Checks `data` against the `checksum` it came with, if the tree `checks`
@@ -52,11 +52,11 @@ fn turn(path: &RelPath) -> std::sync::MutexGuard<'static, ()> {
 /// `PrepareFile` does: a late write to a file removed meanwhile, a partial
 /// file given up on, must fail rather than bring it back).
 fn open_write(root: BorrowedFd<'_>, path: &RelPath, create: bool) -> Result<File, FsError> {
+    if !create {
+        return open_file(root, path, OFlags::WRONLY, "open for writing");
+    }
     // (openat2 refuses a mode without O_CREAT.)
-    let (flags, mode) = match create {
-        true => (OFlags::WRONLY | OFlags::CREATE, Mode::from_raw_mode(0o600)),
-        false => (OFlags::WRONLY, Mode::empty()),
-    };
+    let (flags, mode) = (OFlags::WRONLY | OFlags::CREATE | OFlags::NONBLOCK, Mode::from_raw_mode(0o600));
     let fd = beneath::open(root, path, flags, mode).map_err(|e| FsError::io("open for writing", e))?;
     Ok(File::from(fd))
 }
@@ -211,7 +211,7 @@ pub(crate) fn finish_file(
     check: Option<&FileCheck>,
 ) -> Result<(), FsError> {
     let access = if check.is_some() { OFlags::RDWR } else { OFlags::WRONLY };
-    let file = match beneath::open(root, path, access, Mode::empty()) {
+    let file = match beneath::open(root, path, access | OFlags::NONBLOCK, Mode::empty()) {
         // A retry of a finish whose answer was lost: already in place.
         Err(Errno::NOENT) if let Some(dst) = place_at => return already_placed(root, dst, size, mtime),
         other => File::from(other.map_err(|e| FsError::io("open for writing", e))?),
@@ -257,7 +257,7 @@ pub(crate) fn unshare(
 ) -> Result<Stat, FsError> {
     let (dir, name) = beneath::parent(root, path, "unshare")?;
     let fd =
-        rustix::fs::openat(&dir, name.as_bytes(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::CLOEXEC, Mode::empty())
+        rustix::fs::openat(&dir, name.as_bytes(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
             .map_err(|e| FsError::io("open to unshare", e))?;
     let file = File::from(fd);
     let st = meta::stat_fd(file.as_fd()).map_err(|e| FsError::io("stat", e))?;

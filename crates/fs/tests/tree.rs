@@ -33,6 +33,24 @@ fn root(dir: &tempfile::TempDir) -> std::path::PathBuf {
 }
 
 #[test]
+fn a_fifo_where_a_file_was_is_a_change_and_never_waited_on() {
+    let (dir, tree) = setup();
+    let fifo = root(&dir).join("was-a-file");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::from(0o644), 0).unwrap();
+    let (path, data) = (p("was-a-file"), Bytes::from_static(b"data"));
+    let checksum = Some(Checksum::of(&data));
+    let requests = [
+        Request::ReadData { path: path.clone(), offset: 0, len: 4 },
+        Request::HashChunks { path: path.clone(), offset: 0, len: 4, chunk_size: 4 },
+        Request::WriteData { path: path.clone(), offset: 0, checksum, data },
+    ];
+    // (Opening a fifo without O_NONBLOCK would wait here for its other end.)
+    for req in requests {
+        assert_eq!(failure(tree.execute(&req)), FailureKind::Changed, "{req:?}");
+    }
+}
+
+#[test]
 fn symlinks_inside_the_root_are_never_followed() {
     let (dir, tree) = setup();
     let outside = dir.path().join("outside");
