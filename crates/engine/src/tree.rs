@@ -397,6 +397,12 @@ impl Tree {
         expect!(self.call(Request::Release { path, claim: run_claim() }).await?, "release", Response::Done => ())
     }
 
+    /// Says that this process still writes the partial file `path` it
+    /// prepared (fails with [`FailureKind::Busy`] if another run took it).
+    pub async fn renew(&self, path: RelPath) -> Result<(), TreeError> {
+        expect!(self.call(Request::Renew { path, claim: run_claim() }).await?, "renew", Response::Done => ())
+    }
+
     /// Finishes a complete file as `finish` says.
     pub async fn finish_file(&self, path: RelPath, finish: Finish) -> Result<(), TreeError> {
         let Finish { size, mode, mtime, place_at, dir, check } = finish;

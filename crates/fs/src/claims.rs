@@ -6,7 +6,8 @@
 //! this process (a server's clients all meet here) and as an exclusive
 //! `flock` on the file (other processes: local syncs, another server on
 //! the same directory). It lasts until the file is finished or removed, and
-//! is renewed by every write into it; a claim nobody renewed for [`LEASE`]
+//! is renewed by every write into it and by the run's renewals while it
+//! writes (every third of the lease); a claim nobody renewed for [`LEASE`]
 //! belongs to a run that is gone (killed, disconnected) and is taken over.
 
 use std::collections::HashMap;
@@ -92,5 +93,5 @@ impl Claims {
 }
 
 fn busy() -> FsError {
-    FsError::busy("prepare", "another run is writing this file now (two syncs into one destination at once?)")
+    FsError::busy("claim", "another run is writing this file now (two syncs into one destination at once?)")
 }

@@ -32,7 +32,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use pareco_proto::path::is_partial;
-use pareco_proto::{Request, Response};
+use pareco_proto::{RelPath, Request, Response};
 use rustix::fs::{Mode, OFlags};
 
 pub use cache::DigestCache;
@@ -172,8 +172,7 @@ impl FsTree {
             }
             Request::PrepareFile { path, claim } => {
                 let stat = write::prepare_file(root, path)?;
-                let partial = path.split_last().is_some_and(|(_, name)| is_partial(name.as_bytes()));
-                if *claim != 0 && partial {
+                if *claim != 0 && claimed(path) {
                     self.claims.claim(root, path, *claim)?;
                 }
                 Response::Stat { stat: Some(stat), now: meta::now() }
@@ -242,6 +241,12 @@ impl FsTree {
                 self.claims.give_up(path, *claim);
                 Response::Done
             }
+            Request::Renew { path, claim } => {
+                if *claim != 0 && claimed(path) {
+                    self.claims.claim(root, path, *claim)?;
+                }
+                Response::Done
+            }
             Request::Unlink { path } => {
                 self.claims.release(path);
                 write::unlink(root, path)?;
@@ -258,4 +263,10 @@ impl FsTree {
             }
         })
     }
+}
+
+/// Whether writes into `path` are claimed by one run at a time: partial
+/// files only (a file updated in place is torn by any second writer).
+fn claimed(path: &RelPath) -> bool {
+    path.split_last().is_some_and(|(_, name)| is_partial(name.as_bytes()))
 }

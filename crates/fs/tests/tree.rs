@@ -627,6 +627,20 @@ fn a_partial_file_is_written_by_one_run_at_a_time() {
     assert!(matches!(prepare(&tree, 8), Response::Stat { stat: Some(_), .. }));
     assert_eq!(release(8), Response::Done);
     assert!(matches!(prepare(&tree, 7), Response::Stat { stat: Some(_), .. }));
+    // Renewed by its run; another's renewal is refused, and takes nothing.
+    let renew = |tree: &FsTree, claim| tree.execute(&Request::Renew { path: part.clone(), claim });
+    assert_eq!(renew(&tree, 7), Response::Done);
+    assert_eq!(failure(renew(&tree, 8)), FailureKind::Busy);
+    assert_eq!(failure(renew(&elsewhere, 9)), FailureKind::Busy, "another process");
+    assert_eq!(failure(prepare(&tree, 8)), FailureKind::Busy);
+    // Released, a renewal takes it again (a lease that ran out, no one else
+    // having taken it); it never creates a file.
+    assert_eq!(release(7), Response::Done);
+    assert_eq!(renew(&tree, 7), Response::Done);
+    assert_eq!(failure(prepare(&tree, 8)), FailureKind::Busy);
+    let gone = pareco_proto::path::partial_of(&p("gone")).unwrap();
+    assert_eq!(failure(tree.execute(&Request::Renew { path: gone.clone(), claim: 7 })), FailureKind::NotFound);
+    assert!(!root(&dir).join(gone.to_string()).exists());
     // Not partial files, and unclaimed preparations, are not held.
     assert!(matches!(tree.execute(&Request::PrepareFile { path: p("f"), claim: 8 }), Response::Stat { .. }));
     assert!(matches!(prepare(&tree, 0), Response::Stat { stat: Some(_), .. }));

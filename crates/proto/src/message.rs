@@ -370,6 +370,17 @@ pub enum Request {
         /// The run that claimed it.
         claim: u64,
     },
+    /// The run `claim` is still writing the partial file `path` (sent while
+    /// no write renews the claim for a while: a slow link shared by many
+    /// files): its claim lasts on, or is taken again if it ran out and no
+    /// other run took it. Fails with [`FailureKind::Busy`] if another run
+    /// holds it; never creates the file. Answer: [`Response::Done`].
+    Renew {
+        /// The partial file.
+        path: RelPath,
+        /// The run that claimed it.
+        claim: u64,
+    },
     /// Remove an entry; directories recursively, never following symlinks.
     /// Answer: [`Response::Done`].
     Remove {
@@ -662,6 +673,7 @@ impl Request {
             | Request::ApplyPatch { path, .. }
             | Request::PrepareFile { path, .. }
             | Request::Release { path, .. }
+            | Request::Renew { path, .. }
             | Request::FinishFile { path, .. }
             | Request::Unshare { path, .. }
             | Request::Pieces { path, .. }
@@ -849,6 +861,11 @@ impl Request {
             }
             Request::Release { path, claim } => {
                 w.u8(31);
+                w.path(path);
+                w.u64(*claim);
+            }
+            Request::Renew { path, claim } => {
+                w.u8(32);
                 w.path(path);
                 w.u64(*claim);
             }
@@ -1090,6 +1107,7 @@ impl Request {
             28 => Request::ReadRanges { path: r.path()?, ranges: decode_ranges(r)? },
             30 => Request::Unlink { path: r.path()? },
             31 => Request::Release { path: r.path()?, claim: r.u64("claim")? },
+            32 => Request::Renew { path: r.path()?, claim: r.u64("claim")? },
             29 => {
                 let (path, ranges, checksum) = (r.path()?, decode_ranges(r)?, r.opt_checksum("checksum")?);
                 let data = r.rest();

@@ -154,6 +154,7 @@ fn request() -> impl Strategy<Value = Request> {
             }),
         (path(), any::<u64>()).prop_map(|(path, claim)| Request::PrepareFile { path, claim }),
         (path(), any::<u64>()).prop_map(|(path, claim)| Request::Release { path, claim }),
+        (path(), any::<u64>()).prop_map(|(path, claim)| Request::Renew { path, claim }),
         (
             path(),
             any::<u64>(),

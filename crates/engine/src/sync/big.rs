@@ -182,7 +182,15 @@ async fn try_transfer(
             ctx.dst.tree.unshare(dst.clone(), None, None).await.map_err(destination_failure)?;
         }
         let target = if in_place { dst.clone() } else { partial.unwrap_or(&dst).clone() };
-        let prepared = ctx.dst.tree.prepare_file(target.clone());
+        // (Its claim is kept once it is this run's.)
+        let claimed = tokio::sync::Notify::new();
+        let prepared = async {
+            let prepared = ctx.dst.tree.prepare_file(target.clone()).await;
+            if prepared.is_ok() {
+                claimed.notify_one();
+            }
+            prepared
+        };
         let placed = target != dst;
         let new_job = |basis| {
             Arc::new(FileJob {
@@ -195,25 +203,37 @@ async fn try_transfer(
                 basis,
             })
         };
-        let (job, copied) = match &way {
-            Way::Rebuilt(compared) => {
-                // Nothing of the old version is overwritten: its partial file
-                // is made while the plan is worked out.
-                let job = new_job(0);
-                let old_size = basis.map_or(0, |b| b.size);
-                let copied = rebuild::rebuild(ctx, &job, &dst, old_size, compared, prepared).await;
-                (job, copied)
-            }
-            Way::InPlace(compared) => {
-                let existing = prepared.await.map_err(destination_failure)?;
-                // Updated in place, the name is final already; a partial file is not.
-                if !placed {
-                    _alive = ticket.take().map(Ticket::release);
+        let copy = async {
+            match &way {
+                Way::Rebuilt(compared) => {
+                    // Nothing of the old version is overwritten: its partial
+                    // file is made while the plan is worked out.
+                    let job = new_job(0);
+                    let old_size = basis.map_or(0, |b| b.size);
+                    let copied = rebuild::rebuild(ctx, &job, &dst, old_size, compared, prepared).await;
+                    Ok::<_, Outcome>((job, copied))
                 }
-                let job = new_job(existing.size);
-                let copied = patch(ctx, &job, compared.as_ref()).await.map(|()| None);
-                (job, copied)
+                Way::InPlace(compared) => {
+                    let existing = prepared.await.map_err(destination_failure)?;
+                    // Updated in place, the name is final already; a partial file is not.
+                    if !placed {
+                        _alive = ticket.take().map(Ticket::release);
+                    }
+                    let job = new_job(existing.size);
+                    let copied = patch(ctx, &job, compared.as_ref()).await.map(|()| None);
+                    Ok((job, copied))
+                }
             }
+        };
+        let (job, copied) = match placed {
+            true => tokio::select! {
+                copied = copy => copied?,
+                lost = async {
+                    claimed.notified().await;
+                    keep_claim(ctx, &target).await
+                } => return Err(lost),
+            },
+            false => copy.await?,
         };
         if let Some(given_up) = last_job.replace(job.clone()) {
             finished_with(ctx, &given_up);
@@ -288,6 +308,21 @@ async fn try_transfer(
         (other, _) => other,
     };
     Ok(Outcome::Synced { transferred: sent > 0 || change == Change::NewFile, change: Some(change) })
+}
+
+/// Renews this run's claim on the partial file `path` while it is written
+/// (every third of the lease: on a slow link shared by many files, writes
+/// into one may be further apart than that). Ends only if another run took
+/// the file over, which this one then leaves to it.
+async fn keep_claim(ctx: &Ctx, path: &RelPath) -> Outcome {
+    loop {
+        tokio::time::sleep(pareco_fs::CLAIM_LEASE / 3).await;
+        match ctx.dst.tree.renew(path.clone()).await {
+            Err(e) if e.kind() == Some(FailureKind::Busy) => return destination_failure(e),
+            // (Not made yet, or a fault the writes meet too.)
+            _ => {}
+        }
+    }
 }
 
 /// The source's stat, taken once its mtime is clearly in the past (waiting
