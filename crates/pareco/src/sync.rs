@@ -22,6 +22,9 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
     if matches!((&src, &dst), (Location::Remote { .. }, Location::Remote { .. })) {
         anyhow::bail!("one side must be local: pareco does not relay between two servers");
     }
+    if let (Location::Local(from), Location::Local(to)) = (&src, &dst) {
+        check_overlap(from, to, args.delete)?;
+    }
     let options = remote_options(&[&src, &dst], &args.net, &args.token, args.verbose)?;
     let opts = SyncOptions {
         chunk_size: u32::try_from(args.chunk_size).context("chunk size too large")?,
@@ -293,6 +296,52 @@ impl Live {
 }
 
 /// The digest cache must not be synced (or deleted) with the data.
+/// Refuses a local destination inside the source directory (each run would
+/// copy the copies again, deeper), and, with `--delete`, a source inside
+/// the destination (it would be removed as extraneous).
+fn check_overlap(src: &std::path::Path, dst: &std::path::Path, delete: bool) -> Result<()> {
+    let (from, to) = (resolved(src)?, resolved(dst)?);
+    if from == to || !src.is_dir() {
+        return Ok(());
+    }
+    if to.starts_with(&from) {
+        anyhow::bail!(
+            "the destination {} is inside the source {}: every run would copy the copy into itself again; \
+             choose a destination outside the source",
+            dst.display(),
+            src.display()
+        );
+    }
+    if delete && from.starts_with(&to) {
+        anyhow::bail!(
+            "the source {} is inside the destination {}: --delete would remove the source itself",
+            src.display(),
+            dst.display()
+        );
+    }
+    Ok(())
+}
+
+/// `path` made absolute with its symlinks resolved, as far as it exists
+/// (a destination may not exist yet).
+fn resolved(path: &std::path::Path) -> Result<std::path::PathBuf> {
+    let path = std::path::absolute(path)?;
+    let mut rest = Vec::new();
+    let mut existing = path.as_path();
+    loop {
+        if let Ok(real) = existing.canonicalize() {
+            return Ok(rest.iter().rev().fold(real, |p, name| p.join(name)));
+        }
+        match (existing.parent(), existing.file_name()) {
+            (Some(parent), Some(name)) => {
+                rest.push(name.to_owned());
+                existing = parent;
+            }
+            _ => return Ok(path),
+        }
+    }
+}
+
 fn check_state_dir(dir: &std::path::Path, locations: &[&Location]) -> Result<()> {
     let dir = std::path::absolute(dir)?;
     let dir = dir.canonicalize().unwrap_or(dir);

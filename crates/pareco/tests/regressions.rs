@@ -578,3 +578,33 @@ fn walk_names(root: &Path) -> Vec<String> {
     }
     out
 }
+
+// ---- 10. a source and a destination that overlap -----------------------------
+
+#[test]
+fn overlapping_source_and_destination_are_refused_before_anything_is_written() {
+    let (tmp, src, _) = dirs();
+    write(&src.join("a/f"), b"f");
+    write(&src.join("g"), b"g");
+    let before = snapshot(&src);
+    let link = tmp.path().join("link");
+    std::os::unix::fs::symlink(&src, &link).unwrap();
+    let cases: [(&Path, PathBuf, &[&str], &str); 4] = [
+        (&src, src.join("copy"), &[], "is inside the source"),
+        (&src, src.join("a/../new/deeper"), &[], "is inside the source"),
+        (&link, src.join("copy"), &[], "is inside the source"),
+        (&src.join("a"), src.clone(), &["--delete"], "--delete would remove the source itself"),
+    ];
+    for (from, to, extra, expect) in cases {
+        let run = sync(from, &to, extra);
+        assert_eq!(run.code(), 2, "{from:?} -> {to:?}: {}", run.stderr());
+        assert!(run.stderr().contains(expect), "{}", run.stderr());
+        assert_eq!(snapshot(&src), before, "{from:?} -> {to:?} changed the tree");
+    }
+    // A subdirectory into its parent (without --delete), or a tree onto
+    // itself, is no loop.
+    sync(src.join("a"), &src, &[]).ok();
+    assert_eq!(std::fs::read(src.join("f")).unwrap(), b"f");
+    sync(&src, &src, &["--delete"]).ok();
+    assert!(src.join("a/f").exists() && src.join("g").exists());
+}
