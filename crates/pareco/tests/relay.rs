@@ -379,14 +379,18 @@ fn objects_longer_than_any_connection_lasts_arrive_in_parts() {
     std::fs::write(&input, bytes(8, 6 << 20)).unwrap();
     let wan = Wan::start(relay.moto.port, &["--cut-after", "600K"]);
     let cut = Moto::env(&format!("http://127.0.0.1:{}", wan.port));
-    let (url, output) = (relay.url("p"), tmp.path().join("out"));
+    let (url, output, json) = (relay.url("p"), tmp.path().join("out"), tmp.path().join("recv.json"));
     let send_args = [url.as_str(), "-j", "4", "--object-size", "1M"];
-    send_and_receive_at_once((&send_args, &relay.env), (&[url.as_str(), "-j", "4"], &cut), &input, &output);
+    let recv_args = [url.as_str(), "-j", "4", "--stats-json", json.to_str().unwrap()];
+    send_and_receive_at_once((&send_args, &relay.env), (&recv_args, &cut), &input, &output);
     // No connection carries a whole 1 MiB object, so each of the six was cut
     // at least once on its way (how many more depends on how many
     // connections were still open at the end: 7 to 11 have been seen).
     let cuts = wan.stop()["cut"].as_u64().unwrap_or(0);
     assert!(cuts >= 6, "the emulator cut {cuts} connections");
+    // Each continuation is a request made again: a retry.
+    let retries = stats(&json)["retries"].as_u64().unwrap();
+    assert!(retries >= 6, "{retries} retries counted");
 }
 
 #[test]

@@ -457,8 +457,8 @@ mod tests {
                 true => Ok(created),
             }
         }
-        async fn get(&self, name: &str, limit: u64) -> Result<Option<Bytes>, StoreError> {
-            self.0.get(name, limit).await
+        async fn get(&self, name: &str, limit: u64, retried: &AtomicU64) -> Result<Option<Bytes>, StoreError> {
+            self.0.get(name, limit, retried).await
         }
         async fn list(&self, prefix: &str, limit: Option<usize>) -> Result<Vec<String>, StoreError> {
             self.0.list(prefix, limit).await

@@ -300,7 +300,7 @@ async fn begin<B: Bucket>(
     let mut poll = FIRST_POLL;
     loop {
         let found =
-            retrying(|| bucket.url(&header), options.retry_for, stats, || bucket.get(&header, SMALL_OBJECT_LIMIT))
+            retrying(|| bucket.url(&header), options.retry_for, stats, || bucket.get(&header, SMALL_OBJECT_LIMIT, &stats.retries))
                 .await?;
         if let Some(sealed) = found {
             let (key, header) = open_header(&sealed, &options.token, bucket.url(&header))?;
@@ -327,7 +327,7 @@ async fn poll_end<B: Bucket>(
     let name = names.end();
     let url = || bucket.url(&name);
     while !events.is_closed() {
-        let event = match retrying(url, retry_for, &stats, || bucket.get(&name, SMALL_OBJECT_LIMIT)).await {
+        let event = match retrying(url, retry_for, &stats, || bucket.get(&name, SMALL_OBJECT_LIMIT, &stats.retries)).await {
             Ok(Some(sealed)) => match key.open(Kind::End, 0, &sealed) {
                 Ok(plain) => match StreamEnd::decode(&plain, &layout) {
                     Ok(end) => Event::End(end),
@@ -366,7 +366,7 @@ impl<B: Bucket> Fetch<B> {
         let mut end = self.end.clone();
         let mut poll = FIRST_POLL;
         let sealed = loop {
-            let found = retrying(url, self.retry_for, stats, || self.bucket.get(&name, limit)).await?;
+            let found = retrying(url, self.retry_for, stats, || self.bucket.get(&name, limit, &stats.retries)).await?;
             if let Some(sealed) = found {
                 break sealed;
             }

@@ -6,6 +6,7 @@
 //! Must never: use multipart uploads (an object must be visible whole or
 //! not at all), or look for credentials anywhere but where it is told.
 
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -175,7 +176,7 @@ impl Bucket for S3Bucket {
     /// where it stopped (of the same version of the object), for as long as
     /// each request brings more: over a link that drops connections every
     /// few seconds, an object that takes longer than that still arrives.
-    async fn get(&self, name: &str, limit: u64) -> Result<Option<Bytes>, StoreError> {
+    async fn get(&self, name: &str, limit: u64, retried: &AtomicU64) -> Result<Option<Bytes>, StoreError> {
         let path = path(name)?;
         let result = match self.store.get_opts(&path, GetOptions::default()).await {
             Ok(result) => result,
@@ -214,6 +215,7 @@ impl Bucket for S3Bucket {
                         if_match: etag.clone(),
                         ..GetOptions::default()
                     };
+                    retried.fetch_add(1, Ordering::Relaxed);
                     stream = match self.store.get_opts(&path, options).await {
                         Ok(rest) => rest.into_stream(),
                         // Gone or replaced meanwhile: the caller sees it on its next try.

@@ -8,6 +8,7 @@
 use std::future::Future;
 use std::io::ErrorKind;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::AtomicU64;
 
 use bytes::Bytes;
 
@@ -53,8 +54,15 @@ pub trait Bucket: Send + Sync + 'static {
     fn create(&self, name: &str, body: Bytes) -> impl Future<Output = Result<bool, StoreError>> + Send;
 
     /// The object under `name`; `None` if there is none. Refused, unread,
-    /// if it is larger than `limit` bytes.
-    fn get(&self, name: &str, limit: u64) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
+    /// if it is larger than `limit` bytes. A body cut short may be asked
+    /// for again from where it stopped: each such request is counted in
+    /// `retried`.
+    fn get(
+        &self,
+        name: &str,
+        limit: u64,
+        retried: &AtomicU64,
+    ) -> impl Future<Output = Result<Option<Bytes>, StoreError>> + Send;
 
     /// Names that start with `prefix`, in lexicographic order, every page
     /// of the listing followed (at most `limit` names if given). Fails
@@ -142,7 +150,7 @@ impl Bucket for DirBucket {
         .await
     }
 
-    async fn get(&self, name: &str, limit: u64) -> Result<Option<Bytes>, StoreError> {
+    async fn get(&self, name: &str, limit: u64, _retried: &AtomicU64) -> Result<Option<Bytes>, StoreError> {
         let path = self.path(name);
         let read = self
             .blocking(move |_| {
@@ -238,10 +246,10 @@ mod tests {
         bucket.put("p/data/1", Bytes::from_static(b"a")).await.unwrap();
         bucket.put("p/data/1", Bytes::from_static(b"A")).await.unwrap();
         bucket.put("q/other", Bytes::from_static(b"q")).await.unwrap();
-        assert_eq!(bucket.get("p/header", 10).await.unwrap().unwrap(), &b"one"[..]);
-        assert_eq!(bucket.get("p/data/1", 10).await.unwrap().unwrap(), &b"A"[..]);
-        assert_eq!(bucket.get("p/nothing", 10).await.unwrap(), None);
-        assert!(matches!(bucket.get("p/header", 2).await, Err(StoreError::TooLarge(3))));
+        assert_eq!(bucket.get("p/header", 10, &AtomicU64::new(0)).await.unwrap().unwrap(), &b"one"[..]);
+        assert_eq!(bucket.get("p/data/1", 10, &AtomicU64::new(0)).await.unwrap().unwrap(), &b"A"[..]);
+        assert_eq!(bucket.get("p/nothing", 10, &AtomicU64::new(0)).await.unwrap(), None);
+        assert!(matches!(bucket.get("p/header", 2, &AtomicU64::new(0)).await, Err(StoreError::TooLarge(3))));
         assert_eq!(bucket.list("p/", None).await.unwrap(), ["p/data/1", "p/data/2", "p/header"]);
         assert_eq!(bucket.list("p/data/", Some(1)).await.unwrap(), ["p/data/1"]);
         bucket.delete(vec!["p/data/1".into(), "p/missing".into()]).await.unwrap();
