@@ -165,6 +165,26 @@ fn a_connection_cut_every_half_second_loses_nothing() {
     assert!(sent["reconnects"].as_u64().unwrap() >= 1, "{sent}");
 }
 
+#[test]
+fn a_link_that_cuts_every_connection_before_a_frame_is_through_is_given_up_on() {
+    let tmp = tempfile::tempdir().unwrap();
+    let input = tmp.path().join("input");
+    std::fs::write(&input, bytes(3, 8 << 20)).unwrap();
+    let output = tmp.path().join("output");
+    let recv =
+        End::spawn("recv", &[&LISTEN[..], &["--retry-for", "2"]].concat(), Stdio::null(), file_out(&output), TOKEN);
+    // Every connection is cut after 200 KB: no 1 MiB frame ever arrives.
+    let wan = Wan::start(recv.port, &["--cut-after", "200K"]);
+    let url = format!("pareco://127.0.0.1:{}", wan.port);
+    let send = End::spawn("send", &[&url, "--retry-for", "2"], file_in(&input), Stdio::null(), TOKEN);
+    let (status, stderr) = send.finish();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("no frame got through for 2 s while") && stderr.contains("connections were lost"), "{stderr}");
+    let (status, stderr) = recv.finish();
+    assert_eq!(status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("stream incomplete: 0 bytes delivered"), "{stderr}");
+}
+
 /// A sender fed `total` MiB of text through a pipe, counting into `fed`;
 /// its input ends when the returned handle is dropped.
 fn feeding_sender(url: &str, extra: &[&str], fed: Arc<AtomicU64>, total: usize) -> (End, mpsc::Sender<()>) {

@@ -73,7 +73,6 @@ impl<F> Outstanding<F> {
     }
 
     /// Whether every frame was acknowledged.
-    #[cfg(test)]
     pub fn is_empty(&self) -> bool {
         self.frames.is_empty()
     }

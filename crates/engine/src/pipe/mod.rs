@@ -30,6 +30,7 @@ use std::time::Duration;
 use pareco_compress::Compression;
 use pareco_net::channel::{self, Channel, Security, TokenKey};
 use pareco_net::{NetError, ServerConfig, WireCounters};
+use pareco_plan::human_size;
 use pareco_proto::Frame;
 use pareco_proto::stream::{StreamId, StreamMessage, StreamRole};
 use pareco_stream::outstanding::LinkId;
@@ -82,6 +83,20 @@ pub enum PipeError {
     /// The peer was gone for longer than `--retry-for`.
     #[error("the peer has been gone for {} s; giving up", .0.as_secs())]
     GaveUp(Duration),
+    /// Connections kept being lost and no frame got through for longer
+    /// than `--retry-for`.
+    #[error(
+        "no frame got through for {} s while {lost} connections were lost: the link cuts every connection \
+         before a frame of {} gets across; giving up",
+        .waited.as_secs(),
+        human_size(pareco_stream::FRAME_SIZE as u64)
+    )]
+    NoProgress {
+        /// How long nothing got through.
+        waited: Duration,
+        /// Connections lost meanwhile.
+        lost: u64,
+    },
     /// The peer said the stream cannot go on.
     #[error("the peer aborted the stream: {0}")]
     Aborted(String),

@@ -47,6 +47,9 @@ pub async fn send(
     let mut waited = false;
     let mut tick = tokio::time::interval(TICK);
     let mut last_tick = Instant::now();
+    // Since the last acknowledgement, and the links lost meanwhile: a link
+    // that cuts every connection before a frame is through never moves on.
+    let (mut last_ack, mut lost) = (Instant::now(), 0u64);
     let result = loop {
         tokio::select! {
             Some(input) = inputs.events.recv() => match input {
@@ -74,6 +77,7 @@ pub async fn send(
                         stripe.acked(link, pending.payload.len() as u64);
                         acked += pending.payload.len() as u64;
                     }
+                    (last_ack, lost) = (Instant::now(), 0);
                 }
                 LinkEvent::Message(_, StreamMessage::Done) => {
                     // The receiver checked count, length and digest against
@@ -91,6 +95,7 @@ pub async fn send(
                 }
                 LinkEvent::Closed(id) => {
                     if table.closed(id) {
+                        lost += 1;
                         stripe.close(id);
                         stats.resent_frames.fetch_add(out.orphan(id) as u64, Ordering::Relaxed);
                         links.replace();
@@ -103,6 +108,10 @@ pub async fn send(
                 last_tick = Instant::now();
                 if let Err(e) = table.check_alive(options.retry_for) {
                     break Err(e);
+                }
+                // (Frames waiting on a slow consumer lose no connection.)
+                if lost > 0 && !out.is_empty() && last_ack.elapsed() >= options.retry_for {
+                    break Err(PipeError::NoProgress { waited: options.retry_for, lost });
                 }
                 inputs.observe();
                 match links.retune(acked, std::mem::take(&mut waited)) {
