@@ -110,11 +110,17 @@ async fn progress(stats: &Arc<PipeStats>, args: &StreamArgs, verb: &'static str)
     })
     .await?;
     let stats = stats.clone();
+    // The sender counts what the receiver has (acknowledged), beside what it read.
+    let sender = verb == "sent";
     Ok(progress_line(args, verb, move || {
         let (bytes, payload) = (load(&stats.bytes), load(&stats.payload_bytes));
         let ratio = if payload == 0 { 1.0 } else { bytes as f64 / payload as f64 };
         let retries = load(&stats.resent_frames);
-        (bytes, format!("compression {ratio:.2}:1, {retries} frames resent"))
+        let status = format!("compression {ratio:.2}:1, {retries} frames resent");
+        match sender {
+            true => (load(&stats.acked), format!("{} read, {status}", human(bytes))),
+            false => (bytes, status),
+        }
     }))
 }
 

@@ -424,7 +424,7 @@ fn a_stream_prints_progress_lines_without_a_terminal() {
     assert!(sent.success() && received.success(), "{send_err}\n{recv_err}");
     assert_eq!(std::fs::metadata(&out).unwrap().len(), 30 * 65536);
     let line = send_err.lines().find(|l| l.starts_with("pareco: progress: ")).unwrap_or_else(|| panic!("{send_err}"));
-    assert!(line.contains(" sent, ") && line.contains("/s"), "{line}");
+    assert!(line.contains(" sent, ") && line.contains(" read, ") && line.contains("/s"), "{line}");
     assert!(recv_err.lines().any(|l| l.starts_with("pareco: progress: ") && l.contains(" received")), "{recv_err}");
 }
 

@@ -116,6 +116,8 @@ pub enum PipeError {
 pub struct PipeStats {
     /// Bytes of the stream (as read by the sender, as written by the receiver).
     pub bytes: AtomicU64,
+    /// Bytes of the stream the receiver acknowledged (sender only).
+    pub acked: AtomicU64,
     /// Frames of the stream.
     pub frames: AtomicU64,
     /// Bytes of frame payloads sent or received (after compression), resends included.

@@ -76,6 +76,7 @@ pub async fn send(
                     if let Some((pending, Some(link))) = out.ack(seq) {
                         stripe.acked(link, pending.payload.len() as u64);
                         acked += pending.payload.len() as u64;
+                        stats.acked.fetch_add(pending.raw_len as u64, Ordering::Relaxed);
                     }
                     (last_ack, lost) = (Instant::now(), 0);
                 }
