@@ -28,7 +28,12 @@ pub(crate) fn open_read(root: BorrowedFd<'_>, path: &RelPath) -> Result<File, Fs
 /// symlink). Anything else there now (it was a file when listed) is a
 /// change: a fifo is not waited on for a peer (`O_NONBLOCK`, which regular
 /// files ignore), a device not opened.
-pub(crate) fn open_file(root: BorrowedFd<'_>, path: &RelPath, flags: OFlags, op: &'static str) -> Result<File, FsError> {
+pub(crate) fn open_file(
+    root: BorrowedFd<'_>,
+    path: &RelPath,
+    flags: OFlags,
+    op: &'static str,
+) -> Result<File, FsError> {
     let not_a_file = |kind: &str| FsError::changed(op, format!("no longer a regular file but a {kind}"));
     let fd = match beneath::open(root, path, flags | OFlags::NONBLOCK, Mode::empty()) {
         Ok(fd) => fd,

@@ -256,9 +256,13 @@ pub(crate) fn unshare(
     mtime: Option<Timestamp>,
 ) -> Result<Stat, FsError> {
     let (dir, name) = beneath::parent(root, path, "unshare")?;
-    let fd =
-        rustix::fs::openat(&dir, name.as_bytes(), OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| FsError::io("open to unshare", e))?;
+    let fd = rustix::fs::openat(
+        &dir,
+        name.as_bytes(),
+        OFlags::RDONLY | OFlags::NOFOLLOW | OFlags::NONBLOCK | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| FsError::io("open to unshare", e))?;
     let file = File::from(fd);
     let st = meta::stat_fd(file.as_fd()).map_err(|e| FsError::io("stat", e))?;
     if st.kind != Kind::File {

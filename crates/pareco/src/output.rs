@@ -50,7 +50,10 @@ impl Reporter for Console {
     fn change(&self, path: &RelPath, change: Change) {
         if self.itemize {
             let suffix = if change == Change::NewDir { "/" } else { "" };
-            self.print(self.changes_to_stderr, format!("{:<6} {}{suffix}{}", change.word(), self.name(path), change.detail()));
+            self.print(
+                self.changes_to_stderr,
+                format!("{:<6} {}{suffix}{}", change.word(), self.name(path), change.detail()),
+            );
         }
     }
 

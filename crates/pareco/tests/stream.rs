@@ -179,7 +179,10 @@ fn a_link_that_cuts_every_connection_before_a_frame_is_through_is_given_up_on() 
     let send = End::spawn("send", &[&url, "--retry-for", "2"], file_in(&input), Stdio::null(), TOKEN);
     let (status, stderr) = send.finish();
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("no frame got through for 2 s while") && stderr.contains("connections were lost"), "{stderr}");
+    assert!(
+        stderr.contains("no frame got through for 2 s while") && stderr.contains("connections were lost"),
+        "{stderr}"
+    );
     let (status, stderr) = recv.finish();
     assert_eq!(status.code(), Some(1), "{stderr}");
     assert!(stderr.contains("stream incomplete: 0 bytes delivered"), "{stderr}");

@@ -299,9 +299,13 @@ async fn begin<B: Bucket>(
     retrying(|| bucket.url(&base), options.retry_for, stats, || bucket.list(&base, Some(1))).await?;
     let mut poll = FIRST_POLL;
     loop {
-        let found =
-            retrying(|| bucket.url(&header), options.retry_for, stats, || bucket.get(&header, SMALL_OBJECT_LIMIT, &stats.retries))
-                .await?;
+        let found = retrying(
+            || bucket.url(&header),
+            options.retry_for,
+            stats,
+            || bucket.get(&header, SMALL_OBJECT_LIMIT, &stats.retries),
+        )
+        .await?;
         if let Some(sealed) = found {
             let (key, header) = open_header(&sealed, &options.token, bucket.url(&header))?;
             return Ok((key, header.layout));
@@ -327,20 +331,21 @@ async fn poll_end<B: Bucket>(
     let name = names.end();
     let url = || bucket.url(&name);
     while !events.is_closed() {
-        let event = match retrying(url, retry_for, &stats, || bucket.get(&name, SMALL_OBJECT_LIMIT, &stats.retries)).await {
-            Ok(Some(sealed)) => match key.open(Kind::End, 0, &sealed) {
-                Ok(plain) => match StreamEnd::decode(&plain, &layout) {
-                    Ok(end) => Event::End(end),
-                    Err(source) => Event::Failed(RelayError::Malformed { url: url(), source }),
+        let event =
+            match retrying(url, retry_for, &stats, || bucket.get(&name, SMALL_OBJECT_LIMIT, &stats.retries)).await {
+                Ok(Some(sealed)) => match key.open(Kind::End, 0, &sealed) {
+                    Ok(plain) => match StreamEnd::decode(&plain, &layout) {
+                        Ok(end) => Event::End(end),
+                        Err(source) => Event::Failed(RelayError::Malformed { url: url(), source }),
+                    },
+                    Err(e) => Event::Failed(RelayError::unsealed(url(), e)),
                 },
-                Err(e) => Event::Failed(RelayError::unsealed(url(), e)),
-            },
-            Ok(None) => {
-                tokio::time::sleep(END_POLL).await;
-                continue;
-            }
-            Err(e) => Event::Failed(e),
-        };
+                Ok(None) => {
+                    tokio::time::sleep(END_POLL).await;
+                    continue;
+                }
+                Err(e) => Event::Failed(e),
+            };
         let _ = events.send(event);
         return;
     }

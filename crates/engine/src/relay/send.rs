@@ -219,7 +219,9 @@ async fn begin<B: Bucket>(
         retrying(|| bucket.url(&end), retry_for, stats, || bucket.delete(vec![end.clone()])).await?;
         return Ok(Start { key, layout: plan.layout, uploaded: 0, check: None });
     }
-    let sealed = retrying(|| bucket.url(&header), retry_for, stats, || bucket.get(&header, SMALL_OBJECT_LIMIT, &stats.retries)).await?;
+    let sealed =
+        retrying(|| bucket.url(&header), retry_for, stats, || bucket.get(&header, SMALL_OBJECT_LIMIT, &stats.retries))
+            .await?;
     let Some(sealed) = sealed else { return Err(RelayError::NothingToResume { url: bucket.url(&header) }) };
     let (key, stream_header) = open_header(&sealed, &options.token, bucket.url(&header))?;
     let layout = stream_header.layout;
@@ -233,7 +235,8 @@ async fn begin<B: Bucket>(
         n => {
             let name = names.data(n - 1);
             let limit = layout.sealed_limit();
-            let sealed = retrying(|| bucket.url(&name), retry_for, stats, || bucket.get(&name, limit, &stats.retries)).await?;
+            let sealed =
+                retrying(|| bucket.url(&name), retry_for, stats, || bucket.get(&name, limit, &stats.retries)).await?;
             let Some(sealed) = sealed else { return Err(RelayError::Missing { url: bucket.url(&name) }) };
             Some(open_data(&key, &layout, n - 1, sealed, bucket.url(&name))?.after)
         }
