@@ -900,13 +900,20 @@ fn sighup_under_load_keeps_connections_starts_new_rules_and_stops_removed_ones()
     assert!(forward.stop().success());
 }
 
-#[test]
-fn sigterm_drains_open_connections_then_exits_zero() {
-    let echo = echo_server();
-    let mut forward = Forward::start(&["127.0.0.1:0", &echo.to_string()], 1);
+/// A forwarder to an echo server (with `extra` options), one connection
+/// through it open, sent SIGTERM.
+fn terminated_with_one_open(extra: &[&str]) -> (Forward, TcpStream) {
+    let echo = echo_server().to_string();
+    let forward = Forward::start(&[&["127.0.0.1:0", echo.as_str()], extra].concat(), 1);
     let mut open = connect(forward.addrs[0]);
     round_trip(&mut open, b"before SIGTERM");
     forward.signal(Signal::TERM);
+    (forward, open)
+}
+
+#[test]
+fn sigterm_drains_open_connections_then_exits_zero() {
+    let (mut forward, mut open) = terminated_with_one_open(&[]);
     forward.expect_log("draining: listeners closed, waiting for 1 open connections to finish");
     let refused = TcpStream::connect(forward.addrs[0]).map(|_| ()).map_err(|e| e.kind());
     assert_eq!(refused, Err(ErrorKind::ConnectionRefused), "no new connection while draining");
@@ -920,11 +927,7 @@ fn sigterm_drains_open_connections_then_exits_zero() {
 
 #[test]
 fn the_drain_timeout_resets_what_is_left_and_exits_zero() {
-    let echo = echo_server();
-    let mut forward = Forward::start(&["127.0.0.1:0", &echo.to_string(), "--drain-timeout", "200ms"], 1);
-    let mut open = connect(forward.addrs[0]);
-    round_trip(&mut open, b"before SIGTERM");
-    forward.signal(Signal::TERM);
+    let (mut forward, mut open) = terminated_with_one_open(&["--drain-timeout", "200ms"]);
     assert_reset(&mut open);
     assert_eq!(forward.wait().code(), Some(0));
     let log = forward.log();
@@ -934,11 +937,7 @@ fn the_drain_timeout_resets_what_is_left_and_exits_zero() {
 
 #[test]
 fn a_second_signal_resets_what_is_left_and_says_so() {
-    let echo = echo_server();
-    let mut forward = Forward::start(&["127.0.0.1:0", &echo.to_string()], 1);
-    let mut open = connect(forward.addrs[0]);
-    round_trip(&mut open, b"before SIGTERM");
-    forward.signal(Signal::TERM);
+    let (mut forward, mut open) = terminated_with_one_open(&[]);
     forward.expect_log("draining: listeners closed");
     forward.signal(Signal::INT);
     assert_reset(&mut open);

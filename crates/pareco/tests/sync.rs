@@ -4,6 +4,7 @@
 mod support;
 
 use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::Path;
 use std::time::Duration;
 
 use support::*;
@@ -251,69 +252,85 @@ fn a_file_modified_during_the_copy_is_reported_and_recopied_by_the_next_run() {
     assert!(again.stat("bytes_transferred") < 2 << 20, "{:?}", again.stats);
 }
 
+/// A tree of `files` (`size` bytes each) pushed to a server, or pulled from
+/// one, over a 1 MiB/s link, with `change` made to it in the middle of the
+/// copy.
+struct MidCopy {
+    _tmp: tempfile::TempDir,
+    tree: std::path::PathBuf,
+    dst: std::path::PathBuf,
+    server: Server,
+    pull: bool,
+}
+
+impl MidCopy {
+    /// The copy, and how its run went.
+    fn run(pull: bool, files: &[&str], size: usize, change: impl FnOnce(&Path) + Send + 'static) -> (MidCopy, Run) {
+        let (tmp, src, srv) = dirs();
+        let tree = if pull { srv.join("tree") } else { src };
+        std::fs::create_dir_all(&tree).unwrap();
+        for name in files {
+            std::fs::write(tree.join(name), bytes(1, size)).unwrap();
+        }
+        age(&tree);
+        let dst = if pull { tmp.path().join("pulled") } else { srv.join("t") };
+        let copy = MidCopy { _tmp: tmp, tree, dst, server: Server::start(&srv), pull };
+        let wan = Wan::start(copy.server.port, &["--link-rate", "1M"]);
+        let dir = copy.tree.clone();
+        let changer = in_the_middle_of_the_copy(move || change(&dir));
+        let run = copy.sync(|path| wan.url(path), &["-q"]);
+        changer.join().unwrap();
+        (copy, run)
+    }
+
+    /// Syncs once more at full speed; the copy is then the tree.
+    fn again(&self, extra: &[&str]) {
+        self.sync(|path| self.server.url(path), extra).ok();
+        assert_same_tree(&self.tree, &self.dst);
+    }
+
+    fn sync(&self, url: impl Fn(&str) -> String, extra: &[&str]) -> Run {
+        match self.pull {
+            true => sync(url("tree"), &self.dst, extra),
+            false => sync(&self.tree, url("t"), extra),
+        }
+    }
+}
+
 /// A new file replaced by rename while it is copied (an editor's save, a
 /// dump written aside and moved over) never lands under its name as a mix
 /// of the two files, pushed or pulled.
 #[test]
 fn a_file_replaced_by_rename_during_the_copy_is_not_put_in_place() {
     for pull in [false, true] {
-        let (tmp, src, srv) = dirs();
-        let tree = if pull { srv.join("tree") } else { src.clone() };
-        std::fs::create_dir_all(&tree).unwrap();
-        std::fs::write(tree.join("dump"), bytes(1, 4 << 20)).unwrap();
-        age(&tree);
-        let server = Server::start(&srv);
-        let wan = Wan::start(server.port, &["--link-rate", "1M"]);
-        let dir = tree.clone();
-        let replacer = in_the_middle_of_the_copy(move || {
+        let (copy, run) = MidCopy::run(pull, &["dump"], 4 << 20, |dir| {
             std::fs::write(dir.join(".dump.new"), bytes(2, 4 << 20)).unwrap();
             std::fs::rename(dir.join(".dump.new"), dir.join("dump")).unwrap();
         });
-        let dst = if pull { tmp.path().join("pulled") } else { srv.join("t") };
-        let run = if pull { sync(wan.url("tree"), &dst, &["-q"]) } else { sync(&tree, wan.url("t"), &["-q"]) };
-        replacer.join().unwrap();
         assert_eq!(run.code(), 24, "pull={pull}: {}", run.stderr());
-        assert!(!dst.join("dump").exists(), "pull={pull}: a mix of two files is under the real name");
-        drop(wan);
-        age(&tree);
-        if pull { sync(server.url("tree"), &dst, &["-q"]) } else { sync(&tree, server.url("t"), &["-q"]) }.ok();
-        assert_same_tree(&tree, &dst);
+        assert!(!copy.dst.join("dump").exists(), "pull={pull}: a mix of two files is under the real name");
+        age(&copy.tree);
+        copy.again(&["-q"]);
     }
 }
 
 #[test]
 fn files_replaced_by_a_symlink_or_a_fifo_during_the_copy_are_changes_not_failures_or_hangs() {
     for pull in [false, true] {
-        let (tmp, src, srv) = dirs();
-        let tree = if pull { srv.join("tree") } else { src.clone() };
-        std::fs::create_dir_all(&tree).unwrap();
-        for name in ["to-link", "to-fifo"] {
-            std::fs::write(tree.join(name), bytes(1, 3 << 20)).unwrap();
-        }
-        age(&tree);
-        let server = Server::start(&srv);
-        let wan = Wan::start(server.port, &["--link-rate", "1M"]);
-        let dir = tree.clone();
-        let replacer = in_the_middle_of_the_copy(move || {
+        // (Opening a fifo to read would wait for a writer that never comes.)
+        let (copy, run) = MidCopy::run(pull, &["to-link", "to-fifo"], 3 << 20, |dir| {
             std::fs::remove_file(dir.join("to-link")).unwrap();
             std::os::unix::fs::symlink("elsewhere", dir.join("to-link")).unwrap();
             std::fs::remove_file(dir.join("to-fifo")).unwrap();
             let fifo = rustix::fs::FileType::Fifo;
             rustix::fs::mknodat(rustix::fs::CWD, dir.join("to-fifo"), fifo, rustix::fs::Mode::from(0o644), 0).unwrap();
         });
-        // (Opening a fifo to read would wait for a writer that never comes.)
-        let dst = if pull { tmp.path().join("pulled") } else { srv.join("t") };
-        let run = if pull { sync(wan.url("tree"), &dst, &["-q"]) } else { sync(&tree, wan.url("t"), &["-q"]) };
-        replacer.join().unwrap();
         assert_eq!(run.code(), 24, "pull={pull}: {}", run.stderr());
         for name in ["to-link", "to-fifo"] {
             assert!(run.stderr().contains(&format!("{name}: changed while being copied")), "{}", run.stderr());
         }
         assert_eq!(run.stat("files_changed"), 2);
-        drop(wan);
-        let again = ["-q", "--specials"];
-        if pull { sync(server.url("tree"), &dst, &again) } else { sync(&tree, server.url("t"), &again) }.ok();
-        assert_same_tree(&tree, &dst);
+        copy.again(&["-q", "--specials"]);
     }
 }
 
