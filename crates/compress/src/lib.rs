@@ -12,6 +12,8 @@
 use bytes::Bytes;
 use pareco_proto::stream::Encoding;
 
+pub mod gate;
+
 /// The zstd level of `zstd` without a level, and where nothing else decides:
 /// a good ratio at a few hundred MB/s per core.
 pub const DEFAULT_LEVEL: i32 = 3;

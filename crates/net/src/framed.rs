@@ -3,13 +3,17 @@
 //! When the handshake agreed on compressed frames, bodies of at least
 //! [`COMPRESS_MIN`] bytes go out zstd-compressed if that pays (a sample of
 //! incompressible data, such as random or already compressed file content,
-//! rules it out cheaply); compression happens before encryption.
+//! rules it out cheaply); compression happens before encryption. Under
+//! `auto`, not at all while sending frames as they are carries more
+//! ([`pareco_compress::gate`]: a link faster than the cores compress).
 
 use std::cell::RefCell;
-use std::sync::Arc;
-use std::sync::atomic::Ordering;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, LazyLock, Mutex};
+use std::time::{Duration, Instant};
 
 use bytes::{BufMut, Bytes, BytesMut};
+use pareco_compress::gate::{self, Gate};
 use pareco_compress::{Compression, DEFAULT_LEVEL, Encoder};
 use pareco_proto::codec::{self, Body, Frame, HEADER_LEN};
 use pareco_proto::stream::Encoding;
@@ -298,6 +302,67 @@ pub struct FrameWriter<W> {
     counters: Arc<WireCounters>,
     /// How frames are compressed, once the handshake agreed on it.
     compression: Option<Compression>,
+    /// The last window of the [`GAUGE`] this writer counted itself in
+    /// (plus one: 0 is none).
+    seen: u64,
+}
+
+/// The process's [`Gate`] and what it is told: every `auto` writer adds
+/// the time it spent compressing and the bytes it wrote (and counts itself
+/// once per window), and the first to write after a window's end hands the
+/// window to the gate. One for the process, as the cores are what
+/// compression competes for.
+struct Gauge {
+    open: AtomicBool,
+    busy_ns: AtomicU64,
+    bytes: AtomicU64,
+    writers: AtomicU64,
+    /// Windows ended so far.
+    seq: AtomicU64,
+    window: Mutex<(Gate, Instant)>,
+}
+
+static GAUGE: LazyLock<Gauge> = LazyLock::new(|| {
+    let cores = std::thread::available_parallelism().map_or(1, usize::from);
+    Gauge {
+        open: AtomicBool::new(true),
+        busy_ns: AtomicU64::new(0),
+        bytes: AtomicU64::new(0),
+        writers: AtomicU64::new(0),
+        seq: AtomicU64::new(0),
+        window: Mutex::new((Gate::new(cores), Instant::now())),
+    }
+});
+
+impl Gauge {
+    /// Whether to compress, after counting `bytes` written by the writer
+    /// that last counted itself in window `seen`, and perhaps ending the
+    /// window.
+    fn open(&self, bytes: usize, seen: &mut u64) -> bool {
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
+        let seq = self.seq.load(Ordering::Relaxed);
+        if *seen != seq + 1 {
+            *seen = seq + 1;
+            self.writers.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Ok(mut window) = self.window.try_lock() {
+            let (gate, since) = &mut *window;
+            let wall = since.elapsed();
+            if wall >= gate.window() {
+                let busy = Duration::from_nanos(self.busy_ns.swap(0, Ordering::Relaxed));
+                let bytes = self.bytes.swap(0, Ordering::Relaxed);
+                let writers = self.writers.swap(0, Ordering::Relaxed);
+                self.open.store(gate.observe(gate::Window { wall, busy, bytes, writers }), Ordering::Relaxed);
+                self.seq.fetch_add(1, Ordering::Relaxed);
+                *since = Instant::now();
+            }
+        }
+        self.open.load(Ordering::Relaxed)
+    }
+
+    fn busy(&self, spent: Duration) {
+        self.busy_ns.fetch_add(spent.as_nanos() as u64, Ordering::Relaxed);
+    }
 }
 
 impl<W: AsyncWrite + Unpin> FrameWriter<W> {
@@ -305,7 +370,7 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     /// records. Sent bytes are added to `counters`.
     pub(crate) fn new(inner: W, counters: Arc<WireCounters>, sealer: Option<RecordCipher>) -> Self {
         let buf = BytesMut::with_capacity(FLUSH_AT);
-        FrameWriter { inner, buf, sealer, sealed: Vec::new(), used: 0, counters, compression: None }
+        FrameWriter { inner, buf, sealer, sealed: Vec::new(), used: 0, counters, compression: None, seen: 0 }
     }
 
     /// Compresses frames under `policy` from now on (the handshake agreed on
@@ -320,8 +385,17 @@ impl<W: AsyncWrite + Unpin> FrameWriter<W> {
     pub async fn write(&mut self, frame: &Frame) -> Result<(), NetError> {
         let start = self.buf.len();
         let mut tail = codec::encode(frame, &mut self.buf);
-        if let Some(policy) = self.compression {
-            tail = squeeze(policy, &mut self.buf, start, tail);
+        match self.compression {
+            Some(Compression::Auto) => {
+                let len = self.buf.len() - start + tail.as_ref().map_or(0, Bytes::len);
+                if GAUGE.open(len, &mut self.seen) {
+                    let started = Instant::now();
+                    tail = squeeze(Compression::Auto, &mut self.buf, start, tail);
+                    GAUGE.busy(started.elapsed());
+                }
+            }
+            Some(policy) => tail = squeeze(policy, &mut self.buf, start, tail),
+            None => {}
         }
         if let Some(tail) = tail {
             if tail.len() < ZERO_COPY_MIN {
