@@ -76,9 +76,13 @@ fn read_only_and_write_only_servers_refuse_the_other_direction() {
     age(&srv);
 
     let read_only = Server::start_with(&srv, TOKEN, &["--read-only"]);
-    let push = sync(&src, read_only.url("new"), &["-q"]);
-    assert_eq!(push.code(), 2, "{}", push.stderr());
-    assert_eq!(push.stderr().matches("read-only").count(), 1, "{}", push.stderr());
+    // A dry run fails as the real run does, before listing what it would do.
+    for flags in [&["-q"][..], &["-n", "--delete"]] {
+        let push = sync(&src, read_only.url("new"), flags);
+        assert_eq!(push.code(), 2, "{flags:?}: {}", push.stderr());
+        assert_eq!(push.stderr().matches("read-only").count(), 1, "{}", push.stderr());
+        assert!(!push.stdout().contains("new"), "{}", push.stdout());
+    }
     assert!(!srv.join("new").exists());
     sync(read_only.url("existing"), tmp.path().join("pulled"), &["-q"]).ok();
     assert_eq!(std::fs::read(tmp.path().join("pulled/file")).unwrap(), b"served");
@@ -88,9 +92,12 @@ fn read_only_and_write_only_servers_refuse_the_other_direction() {
     sync(&src, write_only.url("pushed"), &["-q"]).ok();
     assert_same_tree(&src, &srv.join("pushed"));
     // Refused up front, said once (not once per file).
-    let pull = sync(write_only.url("existing"), tmp.path().join("pulled2"), &["-q"]);
-    assert_eq!(pull.code(), 2, "{}", pull.stderr());
-    assert_eq!(pull.stderr().matches("write-only").count(), 1, "{}", pull.stderr());
+    for flags in [&["-q"][..], &["-n"]] {
+        let pull = sync(write_only.url("existing"), tmp.path().join("pulled2"), flags);
+        assert_eq!(pull.code(), 2, "{flags:?}: {}", pull.stderr());
+        assert_eq!(pull.stderr().matches("write-only").count(), 1, "{}", pull.stderr());
+        assert!(!pull.stdout().contains("new"), "{}", pull.stdout());
+    }
     assert!(!tmp.path().join("pulled2/file").exists());
 }
 

@@ -277,6 +277,11 @@ fn source_failure(e: TreeError) -> Outcome {
     }
 }
 
+/// The error of a request the server refused (its access policy).
+fn refused<T>(result: Result<T, TreeError>) -> Option<TreeError> {
+    result.err().filter(|e| e.kind() == Some(FailureKind::Refused))
+}
+
 fn destination_failure(e: TreeError) -> Outcome {
     if e.gave_up() { Outcome::GaveUp(e.to_string()) } else { Outcome::Failed(format!("destination: {e}")) }
 }
@@ -297,14 +302,20 @@ pub async fn sync(
     // and is dropped): one round trip to each side before the walk.
     // An empty read asks whether the source sends content at all (a
     // `--write-only` server does not): refused up front, not file by file.
-    let (src_root, src_list, reads) =
-        tokio::join!(src.tree.stat(src.base.clone()), src.tree.list(src.base.clone()), async {
-            if opts.dry_run { Ok(Vec::new()) } else { src.tree.read_files(Vec::new(), 0).await }
-        });
-    if let Err(e) = reads
-        && e.kind() == Some(FailureKind::Refused)
-    {
+    // A dry run, which writes nothing, asks the destination with an empty
+    // copy whether the real run could (a `--read-only` server says no),
+    // so that it fails as the real run would.
+    let (src_root, src_list, reads, writes) = tokio::join!(
+        src.tree.stat(src.base.clone()),
+        src.tree.list(src.base.clone()),
+        src.tree.read_files(Vec::new(), 0),
+        async { if opts.dry_run { dst.tree.clone_files(Vec::new()).await } else { Ok(Vec::new()) } }
+    );
+    if let Some(e) = refused(reads) {
         return Err(SyncError::Source(e));
+    }
+    if let Some(e) = refused(writes) {
+        return Err(SyncError::Destination(e));
     }
     let (src_root, src_now) = src_root.map_err(SyncError::Source)?;
     let src_root = src_root.ok_or(SyncError::SourceMissing)?;
