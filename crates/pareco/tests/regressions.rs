@@ -162,6 +162,31 @@ fn the_link_structure_follows_links_added_moved_and_replaced() {
     }
 }
 
+/// A snapshot made with `cp -al` (every file a new name of one the
+/// destination has) is made of links there: no content travels, whichever
+/// name the walk meets first.
+#[test]
+fn new_names_of_files_the_destination_has_are_linked_not_sent() {
+    for way in WAYS {
+        let t = Pair::new(way);
+        let (s, d) = (&t.src, &t.dst);
+        write(&s.join("m/big"), &bytes(4, 3 << 20));
+        write(&s.join("m/small"), b"a small file");
+        age(&t.src);
+        t.sync(&["-q"]).ok();
+        for snapshot in ["a", "z"] {
+            for name in ["big", "small"] {
+                std::fs::create_dir_all(s.join(snapshot)).unwrap();
+                std::fs::hard_link(s.join("m").join(name), s.join(snapshot).join(name)).unwrap();
+            }
+        }
+        // (Not aged again: that would give the files other mtimes.)
+        let run = t.sync(&["-q"]).ok();
+        assert_eq!(run.stat("bytes_transferred"), 0, "{way:?}");
+        assert_same_tree_and_links(s, d);
+    }
+}
+
 #[test]
 fn names_linked_only_at_the_destination_are_split_whatever_their_groups() {
     let t = Pair::new(Way::Push);

@@ -4,6 +4,13 @@
 //! hard link to the first at the destination. The directories that gained a
 //! link get their mtimes back.
 //!
+//! A path new at the destination waits for the walk to be over ([`waits`],
+//! with the new large files `reuse` holds), when the destination is not
+//! empty: another path of its inode may be one the destination has as it
+//! is (a snapshot made with `cp -al`, a file linked under a new name). That
+//! one is then the first path, and the new one only a link to it: nothing
+//! is sent.
+//!
 //! The destination's link structure must end up equal to the source's, not
 //! only include it. Names linked at the destination but not in the source
 //! are split apart: a name whose source file has one link gets a copy of
@@ -49,6 +56,13 @@ struct Follower {
     /// The source directory holding it: its attributes are set again once
     /// the link is made.
     dir: (RelPath, Stat),
+}
+
+/// Whether a planned entry is a path of a linked file that is new at the
+/// destination (see the module's documentation).
+pub(crate) fn waits(p: &Planned) -> bool {
+    matches!(p.action, Action::CopyFile { basis: None })
+        && p.src.as_ref().is_some_and(|s| s.kind == pareco_proto::Kind::File && s.nlink > 1)
 }
 
 /// The linked inodes of one run.

@@ -102,7 +102,7 @@ impl<Group> Later<Group> {
         self.open.store(true, Ordering::Relaxed);
     }
 
-    fn is_open(&self) -> bool {
+    pub(crate) fn is_open(&self) -> bool {
         self.open.load(Ordering::Relaxed)
     }
 
@@ -235,13 +235,16 @@ fn is_new_and_large(p: &Planned) -> bool {
 }
 
 /// Once the walk is over: copies from what the index holds every file of
-/// `held` (new large files of `dir`) that can be. Returns the entries
+/// `held` (new large files of `dir`, and new files with other names, see
+/// `links`) that can be. Returns the entries
 /// still to be sent.
 pub(crate) async fn copy_held(ctx: &std::sync::Arc<Ctx>, dir: &RelPath, held: Vec<Planned>) -> Vec<Planned> {
     let (mut wanted, mut rest) = (Vec::new(), Vec::new());
     for p in held {
         let from = match (&p.src, dir.join(&p.name)) {
-            (Some(src), Ok(rel)) => Some((rel, candidates(ctx, dir, &HashMap::new(), &p.name, src))),
+            (Some(src), Ok(rel)) if wants_content(&p) => {
+                Some((rel, candidates(ctx, dir, &HashMap::new(), &p.name, src)))
+            }
             _ => None,
         };
         match from {

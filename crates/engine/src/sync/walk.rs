@@ -21,7 +21,7 @@ use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore, mpsc};
 
 use super::small::{self, SmallFile};
 use super::{Ctx, Outcome, SMALL_FILE_MAX, attrs_differ, big, destination_failure, source_failure};
-use super::{meta, reuse};
+use super::{links, meta, reuse};
 use crate::report::{Attrs, Change, Problem, Stats};
 use crate::tree::{Listing, TreeError};
 
@@ -386,8 +386,16 @@ async fn plan_and_dispatch(
     }
     let options = DirOptions { checksum: ctx.opts.checksum, delete: ctx.opts.delete, specials: ctx.opts.specials };
     let planned = plan_dir(src_entries, src_now, dst_entries, options);
-    let reuse::Left { now: planned, later } =
+    let reuse::Left { now: planned, mut later } =
         reuse::copy_what_is_there(ctx, &node.rel, src_now, planned, || node.touch()).await;
+    let planned = match ctx.later.is_open() {
+        true => {
+            let (linked, now): (Vec<_>, Vec<_>) = planned.into_iter().partition(links::waits);
+            later.extend(linked);
+            now
+        }
+        false => planned,
+    };
     let mut leftovers = Leftovers::new(partials, planned.iter().chain(&later));
     if !later.is_empty() {
         let partials = later.iter().filter_map(|p| Some((p.name.clone(), leftovers.of(&p.name)?))).collect();
