@@ -130,6 +130,11 @@ struct State {
     content: BTreeMap<RelPath, (u64, u64)>,
     a: SideState,
     b: SideState,
+    /// The linked paths (on either side) whose link differences this shard
+    /// reports. Every shard collects the links of every file it lists, its
+    /// own or not: a group of links at B may span the entries of several
+    /// shards.
+    own_links: HashSet<RelPath>,
 }
 
 /// What one side's files add up to.
@@ -142,16 +147,24 @@ struct SideState {
 }
 
 impl SideState {
-    /// Counts a regular file's space once per inode, and remembers its links.
-    fn count(&mut self, path: &RelPath, stat: &Stat) {
-        if stat.nlink > 1 {
-            self.links.push((path.clone(), (stat.dev, stat.ino)));
-            if !self.seen.insert((stat.dev, stat.ino)) {
-                return;
-            }
+    /// Counts a regular file's space once per inode.
+    fn count(&mut self, stat: &Stat) {
+        if stat.nlink <= 1 || self.seen.insert((stat.dev, stat.ino)) {
+            self.usage.add(stat);
         }
-        self.usage.add(stat);
     }
+
+    /// Remembers a regular file's links.
+    fn link(&mut self, path: &RelPath, stat: Option<&Stat>) {
+        if let Some(stat) = stat.filter(|s| linked(s)) {
+            self.links.push((path.clone(), (stat.dev, stat.ino)));
+        }
+    }
+}
+
+/// Whether an entry is a regular file with other links.
+fn linked(stat: &Stat) -> bool {
+    stat.kind == Kind::File && stat.nlink > 1
 }
 
 enum Work {
@@ -198,7 +211,9 @@ pub async fn verify(
         ctx.differ(&mut state.report, &path, &Difference::Content(at));
     }
     for (path, difference) in link_differences(&state.a.links, &state.b.links) {
-        ctx.differ(&mut state.report, &path, &difference);
+        if state.own_links.contains(&path) {
+            ctx.differ(&mut state.report, &path, &difference);
+        }
     }
     (state.report.usage_a, state.report.usage_b) = (state.a.usage, state.b.usage);
     state.report.duration_s = started.elapsed().as_secs_f64();
@@ -254,8 +269,12 @@ impl Ctx {
         let mut b: BTreeMap<_, Stat> = lb.into_iter().map(|Entry { name, stat }| (name, stat)).collect();
         let mut work = Vec::new();
         let none = Xattrs::new();
+        let mut links = Vec::new();
         for Entry { name, stat: sa } in la {
             let Ok(path) = rel.join(&name) else { continue };
+            if linked(&sa) || b.get(&name).is_some_and(linked) {
+                links.push((path.clone(), Some(sa.clone()), b.get(&name).cloned()));
+            }
             match b.remove(&name) {
                 // Another shard's: only its directories are walked.
                 Some(sb) if !self.opts.shard.owns(&path, &sa) => work.extend(self.walk_only(path, &sa, &sb)),
@@ -272,10 +291,21 @@ impl Ctx {
             }
         }
         for (name, sb) in b {
-            if let Ok(path) = rel.join(&name)
-                && self.opts.shard.owns(&path, &sb)
-            {
+            let Ok(path) = rel.join(&name) else { continue };
+            if linked(&sb) {
+                links.push((path.clone(), None, Some(sb.clone())));
+            }
+            if self.opts.shard.owns(&path, &sb) {
                 self.only_in(&path, Side::B, &sb);
+            }
+        }
+        let mut state = self.state.lock().expect("verify state");
+        for (path, sa, sb) in links {
+            state.a.link(&path, sa.as_ref());
+            state.b.link(&path, sb.as_ref());
+            let stat = sa.as_ref().or(sb.as_ref()).expect("an entry on one side at least");
+            if self.opts.shard.owns(&path, stat) {
+                state.own_links.insert(path);
             }
         }
         work
@@ -319,8 +349,8 @@ impl Ctx {
         self.differ(&mut state.report, path, &Difference::OnlyIn(side));
         if stat.kind == Kind::File {
             match side {
-                Side::A => state.a.count(path, stat),
-                Side::B => state.b.count(path, stat),
+                Side::A => state.a.count(stat),
+                Side::B => state.b.count(stat),
             }
         }
     }
@@ -352,10 +382,10 @@ impl Ctx {
             self.differ(&mut state.report, &path, &difference);
         }
         if a.kind == Kind::File {
-            state.a.count(&path, a);
+            state.a.count(a);
         }
         if b.kind == Kind::File {
-            state.b.count(&path, b);
+            state.b.count(b);
         }
         match (a.kind, b.kind) {
             (Kind::Dir, Kind::Dir) => {

@@ -142,6 +142,30 @@ fn four_shards_copy_a_tree_once_then_its_changes_and_deletions() {
         .collect();
     assert_eq!(found.iter().filter(|&&d| d > 0).count(), 1, "{found:?}");
     assert_eq!(found.iter().sum::<u64>(), 1);
+
+    // Links that differ, the destination's group spanning entries of
+    // several shards (b, a file of its own in the source, linked to the
+    // others there): the shards together find what one verify does.
+    data[3] ^= 1;
+    std::fs::write(&victim, &data).unwrap();
+    set_mtime(&victim, m.mtime(), m.mtime_nsec());
+    let far = std::fs::metadata(copy.join("links/far")).unwrap();
+    std::fs::remove_file(copy.join("links/far/b")).unwrap();
+    std::fs::hard_link(copy.join("links/a"), copy.join("links/far/b")).unwrap();
+    set_mtime(&copy.join("links/far"), far.mtime(), far.mtime_nsec());
+    let links = |out: &str| out.lines().filter(|l| l.contains("hard links")).map(str::to_string).collect::<Vec<_>>();
+    let whole = verify(&from, &to, &[]);
+    assert_eq!(whole.code(), 1, "{}", whole.stdout());
+    let mut lines = links(&whole.stdout());
+    assert_eq!(lines.len(), 4, "{}", whole.stdout());
+    let mut split: Vec<String> = (0..N)
+        .flat_map(|i| {
+            let out = shard_cmd("verify", &from, &to, i, &[], &tmp.path().join("links.json")).wait_with_output();
+            links(&String::from_utf8(out.unwrap().stdout).unwrap())
+        })
+        .collect();
+    (lines.sort(), split.sort());
+    assert_eq!(split, lines);
 }
 
 #[test]
