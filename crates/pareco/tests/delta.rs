@@ -340,6 +340,30 @@ fn files_moved_to_other_directories_are_copied_from_where_they_were() {
     }
 }
 
+/// A renamed directory of many directories holding files of the same name,
+/// size and mtime (snapshots, `day01/disk.img`, …): each is copied from the
+/// one it was, found among dozens alike by where its path ends.
+#[test]
+fn many_files_alike_in_a_renamed_directory_are_each_copied_from_their_own() {
+    for pull in [false, true] {
+        let t = Setup::new(pull);
+        let days = 40;
+        for i in 0..days {
+            write(&t.src.join(format!("snapshots/day{i:02}/disk.img")), &bytes(60 + i, 150_000));
+        }
+        age(&t.src);
+        for i in 0..days {
+            set_mtime(&t.src.join(format!("snapshots/day{i:02}/disk.img")), 1_500_000_000, 0);
+        }
+        t.sync(&["-q"]).ok();
+        std::fs::rename(t.src.join("snapshots"), t.src.join("snaps")).unwrap();
+        let run = t.sync(&["-q", "--delete"]).ok();
+        assert_same_tree(&t.src, &t.dst);
+        assert_eq!(run.stat("bytes_transferred"), 0, "pull={pull}");
+        assert_eq!(run.stat("bytes_reused_local"), days * 150_000, "pull={pull}");
+    }
+}
+
 /// Candidates of the same size and mtime that hold other content are not
 /// copied: what the destination has is checked against the source's digests.
 #[test]

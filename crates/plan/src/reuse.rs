@@ -5,12 +5,15 @@
 //!
 //! Which destination file may hold a source file's content is guessed from
 //! metadata: the same size, and among those the same name (a renamed
-//! directory), then the same mtime (a rename keeps it), then any; the guess
+//! directory), then the same mtime (a rename keeps it), then any (and
+//! elsewhere in the tree the path that ends the same way longest); the guess
 //! is checked against the source's chunk digests where the copy is made,
 //! and a wrong one only costs the attempt. `--checksum` runs do not reuse.
 //! Never here: looking the candidates up, or trusting a guess.
 
-use pareco_proto::{Kind, Name, Stat};
+use std::cmp::Reverse;
+
+use pareco_proto::{Kind, Name, RelPath, Stat};
 
 use crate::dir::{Action, Planned};
 
@@ -45,6 +48,40 @@ pub fn ranked<'a>(name: &Name, src: &Stat, candidates: impl IntoIterator<Item = 
     found.into_iter().map(|(_, i)| i).collect()
 }
 
+/// The candidates found elsewhere in the tree for the file at `path`, most
+/// likely first: regular files of the same size; those with the same name
+/// and mtime first (the file moved), and within each rank the paths that
+/// end the same way longest (a directory renamed above them:
+/// `snapshots/day05/disk.img` for `snaps/day05/disk.img`, not
+/// `snapshots/day06/disk.img`), then the same name, then the same mtime.
+pub fn ranked_far<'a>(
+    path: &RelPath,
+    src: &Stat,
+    candidates: impl IntoIterator<Item = (&'a RelPath, &'a Stat)>,
+) -> Vec<usize> {
+    let name = path.split_last().map(|(_, n)| n);
+    let mut found: Vec<_> = candidates
+        .into_iter()
+        .enumerate()
+        .filter(|(_, (_, stat))| stat.kind == Kind::File && stat.size == src.size)
+        .map(|(i, (candidate, stat))| {
+            let same_name = candidate.split_last().map(|(_, n)| n) == name;
+            let same_mtime = stat.mtime == src.mtime;
+            let common = components_from_the_end(path)
+                .zip(components_from_the_end(candidate))
+                .take_while(|(a, b)| a == b)
+                .count();
+            ((!(same_name && same_mtime), Reverse(common), !same_name, !same_mtime), i)
+        })
+        .collect();
+    found.sort();
+    found.into_iter().map(|(_, i)| i).collect()
+}
+
+fn components_from_the_end(path: &RelPath) -> impl Iterator<Item = &[u8]> {
+    path.as_bytes().rsplit(|&b| b == b'/')
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -69,6 +106,21 @@ mod tests {
         assert!(ranked(&name("q"), &src, [(&x, &other_size)]).is_empty());
         let dir = Stat { mtime: src.mtime, ..Stat::new(Kind::Dir, 100) };
         assert!(ranked(&name("q"), &src, [(&x, &dir)]).is_empty());
+    }
+
+    #[test]
+    fn elsewhere_a_moved_file_ranks_first_and_the_path_that_ends_alike_first_among_them() {
+        let path = |s: &str| RelPath::new(s.as_bytes()).unwrap();
+        let src = file(100, 50);
+        let candidates = [
+            (path("old/day06/disk.img"), file(100, 50)),
+            (path("old/day05/other.img"), file(100, 50)),
+            (path("old/day05/disk.img"), file(100, 51)),
+            (path("old/day05/disk.img"), file(100, 50)),
+            (path("old/day05/disk.img"), file(99, 50)),
+        ];
+        let ranked = ranked_far(&path("new/day05/disk.img"), &src, candidates.iter().map(|(p, s)| (p, s)));
+        assert_eq!(ranked, vec![3, 0, 2, 1], "moved (the same name, mtime and end), moved, renamed, then the rest");
     }
 
     #[test]

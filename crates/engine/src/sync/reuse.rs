@@ -32,7 +32,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 use pareco_plan::dir::{Action, Planned};
 use pareco_plan::freshness::settle_delay;
-use pareco_plan::reuse::{ranked, wants_content};
+use pareco_plan::reuse::{ranked, ranked_far, wants_content};
 use pareco_proto::limits::{MAX_BATCH_FILES, MAX_CLONE_CANDIDATES, MAX_DIGESTS};
 use pareco_proto::{CloneFile, Kind, Name, RelPath, Stat, Timestamp};
 
@@ -43,16 +43,36 @@ use crate::report::{Change, Stats};
 const MAX_INDEXED: usize = 1 << 18;
 
 /// Destination files the source does not have, by size (what a candidate
-/// must share with the file it stands for), and by size and name.
+/// must share with the file it stands for), by size and mtime (a moved file
+/// keeps both) and by size and name.
 #[derive(Default)]
 pub(crate) struct Index {
     by_size: Mutex<HashMap<u64, Vec<(RelPath, Stat)>>>,
-    by_name: Mutex<HashMap<(u64, Name), (RelPath, Stat)>>,
+    by_mtime: Mutex<HashMap<(u64, Timestamp), Vec<(RelPath, Stat)>>>,
+    by_name: Mutex<HashMap<(u64, Name), Vec<(RelPath, Stat)>>>,
     len: AtomicUsize,
 }
 
-/// Most files remembered by size alone for one size.
+/// Most files remembered for one size, one size and mtime, one size and
+/// name: many directories of files alike (snapshots `day01/disk.img`, …)
+/// must not crowd out the one a moved file comes from.
 const MAX_ALIKE: usize = 16;
+const MAX_SAME_MTIME: usize = 64;
+const MAX_SAME_NAME: usize = 64;
+
+/// Adds a candidate to a list of at most `max`.
+fn remember<K: std::hash::Hash + Eq>(
+    map: &Mutex<HashMap<K, Vec<(RelPath, Stat)>>>,
+    key: K,
+    file: (&RelPath, &Stat),
+    max: usize,
+) {
+    let mut map = map.lock().expect("index lock");
+    let alike = map.entry(key).or_default();
+    if alike.len() < max {
+        alike.push((file.0.clone(), file.1.clone()));
+    }
+}
 
 impl Index {
     /// Remembers a destination file (`rel` relative to the synced root).
@@ -61,24 +81,39 @@ impl Index {
             return;
         }
         let Some((_, name)) = rel.split_last() else { return };
-        let mut by_size = self.by_size.lock().expect("index lock");
-        let alike = by_size.entry(stat.size).or_default();
-        if alike.len() < MAX_ALIKE {
-            alike.push((rel.clone(), stat.clone()));
-        }
-        drop(by_size);
-        self.by_name.lock().expect("index lock").insert((stat.size, name), (rel, stat));
+        remember(&self.by_size, stat.size, (&rel, &stat), MAX_ALIKE);
+        remember(&self.by_mtime, (stat.size, stat.mtime), (&rel, &stat), MAX_SAME_MTIME);
+        remember(&self.by_name, (stat.size, name), (&rel, &stat), MAX_SAME_NAME);
     }
 
     fn full(&self) -> bool {
         self.len.load(Ordering::Relaxed) >= MAX_INDEXED
     }
 
-    /// The remembered files of `src`'s size, the one named `name` first.
-    fn like(&self, name: &Name, src: &Stat) -> Vec<(Name, RelPath, Stat)> {
-        let named = self.by_name.lock().expect("index lock").get(&(src.size, name.clone())).cloned();
-        let alike = self.by_size.lock().expect("index lock").get(&src.size).cloned().unwrap_or_default();
-        named.into_iter().chain(alike).filter_map(|(rel, stat)| Some((rel.split_last()?.1, rel, stat))).collect()
+    /// The remembered files that may hold the content of `src`, to be at
+    /// `path`, most likely first (see [`ranked_far`]), at most `max`.
+    fn like(&self, path: &RelPath, src: &Stat, max: usize) -> Vec<RelPath> {
+        let name = path.split_last().map(|(_, name)| name);
+        let (by_mtime, by_name, by_size) = (
+            self.by_mtime.lock().expect("index lock"),
+            self.by_name.lock().expect("index lock"),
+            self.by_size.lock().expect("index lock"),
+        );
+        let none = Vec::new();
+        let all: Vec<&(RelPath, Stat)> = (by_mtime.get(&(src.size, src.mtime)).unwrap_or(&none).iter())
+            .chain(name.and_then(|name| by_name.get(&(src.size, name))).unwrap_or(&none))
+            .chain(by_size.get(&src.size).unwrap_or(&none))
+            .collect();
+        let mut found: Vec<RelPath> = Vec::new();
+        for i in ranked_far(path, src, all.iter().map(|(rel, stat)| (rel, stat))) {
+            if found.len() == max {
+                break;
+            }
+            if !found.contains(&all[i].0) {
+                found.push(all[i].0.clone());
+            }
+        }
+        found
     }
 }
 
@@ -368,11 +403,10 @@ fn candidates(
 ) -> Vec<RelPath> {
     let same_dir: Vec<&(Name, Stat)> =
         here.get(&src.size).map(|v| v.iter().filter(|(n, _)| n != name).collect()).unwrap_or_default();
-    let elsewhere = ctx.index.like(name, src);
     let near = ranked(name, src, same_dir.iter().map(|(n, s)| (n, s)))
         .into_iter()
         .filter_map(|i| dir.join(&same_dir[i].0).ok());
-    let far = ranked(name, src, elsewhere.iter().map(|(n, _, s)| (n, s))).into_iter().map(|i| elsewhere[i].1.clone());
+    let far = dir.join(name).map(|path| ctx.index.like(&path, src, MAX_CLONE_CANDIDATES)).unwrap_or_default();
     let mut all: Vec<RelPath> = Vec::new();
     for rel in near.chain(far) {
         if all.len() == MAX_CLONE_CANDIDATES {
