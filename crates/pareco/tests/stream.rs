@@ -59,6 +59,12 @@ fn a_256_mib_mixed_stream_arrives_identical_and_the_text_compresses() {
     assert_eq!(received["bytes"], len);
     assert_eq!(sent["digest"], received["digest"]);
     assert_eq!(sent["digest"].as_str().unwrap(), hash(&input).to_hex().as_str());
+    // Both ends count what crossed the wire, the listening one too; the
+    // ends see the same bytes (the receiver's last acknowledgement may
+    // still be on its way when the sender counts).
+    let (wire_sent, wire_received) = (sent["wire_bytes"].as_u64().unwrap(), received["wire_bytes"].as_u64().unwrap());
+    let payload = received["payload_bytes"].as_u64().unwrap();
+    assert!(wire_received > payload && wire_received.abs_diff(wire_sent) < 64 << 10, "{wire_sent} vs {wire_received}");
     // Two thirds text: compressed well over 1.3:1; the random third is sent raw.
     let ratio = sent["compression_ratio"].as_f64().unwrap();
     assert!(ratio > 1.3, "compression ratio {ratio}");
@@ -233,18 +239,20 @@ fn killing_the_sender_makes_the_receiver_fail_and_say_how_much_arrived() {
     assert!(out.chunks(1 << 20).all(|c| c == &chunk[..c.len()]));
 }
 
+/// The sender says the receiver is gone (not that the link cuts
+/// connections), with frames still unacknowledged when it went.
 #[test]
 fn killing_the_receiver_makes_the_sender_fail() {
     let tmp = tempfile::tempdir().unwrap();
     let output = tmp.path().join("output");
     let mut recv = End::spawn("recv", &LISTEN, Stdio::null(), file_out(&output), TOKEN);
     let fed = Arc::new(AtomicU64::new(0));
-    let (send, _input_open) = feeding_sender(&recv.url(), &["--retry-for", "1"], fed, 8);
+    let (send, _input_open) = feeding_sender(&recv.url(), &["--retry-for", "1"], fed, 256);
     assert!(wait_until(Duration::from_secs(30), || std::fs::metadata(&output).map_or(0, |m| m.len()) > 0));
     recv.kill();
     let (status, stderr) = send.finish();
     assert_eq!(status.code(), Some(1), "{stderr}");
-    assert!(stderr.contains("stream incomplete"), "{stderr}");
+    assert!(stderr.contains("stream incomplete") && stderr.contains("the peer has been gone for 1 s"), "{stderr}");
 }
 
 /// A consumer that stops reading (`recv | head -c 1000`) ends the stream at

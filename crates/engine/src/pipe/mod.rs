@@ -29,7 +29,7 @@ use std::time::Duration;
 
 use pareco_compress::Compression;
 use pareco_net::channel::{self, Channel, Security, TokenKey};
-use pareco_net::{NetError, ServerConfig, WireCounters};
+use pareco_net::{NetError, ServerConfig, ServerStats, WireCounters};
 use pareco_plan::human_size;
 use pareco_proto::Frame;
 use pareco_proto::stream::{StreamId, StreamMessage, StreamRole};
@@ -390,6 +390,9 @@ impl Links {
         config.security = self.options.security;
         config.compression = Compression::None;
         config.handshake_timeout = self.options.connect_timeout;
+        // What connections carry counts in this end's figures, as a
+        // connecting end's does.
+        config.stats = Arc::new(ServerStats { wire: self.counters.clone(), ..ServerStats::default() });
         let links = Arc::new(self);
         let events = links.events.clone();
         pareco_net::accept(listener, Arc::new(config), events.closed(), move |mut channel, peer, _stop| {
