@@ -47,9 +47,11 @@ pub async fn send(
     let mut waited = false;
     let mut tick = tokio::time::interval(TICK);
     let mut last_tick = Instant::now();
-    // Since the last acknowledgement, and the links lost meanwhile: a link
-    // that cuts every connection before a frame is through never moves on.
-    let (mut last_ack, mut lost) = (Instant::now(), 0u64);
+    // Since the last acknowledgement, the links lost and opened meanwhile:
+    // a link that cuts every connection before a frame is through never
+    // moves on (a peer that is gone lets no connection open: that is
+    // `check_alive`'s to say).
+    let (mut last_ack, mut lost, mut opened) = (Instant::now(), 0u64, 0u64);
     let result = loop {
         tokio::select! {
             Some(input) = inputs.events.recv() => match input {
@@ -68,6 +70,7 @@ pub async fn send(
                 LinkEvent::Opened(id, tx, _) => {
                     table.opened(id, tx);
                     stripe.open(id);
+                    opened += 1;
                     if let Some(end) = &end {
                         table.send(id, end.clone());
                     }
@@ -78,7 +81,7 @@ pub async fn send(
                         acked += pending.payload.len() as u64;
                         stats.acked.fetch_add(pending.raw_len as u64, Ordering::Relaxed);
                     }
-                    (last_ack, lost) = (Instant::now(), 0);
+                    (last_ack, lost, opened) = (Instant::now(), 0, 0);
                 }
                 LinkEvent::Message(_, StreamMessage::Done) => {
                     // The receiver checked count, length and digest against
@@ -111,7 +114,7 @@ pub async fn send(
                     break Err(e);
                 }
                 // (Frames waiting on a slow consumer lose no connection.)
-                if lost > 0 && !out.is_empty() && last_ack.elapsed() >= options.retry_for {
+                if lost > 0 && opened > 0 && !out.is_empty() && last_ack.elapsed() >= options.retry_for {
                     break Err(PipeError::NoProgress { waited: options.retry_for, lost });
                 }
                 inputs.observe();
