@@ -22,6 +22,7 @@ pub async fn run(args: ServeArgs) -> Result<()> {
         root = root.trust_transit();
     }
     if let Some(dir) = &args.state_dir {
+        crate::sync::state_dir_outside(dir, &[&args.root])?;
         root.keep_digests_in(dir).with_context(|| format!("state directory {}", dir.display()))?;
     }
     let digests = root.cache().clone();

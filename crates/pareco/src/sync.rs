@@ -323,32 +323,45 @@ fn check_overlap(src: &std::path::Path, dst: &std::path::Path, delete: bool) -> 
 }
 
 /// `path` made absolute with its symlinks resolved, as far as it exists
-/// (a destination may not exist yet).
+/// (a destination may not exist yet), and the `..` of the rest taken.
 fn resolved(path: &std::path::Path) -> Result<std::path::PathBuf> {
-    let path = std::path::absolute(path)?;
+    let mut existing = std::path::absolute(path)?;
     let mut rest = Vec::new();
-    let mut existing = path.as_path();
-    loop {
-        if let Ok(real) = existing.canonicalize() {
-            return Ok(rest.iter().rev().fold(real, |p, name| p.join(name)));
-        }
-        match (existing.parent(), existing.file_name()) {
-            (Some(parent), Some(name)) => {
-                rest.push(name.to_owned());
-                existing = parent;
-            }
-            _ => return Ok(path),
+    while existing.canonicalize().is_err() {
+        let Some(last) = existing.components().next_back() else { break };
+        rest.push(last.as_os_str().to_owned());
+        if !existing.pop() {
+            break;
         }
     }
+    let mut out = existing.canonicalize().unwrap_or(existing);
+    for name in rest.iter().rev() {
+        if name == ".." {
+            out.pop();
+        } else {
+            out.push(name);
+        }
+    }
+    Ok(out)
 }
 
 fn check_state_dir(dir: &std::path::Path, locations: &[&Location]) -> Result<()> {
-    let dir = std::path::absolute(dir)?;
-    let dir = dir.canonicalize().unwrap_or(dir);
-    for location in locations {
-        let Location::Local(path) = location else { continue };
-        let trees = [std::path::absolute(path).ok(), path.canonicalize().ok()];
-        if let Some(tree) = trees.into_iter().flatten().find(|tree| dir.starts_with(tree)) {
+    let trees: Vec<&std::path::Path> = locations
+        .iter()
+        .filter_map(|l| match l {
+            Location::Local(path) => Some(path.as_path()),
+            Location::Remote { .. } => None,
+        })
+        .collect();
+    state_dir_outside(dir, &trees)
+}
+
+/// Refuses a state directory inside one of `trees` (it would be synced, or
+/// deleted, with the data), both resolved as far as they exist.
+pub(crate) fn state_dir_outside(dir: &std::path::Path, trees: &[&std::path::Path]) -> Result<()> {
+    let state = resolved(dir)?;
+    for tree in trees {
+        if state.starts_with(resolved(tree)?) {
             anyhow::bail!(
                 "the state directory {} is inside {}: keep it outside the synced trees",
                 dir.display(),

@@ -561,11 +561,32 @@ fn the_digest_cache_spares_reading_unchanged_files_and_notices_any_change() {
     assert_eq!(third.stat("files_transferred"), 1);
     assert_same_tree(&src, &dst);
 
-    // The state directory must stay outside the trees.
-    let inside = dst.join("state");
-    let refused = sync(&src, &dst, &["-q", "--state-dir", inside.to_str().unwrap()]);
-    assert_eq!(refused.code(), 2, "{}", refused.stderr());
-    assert!(!inside.exists(), "nothing is created inside the tree");
+    // The state directory must stay outside the trees, however it is
+    // named: through a symlink, through `..` (of a directory that exists or
+    // not), and for a server too.
+    let link = tmp.path().join("link-to-src");
+    std::os::unix::fs::symlink(&src, &link).unwrap();
+    let named = |rest: &str| format!("{}/{rest}", tmp.path().display());
+    for inside in [
+        dst.join("state").display().to_string(),
+        format!("{}/state", link.display()),
+        named("src/../srv/state"),
+        named("not-there/../src/state"),
+    ] {
+        let refused = sync(&src, &dst, &["-q", "--state-dir", &inside]);
+        assert_eq!(refused.code(), 2, "{inside}: {}", refused.stderr());
+        assert_eq!(refused.stderr().matches("keep it outside").count(), 1, "{}", refused.stderr());
+    }
+    let serve = run_pareco(&[
+        "serve".as_ref(),
+        "--root".as_ref(),
+        src.as_os_str(),
+        "--state-dir".as_ref(),
+        named("src/.state").as_ref(),
+    ]);
+    assert_eq!(serve.code(), 2, "{}", serve.stderr());
+    assert!(serve.stderr().contains("keep it outside"), "{}", serve.stderr());
+    assert!(!dst.join("state").exists() && !src.join("state").exists() && !src.join(".state").exists());
 }
 
 #[test]
