@@ -11,7 +11,9 @@
 //!
 //! The cache lives in memory and, with a state directory, in a file there
 //! (outside the synced tree), loaded when the tree is opened and saved when
-//! asked.
+//! asked. Each entry there carries a BLAKE3 of itself: a damaged entry
+//! (a flipped bit, a torn write) is never trusted; it and what follows it
+//! are dropped, and hashed again when needed.
 
 use std::collections::HashMap;
 use std::io::{BufReader, BufWriter, Read, Write};
@@ -24,7 +26,10 @@ use pareco_proto::{Digest, Stat, Timestamp};
 /// Most digests kept (about 64 bytes each with their key).
 const MAX_DIGESTS: usize = 8 << 20;
 
-const MAGIC: &[u8; 16] = b"PARECO-DIGESTS1\n";
+const MAGIC: &[u8; 16] = b"PARECO-DIGESTS2\n";
+
+/// Bytes of an entry's own BLAKE3 that follow it.
+const SEAL: usize = 16;
 
 /// What identifies one version of a file's content, and the chunk size.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -61,6 +66,9 @@ impl DigestCache {
     pub fn attach(&self, state_dir: &Path, name: &str) -> std::io::Result<()> {
         std::fs::create_dir_all(state_dir)?;
         let file = state_dir.join(name);
+        // It must be possible to save there, as the run's end would find out.
+        let probe = file.with_extension(format!("probe.{}", std::process::id()));
+        std::fs::File::create(&probe).and_then(|_| std::fs::remove_file(&probe))?;
         match std::fs::File::open(&file) {
             Ok(f) => {
                 if let Err(e) = self.load(BufReader::new(f)) {
@@ -104,26 +112,35 @@ impl DigestCache {
         }
     }
 
-    /// Writes the complete entries to the state directory (atomically).
+    /// Writes the complete entries to the state directory (atomically); an
+    /// error names the file.
     pub fn save(&self) -> std::io::Result<()> {
         let Some(file) = self.file.lock().expect("cache lock").clone() else { return Ok(()) };
+        self.save_to(&file).map_err(|e| std::io::Error::new(e.kind(), format!("{}: {e}", file.display())))
+    }
+
+    fn save_to(&self, file: &Path) -> std::io::Result<()> {
         let temp = file.with_extension(format!("tmp.{}", std::process::id()));
         let mut out = BufWriter::new(std::fs::File::create(&temp)?);
         out.write_all(MAGIC)?;
         let map = self.map.lock().expect("cache lock");
+        let mut entry = Vec::new();
         for (key, digests) in map.iter() {
             let Some(digests) = digests.iter().copied().collect::<Option<Vec<Digest>>>() else { continue };
+            entry.clear();
             for v in [key.dev, key.ino, key.size, key.mtime.secs as u64, key.ctime.secs as u64] {
-                out.write_all(&v.to_le_bytes())?;
+                entry.extend_from_slice(&v.to_le_bytes());
             }
             for v in [key.mtime.nanos, key.ctime.nanos, key.chunk] {
-                out.write_all(&v.to_le_bytes())?;
+                entry.extend_from_slice(&v.to_le_bytes());
             }
-            digests.iter().try_for_each(|d| out.write_all(&d.0))?;
+            digests.iter().for_each(|d| entry.extend_from_slice(&d.0));
+            out.write_all(&entry)?;
+            out.write_all(&blake3::hash(&entry).as_bytes()[..SEAL])?;
         }
         drop(map);
         out.into_inner().map_err(|e| e.into_error())?.sync_all()?;
-        std::fs::rename(&temp, &file)
+        std::fs::rename(&temp, file)
     }
 
     fn load(&self, mut input: impl Read) -> std::io::Result<()> {
@@ -154,16 +171,19 @@ impl DigestCache {
                 return Err(std::io::Error::other("malformed entry"));
             }
             let n = key.size.div_ceil(key.chunk as u64);
-            if self.len.fetch_add(n, Ordering::Relaxed) + n > MAX_DIGESTS as u64 {
+            if self.len.load(Ordering::Relaxed) + n > MAX_DIGESTS as u64 {
                 return Err(std::io::Error::other("too many entries"));
             }
-            let mut digests = Vec::with_capacity(n as usize);
-            for _ in 0..n {
-                let mut d = [0u8; 32];
-                input.read_exact(&mut d)?;
-                digests.push(Some(Digest(d)));
+            let mut entry = vec![0u8; 52 + 32 * n as usize + SEAL];
+            entry[..52].copy_from_slice(&head);
+            input.read_exact(&mut entry[52..])?;
+            let (body, seal) = entry.split_at(entry.len() - SEAL);
+            if blake3::hash(body).as_bytes()[..SEAL] != *seal {
+                return Err(std::io::Error::other("a damaged entry"));
             }
-            map.insert(key, digests);
+            let digests = body[52..].chunks_exact(32).map(|d| Some(Digest(d.try_into().expect("32 bytes"))));
+            self.len.fetch_add(n, Ordering::Relaxed);
+            map.insert(key, digests.collect());
         }
     }
 }
@@ -223,9 +243,20 @@ mod tests {
         assert_eq!(again.get(&full, 0, 2), Some(vec![Digest([1; 32]), Digest([2; 32])]));
         assert_eq!(again.get(&partial, 0, 1), None, "only complete files are saved");
         // A damaged file costs the cache, not the run.
-        std::fs::write(dir.path().join("t"), b"PARECO-DIGESTS1\ngarbage").unwrap();
+        let saved = std::fs::read(dir.path().join("t")).unwrap();
+        std::fs::write(dir.path().join("t"), [MAGIC.as_slice(), b"garbage"].concat()).unwrap();
         let damaged = DigestCache::default();
         damaged.attach(dir.path(), "t").unwrap();
         assert_eq!(damaged.get(&full, 0, 1), None);
+        // A flipped bit anywhere in an entry: not trusted.
+        for at in [16, 16 + 20, 16 + 52 + 40, saved.len() - 1] {
+            let mut bad = saved.clone();
+            bad[at] ^= 1;
+            std::fs::write(dir.path().join("t"), &bad).unwrap();
+            let flipped = DigestCache::default();
+            flipped.attach(dir.path(), "t").unwrap();
+            assert!(flipped.map.lock().unwrap().is_empty(), "byte {at}");
+            assert_eq!(flipped.len.load(Ordering::Relaxed), 0, "byte {at}");
+        }
     }
 }
