@@ -319,6 +319,10 @@ struct Gauge {
     writers: AtomicU64,
     /// Windows ended so far.
     seq: AtomicU64,
+    /// When the window ends, in nanoseconds from `start` (looked at by
+    /// every frame: the lock is taken only then).
+    due_ns: AtomicU64,
+    start: Instant,
     window: Mutex<(Gate, Instant)>,
 }
 
@@ -330,6 +334,8 @@ static GAUGE: LazyLock<Gauge> = LazyLock::new(|| {
         bytes: AtomicU64::new(0),
         writers: AtomicU64::new(0),
         seq: AtomicU64::new(0),
+        due_ns: AtomicU64::new(0),
+        start: Instant::now(),
         window: Mutex::new((Gate::new(cores), Instant::now())),
     }
 });
@@ -345,7 +351,10 @@ impl Gauge {
             *seen = seq + 1;
             self.writers.fetch_add(1, Ordering::Relaxed);
         }
-        if let Ok(mut window) = self.window.try_lock() {
+        let now = self.start.elapsed().as_nanos() as u64;
+        if now >= self.due_ns.load(Ordering::Relaxed)
+            && let Ok(mut window) = self.window.try_lock()
+        {
             let (gate, since) = &mut *window;
             let wall = since.elapsed();
             if wall >= gate.window() {
@@ -356,6 +365,8 @@ impl Gauge {
                 self.seq.fetch_add(1, Ordering::Relaxed);
                 *since = Instant::now();
             }
+            self.due_ns
+                .store(now + (gate.window().saturating_sub(since.elapsed())).as_nanos() as u64, Ordering::Relaxed);
         }
         self.open.load(Ordering::Relaxed)
     }
