@@ -164,7 +164,8 @@ fn four_shards_copy_a_tree_once_then_its_changes_and_deletions() {
             links(&String::from_utf8(out.unwrap().stdout).unwrap())
         })
         .collect();
-    (lines.sort(), split.sort());
+    lines.sort();
+    split.sort();
     assert_eq!(split, lines);
 }
 

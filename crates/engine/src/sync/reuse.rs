@@ -47,11 +47,14 @@ const MAX_INDEXED: usize = 1 << 18;
 /// keeps both) and by size and name.
 #[derive(Default)]
 pub(crate) struct Index {
-    by_size: Mutex<HashMap<u64, Vec<(RelPath, Stat)>>>,
-    by_mtime: Mutex<HashMap<(u64, Timestamp), Vec<(RelPath, Stat)>>>,
-    by_name: Mutex<HashMap<(u64, Name), Vec<(RelPath, Stat)>>>,
+    by_size: Remembered<u64>,
+    by_mtime: Remembered<(u64, Timestamp)>,
+    by_name: Remembered<(u64, Name)>,
     len: AtomicUsize,
 }
+
+/// Destination files by one key.
+type Remembered<K> = Mutex<HashMap<K, Vec<(RelPath, Stat)>>>;
 
 /// Most files remembered for one size, one size and mtime, one size and
 /// name: many directories of files alike (snapshots `day01/disk.img`, …)
@@ -61,12 +64,7 @@ const MAX_SAME_MTIME: usize = 64;
 const MAX_SAME_NAME: usize = 64;
 
 /// Adds a candidate to a list of at most `max`.
-fn remember<K: std::hash::Hash + Eq>(
-    map: &Mutex<HashMap<K, Vec<(RelPath, Stat)>>>,
-    key: K,
-    file: (&RelPath, &Stat),
-    max: usize,
-) {
+fn remember<K: std::hash::Hash + Eq>(map: &Remembered<K>, key: K, file: (&RelPath, &Stat), max: usize) {
     let mut map = map.lock().expect("index lock");
     let alike = map.entry(key).or_default();
     if alike.len() < max {
