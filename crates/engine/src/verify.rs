@@ -265,7 +265,8 @@ impl Ctx {
                 return Vec::new();
             }
         };
-        let (la, lb) = (self.compared(&rel, la), self.compared(&rel, lb));
+        let ((la, skipped_a), (lb, skipped_b)) = (self.compared(la), self.compared(lb));
+        self.skipped(&rel, skipped_a, skipped_b);
         let mut b: BTreeMap<_, Stat> = lb.into_iter().map(|Entry { name, stat }| (name, stat)).collect();
         let mut work = Vec::new();
         let none = Xattrs::new();
@@ -320,10 +321,10 @@ impl Ctx {
         Ok(side.tree.dir_xattrs(side.path(rel)).await?.into_iter().collect())
     }
 
-    /// The entries of directory `rel` that sync would copy (counting this
-    /// shard's others).
-    fn compared(&self, rel: &RelPath, entries: Vec<Entry>) -> Vec<Entry> {
-        let (mut kept, mut skipped) = (Vec::with_capacity(entries.len()), 0);
+    /// The entries of a directory's listing that sync would copy, and those
+    /// it would skip.
+    fn compared(&self, entries: Vec<Entry>) -> (Vec<Entry>, Vec<Entry>) {
+        let (mut kept, mut skipped) = (Vec::with_capacity(entries.len()), Vec::new());
         for e in entries {
             let copied = match e.stat.kind {
                 Kind::Socket => false,
@@ -332,14 +333,24 @@ impl Ctx {
             };
             if copied {
                 kept.push(e);
-            } else if rel.join(&e.name).is_ok_and(|path| self.opts.shard.owns(&path, &e.stat)) {
-                skipped += 1;
+            } else {
+                skipped.push(e);
             }
         }
-        if skipped > 0 {
-            self.state.lock().expect("verify state").report.skipped += skipped;
+        (kept, skipped)
+    }
+
+    /// Counts the entries of directory `rel` left out: each name once,
+    /// whether on one side or both (owned by A's stat, as compared ones
+    /// are), this shard's only.
+    fn skipped(&self, rel: &RelPath, a: Vec<Entry>, b: Vec<Entry>) {
+        let mut names: HashMap<Name, Stat> = b.into_iter().map(|e| (e.name, e.stat)).collect();
+        names.extend(a.into_iter().map(|e| (e.name, e.stat)));
+        let owned = names.iter().filter(|(name, stat)| rel.join(name).is_ok_and(|p| self.opts.shard.owns(&p, stat)));
+        let n = owned.count() as u64;
+        if n > 0 {
+            self.state.lock().expect("verify state").report.skipped += n;
         }
-        kept
     }
 
     /// An entry on one side only: a difference, and a file's space counted
