@@ -182,8 +182,8 @@ pub async fn run(args: SyncArgs) -> Result<u8> {
 /// `final round (downtime) predicted: 4.2 s (…)`, or why there is none yet.
 fn prediction_line(prediction: Option<&downtime::Prediction>) -> String {
     match prediction {
-        None => "final round (downtime): no prediction yet (the first round copies everything; the next one measures \
-                 the rate of change)"
+        None => "final round (downtime): no prediction yet (the first round catches up with all the destination \
+                 lacked; the next one measures the rate of change)"
             .to_string(),
         Some(p) => format!(
             "final round (downtime) predicted: {:.1} s (walk {:.1} s, then {} changed at {}/s of wall time, \

@@ -15,8 +15,9 @@
 //! application is stopped: it finds what changed while that last round ran,
 //! `c × d` for a last round of `d` seconds, so it takes `w + c × d / r`.
 //! The rates are averaged over the last two rounds that saw changes, to
-//! smooth a bursty writer. The first round copies everything, so it says
-//! nothing about the rate of change: the prediction starts with round two.
+//! smooth a bursty writer. The first round catches up with all the
+//! destination lacked (everything, on a first copy), so it says nothing
+//! about the rate of change: the prediction starts with round two.
 //!
 //! Pure arithmetic: no clock (times come in as numbers), no I/O.
 
