@@ -273,8 +273,9 @@ impl Ctx {
         let mut links = Vec::new();
         for Entry { name, stat: sa } in la {
             let Ok(path) = rel.join(&name) else { continue };
-            if linked(&sa) || b.get(&name).is_some_and(linked) {
-                links.push((path.clone(), Some(sa.clone()), b.get(&name).cloned()));
+            let sb = b.get(&name);
+            if linked(&sa) || sb.is_some_and(linked) {
+                links.push((path.clone(), Some(sa.clone()), sb.cloned()));
             }
             match b.remove(&name) {
                 // Another shard's: only its directories are walked.

@@ -323,7 +323,8 @@ struct Gauge {
     /// every frame: the lock is taken only then).
     due_ns: AtomicU64,
     start: Instant,
-    window: Mutex<(Gate, Instant)>,
+    /// The gate, and when the window began (from `start`).
+    window: Mutex<(Gate, Duration)>,
 }
 
 static GAUGE: LazyLock<Gauge> = LazyLock::new(|| {
@@ -336,7 +337,7 @@ static GAUGE: LazyLock<Gauge> = LazyLock::new(|| {
         seq: AtomicU64::new(0),
         due_ns: AtomicU64::new(0),
         start: Instant::now(),
-        window: Mutex::new((Gate::new(cores), Instant::now())),
+        window: Mutex::new((Gate::new(cores), Duration::ZERO)),
     }
 });
 
@@ -351,22 +352,21 @@ impl Gauge {
             *seen = seq + 1;
             self.writers.fetch_add(1, Ordering::Relaxed);
         }
-        let now = self.start.elapsed().as_nanos() as u64;
-        if now >= self.due_ns.load(Ordering::Relaxed)
+        let now = self.start.elapsed();
+        if now.as_nanos() as u64 >= self.due_ns.load(Ordering::Relaxed)
             && let Ok(mut window) = self.window.try_lock()
         {
-            let (gate, since) = &mut *window;
-            let wall = since.elapsed();
+            let (gate, began) = &mut *window;
+            let wall = now.saturating_sub(*began);
             if wall >= gate.window() {
                 let busy = Duration::from_nanos(self.busy_ns.swap(0, Ordering::Relaxed));
                 let bytes = self.bytes.swap(0, Ordering::Relaxed);
                 let writers = self.writers.swap(0, Ordering::Relaxed);
                 self.open.store(gate.observe(gate::Window { wall, busy, bytes, writers }), Ordering::Relaxed);
                 self.seq.fetch_add(1, Ordering::Relaxed);
-                *since = Instant::now();
+                *began = now;
             }
-            self.due_ns
-                .store(now + (gate.window().saturating_sub(since.elapsed())).as_nanos() as u64, Ordering::Relaxed);
+            self.due_ns.store((*began + gate.window()).as_nanos() as u64, Ordering::Relaxed);
         }
         self.open.load(Ordering::Relaxed)
     }

@@ -327,14 +327,16 @@ fn check_overlap(src: &std::path::Path, dst: &std::path::Path, delete: bool) -> 
 fn resolved(path: &std::path::Path) -> Result<std::path::PathBuf> {
     let mut existing = std::path::absolute(path)?;
     let mut rest = Vec::new();
-    while existing.canonicalize().is_err() {
-        let Some(last) = existing.components().next_back() else { break };
-        rest.push(last.as_os_str().to_owned());
-        if !existing.pop() {
-            break;
+    let mut out = loop {
+        if let Ok(real) = existing.canonicalize() {
+            break real;
         }
-    }
-    let mut out = existing.canonicalize().unwrap_or(existing);
+        match existing.components().next_back() {
+            Some(last) if existing.parent().is_some() => rest.push(last.as_os_str().to_owned()),
+            _ => break existing,
+        }
+        existing.pop();
+    };
     for name in rest.iter().rev() {
         if name == ".." {
             out.pop();

@@ -388,13 +388,12 @@ async fn plan_and_dispatch(
     let planned = plan_dir(src_entries, src_now, dst_entries, options);
     let reuse::Left { now: planned, mut later } =
         reuse::copy_what_is_there(ctx, &node.rel, src_now, planned, || node.touch()).await;
-    let planned = match ctx.later.is_open() {
-        true => {
-            let (linked, now): (Vec<_>, Vec<_>) = planned.into_iter().partition(links::waits);
-            later.extend(linked);
-            now
-        }
-        false => planned,
+    let planned = if ctx.later.is_open() {
+        let (linked, now): (Vec<_>, Vec<_>) = planned.into_iter().partition(links::waits);
+        later.extend(linked);
+        now
+    } else {
+        planned
     };
     let mut leftovers = Leftovers::new(partials, planned.iter().chain(&later));
     if !later.is_empty() {
